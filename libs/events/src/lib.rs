@@ -1,0 +1,29 @@
+//! Slipway's event contract, the one place that says what travels on Kafka.
+//!
+//! Layout:
+//! - [`topics`]: every topic name and who writes it.
+//! - [`envelope`]: the CloudEvents 1.0 envelope in Kafka *binary mode* (attributes in `ce_*`
+//!   headers, the JSON data as the record value, the service id as the record key).
+//! - [`cdevents`]: CDEvents v0.5.1 payloads for the events the CD Foundation defines.
+//! - [`slipway`]: slipway's own event types (reverse-DNS, versioned) where CDEvents has none.
+//!
+//! The written catalog for outside consumers is `docs/events.md`; a test keeps the two in step.
+//!
+//! The envelope is mapped by hand rather than with `cloudevents-sdk`: its Kafka binding pins
+//! `rdkafka ^0.38` while the workspace uses 0.39, and the binary-mode mapping is a dozen headers.
+
+pub mod cdevents;
+pub mod envelope;
+pub mod slipway;
+pub mod topics;
+
+pub use envelope::{CloudEvent, EnvelopeError};
+pub use topics::{Topic, Topics};
+
+/// A typed event payload: its CloudEvents `type` and the topic it is published on.
+pub trait EventData: serde::Serialize + serde::de::DeserializeOwned {
+    /// The CloudEvents `type` attribute, e.g. `dev.slipway.service.created.v1`.
+    const TYPE: &'static str;
+    /// The topic the event is published on.
+    const TOPIC: Topic;
+}

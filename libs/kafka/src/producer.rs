@@ -1,0 +1,141 @@
+//! The idempotent producer.
+//!
+//! `enable.idempotence=true` implies `acks=all` and bounded in-flight requests, so a retried
+//! send neither duplicates nor reorders records within a partition. Sends wait for the broker's
+//! acknowledgement: callers (the outbox relay) mark an event published only after that.
+
+use std::time::Duration;
+
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use slipway_events::{CloudEvent, Topic, Topics};
+
+use crate::KafkaSettings;
+use crate::record::headers;
+
+/// Why an event was not published.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("cannot create the Kafka producer: {0}")]
+    Create(#[source] rdkafka::error::KafkaError),
+    #[error("publishing {event_type} {event_id} to {topic} failed: {source}")]
+    Send {
+        topic: String,
+        event_type: String,
+        event_id: String,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
+}
+
+/// Publishes CloudEvents with the service id as key.
+#[derive(Clone)]
+pub struct EventProducer {
+    producer: FutureProducer,
+    topics: Topics,
+}
+
+impl EventProducer {
+    pub fn new(settings: &KafkaSettings) -> Result<Self, PublishError> {
+        let producer: FutureProducer = settings
+            .client_config()
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("message.timeout.ms", "30000")
+            .set("linger.ms", "5")
+            .create()
+            .map_err(PublishError::Create)?;
+        Ok(Self {
+            producer,
+            topics: settings.topics(),
+        })
+    }
+
+    /// Sends `event` to `topic` and waits for the acknowledgement; returns (partition, offset).
+    pub async fn publish(
+        &self,
+        topic: Topic,
+        event: &CloudEvent,
+    ) -> Result<(i32, i64), PublishError> {
+        let name = self.topics.name(topic);
+        self.publish_raw(&name, event, rdkafka::message::OwnedHeaders::new())
+            .await
+    }
+
+    /// Sends to a topic by broker name, with `extra` headers after the CloudEvent's.
+    pub(crate) async fn publish_raw(
+        &self,
+        topic: &str,
+        event: &CloudEvent,
+        extra: rdkafka::message::OwnedHeaders,
+    ) -> Result<(i32, i64), PublishError> {
+        use rdkafka::message::Headers;
+        let key = event.key.to_string();
+        let body = event.body();
+        let mut all = headers(event);
+        for h in extra.iter() {
+            all = all.insert(h);
+        }
+        let record = FutureRecord::to(topic)
+            .key(&key)
+            .payload(&body)
+            .headers(all);
+        self.producer
+            .send(record, Timeout::After(Duration::from_secs(30)))
+            .await
+            .map(|delivery| (delivery.partition, delivery.offset))
+            .map_err(|(source, _)| PublishError::Send {
+                topic: topic.to_owned(),
+                event_type: event.ty.clone(),
+                event_id: event.id.to_string(),
+                source,
+            })
+    }
+
+    /// Sends raw bytes (used to dead-letter records that are not valid CloudEvents).
+    pub(crate) async fn send_bytes(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: rdkafka::message::OwnedHeaders,
+    ) -> Result<(), rdkafka::error::KafkaError> {
+        let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        self.producer
+            .send(record, Timeout::After(Duration::from_secs(30)))
+            .await
+            .map(|_| ())
+            .map_err(|(e, _)| e)
+    }
+
+    pub fn topics(&self) -> &Topics {
+        &self.topics
+    }
+
+    /// Asks a broker for metadata: the readiness probe.
+    pub async fn ping(&self) -> Result<(), String> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(None, Duration::from_secs(2))
+                .map(|_| ())
+                .map_err(|e| format!("broker unreachable: {e}"))
+        })
+        .await
+        .map_err(|e| format!("probe task failed: {e}"))?
+    }
+
+    /// Waits for queued sends to be delivered (at shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(e) = self.producer.flush(Timeout::After(timeout)) {
+            tracing::warn!(error = %e, "producer flush incomplete");
+        }
+    }
+}

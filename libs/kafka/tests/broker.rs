@@ -1,0 +1,259 @@
+//! The Kafka plumbing against the real broker `scripts/test` starts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::anyhow;
+use rdkafka::Message;
+use rdkafka::message::Headers;
+use slipway_events::slipway::ServiceCreated;
+use slipway_events::{CloudEvent, Topic};
+use slipway_ids::{EventId, ServiceId};
+use slipway_kafka::consumer::ConsumerMetrics;
+use slipway_kafka::{ConsumerRunner, EventProducer, Handled, Handler, HandlerError, KafkaSettings};
+use slipway_testkit::{kafka_settings, plain_consumer, wait_until};
+use tokio_util::sync::CancellationToken;
+
+fn event(name: &str) -> CloudEvent {
+    let data = ServiceCreated {
+        service_id: ServiceId::new(),
+        name: name.into(),
+        repository: None,
+        branch: "main".into(),
+        created_at: chrono::Utc::now(),
+    };
+    CloudEvent::new("/slipway/test", data.service_id, Some(name.into()), &data).unwrap()
+}
+
+/// Records events; fails the ones whose subject says so.
+#[derive(Clone, Default)]
+struct Recorder {
+    seen: Arc<Mutex<Vec<(EventId, String)>>>,
+    attempts: Arc<Mutex<std::collections::HashMap<EventId, u32>>>,
+}
+
+impl Handler for Recorder {
+    async fn handle(&self, event: &CloudEvent) -> Result<Handled, HandlerError> {
+        let subject = event.subject.clone().unwrap_or_default();
+        let attempt = {
+            let mut attempts = self.attempts.lock().unwrap();
+            let a = attempts.entry(event.id).or_default();
+            *a += 1;
+            *a
+        };
+        if subject.starts_with("poison") {
+            return Err(HandlerError::Permanent(anyhow!(
+                "{subject} can never be applied"
+            )));
+        }
+        if subject.starts_with("flaky") && attempt < 3 {
+            return Err(HandlerError::Retryable(anyhow!(
+                "transient failure {attempt}"
+            )));
+        }
+        if subject.starts_with("broken") {
+            return Err(HandlerError::Retryable(anyhow!("still broken")));
+        }
+        self.seen.lock().unwrap().push((event.id, subject));
+        Ok(Handled::Applied)
+    }
+}
+
+fn spawn_runner(
+    settings: &KafkaSettings,
+    group: &str,
+    handler: Recorder,
+) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let producer = EventProducer::new(settings).unwrap();
+    let metrics = ConsumerMetrics::register(&prometheus::Registry::new()).unwrap();
+    let runner = ConsumerRunner::new(
+        settings.clone(),
+        group,
+        &[Topic::Services],
+        handler,
+        producer,
+        metrics,
+    );
+    let cancel = CancellationToken::new();
+    let token = cancel.clone();
+    let task = tokio::spawn(async move { runner.run(token).await.unwrap() });
+    (cancel, task)
+}
+
+fn names(recorder: &Recorder) -> Vec<String> {
+    recorder
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, s)| s.clone())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produced_events_arrive_with_their_envelope_and_in_order_per_key() {
+    let settings = kafka_settings();
+    slipway_kafka::admin::ensure_topics(&settings)
+        .await
+        .unwrap();
+    // Idempotent: a second call (another service starting) succeeds too.
+    slipway_kafka::admin::ensure_topics(&settings)
+        .await
+        .unwrap();
+    let producer = EventProducer::new(&settings).unwrap();
+    producer.ping().await.unwrap();
+
+    let key = ServiceId::new();
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        let mut e = event(&format!("svc-{i}"));
+        e.key = key;
+        e.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+        producer.publish(Topic::Services, &e).await.unwrap();
+        sent.push(e);
+    }
+
+    let consumer = plain_consumer(
+        &settings.bootstrap_servers,
+        &[&settings.topics().name(Topic::Services)],
+    );
+    let mut received = Vec::new();
+    while received.len() < sent.len() {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("events arrive")
+            .unwrap();
+        let headers: Vec<(String, String)> = m
+            .headers()
+            .unwrap()
+            .iter()
+            .map(|h| {
+                (
+                    h.key.to_owned(),
+                    String::from_utf8_lossy(h.value.unwrap()).into_owned(),
+                )
+            })
+            .collect();
+        let get = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(get("ce_specversion").as_deref(), Some("1.0"));
+        assert_eq!(
+            get("ce_type").as_deref(),
+            Some("dev.slipway.service.created.v1")
+        );
+        assert_eq!(get("content-type").as_deref(), Some("application/json"));
+        assert!(get("traceparent").is_some());
+        assert_eq!(m.key(), Some(key.to_string().as_bytes()));
+        received.push(get("ce_id").unwrap());
+    }
+    let expected: Vec<String> = sent.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(received, expected, "one key, one partition, publish order");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_then_dead_letters_with_the_reason_and_moves_on() {
+    let settings = kafka_settings();
+    slipway_kafka::admin::ensure_topics(&settings)
+        .await
+        .unwrap();
+    let producer = EventProducer::new(&settings).unwrap();
+    let key = ServiceId::new();
+    for name in ["ok-1", "flaky-2", "poison-3", "broken-4", "ok-5"] {
+        let mut e = event(name);
+        e.key = key; // one partition: order matters
+        producer.publish(Topic::Services, &e).await.unwrap();
+    }
+    // A record that is not a CloudEvent at all.
+    producer_raw(&settings, key).await;
+
+    let recorder = Recorder::default();
+    let (cancel, task) = spawn_runner(&settings, "group-dlq", recorder.clone());
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            names(&recorder).len() == 3
+        })
+        .await,
+        "applied: {:?}",
+        names(&recorder)
+    );
+    assert_eq!(names(&recorder), ["ok-1", "flaky-2", "ok-5"]);
+    let attempts = recorder.attempts.lock().unwrap().clone();
+    assert_eq!(
+        attempts.values().filter(|a| **a == 3).count(),
+        2,
+        "flaky succeeded on 3rd try, broken gave up after 3"
+    );
+
+    let dlq = plain_consumer(
+        &settings.bootstrap_servers,
+        &[&settings.topics().name(Topic::DeadLetter)],
+    );
+    let mut reasons = Vec::new();
+    while reasons.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(30), dlq.recv())
+            .await
+            .expect("dead letters")
+            .unwrap();
+        let h = m.headers().unwrap();
+        let reason = h
+            .iter()
+            .find(|h| h.key == "slipway_dlq_reason")
+            .and_then(|h| h.value)
+            .unwrap();
+        let topic = h
+            .iter()
+            .find(|h| h.key == "slipway_dlq_topic")
+            .and_then(|h| h.value)
+            .unwrap();
+        assert_eq!(topic, settings.topics().name(Topic::Services).as_bytes());
+        reasons.push(String::from_utf8_lossy(reason).into_owned());
+    }
+    assert!(
+        reasons[0].contains("poison-3 can never be applied"),
+        "{reasons:?}"
+    );
+    assert!(reasons[1].contains("still broken"), "{reasons:?}");
+    assert!(
+        reasons[2].contains("not a valid slipway CloudEvent"),
+        "{reasons:?}"
+    );
+
+    cancel.cancel();
+    task.await.unwrap();
+
+    // Offsets were committed: the same group resumes after the last message, redoing nothing.
+    let again = Recorder::default();
+    let late = event("ok-6");
+    producer.publish(Topic::Services, &late).await.unwrap();
+    let (cancel, task) = spawn_runner(&settings, "group-dlq", again.clone());
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            !names(&again).is_empty()
+        })
+        .await
+    );
+    cancel.cancel();
+    task.await.unwrap();
+    assert_eq!(
+        names(&again),
+        ["ok-6"],
+        "nothing before the committed offset was redelivered"
+    );
+}
+
+async fn producer_raw(settings: &KafkaSettings, key: ServiceId) {
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let p: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &settings.bootstrap_servers)
+        .create()
+        .unwrap();
+    let topic = settings.topics().name(Topic::Services);
+    let key = key.to_string();
+    p.send(
+        FutureRecord::to(&topic).key(&key).payload("garbage"),
+        Duration::from_secs(10),
+    )
+    .await
+    .unwrap();
+}

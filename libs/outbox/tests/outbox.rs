@@ -1,0 +1,182 @@
+//! Outbox and inbox against the real PostgreSQL and broker.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+
+use std::time::Duration;
+
+use futures::FutureExt;
+use rdkafka::Message;
+use rdkafka::message::Headers;
+use slipway_events::slipway::ServiceCreated;
+use slipway_events::{CloudEvent, Topic};
+use slipway_ids::ServiceId;
+use slipway_kafka::{EventProducer, Handled};
+use slipway_outbox::{Relay, RelayMetrics};
+use slipway_testkit::{fresh_database, kafka_settings, plain_consumer};
+use sqlx::PgPool;
+
+static NO_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate::Migrator::DEFAULT;
+
+async fn pool() -> PgPool {
+    let db = fresh_database("outbox_test").await;
+    let pool = db.connect_and_migrate(&NO_MIGRATIONS).await.unwrap();
+    slipway_outbox::migrate(&pool).await.unwrap();
+    slipway_outbox::migrate(&pool).await.unwrap(); // idempotent
+    pool
+}
+
+fn event(name: &str, key: ServiceId) -> CloudEvent {
+    let data = ServiceCreated {
+        service_id: key,
+        name: name.into(),
+        repository: None,
+        branch: "main".into(),
+        created_at: chrono::Utc::now(),
+    };
+    CloudEvent::new("/slipway/test", key, Some(name.into()), &data).unwrap()
+}
+
+async fn pending(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM outbox WHERE published_at IS NULL")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_events_are_published_in_order_and_rolled_back_ones_never() {
+    let pool = pool().await;
+    let settings = kafka_settings();
+    slipway_kafka::admin::ensure_topics(&settings)
+        .await
+        .unwrap();
+    let producer = EventProducer::new(&settings).unwrap();
+    let key = ServiceId::new();
+
+    let mut committed = Vec::new();
+    for i in 0..3 {
+        let e = event(&format!("kept-{i}"), key);
+        let mut tx = pool.begin().await.unwrap();
+        slipway_outbox::enqueue(&mut tx, Topic::Services, &e)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        committed.push(e.id.to_string());
+    }
+    let mut tx = pool.begin().await.unwrap();
+    slipway_outbox::enqueue(&mut tx, Topic::Services, &event("dropped", key))
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(pending(&pool).await, 3);
+
+    let metrics = RelayMetrics::register(&prometheus::Registry::new()).unwrap();
+    let relay = Relay::new(pool.clone(), producer, metrics);
+    assert_eq!(relay.pass().await.unwrap(), 3);
+    assert_eq!(pending(&pool).await, 0);
+    assert_eq!(relay.pass().await.unwrap(), 0, "nothing is published twice");
+
+    let consumer = plain_consumer(
+        &settings.bootstrap_servers,
+        &[&settings.topics().name(Topic::Services)],
+    );
+    let mut ids = Vec::new();
+    while ids.len() < 3 {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("published")
+            .unwrap();
+        let id = m
+            .headers()
+            .unwrap()
+            .iter()
+            .find(|h| h.key == "ce_id")
+            .and_then(|h| h.value)
+            .unwrap();
+        ids.push(String::from_utf8_lossy(id).into_owned());
+    }
+    assert_eq!(ids, committed);
+    // The rolled-back event never shows up.
+    let extra = tokio::time::timeout(Duration::from_secs(2), consumer.recv()).await;
+    assert!(extra.is_err(), "unexpected extra record");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_wakes_on_notify_and_stops_on_cancel() {
+    let pool = pool().await;
+    let settings = kafka_settings();
+    slipway_kafka::admin::ensure_topics(&settings)
+        .await
+        .unwrap();
+    let producer = EventProducer::new(&settings).unwrap();
+    let metrics = RelayMetrics::register(&prometheus::Registry::new()).unwrap();
+    let relay = Relay::new(pool.clone(), producer, metrics);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(relay.run(cancel.clone()));
+
+    let mut tx = pool.begin().await.unwrap();
+    slipway_outbox::enqueue(&mut tx, Topic::Services, &event("live", ServiceId::new()))
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        slipway_testkit::wait_until(Duration::from_secs(20), || async {
+            pending(&pool).await == 0
+        })
+        .await
+    );
+    cancel.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_inbox_applies_each_event_once() {
+    let pool = pool().await;
+    sqlx::query("CREATE TABLE effects (n INT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let e = event("once", ServiceId::new());
+    let apply = || {
+        slipway_outbox::inbox::apply_once(&pool, "test", &e, |tx| {
+            async move {
+                sqlx::query("INSERT INTO effects VALUES (1)")
+                    .execute(tx)
+                    .await
+                    .map(|_| ())
+            }
+            .boxed()
+        })
+    };
+    assert_eq!(apply().await.unwrap(), Handled::Applied);
+    assert_eq!(apply().await.unwrap(), Handled::Duplicate);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM effects")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+
+    // A failing effect rolls the inbox row back too, so a retry applies it.
+    let other = event("fails", ServiceId::new());
+    let failed = slipway_outbox::inbox::apply_once(&pool, "test", &other, |tx| {
+        async move {
+            sqlx::query("INSERT INTO no_such_table VALUES (1)")
+                .execute(tx)
+                .await
+                .map(|_| ())
+        }
+        .boxed()
+    })
+    .await;
+    assert!(failed.is_err());
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox WHERE event_id = $1")
+        .bind(other.id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(recorded, 0);
+}

@@ -1,0 +1,228 @@
+//! The start-up every slipway service shares, so each service's own code is its domain only.
+//!
+//! [`Runtime::build`] binds the HTTP listener (port 0 in tests), connects to PostgreSQL in the
+//! service's schema and applies the outbox/inbox tables and the service's migrations, creates
+//! the idempotent producer and the topics, and prepares `/healthz`, `/readyz` (database and
+//! broker) and `/metrics`. The service then adds what it needs ([`Runtime::relay_outbox`],
+//! [`Runtime::consume`]) and calls [`Runtime::start`] with its routes.
+
+use std::net::TcpListener;
+use std::time::Duration;
+
+use actix_web::{App, HttpServer, middleware, web};
+use serde::Deserialize;
+use slipway_events::Topic;
+use slipway_http::{Lifecycle, Metrics, Readiness, ReadinessCheck, ops, problem};
+use slipway_kafka::consumer::ConsumerMetrics;
+use slipway_kafka::{ConsumerRunner, EventProducer, Handler, KafkaSettings};
+use slipway_outbox::{Relay, RelayMetrics};
+use slipway_settings::{DatabaseSettings, HttpSettings};
+use slipway_telemetry::TelemetrySettings;
+use sqlx::PgPool;
+use sqlx::migrate::Migrator;
+use tokio_util::sync::CancellationToken;
+
+/// The settings every service has (sections `[http]`, `[database]`, `[kafka]`, `[telemetry]`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct BaseSettings {
+    pub http: HttpSettings,
+    pub database: DatabaseSettings,
+    pub kafka: KafkaSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot bind {address}: {source}")]
+    Bind {
+        address: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Database(#[from] slipway_settings::DatabaseError),
+    #[error("cannot create the outbox tables: {0}")]
+    Outbox(#[source] sqlx::Error),
+    #[error(transparent)]
+    Producer(#[from] slipway_kafka::PublishError),
+    #[error(transparent)]
+    Topics(#[from] slipway_kafka::admin::AdminError),
+    #[error("cannot register metrics: {0}")]
+    Metrics(#[from] slipway_http::metrics::MetricsError),
+    #[error("cannot start the HTTP server: {0}")]
+    Serve(#[source] std::io::Error),
+}
+
+/// A service being assembled.
+pub struct Runtime {
+    /// The service's name, e.g. `registry` (metrics label, consumer group suffix).
+    pub name: &'static str,
+    pub pool: PgPool,
+    pub producer: EventProducer,
+    pub metrics: Metrics,
+    pub kafka: KafkaSettings,
+    /// Fired at shutdown; every background task watches it.
+    pub cancel: CancellationToken,
+    listener: TcpListener,
+    readiness: Readiness,
+    consumer_metrics: ConsumerMetrics,
+    tasks: Vec<(&'static str, BoxedTask)>,
+}
+
+type BoxedTask = std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// A started service.
+pub struct Running {
+    port: u16,
+    lifecycle: Lifecycle,
+}
+
+impl Running {
+    /// The port the HTTP API listens on.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Serves until SIGINT/SIGTERM, then drains.
+    pub async fn run_until_stopped(self) -> Result<(), String> {
+        self.lifecycle
+            .run_until(slipway_http::shutdown_signal())
+            .await
+    }
+
+    /// Serves until `shutdown` resolves (tests), then drains.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+        self.lifecycle.run_until(shutdown).await
+    }
+}
+
+impl Runtime {
+    /// Binds, connects and migrates; see the crate docs.
+    pub async fn build(
+        name: &'static str,
+        base: &BaseSettings,
+        migrator: &Migrator,
+    ) -> Result<Self, StartError> {
+        let address = base.http.address();
+        let listener = TcpListener::bind(&address).map_err(|source| StartError::Bind {
+            address: address.clone(),
+            source,
+        })?;
+        let pool = base.database.connect_and_migrate(migrator).await?;
+        slipway_outbox::migrate(&pool)
+            .await
+            .map_err(StartError::Outbox)?;
+        let producer = EventProducer::new(&base.kafka)?;
+        slipway_kafka::admin::ensure_topics(&base.kafka).await?;
+
+        let metrics = Metrics::new(name);
+        let consumer_metrics = ConsumerMetrics::register(&metrics.registry)
+            .map_err(slipway_http::metrics::MetricsError)?;
+        let db = pool.clone();
+        let broker = producer.clone();
+        let readiness = Readiness::default()
+            .with(ReadinessCheck::new("database", move || {
+                let db = db.clone();
+                async move {
+                    sqlx::query("SELECT 1")
+                        .execute(&db)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| format!("database unreachable: {e}"))
+                }
+            }))
+            .with(ReadinessCheck::new("kafka", move || {
+                let broker = broker.clone();
+                async move { broker.ping().await }
+            }));
+        Ok(Self {
+            name,
+            pool,
+            producer,
+            metrics,
+            kafka: base.kafka.clone(),
+            cancel: CancellationToken::new(),
+            listener,
+            readiness,
+            consumer_metrics,
+            tasks: Vec::new(),
+        })
+    }
+
+    /// The port the listener is bound to.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// Runs the outbox relay of this service's schema.
+    pub fn relay_outbox(&mut self) -> Result<(), StartError> {
+        let metrics = RelayMetrics::register(&self.metrics.registry)
+            .map_err(slipway_http::metrics::MetricsError)?;
+        let relay = Relay::new(self.pool.clone(), self.producer.clone(), metrics);
+        let cancel = self.cancel.clone();
+        self.tasks.push((
+            "outbox relay",
+            Box::pin(async move { relay.run(cancel).await.map_err(|e| e.to_string()) }),
+        ));
+        Ok(())
+    }
+
+    /// Consumes `topics` in group `slipway-<service>-<purpose>` with `handler`.
+    pub fn consume<H: Handler>(&mut self, purpose: &str, topics: &[Topic], handler: H) {
+        let group = format!("slipway-{}-{purpose}", self.name);
+        let runner = ConsumerRunner::new(
+            self.kafka.clone(),
+            group,
+            topics,
+            handler,
+            self.producer.clone(),
+            self.consumer_metrics.clone(),
+        );
+        let cancel = self.cancel.clone();
+        self.tasks.push((
+            "consumer",
+            Box::pin(async move { runner.run(cancel).await.map_err(|e| e.to_string()) }),
+        ));
+    }
+
+    /// Starts the HTTP server with the ops endpoints plus `routes`, and the background tasks.
+    pub fn start<F>(self, routes: F) -> Result<Running, StartError>
+    where
+        F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
+    {
+        let port = self.port();
+        let metrics = web::Data::new(self.metrics.clone());
+        let readiness = web::Data::new(self.readiness.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .wrap(middleware::from_fn(slipway_http::metrics::record))
+                .wrap(middleware::from_fn(slipway_http::trace::trace_request))
+                .app_data(metrics.clone())
+                .app_data(readiness.clone())
+                .configure(problem::configure(256 * 1024))
+                .configure(ops::routes)
+                .configure(routes.clone())
+                .default_service(web::to(problem::not_found))
+        })
+        .listen(self.listener)
+        .map_err(StartError::Serve)?
+        .shutdown_timeout(10)
+        .run();
+        let mut lifecycle = Lifecycle::new(server, self.cancel.clone(), Duration::from_secs(15));
+        for (name, task) in self.tasks {
+            lifecycle.spawn(name, task);
+        }
+        let producer = self.producer;
+        let cancel = self.cancel;
+        lifecycle.spawn("producer flush", async move {
+            cancel.cancelled().await;
+            // Whatever the relay handed over must reach the broker before exit.
+            tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(5)))
+                .await
+                .map_err(|e| e.to_string())
+        });
+        tracing::info!(port, "listening");
+        Ok(Running { port, lifecycle })
+    }
+}

@@ -1,0 +1,19 @@
+//! The gateway is slipway's one door: every person and outside system calls its REST API. It
+//! owns API tokens and their roles, webhook secrets and the audit log; it forwards reads to the
+//! services that own the data and turns long-running requests into command events.
+//!
+//! Layout:
+//! - `auth/`: tokens (generation, hashing, bootstrap of the first admin), roles, the
+//!   [`auth::Caller`] extractor that authenticates a request.
+//! - `audit.rs`: middleware writing every mutating call to the audit log.
+//! - `upstream.rs`: the HTTP client for the internal APIs (registry, ...).
+//! - `routes/`: the public API, one file per resource.
+//! - `startup.rs`: settings and [`Application`].
+
+pub mod audit;
+pub mod auth;
+pub mod routes;
+pub mod startup;
+pub mod upstream;
+
+pub use startup::{Application, Settings};

@@ -1,0 +1,95 @@
+//! Settings and start-up.
+
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use slipway_runtime::{BaseSettings, Running, Runtime, StartError};
+
+use crate::auth::tokens;
+use crate::upstream::Upstreams;
+
+/// Where the internal APIs are.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UpstreamSettings {
+    /// Base URL of the registry's internal API.
+    pub registry: String,
+    pub timeout_seconds: u64,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AuthSettings {
+    /// The first admin token, when none exists yet; empty to generate one.
+    pub bootstrap_token: SecretString,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    #[serde(flatten)]
+    pub base: BaseSettings,
+    pub upstreams: UpstreamSettings,
+    pub auth: AuthSettings,
+}
+
+impl Settings {
+    pub fn load() -> Result<Self, slipway_settings::SettingsError> {
+        slipway_settings::load(include_str!("../config/default.toml"))
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayStartError {
+    #[error(transparent)]
+    Runtime(#[from] StartError),
+    #[error("invalid upstream settings: {0}")]
+    Upstreams(String),
+    #[error("cannot create the first admin token: {0}")]
+    Bootstrap(#[from] tokens::BootstrapError),
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+pub struct Application {
+    running: Running,
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> Result<Self, GatewayStartError> {
+        let upstreams =
+            Upstreams::new(&settings.upstreams).map_err(GatewayStartError::Upstreams)?;
+        let runtime = Runtime::build("gateway", &settings.base, &MIGRATOR).await?;
+
+        let bootstrap = settings.auth.bootstrap_token.expose_secret();
+        let given = (!bootstrap.is_empty()).then(|| bootstrap.to_owned());
+        if let Some(created) = tokens::bootstrap_admin(&runtime.pool, given).await?
+            && created.generated
+        {
+            // Printed once, on stdout and outside the JSON logs, like an initial admin password.
+            println!(
+                "slipway admin token (shown once, store it now): {}",
+                created.token
+            );
+        }
+
+        let pool = actix_web::web::Data::new(runtime.pool.clone());
+        let upstreams = actix_web::web::Data::new(upstreams);
+        let running = runtime.start(move |cfg| {
+            cfg.app_data(pool.clone())
+                .app_data(upstreams.clone())
+                .configure(crate::routes::configure);
+        })?;
+        Ok(Self { running })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.running.port()
+    }
+
+    pub async fn run_until_stopped(self) -> Result<(), String> {
+        self.running.run_until_stopped().await
+    }
+
+    pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), String> {
+        self.running.run_until(shutdown).await
+    }
+}

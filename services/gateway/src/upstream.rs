@@ -1,0 +1,109 @@
+//! Calls to the internal APIs of the other services.
+//!
+//! Answers pass through: an upstream's problem document (a 404, a 409, a 422) reaches the
+//! client unchanged. An unreachable upstream answers 503, an upstream 5xx answers 502.
+
+use std::time::Duration;
+
+use actix_web::HttpResponse;
+use actix_web::http::StatusCode;
+use slipway_http::Problem;
+
+use crate::startup::UpstreamSettings;
+
+/// The internal APIs the gateway calls.
+#[derive(Clone)]
+pub struct Upstreams {
+    client: reqwest::Client,
+    registry: String,
+}
+
+/// An upstream's answer: status, content type and body.
+pub struct Answer {
+    pub status: StatusCode,
+    pub content_type: String,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// The answer as the gateway's own response.
+    pub fn into_response(self) -> Result<HttpResponse, Problem> {
+        if self.status.is_server_error() {
+            tracing::error!(status = %self.status, body = %String::from_utf8_lossy(&self.body), "upstream failed");
+            return Err(Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream",
+                "an internal service failed to answer; it has been logged",
+            ));
+        }
+        Ok(HttpResponse::build(self.status)
+            .content_type(self.content_type)
+            .body(self.body))
+    }
+
+    pub fn json(&self) -> Result<serde_json::Value, Problem> {
+        serde_json::from_slice(&self.body).map_err(|e| {
+            tracing::error!(error = %e, "upstream answered invalid JSON");
+            Problem::new(
+                StatusCode::BAD_GATEWAY,
+                "upstream",
+                "an internal service answered invalid JSON",
+            )
+        })
+    }
+}
+
+impl Upstreams {
+    pub fn new(settings: &UpstreamSettings) -> Result<Self, String> {
+        let registry = settings.registry.trim_end_matches('/').to_owned();
+        if !(registry.starts_with("http://") || registry.starts_with("https://")) {
+            return Err(format!(
+                "upstreams.registry `{registry}` must be an http(s) URL"
+            ));
+        }
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(settings.timeout_seconds))
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| e.to_string())?;
+        Ok(Self { client, registry })
+    }
+
+    /// Sends a request to the registry; `path_and_query` starts with `/`.
+    pub async fn registry(
+        &self,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Answer, Problem> {
+        let url = format!("{}{}", self.registry, path_and_query);
+        let mut request = self.client.request(method, &url);
+        for (name, value) in slipway_telemetry::current_context() {
+            request = request.header(name, value);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await.map_err(|e| {
+            tracing::error!(error = %e, %url, "registry unreachable");
+            Problem::unavailable("the registry is unreachable; retry shortly")
+        })?;
+        let status =
+            StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_owned();
+        let body = response.bytes().await.map_err(|e| {
+            tracing::error!(error = %e, %url, "registry answer cut short");
+            Problem::unavailable("the registry's answer was cut short; retry")
+        })?;
+        Ok(Answer {
+            status,
+            content_type,
+            body: body.to_vec(),
+        })
+    }
+}

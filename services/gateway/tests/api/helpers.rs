@@ -1,0 +1,123 @@
+use secrecy::SecretString;
+use serde_json::Value;
+use slipway_gateway::startup::{AuthSettings, UpstreamSettings};
+use slipway_gateway::{Application, Settings};
+use tokio::sync::oneshot;
+
+pub struct TestApp {
+    pub address: String,
+    pub admin_token: String,
+    pub pool: sqlx::PgPool,
+    pub client: reqwest::Client,
+    _stops: Vec<oneshot::Sender<()>>,
+}
+
+async fn until(stopped: oneshot::Receiver<()>) {
+    let _ = stopped.await;
+}
+
+/// A registry and a gateway in front of it, sharing a fresh database (one schema each).
+/// `registry_up = false` points the gateway at a closed port instead.
+pub async fn spawn_with(registry_up: bool) -> TestApp {
+    let base = slipway_testkit::base_settings("gateway").await;
+    let mut stops = Vec::new();
+    let registry_url = if registry_up {
+        let registry_settings = slipway_registry::Settings {
+            base: slipway_testkit::sibling(&base, "registry"),
+        };
+        let registry = slipway_registry::Application::build(registry_settings)
+            .await
+            .expect("registry starts");
+        let url = format!("http://127.0.0.1:{}", registry.port());
+        let (stop, stopped) = oneshot::channel();
+        tokio::spawn(registry.run_until(until(stopped)));
+        stops.push(stop);
+        url
+    } else {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://127.0.0.1:{}", closed.local_addr().unwrap().port());
+        drop(closed);
+        url
+    };
+    let admin_token = format!("slw_{}", "a1".repeat(32));
+    let settings = Settings {
+        base: base.clone(),
+        upstreams: UpstreamSettings {
+            registry: registry_url,
+            timeout_seconds: 5,
+        },
+        auth: AuthSettings {
+            bootstrap_token: SecretString::from(admin_token.clone()),
+        },
+    };
+    let gateway = Application::build(settings).await.expect("gateway starts");
+    let address = format!("http://127.0.0.1:{}", gateway.port());
+    let (stop, stopped) = oneshot::channel();
+    tokio::spawn(gateway.run_until(until(stopped)));
+    stops.push(stop);
+    let pool = sqlx::PgPool::connect_with(base.database.connect_options())
+        .await
+        .unwrap();
+    TestApp {
+        address,
+        admin_token,
+        pool,
+        client: reqwest::Client::new(),
+        _stops: stops,
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_with(true).await
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    /// Creates a token with `role` using the admin token.
+    pub async fn token(&self, role: &str) -> String {
+        let res = self
+            .client
+            .post(self.url("/v1/tokens"))
+            .bearer_auth(&self.admin_token)
+            .json(&serde_json::json!({"name": format!("{role}-test"), "role": role}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 201);
+        let body: Value = res.json().await.unwrap();
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn create_service(&self, token: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/services"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+/// Asserts `res` is a problem document with `status`; returns it.
+pub async fn problem(res: reqwest::Response, status: u16) -> Value {
+    assert_eq!(res.status(), status);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    assert!(
+        !body["detail"].as_str().unwrap_or_default().is_empty(),
+        "{body}"
+    );
+    body
+}

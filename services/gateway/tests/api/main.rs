@@ -1,0 +1,7 @@
+//! The gateway's public API, with a real registry behind it, on the real PostgreSQL and broker.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+
+mod auth;
+mod helpers;
+mod services;

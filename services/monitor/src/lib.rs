@@ -1,0 +1,13 @@
+//! The monitor watches what runs: health checks, metric series, logs, alert rules and canary
+//! analyses. So far it keeps its own record of every service from the registry's events, and
+//! listens on the instance and deployment topics whose events will start its checks and
+//! analyses.
+//!
+//! Layout:
+//! - `consumers/`: one handler per event it reacts to.
+//! - `startup.rs`: settings and [`Application`].
+
+pub mod consumers;
+mod startup;
+
+pub use startup::{Application, Settings};

@@ -1,0 +1,3 @@
+//! Queries. Functions that write take a connection inside the caller's transaction.
+
+pub mod services;

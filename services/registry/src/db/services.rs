@@ -1,0 +1,73 @@
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use slipway_ids::ServiceId;
+use sqlx::{PgConnection, PgPool};
+
+use crate::domain::NewService;
+
+/// A stored service, as the API shows it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Service {
+    pub id: ServiceId,
+    pub name: String,
+    pub repository: Option<String>,
+    pub branch: String,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Why an insert failed.
+#[derive(Debug, thiserror::Error)]
+pub enum InsertError {
+    #[error("a service named `{0}` already exists")]
+    NameTaken(String),
+    #[error("a service with id {0} already exists")]
+    IdTaken(ServiceId),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+pub async fn insert(conn: &mut PgConnection, new: &NewService) -> Result<Service, InsertError> {
+    sqlx::query_as(
+        "INSERT INTO services (id, name, repository, branch) VALUES ($1, $2, $3, $4) \
+         RETURNING id, name, repository, branch, created_at",
+    )
+    .bind(new.id)
+    .bind(new.name.as_str())
+    .bind(new.repository.as_ref().map(|r| r.as_str()))
+    .bind(new.branch.as_str())
+    .fetch_one(conn)
+    .await
+    .map_err(|e| match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            if db.constraint() == Some("services_pkey") {
+                InsertError::IdTaken(new.id)
+            } else {
+                InsertError::NameTaken(new.name.as_str().to_owned())
+            }
+        }
+        _ => InsertError::Database(e),
+    })
+}
+
+pub async fn by_name(pool: &PgPool, name: &str) -> Result<Option<Service>, sqlx::Error> {
+    sqlx::query_as("SELECT id, name, repository, branch, created_at FROM services WHERE name = $1")
+        .bind(name)
+        .fetch_optional(pool)
+        .await
+}
+
+/// Services ordered by name, after the name `after` (keyset pagination).
+pub async fn list(
+    pool: &PgPool,
+    after: Option<&str>,
+    limit: i64,
+) -> Result<Vec<Service>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT id, name, repository, branch, created_at FROM services \
+         WHERE $1::text IS NULL OR name > $1 ORDER BY name LIMIT $2",
+    )
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

@@ -1,0 +1,219 @@
+use serde::Deserialize;
+use slipway_ids::ServiceId;
+
+use super::Invalid;
+
+/// A service name: a DNS label (RFC 1035: 1-63 of `a-z`, `0-9`, `-`, starting with a letter,
+/// not ending with `-`), so it can name hosts, Kubernetes objects and URL segments unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceName(String);
+
+impl ServiceName {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        let bad = |m: &str| Invalid::new("name", m);
+        if raw.is_empty() {
+            return Err(bad("must not be empty"));
+        }
+        if raw.len() > 63 {
+            return Err(bad("must be at most 63 characters (a DNS label)"));
+        }
+        if !raw.starts_with(|c: char| c.is_ascii_lowercase()) {
+            return Err(bad("must start with a lowercase letter"));
+        }
+        if raw.ends_with('-') {
+            return Err(bad("must not end with `-`"));
+        }
+        if let Some(c) = raw
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        {
+            return Err(bad(&format!(
+                "may contain only lowercase letters, digits and `-` (found {c:?})"
+            )));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A git repository URL: `https://`, `http://`, `ssh://`, `git://` or `file://`, or the
+/// scp-like `user@host:path` form git accepts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Repository(String);
+
+impl Repository {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        let bad = |m: String| Invalid::new("repository", m);
+        if raw.len() > 2048 {
+            return Err(bad("must be at most 2048 characters".into()));
+        }
+        if let Some((user_host, path)) = raw.split_once(':')
+            && user_host.contains('@')
+            && !user_host.contains('/')
+            && !path.starts_with("//")
+            && !path.is_empty()
+        {
+            return Ok(Self(raw.to_owned())); // scp-like: git@host:owner/repo.git
+        }
+        let url = url::Url::parse(raw).map_err(|e| bad(format!("not a URL ({e})")))?;
+        match url.scheme() {
+            "https" | "http" | "ssh" | "git" | "file" => {}
+            other => return Err(bad(format!("scheme `{other}` is not a git transport"))),
+        }
+        if url.scheme() != "file" && url.host_str().is_none_or(str::is_empty) {
+            return Err(bad("has no host".into()));
+        }
+        if url.password().is_some() {
+            return Err(bad(
+                "must not embed a password; give credentials as a secret instead".into(),
+            ));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A branch name as git allows it (a subset: `A-Z a-z 0-9 . _ - /`, no `..`, no leading `-`
+/// or `/`, no trailing `/` or `.lock`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Branch(String);
+
+impl Branch {
+    pub fn parse(raw: &str) -> Result<Self, Invalid> {
+        let bad = |m: &str| Invalid::new("branch", m);
+        let ok_chars = raw
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '/'));
+        if raw.is_empty() || raw.len() > 255 {
+            return Err(bad("must be 1 to 255 characters"));
+        }
+        if !ok_chars {
+            return Err(bad(
+                "may contain only letters, digits, `.`, `_`, `-` and `/`",
+            ));
+        }
+        if raw.contains("..")
+            || raw.contains("//")
+            || raw.starts_with(['-', '/'])
+            || raw.ends_with('/')
+            || raw.ends_with(".lock")
+        {
+            return Err(bad("is not a valid git branch name"));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The body of `POST /v1/services` as received.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewServiceRequest {
+    /// Set by the gateway, which keys the webhook secret by it; generated when absent.
+    pub id: Option<ServiceId>,
+    pub name: String,
+    pub repository: Option<String>,
+    pub branch: Option<String>,
+}
+
+/// A validated new service.
+#[derive(Debug, Clone)]
+pub struct NewService {
+    pub id: ServiceId,
+    pub name: ServiceName,
+    pub repository: Option<Repository>,
+    pub branch: Branch,
+}
+
+impl TryFrom<NewServiceRequest> for NewService {
+    type Error = Invalid;
+
+    fn try_from(req: NewServiceRequest) -> Result<Self, Invalid> {
+        Ok(Self {
+            id: req.id.unwrap_or_default(),
+            name: ServiceName::parse(&req.name)?,
+            repository: req
+                .repository
+                .as_deref()
+                .map(Repository::parse)
+                .transpose()?,
+            branch: Branch::parse(req.branch.as_deref().unwrap_or("main"))?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_dns_labels() {
+        for ok in ["hello", "a", "web-api-2", &"a".repeat(63)] {
+            assert!(ServiceName::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Hello",
+            "2fast",
+            "web_api",
+            "api-",
+            "a.b",
+            &"a".repeat(64),
+            "héllo",
+        ] {
+            let err = ServiceName::parse(bad).unwrap_err();
+            assert_eq!(err.field, "name", "{bad}");
+        }
+    }
+
+    #[test]
+    fn repositories_are_git_urls() {
+        for ok in [
+            "https://github.com/acme/hello.git",
+            "ssh://git@git.example:2222/acme/hello.git",
+            "git@github.com:acme/hello.git",
+            "file:///srv/git/hello.git",
+        ] {
+            assert!(Repository::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "not a url",
+            "ftp://x/y",
+            "https://user:pw@github.com/acme/x.git",
+            "https://",
+        ] {
+            assert!(Repository::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn branches_follow_git_rules() {
+        for ok in ["main", "release/1.2", "feature_x-y"] {
+            assert!(Branch::parse(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a..b", "-x", "x/", "x.lock", "has space", "a//b"] {
+            assert!(Branch::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn branch_defaults_to_main() {
+        let req = NewServiceRequest {
+            id: None,
+            name: "hello".into(),
+            repository: None,
+            branch: None,
+        };
+        let new = NewService::try_from(req).unwrap();
+        assert_eq!(new.branch.as_str(), "main");
+    }
+}

@@ -1,0 +1,93 @@
+//! `/v1/services`: create, list, get.
+
+use actix_web::{HttpResponse, web};
+use serde::Deserialize;
+use slipway_events::CloudEvent;
+use slipway_events::EventData;
+use slipway_events::slipway::{ServiceCreated, sources};
+use slipway_http::Problem;
+use sqlx::PgPool;
+
+use super::internal;
+use crate::db::services::{self, InsertError};
+use crate::domain::{NewService, NewServiceRequest};
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v1/services", web::post().to(create))
+        .route("/v1/services", web::get().to(list))
+        .route("/v1/services/{name}", web::get().to(get));
+}
+
+/// Stores the service and its "service created" event in one transaction.
+async fn create(
+    pool: web::Data<PgPool>,
+    body: web::Json<NewServiceRequest>,
+) -> Result<HttpResponse, Problem> {
+    let new = NewService::try_from(body.into_inner())
+        .map_err(|e| Problem::validation(e.field, e.message))?;
+
+    let mut tx = pool.begin().await.map_err(|e| internal("begin", e))?;
+    let service = services::insert(&mut tx, &new).await.map_err(|e| match e {
+        InsertError::NameTaken(_) | InsertError::IdTaken(_) => Problem::conflict(e.to_string()),
+        InsertError::Database(e) => internal("insert service", e),
+    })?;
+    let data = ServiceCreated {
+        service_id: service.id,
+        name: service.name.clone(),
+        repository: service.repository.clone(),
+        branch: service.branch.clone(),
+        created_at: service.created_at,
+    };
+    let mut event = CloudEvent::new(
+        sources::REGISTRY,
+        service.id,
+        Some(service.name.clone()),
+        &data,
+    )
+    .map_err(|e| internal("serialise event", e))?;
+    let trace = slipway_telemetry::current_context();
+    event.traceparent = trace.get("traceparent").cloned();
+    event.tracestate = trace.get("tracestate").cloned();
+    slipway_outbox::enqueue(&mut tx, ServiceCreated::TOPIC, &event)
+        .await
+        .map_err(|e| internal("enqueue event", e))?;
+    tx.commit().await.map_err(|e| internal("commit", e))?;
+
+    tracing::info!(service.id = %service.id, service.name = %service.name, "service created");
+    Ok(HttpResponse::Created()
+        .insert_header(("location", format!("/v1/services/{}", service.name)))
+        .json(service))
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    /// Return services whose name sorts after this one (the previous page's `next`).
+    after: Option<String>,
+    /// Page size, 1 to 500 (default 100).
+    limit: Option<i64>,
+}
+
+async fn list(
+    pool: web::Data<PgPool>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, Problem> {
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=500).contains(&limit) {
+        return Err(Problem::validation("limit", "must be between 1 and 500"));
+    }
+    let items = services::list(&pool, query.after.as_deref(), limit)
+        .await
+        .map_err(|e| internal("list services", e))?;
+    let next = (items.len() as i64 == limit)
+        .then(|| items.last().map(|s| s.name.clone()))
+        .flatten();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items, "next": next })))
+}
+
+async fn get(pool: web::Data<PgPool>, name: web::Path<String>) -> Result<HttpResponse, Problem> {
+    match services::by_name(&pool, &name).await {
+        Ok(Some(service)) => Ok(HttpResponse::Ok().json(service)),
+        Ok(None) => Err(Problem::not_found(format!("no service named `{name}`"))),
+        Err(e) => Err(internal("get service", e)),
+    }
+}

@@ -1,0 +1,52 @@
+use slipway_registry::{Application, Settings};
+use slipway_runtime::BaseSettings;
+use tokio::sync::oneshot;
+
+pub struct TestApp {
+    pub address: String,
+    pub settings: BaseSettings,
+    pub pool: sqlx::PgPool,
+    pub client: reqwest::Client,
+    _stop: oneshot::Sender<()>,
+}
+
+/// Starts a registry on port 0 with a fresh database and its own topics.
+pub async fn spawn_app() -> TestApp {
+    let base = slipway_testkit::base_settings("registry").await;
+    let app = Application::build(Settings { base: base.clone() })
+        .await
+        .expect("registry starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+    let pool = sqlx::PgPool::connect_with(base.database.connect_options())
+        .await
+        .unwrap();
+    TestApp {
+        address,
+        settings: base,
+        pool,
+        client: reqwest::Client::new(),
+        _stop: stop,
+    }
+}
+
+impl TestApp {
+    pub async fn create(&self, body: serde_json::Value) -> reqwest::Response {
+        self.client
+            .post(format!("{}/v1/services", self.address))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {table}")))
+            .fetch_one(&self.pool)
+            .await
+            .unwrap()
+    }
+}

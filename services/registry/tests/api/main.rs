@@ -1,0 +1,6 @@
+//! The registry's internal API against the real PostgreSQL and broker.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+
+mod helpers;
+mod services;

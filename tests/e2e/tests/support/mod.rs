@@ -1,0 +1,257 @@
+//! Starts and stops the five service binaries as real child processes.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+pub const SERVICES: [&str; 5] = ["registry", "builder", "deployer", "monitor", "gateway"];
+
+/// The five processes, their ports, and where they log.
+pub struct Stack {
+    pub kafka: String,
+    pub admin_token: String,
+    prefix: String,
+    env: HashMap<String, String>,
+    ports: HashMap<&'static str, u16>,
+    children: HashMap<&'static str, Child>,
+    logs: PathBuf,
+    client: reqwest::Client,
+    admin_db: sqlx::PgPool,
+}
+
+/// `target/<profile>/`, where `cargo build --workspace --bins` put the service binaries.
+fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/stack-<hash>
+    exe.parent().and_then(Path::parent).unwrap().to_path_buf()
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Stack {
+    /// Starts every service on a fresh database and topic prefix; waits until all are ready.
+    pub async fn start() -> Self {
+        let db = slipway_testkit::fresh_database("unused").await;
+        let kafka = slipway_testkit::kafka_settings();
+        let admin_token = format!("slw_{}", slipway_testkit::unique().repeat(6));
+        let logs = std::env::temp_dir().join(format!("slipway-e2e-{}", slipway_testkit::unique()));
+        std::fs::create_dir_all(&logs).unwrap();
+
+        let mut env = HashMap::new();
+        for (k, v) in [
+            ("SLIPWAY_HTTP__HOST", "127.0.0.1".to_owned()),
+            ("SLIPWAY_DATABASE__HOST", db.host.clone()),
+            ("SLIPWAY_DATABASE__PORT", db.port.to_string()),
+            ("SLIPWAY_DATABASE__USERNAME", db.username.clone()),
+            ("SLIPWAY_DATABASE__PASSWORD", String::new()),
+            ("SLIPWAY_DATABASE__DATABASE", db.database.clone()),
+            (
+                "SLIPWAY_KAFKA__BOOTSTRAP_SERVERS",
+                kafka.bootstrap_servers.clone(),
+            ),
+            ("SLIPWAY_KAFKA__TOPIC_PREFIX", kafka.topic_prefix.clone()),
+            ("SLIPWAY_KAFKA__PARTITIONS", "2".to_owned()),
+            (
+                "SLIPWAY_TELEMETRY__LOG_LEVEL",
+                "info,sqlx=warn,rdkafka=warn".to_owned(),
+            ),
+            ("SLIPWAY_AUTH__BOOTSTRAP_TOKEN", admin_token.clone()),
+        ] {
+            env.insert(k.to_owned(), v);
+        }
+        let ports: HashMap<&'static str, u16> =
+            SERVICES.iter().map(|s| (*s, free_port())).collect();
+        env.insert(
+            "SLIPWAY_UPSTREAMS__REGISTRY".to_owned(),
+            format!("http://127.0.0.1:{}", ports["registry"]),
+        );
+        let admin_db = sqlx::PgPool::connect_with(db.server_options())
+            .await
+            .unwrap();
+        let mut stack = Self {
+            kafka: kafka.bootstrap_servers,
+            admin_token,
+            prefix: kafka.topic_prefix,
+            env,
+            ports,
+            children: HashMap::new(),
+            logs,
+            client: reqwest::Client::new(),
+            admin_db,
+        };
+        for service in SERVICES {
+            stack.spawn(service);
+        }
+        for service in SERVICES {
+            stack.wait_ready(service).await;
+        }
+        stack
+    }
+
+    fn spawn(&mut self, service: &'static str) {
+        let binary = bin_dir().join(format!("slipway-{service}"));
+        assert!(
+            binary.exists(),
+            "{} is missing: build the binaries first (`cargo build --workspace --bins`, which scripts/test runs)",
+            binary.display()
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.logs.join(format!("{service}.log")))
+            .unwrap();
+        let child = Command::new(binary)
+            .envs(&self.env)
+            .env("SLIPWAY_HTTP__PORT", self.ports[service].to_string())
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        self.children.insert(service, child);
+    }
+
+    fn log_tail(&self, service: &str) -> String {
+        let text =
+            std::fs::read_to_string(self.logs.join(format!("{service}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+
+    /// Polls `/readyz` until 200; fails with the service's log if it exits or times out.
+    pub async fn wait_ready(&mut self, service: &'static str) {
+        let url = format!("http://127.0.0.1:{}/readyz", self.ports[service]);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            if let Ok(res) = self.client.get(&url).send().await
+                && res.status() == 200
+            {
+                return;
+            }
+            if let Some(status) = self
+                .children
+                .get_mut(service)
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "{service} exited with {status}:\n{}",
+                    self.log_tail(service)
+                );
+            }
+            if tokio::time::Instant::now() > deadline {
+                panic!("{service} not ready after 90s:\n{}", self.log_tail(service));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown hook runs.
+    pub fn kill9(&mut self, service: &'static str) {
+        let mut child = self.children.remove(service).unwrap();
+        child.start_kill().unwrap();
+        // Reap it so its port is free for the restart.
+        tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async { child.wait().await.unwrap() })
+        });
+    }
+
+    pub async fn restart(&mut self, service: &'static str) {
+        self.spawn(service);
+        self.wait_ready(service).await;
+    }
+
+    pub fn topic(&self, base: &str) -> String {
+        format!("{}{base}", self.prefix)
+    }
+
+    pub fn url(&self, service: &str, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.ports[service])
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> reqwest::Response {
+        let mut req = self.client.post(self.url("gateway", path)).json(&body);
+        if !token.is_empty() {
+            req = req.bearer_auth(token);
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
+        self.client
+            .get(self.url("gateway", path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// A new token with `role`, made with the admin token.
+    pub async fn token(&self, role: &str) -> String {
+        let res = self
+            .post(
+                "/v1/tokens",
+                &self.admin_token,
+                serde_json::json!({"name": role, "role": role}),
+            )
+            .await;
+        assert_eq!(res.status(), 201);
+        let body: Value = res.json().await.unwrap();
+        body["token"].as_str().unwrap().to_owned()
+    }
+
+    /// How many "service created" events `service` reports as applied in its metrics.
+    pub async fn applied(&self, service: &str) -> u64 {
+        let text = self
+            .client
+            .get(self.url(service, "/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .filter(|l| {
+                l.starts_with("slipway_events_consumed_total{")
+                    && l.contains(r#"type="dev.slipway.service.created.v1""#)
+                    && l.contains(r#"outcome="applied""#)
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    }
+
+    /// Waits until `service` has applied `n` events; fails with its log otherwise.
+    pub async fn wait_applied(&self, service: &str, n: usize) {
+        let ok = slipway_testkit::wait_until(Duration::from_secs(60), || async {
+            self.applied(service).await >= n as u64
+        })
+        .await;
+        assert!(
+            ok,
+            "{service} applied {} of {n}:\n{}",
+            self.applied(service).await,
+            self.log_tail(service)
+        );
+    }
+
+    /// `SELECT count(*) FROM <from>` in the stack's database.
+    pub async fn count(&self, from: &str) -> i64 {
+        sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {from}")))
+            .fetch_one(&self.admin_db)
+            .await
+            .unwrap()
+    }
+}
