@@ -63,7 +63,7 @@ async fn receive(consumer: &StreamConsumer, timeout: Duration) -> Option<Receive
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn walking_skeleton_through_all_five_services() {
-    let stack = Stack::start().await;
+    let mut stack = Stack::start().await;
     let subscriber = outside_subscriber(&stack.kafka, &stack.topic("slipway.services"));
 
     // Create through the gateway with the admin token.
@@ -130,6 +130,12 @@ async fn walking_skeleton_through_all_five_services() {
     // Builder, deployer and monitor each consumed and applied it.
     for service in ["builder", "deployer", "monitor"] {
         stack.wait_applied(service, 1).await;
+    }
+
+    // SIGTERM: each service drains (consumers commit, relay finishes) and exits cleanly.
+    for service in support::SERVICES {
+        let status = stack.terminate(service).await;
+        assert!(status.success(), "{service} exited with {status}");
     }
 }
 

@@ -168,6 +168,25 @@ impl Stack {
         });
     }
 
+    /// Sends SIGTERM (what Kubernetes and `scripts/down` send) and returns how the process
+    /// exited, failing if it does not stop within 30 s.
+    pub async fn terminate(&mut self, service: &'static str) -> std::process::ExitStatus {
+        let mut child = self.children.remove(service).unwrap();
+        let pid = child.id().unwrap().to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
+            Ok(status) => status.unwrap(),
+            Err(_) => panic!(
+                "{service} ignored SIGTERM for 30s:\n{}",
+                self.log_tail(service)
+            ),
+        }
+    }
+
     pub async fn restart(&mut self, service: &'static str) {
         self.spawn(service);
         self.wait_ready(service).await;
