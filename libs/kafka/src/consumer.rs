@@ -200,7 +200,12 @@ impl<H: Handler> ConsumerRunner<H> {
             let message = match message {
                 Ok(m) => m,
                 Err(e) => {
+                    // librdkafka reconnects by itself; pause so a broker outage is not a hot loop.
                     tracing::warn!(group = %self.group, error = %e, "poll error");
+                    tokio::select! {
+                        () = cancel.cancelled() => return Ok(()),
+                        () = tokio::time::sleep(std::time::Duration::from_millis(500)) => {}
+                    }
                     continue;
                 }
             };

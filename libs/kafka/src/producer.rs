@@ -57,35 +57,19 @@ impl EventProducer {
         topic: Topic,
         event: &CloudEvent,
     ) -> Result<(i32, i64), PublishError> {
-        let name = self.topics.name(topic);
-        self.publish_raw(&name, event, rdkafka::message::OwnedHeaders::new())
-            .await
-    }
-
-    /// Sends to a topic by broker name, with `extra` headers after the CloudEvent's.
-    pub(crate) async fn publish_raw(
-        &self,
-        topic: &str,
-        event: &CloudEvent,
-        extra: rdkafka::message::OwnedHeaders,
-    ) -> Result<(i32, i64), PublishError> {
-        use rdkafka::message::Headers;
+        let topic = self.topics.name(topic);
         let key = event.key.to_string();
         let body = event.body();
-        let mut all = headers(event);
-        for h in extra.iter() {
-            all = all.insert(h);
-        }
-        let record = FutureRecord::to(topic)
+        let record = FutureRecord::to(&topic)
             .key(&key)
             .payload(&body)
-            .headers(all);
+            .headers(headers(event));
         self.producer
             .send(record, Timeout::After(Duration::from_secs(30)))
             .await
             .map(|delivery| (delivery.partition, delivery.offset))
             .map_err(|(source, _)| PublishError::Send {
-                topic: topic.to_owned(),
+                topic: topic.clone(),
                 event_type: event.ty.clone(),
                 event_id: event.id.to_string(),
                 source,

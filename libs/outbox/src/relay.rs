@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use prometheus::{IntCounter, Registry};
 use slipway_events::{CloudEvent, Topic};
 use slipway_ids::{EventId, ServiceId};
@@ -72,6 +73,8 @@ pub struct Relay {
     batch: i64,
     /// Fallback poll period, should a notification be missed.
     poll: Duration,
+    /// Published rows older than this are deleted (they only serve debugging by then).
+    retention: Duration,
 }
 
 impl Relay {
@@ -82,6 +85,7 @@ impl Relay {
             metrics,
             batch: 100,
             poll: Duration::from_millis(500),
+            retention: Duration::from_secs(7 * 24 * 3600),
         }
     }
 
@@ -90,7 +94,11 @@ impl Relay {
         let mut listener = PgListener::connect_with(&self.pool).await?;
         listener.listen(CHANNEL).await?;
         let mut failures = 0u32;
+        let mut prune = tokio::time::interval(Duration::from_secs(600));
         loop {
+            if prune.tick().now_or_never().is_some() {
+                self.prune().await;
+            }
             match self.pass().await {
                 Ok(n) if n as i64 == self.batch => continue, // more may be waiting
                 Ok(_) => failures = 0,
@@ -115,6 +123,24 @@ impl Relay {
                 }
                 () = tokio::time::sleep(pause) => {}
             }
+        }
+    }
+
+    /// Deletes published rows past the retention period; failures only delay the clean-up.
+    async fn prune(&self) {
+        let secs = self.retention.as_secs_f64();
+        let deleted = sqlx::query(
+            "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)",
+        )
+        .bind(secs)
+        .execute(&self.pool)
+        .await;
+        match deleted {
+            Ok(done) if done.rows_affected() > 0 => {
+                tracing::info!(rows = done.rows_affected(), "pruned published outbox rows");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "outbox prune failed"),
         }
     }
 

@@ -113,6 +113,22 @@ mod tests {
     }
 
     #[test]
+    fn numeric_looking_text_stays_text() {
+        // `try_parsing` turns "12345" into a number; string fields must still accept it.
+        let s: Example =
+            load_from(DEFAULTS, env(&[("SLIPWAY_DATABASE__PASSWORD", "12345")])).unwrap();
+        assert_eq!(
+            secrecy::ExposeSecret::expose_secret(&s.database.password),
+            "12345"
+        );
+        let s: Example = load_from(DEFAULTS, env(&[("SLIPWAY_DATABASE__PASSWORD", "")])).unwrap();
+        assert_eq!(
+            secrecy::ExposeSecret::expose_secret(&s.database.password),
+            ""
+        );
+    }
+
+    #[test]
     fn a_bad_value_names_the_key() {
         let err = load_from::<Example>(DEFAULTS, env(&[("SLIPWAY_HTTP__PORT", "eighty")]))
             .unwrap_err()
