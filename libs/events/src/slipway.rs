@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use slipway_ids::ServiceId;
+use slipway_ids::{BuildId, ServiceId};
 
 use crate::{EventData, Topic};
 
@@ -36,4 +36,37 @@ pub struct ServiceCreated {
 impl EventData for ServiceCreated {
     const TYPE: &'static str = "dev.slipway.service.created.v1";
     const TOPIC: Topic = Topic::Services;
+}
+
+/// What started a build.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildTrigger {
+    /// `github`, `gitlab`, `api` or `upload`.
+    pub kind: String,
+    /// The code host's delivery id (`X-GitHub-Delivery`), when a webhook started it.
+    pub delivery: Option<String>,
+    /// Who pushed, or the name of the API token that asked.
+    pub actor: Option<String>,
+}
+
+/// A build was asked for (gateway command). Key: the service id. Subject: the build id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BuildRequested {
+    /// Chosen by the gateway and answered to the client, so it can follow the build at once.
+    pub build_id: BuildId,
+    pub service_id: ServiceId,
+    pub service_name: String,
+    /// Where to fetch from (absent for uploads).
+    pub repository: Option<String>,
+    /// The ref to build, e.g. `refs/heads/main`.
+    pub git_ref: String,
+    /// The exact commit, when known (a push names it); otherwise the ref's head at fetch time.
+    pub commit: Option<String>,
+    pub trigger: BuildTrigger,
+    pub requested_at: DateTime<Utc>,
+}
+
+impl EventData for BuildRequested {
+    const TYPE: &'static str = "dev.slipway.build.requested.v1";
+    const TOPIC: Topic = Topic::Commands;
 }

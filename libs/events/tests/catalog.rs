@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
 use slipway_events::cdevents::CdEventKind;
-use slipway_events::slipway::ServiceCreated;
+use slipway_events::slipway::{BuildRequested, ServiceCreated};
 use slipway_events::{EventData, Topic};
 
 #[test]
@@ -13,6 +13,7 @@ fn the_catalog_names_every_type_and_topic() {
     let catalog = std::fs::read_to_string(path).expect("docs/events.md exists");
     let mut names: Vec<&str> = CdEventKind::ALL.iter().map(|k| k.type_str()).collect();
     names.push(ServiceCreated::TYPE);
+    names.push(BuildRequested::TYPE);
     names.extend(Topic::ALL.iter().map(|t| t.base()));
     let missing: Vec<&str> = names
         .into_iter()

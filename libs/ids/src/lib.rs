@@ -64,6 +64,10 @@ uuid_id!(
     EventId
 );
 uuid_id!(
+    /// A build: one run of a service's tests, build and packaging for one commit.
+    BuildId
+);
+uuid_id!(
     /// An API token (never the secret itself, which is only ever stored hashed).
     TokenId
 );

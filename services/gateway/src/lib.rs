@@ -6,12 +6,14 @@
 //! - `auth/`: tokens (generation, hashing, bootstrap of the first admin), roles, the
 //!   [`auth::Caller`] extractor that authenticates a request.
 //! - `audit.rs`: middleware writing every mutating call to the audit log.
+//! - `commands.rs`: accepted requests become command events (operation row + outbox).
 //! - `upstream.rs`: the HTTP client for the internal APIs (registry, ...).
 //! - `routes/`: the public API, one file per resource.
 //! - `startup.rs`: settings and [`Application`].
 
 pub mod audit;
 pub mod auth;
+pub mod commands;
 pub mod routes;
 pub mod startup;
 pub mod upstream;

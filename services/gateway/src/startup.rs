@@ -57,7 +57,8 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, GatewayStartError> {
         let upstreams =
             Upstreams::new(&settings.upstreams).map_err(GatewayStartError::Upstreams)?;
-        let runtime = Runtime::build("gateway", &settings.base, &MIGRATOR).await?;
+        let mut runtime = Runtime::build("gateway", &settings.base, &MIGRATOR).await?;
+        runtime.relay_outbox()?;
 
         let bootstrap = settings.auth.bootstrap_token.expose_secret();
         let given = (!bootstrap.is_empty()).then(|| bootstrap.to_owned());

@@ -107,3 +107,56 @@ impl Upstreams {
         })
     }
 }
+
+impl Upstreams {
+    /// The registry's service named `name`; its 404 passes through.
+    pub async fn service(&self, name: &str) -> Result<crate::commands::ServiceRef, Problem> {
+        // Names are DNS labels; anything else cannot exist, and must not reach the URL unescaped.
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+            return Err(Problem::not_found(format!("no service named `{name}`")));
+        }
+        let answer = self
+            .registry(reqwest::Method::GET, &format!("/v1/services/{name}"), None)
+            .await?;
+        if answer.status == StatusCode::NOT_FOUND {
+            return Err(Problem::not_found(format!("no service named `{name}`")));
+        }
+        let value = answer.ok_json()?;
+        serde_json::from_value(value).map_err(|e| bad_upstream("service", e))
+    }
+
+    /// The services built from `repository` (any URL form of it).
+    pub async fn services_by_repository(
+        &self,
+        repository: &str,
+    ) -> Result<Vec<crate::commands::ServiceRef>, Problem> {
+        let query = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("repository", repository)
+            .finish();
+        let answer = self
+            .registry(reqwest::Method::GET, &format!("/v1/services?{query}"), None)
+            .await?;
+        let value = answer.ok_json()?;
+        serde_json::from_value(value["items"].clone()).map_err(|e| bad_upstream("services", e))
+    }
+}
+
+impl Answer {
+    /// The JSON body of a 2xx answer; anything else is an upstream failure.
+    fn ok_json(self) -> Result<serde_json::Value, Problem> {
+        if !self.status.is_success() {
+            tracing::error!(status = %self.status, body = %String::from_utf8_lossy(&self.body), "unexpected upstream answer");
+            return Err(bad_upstream("answer", self.status));
+        }
+        self.json()
+    }
+}
+
+fn bad_upstream(what: &str, e: impl std::fmt::Display) -> Problem {
+    tracing::error!(error = %e, "upstream {what} unreadable");
+    Problem::new(
+        StatusCode::BAD_GATEWAY,
+        "upstream",
+        "an internal service answered unexpectedly; it has been logged",
+    )
+}

@@ -2,7 +2,9 @@
 //! records every mutating call.
 
 mod admin;
+pub(crate) mod builds;
 mod services;
+mod webhooks;
 
 use actix_web::{middleware, web};
 use slipway_http::Problem;
@@ -12,6 +14,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::scope("/v1")
             .wrap(middleware::from_fn(crate::audit::record))
             .configure(services::configure)
+            .configure(builds::configure)
+            .configure(webhooks::configure)
             .configure(admin::configure),
     );
 }

@@ -120,7 +120,7 @@ async fn get(
 ) -> Result<HttpResponse, Problem> {
     caller.require(Role::Viewer)?;
     // Names are DNS labels; anything else cannot exist, and must not reach the URL unescaped.
-    if !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         return Err(Problem::not_found(format!("no service named `{name}`")));
     }
     upstreams

@@ -6,6 +6,7 @@ use tokio::sync::oneshot;
 
 pub struct TestApp {
     pub address: String,
+    pub kafka: slipway_kafka::KafkaSettings,
     pub admin_token: String,
     pub pool: sqlx::PgPool,
     pub client: reqwest::Client,
@@ -60,6 +61,7 @@ pub async fn spawn_with(registry_up: bool) -> TestApp {
         .unwrap();
     TestApp {
         address,
+        kafka: base.kafka.clone(),
         admin_token,
         pool,
         client: reqwest::Client::new(),

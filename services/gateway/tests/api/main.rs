@@ -5,3 +5,4 @@
 mod auth;
 mod helpers;
 mod services;
+mod webhooks;

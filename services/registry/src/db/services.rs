@@ -28,12 +28,13 @@ pub enum InsertError {
 
 pub async fn insert(conn: &mut PgConnection, new: &NewService) -> Result<Service, InsertError> {
     sqlx::query_as(
-        "INSERT INTO services (id, name, repository, branch) VALUES ($1, $2, $3, $4) \
-         RETURNING id, name, repository, branch, created_at",
+        "INSERT INTO services (id, name, repository, repository_key, branch) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING id, name, repository, branch, created_at",
     )
     .bind(new.id)
     .bind(new.name.as_str())
     .bind(new.repository.as_ref().map(|r| r.as_str()))
+    .bind(new.repository.as_ref().map(|r| r.key()))
     .bind(new.branch.as_str())
     .fetch_one(conn)
     .await
@@ -56,17 +57,28 @@ pub async fn by_name(pool: &PgPool, name: &str) -> Result<Option<Service>, sqlx:
         .await
 }
 
-/// Services ordered by name, after the name `after` (keyset pagination).
+/// Which services to list.
+#[derive(Debug, Default)]
+pub struct Filter<'a> {
+    /// Only names sorting after this one (keyset pagination).
+    pub after: Option<&'a str>,
+    /// Only services whose repository has this key (see `Repository::key`).
+    pub repository_key: Option<String>,
+}
+
+/// Services ordered by name.
 pub async fn list(
     pool: &PgPool,
-    after: Option<&str>,
+    filter: &Filter<'_>,
     limit: i64,
 ) -> Result<Vec<Service>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, name, repository, branch, created_at FROM services \
-         WHERE $1::text IS NULL OR name > $1 ORDER BY name LIMIT $2",
+         WHERE ($1::text IS NULL OR name > $1) AND ($2::text IS NULL OR repository_key = $2) \
+         ORDER BY name LIMIT $3",
     )
-    .bind(after)
+    .bind(filter.after)
+    .bind(filter.repository_key.as_deref())
     .bind(limit)
     .fetch_all(pool)
     .await

@@ -2,7 +2,7 @@
 
 mod service;
 
-pub use service::{Branch, NewService, NewServiceRequest, Repository, ServiceName};
+pub use service::{Branch, NewService, NewServiceRequest, Repository, ServiceName, repository_key};
 
 /// A value rejected by `parse`, naming the field and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -77,6 +77,44 @@ impl Repository {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The form repositories are matched by: host and path, lowercase, without scheme, user,
+    /// trailing `/` or `.git`. The HTTPS, SSH and scp-like URLs of one repository (as a code
+    /// host's webhook lists them) all give the same key.
+    pub fn key(&self) -> String {
+        repository_key(&self.0)
+    }
+}
+
+/// See [`Repository::key`]; also applied to URLs from webhook payloads.
+pub fn repository_key(raw: &str) -> String {
+    let raw = raw.trim();
+    let host_path = match url::Url::parse(raw) {
+        Ok(url) if url.scheme() == "file" => format!("file{}", url.path()),
+        Ok(url) => match url.port() {
+            Some(port) if url.scheme() != "ssh" => {
+                format!(
+                    "{}:{port}{}",
+                    url.host_str().unwrap_or_default(),
+                    url.path()
+                )
+            }
+            _ => format!("{}{}", url.host_str().unwrap_or_default(), url.path()),
+        },
+        // scp-like `user@host:owner/repo.git`
+        Err(_) => match raw.split_once(':') {
+            Some((user_host, path)) => {
+                let host = user_host.rsplit('@').next().unwrap_or(user_host);
+                format!("{host}/{}", path.trim_start_matches('/'))
+            }
+            None => raw.to_owned(),
+        },
+    };
+    let trimmed = host_path.trim_end_matches('/');
+    trimmed
+        .strip_suffix(".git")
+        .unwrap_or(trimmed)
+        .to_ascii_lowercase()
 }
 
 /// A branch name as git allows it (a subset: `A-Z a-z 0-9 . _ - /`, no `..`, no leading `-`
@@ -193,6 +231,33 @@ mod tests {
         ] {
             assert!(Repository::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn one_repository_has_one_key_however_it_is_written() {
+        let forms = [
+            "https://github.com/Acme/Hello.git",
+            "https://github.com/acme/hello",
+            "https://github.com/acme/hello/",
+            "git@github.com:acme/hello.git",
+            "ssh://git@github.com/acme/hello.git",
+            "git://github.com/acme/hello.git",
+        ];
+        for form in forms {
+            assert_eq!(repository_key(form), "github.com/acme/hello", "{form}");
+        }
+        assert_eq!(
+            repository_key("file:///srv/git/hello.git"),
+            "file/srv/git/hello"
+        );
+        assert_ne!(
+            repository_key("https://github.com/acme/hello2"),
+            "github.com/acme/hello"
+        );
+        assert_eq!(
+            repository_key("https://git.example:8443/a/b.git"),
+            "git.example:8443/a/b"
+        );
     }
 
     #[test]

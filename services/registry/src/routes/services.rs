@@ -10,7 +10,7 @@ use sqlx::PgPool;
 
 use super::internal;
 use crate::db::services::{self, InsertError};
-use crate::domain::{NewService, NewServiceRequest};
+use crate::domain::{NewService, NewServiceRequest, repository_key};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/services", web::post().to(create))
@@ -65,6 +65,8 @@ struct ListQuery {
     after: Option<String>,
     /// Page size, 1 to 500 (default 100).
     limit: Option<i64>,
+    /// Only services built from this repository (any URL form of it).
+    repository: Option<String>,
 }
 
 async fn list(
@@ -75,7 +77,11 @@ async fn list(
     if !(1..=500).contains(&limit) {
         return Err(Problem::validation("limit", "must be between 1 and 500"));
     }
-    let items = services::list(&pool, query.after.as_deref(), limit)
+    let filter = services::Filter {
+        after: query.after.as_deref(),
+        repository_key: query.repository.as_deref().map(repository_key),
+    };
+    let items = services::list(&pool, &filter, limit)
         .await
         .map_err(|e| internal("list services", e))?;
     let next = (items.len() as i64 == limit)

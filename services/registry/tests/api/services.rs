@@ -163,3 +163,43 @@ async fn ops_endpoints_answer() {
         .unwrap();
     assert!(metrics.contains("slipway_http_requests_total"), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn services_are_found_by_any_form_of_their_repository_url() {
+    let app = spawn_app().await;
+    let created = app
+        .create(json!({"name": "web", "repository": "git@github.com:Acme/Web.git"}))
+        .await;
+    assert_eq!(created.status(), 201);
+    app.create(json!({"name": "other", "repository": "https://github.com/acme/other.git"}))
+        .await;
+    for form in [
+        "https://github.com/acme/web.git",
+        "https://github.com/acme/web",
+        "ssh://git@github.com/acme/web",
+    ] {
+        let page: Value = app
+            .client
+            .get(format!("{}/v1/services", app.address))
+            .query(&[("repository", form)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let names: Vec<&str> = page["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["web"], "{form}");
+    }
+    let stored: String =
+        sqlx::query_scalar("SELECT repository_key FROM services WHERE name = 'web'")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(stored, "github.com/acme/web");
+}

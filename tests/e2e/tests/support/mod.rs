@@ -158,6 +158,22 @@ impl Stack {
         }
     }
 
+    /// The OS process id of `service`.
+    pub fn pid(&self, service: &str) -> u32 {
+        self.children[service].id().unwrap()
+    }
+
+    /// Resident memory of `service` in KiB (VmRSS from /proc).
+    pub fn rss_kib(&self, service: &str) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid(service))).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
     /// SIGKILL: no shutdown hook runs.
     pub fn kill9(&mut self, service: &'static str) {
         let mut child = self.children.remove(service).unwrap();

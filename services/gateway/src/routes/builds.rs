@@ -1,0 +1,104 @@
+//! `POST /v1/services/{name}/builds`: build a ref or an exact commit on demand.
+
+use actix_web::{HttpResponse, web};
+use serde::Deserialize;
+use slipway_events::slipway::BuildTrigger;
+use slipway_http::Problem;
+use sqlx::PgPool;
+
+use crate::auth::{Caller, Role};
+use crate::commands;
+use crate::upstream::Upstreams;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.route("/services/{name}/builds", web::post().to(create));
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBuild {
+    /// A branch (`main`) or full ref (`refs/heads/main`, `refs/tags/v1`); default: the
+    /// service's branch.
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
+    /// An exact commit (40 hex digits) to build instead of the ref's head.
+    commit: Option<String>,
+}
+
+/// Checks a commit id: 40 (SHA-1) or 64 (SHA-256) lowercase hex digits.
+pub(crate) fn valid_commit(commit: &str) -> bool {
+    matches!(commit.len(), 40 | 64)
+        && commit
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c))
+}
+
+/// `main` → `refs/heads/main`; full refs stay as they are.
+fn full_ref(r: &str) -> Result<String, Problem> {
+    let bad = r.is_empty()
+        || r.len() > 255
+        || r.contains("..")
+        || r.starts_with('-')
+        || !r
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '.'));
+    if bad {
+        return Err(Problem::validation("ref", "is not a valid git ref"));
+    }
+    Ok(if r.starts_with("refs/") {
+        r.to_owned()
+    } else {
+        format!("refs/heads/{r}")
+    })
+}
+
+async fn create(
+    caller: Caller,
+    pool: web::Data<PgPool>,
+    upstreams: web::Data<Upstreams>,
+    name: web::Path<String>,
+    body: web::Json<CreateBuild>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(Role::Deployer)?;
+    let body = body.into_inner();
+    if let Some(c) = &body.commit
+        && !valid_commit(c)
+    {
+        return Err(Problem::validation(
+            "commit",
+            "must be 40 or 64 lowercase hex digits",
+        ));
+    }
+    let service = upstreams.service(&name).await?;
+    if service.repository.is_none() {
+        return Err(Problem::conflict(format!(
+            "service `{}` has no repository to build from; upload the source instead",
+            service.name
+        )));
+    }
+    let git_ref = full_ref(body.git_ref.as_deref().unwrap_or(&service.branch))?;
+    let trigger = BuildTrigger {
+        kind: "api".into(),
+        delivery: None,
+        actor: Some(caller.token_name.clone()),
+    };
+    let id = commands::request_build(&pool, &service, git_ref, body.commit, trigger).await?;
+    Ok(commands::accepted(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refs_and_commits_are_checked() {
+        assert_eq!(full_ref("main").unwrap(), "refs/heads/main");
+        assert_eq!(full_ref("refs/tags/v1").unwrap(), "refs/tags/v1");
+        for bad in ["", "a..b", "-x", "has space", "a;b"] {
+            assert!(full_ref(bad).is_err(), "{bad}");
+        }
+        assert!(valid_commit(&"a1".repeat(20)));
+        assert!(!valid_commit(&"A1".repeat(20)));
+        assert!(!valid_commit("abc"));
+    }
+}

@@ -1,0 +1,322 @@
+//! Git webhooks: `POST /v1/webhooks/github` and `POST /v1/webhooks/gitlab`.
+//!
+//! No bearer token here: a delivery proves itself with the service's webhook secret (GitHub:
+//! `X-Hub-Signature-256`, an HMAC-SHA256 of the raw body; GitLab: `X-Gitlab-Token`, the secret
+//! itself), both compared in constant time. The service is the one whose repository matches the
+//! payload's (any URL form). A push to the service's branch requests a build of the pushed
+//! commit; anything else is acknowledged and says why nothing happened.
+
+use actix_web::{HttpRequest, HttpResponse, web};
+use hmac::{Hmac, Mac};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::Sha256;
+use slipway_events::slipway::BuildTrigger;
+use slipway_http::Problem;
+use slipway_ids::ServiceId;
+use sqlx::PgPool;
+use subtle::ConstantTimeEq;
+
+use super::internal;
+use crate::commands::{self, ServiceRef};
+use crate::upstream::Upstreams;
+
+/// Largest delivery accepted (GitHub caps payloads at 25 MB; pushes are far smaller).
+const MAX_DELIVERY: usize = 5 * 1024 * 1024;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource("/webhooks/github")
+            .app_data(web::PayloadConfig::new(MAX_DELIVERY))
+            .route(web::post().to(github)),
+    )
+    .service(
+        web::resource("/webhooks/gitlab")
+            .app_data(web::PayloadConfig::new(MAX_DELIVERY))
+            .route(web::post().to(gitlab)),
+    );
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct Urls {
+    clone_url: Option<String>,
+    html_url: Option<String>,
+    ssh_url: Option<String>,
+    git_http_url: Option<String>,
+    git_ssh_url: Option<String>,
+    web_url: Option<String>,
+}
+
+impl Urls {
+    fn all(&self) -> Vec<&str> {
+        [
+            &self.clone_url,
+            &self.html_url,
+            &self.ssh_url,
+            &self.git_http_url,
+            &self.git_ssh_url,
+            &self.web_url,
+        ]
+        .into_iter()
+        .filter_map(|u| u.as_deref())
+        .collect()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Named {
+    name: Option<String>,
+}
+
+/// The parts of a GitHub `push`/`ping` or GitLab `Push Hook` payload slipway reads.
+#[derive(Debug, Deserialize)]
+struct Delivery {
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
+    after: Option<String>,
+    #[serde(default)]
+    deleted: bool,
+    /// GitHub.
+    repository: Option<Urls>,
+    pusher: Option<Named>,
+    /// GitLab.
+    project: Option<Urls>,
+    user_username: Option<String>,
+}
+
+impl Delivery {
+    fn parse(body: &[u8]) -> Result<Self, Problem> {
+        serde_json::from_slice(body).map_err(|e| {
+            Problem::bad_request(format!("the delivery is not a JSON push payload: {e}"))
+        })
+    }
+
+    fn urls(&self) -> Vec<&str> {
+        let mut urls = Vec::new();
+        for u in [&self.repository, &self.project].into_iter().flatten() {
+            urls.extend(u.all());
+        }
+        urls
+    }
+}
+
+fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
+    req.headers().get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The registered services whose repository is the delivery's.
+async fn candidates(
+    upstreams: &Upstreams,
+    delivery: &Delivery,
+) -> Result<Vec<ServiceRef>, Problem> {
+    let urls = delivery.urls();
+    if urls.is_empty() {
+        return Err(Problem::bad_request("the delivery names no repository URL"));
+    }
+    let mut found: Vec<ServiceRef> = Vec::new();
+    for url in &urls {
+        for service in upstreams.services_by_repository(url).await? {
+            if !found.iter().any(|s| s.id == service.id) {
+                found.push(service);
+            }
+        }
+        if !found.is_empty() {
+            break; // every URL form of one repository gives the same services
+        }
+    }
+    if found.is_empty() {
+        return Err(Problem::not_found(format!(
+            "no service is registered for repository `{}`",
+            urls[0]
+        )));
+    }
+    Ok(found)
+}
+
+async fn secret(pool: &PgPool, service: ServiceId) -> Result<Option<String>, Problem> {
+    sqlx::query_scalar("SELECT secret FROM webhook_secrets WHERE service_id = $1")
+        .bind(service)
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| internal("read webhook secret", e))
+}
+
+/// Keeps the services whose secret `verify` accepts; 401 when none does.
+async fn authenticated(
+    pool: &PgPool,
+    services: Vec<ServiceRef>,
+    verify: impl Fn(&str) -> bool,
+) -> Result<Vec<ServiceRef>, Problem> {
+    let mut ok = Vec::new();
+    for service in services {
+        if let Some(secret) = secret(pool, service.id).await?
+            && verify(&secret)
+        {
+            ok.push(service);
+        }
+    }
+    if ok.is_empty() {
+        return Err(Problem::unauthorized(
+            "the delivery's signature does not match the webhook secret of any service for this repository",
+        ));
+    }
+    Ok(ok)
+}
+
+/// GitHub's `X-Hub-Signature-256`: `sha256=` and the hex HMAC-SHA256 of the raw body.
+pub fn github_signature_ok(secret: &str, body: &[u8], header: &str) -> bool {
+    let Some(hex_sig) = header.strip_prefix("sha256=") else {
+        return false;
+    };
+    let Ok(expected) = hex::decode(hex_sig) else {
+        return false;
+    };
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+        return false;
+    };
+    mac.update(body);
+    mac.verify_slice(&expected).is_ok() // constant-time
+}
+
+/// Requests a build for every service tracking the pushed branch; says why for the others.
+async fn on_push(
+    pool: &PgPool,
+    services: Vec<ServiceRef>,
+    delivery: &Delivery,
+    trigger: BuildTrigger,
+) -> Result<HttpResponse, Problem> {
+    let git_ref = delivery.git_ref.clone().unwrap_or_default();
+    let after = delivery.after.clone().unwrap_or_default();
+    let mut builds = Vec::new();
+    let mut ignored = Vec::new();
+    for service in services {
+        let branch = git_ref.strip_prefix("refs/heads/");
+        let reason = if delivery.deleted || after.chars().all(|c| c == '0') {
+            Some(format!("`{git_ref}` was deleted"))
+        } else if !super::builds::valid_commit(&after) {
+            Some(format!("`after` is not a commit id: `{after}`"))
+        } else if branch != Some(service.branch.as_str()) {
+            Some(format!(
+                "`{git_ref}` is not the tracked branch (service `{}` builds `{}`)",
+                service.name, service.branch
+            ))
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => ignored.push(json!({ "service": service.name, "reason": reason })),
+            None => {
+                let id = commands::request_build(
+                    pool,
+                    &service,
+                    git_ref.clone(),
+                    Some(after.clone()),
+                    trigger.clone(),
+                )
+                .await?;
+                builds.push(
+                    json!({ "service": service.name, "id": id, "url": format!("/v1/builds/{id}") }),
+                );
+            }
+        }
+    }
+    let status = if builds.is_empty() {
+        "ignored"
+    } else {
+        "accepted"
+    };
+    Ok(HttpResponse::Accepted()
+        .json(json!({ "status": status, "builds": builds, "ignored": ignored })))
+}
+
+async fn github(
+    req: HttpRequest,
+    body: web::Bytes,
+    pool: web::Data<PgPool>,
+    upstreams: web::Data<Upstreams>,
+) -> Result<HttpResponse, Problem> {
+    let event = header(&req, "x-github-event")
+        .ok_or_else(|| Problem::bad_request("missing `X-GitHub-Event` header"))?
+        .to_owned();
+    let signature = header(&req, "x-hub-signature-256")
+        .ok_or_else(|| Problem::unauthorized("missing `X-Hub-Signature-256` header"))?
+        .to_owned();
+    let delivery = Delivery::parse(&body)?;
+    let services = candidates(&upstreams, &delivery).await?;
+    let services = authenticated(&pool, services, |secret| {
+        github_signature_ok(secret, &body, &signature)
+    })
+    .await?;
+    match event.as_str() {
+        "ping" => Ok(HttpResponse::Ok().json(json!({
+            "status": "pong",
+            "services": services.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+        }))),
+        "push" => {
+            let trigger = BuildTrigger {
+                kind: "github".into(),
+                delivery: header(&req, "x-github-delivery").map(str::to_owned),
+                actor: delivery.pusher.as_ref().and_then(|p| p.name.clone()),
+            };
+            on_push(&pool, services, &delivery, trigger).await
+        }
+        other => Ok(HttpResponse::Accepted().json(json!({
+            "status": "ignored",
+            "reason": format!("GitHub event `{other}` is not handled (only push and ping)"),
+        }))),
+    }
+}
+
+async fn gitlab(
+    req: HttpRequest,
+    body: web::Bytes,
+    pool: web::Data<PgPool>,
+    upstreams: web::Data<Upstreams>,
+) -> Result<HttpResponse, Problem> {
+    let event = header(&req, "x-gitlab-event")
+        .ok_or_else(|| Problem::bad_request("missing `X-Gitlab-Event` header"))?
+        .to_owned();
+    let token = header(&req, "x-gitlab-token")
+        .ok_or_else(|| Problem::unauthorized("missing `X-Gitlab-Token` header"))?
+        .to_owned();
+    let delivery = Delivery::parse(&body)?;
+    let services = candidates(&upstreams, &delivery).await?;
+    let services = authenticated(&pool, services, |secret| {
+        bool::from(secret.as_bytes().ct_eq(token.as_bytes()))
+    })
+    .await?;
+    if event != "Push Hook" {
+        return Ok(HttpResponse::Accepted().json(json!({
+            "status": "ignored",
+            "reason": format!("GitLab event `{event}` is not handled (only Push Hook)"),
+        })));
+    }
+    let trigger = BuildTrigger {
+        kind: "gitlab".into(),
+        delivery: header(&req, "x-gitlab-event-uuid").map(str::to_owned),
+        actor: delivery.user_username.clone(),
+    };
+    on_push(&pool, services, &delivery, trigger).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn github_signatures_are_checked_exactly() {
+        // The example from GitHub's documentation on validating webhook deliveries.
+        let secret = "It's a Secret to Everybody";
+        let body = b"Hello, World!";
+        let good = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17";
+        assert!(github_signature_ok(secret, body, good));
+        assert!(!github_signature_ok("another secret", body, good));
+        assert!(!github_signature_ok(secret, b"Hello, World?", good));
+        assert!(!github_signature_ok(
+            secret,
+            body,
+            &good.replace("sha256=", "sha1=")
+        ));
+        assert!(!github_signature_ok(secret, body, "sha256=zz"));
+    }
+}
