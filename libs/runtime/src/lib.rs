@@ -186,6 +186,18 @@ impl Runtime {
         ));
     }
 
+    /// Runs a service-specific background task; it must return when `self.cancel` fires.
+    pub fn spawn<F, E>(&mut self, name: &'static str, task: F)
+    where
+        F: Future<Output = Result<(), E>> + Send + 'static,
+        E: std::fmt::Display,
+    {
+        self.tasks.push((
+            name,
+            Box::pin(async move { task.await.map_err(|e| e.to_string()) }),
+        ));
+    }
+
     /// Starts the HTTP server with the ops endpoints plus `routes`, and the background tasks.
     pub fn start<F>(self, routes: F) -> Result<Running, StartError>
     where

@@ -1,15 +1,20 @@
 //! Settings and start-up.
 
+use std::sync::Arc;
+
 use serde::Deserialize;
 use slipway_events::Topic;
 use slipway_runtime::{BaseSettings, Running, Runtime, StartError};
+use tokio::sync::Notify;
 
-use crate::consumers::ServiceCatalog;
+use crate::builds::worker::{BuildSettings, Worker};
+use crate::consumers::{BuildRequests, Events, ServiceCatalog};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
     #[serde(flatten)]
     pub base: BaseSettings,
+    pub builds: BuildSettings,
 }
 
 impl Settings {
@@ -27,10 +32,21 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let mut runtime = Runtime::build("builder", &settings.base, &MIGRATOR).await?;
-        let handler = ServiceCatalog::new(runtime.pool.clone());
+        let wake = Arc::new(Notify::new());
+        let handler = Events {
+            catalog: ServiceCatalog::new(runtime.pool.clone()),
+            builds: BuildRequests::new(runtime.pool.clone(), wake.clone()),
+        };
         runtime.consume("events", &[Topic::Services, Topic::Commands], handler);
         runtime.relay_outbox()?;
-        let running = runtime.start(|_| {})?;
+        let worker = Worker::new(runtime.pool.clone(), settings.builds.clone(), wake);
+        let cancel = runtime.cancel.clone();
+        runtime.spawn("build worker", worker.run(cancel));
+        let pool = actix_web::web::Data::new(runtime.pool.clone());
+        let running = runtime.start(move |cfg| {
+            cfg.app_data(pool.clone())
+                .configure(crate::routes::configure);
+        })?;
         Ok(Self { running })
     }
 

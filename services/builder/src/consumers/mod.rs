@@ -1,52 +1,25 @@
-//! Event handlers.
+//! Event handlers, one per event type the builder acts on.
 
-use futures::FutureExt;
-use slipway_events::slipway::ServiceCreated;
-use slipway_events::{CloudEvent, EventData};
+mod build_requests;
+mod service_catalog;
+
+use slipway_events::CloudEvent;
 use slipway_kafka::{Handled, Handler, HandlerError};
-use sqlx::PgPool;
 
-/// The inbox name of this handler.
-const CONSUMER: &str = "builder.service-catalog";
+pub use build_requests::BuildRequests;
+pub use service_catalog::ServiceCatalog;
 
-/// Keeps `build_sources` in step with the registry's "service created" events. Events of other
-/// types on its topics (build requests, until the builder acts on them) are counted as ignored.
-pub struct ServiceCatalog {
-    pool: PgPool,
+/// The builder's one consumer: routes each event to the handler for its type.
+pub struct Events {
+    pub catalog: ServiceCatalog,
+    pub builds: BuildRequests,
 }
 
-impl ServiceCatalog {
-    pub fn new(pool: PgPool) -> Self {
-        Self { pool }
-    }
-}
-
-impl Handler for ServiceCatalog {
+impl Handler for Events {
     async fn handle(&self, event: &CloudEvent) -> Result<Handled, HandlerError> {
-        if event.ty != ServiceCreated::TYPE {
-            return Ok(Handled::Ignored);
+        match self.catalog.handle(event).await? {
+            Handled::Ignored => self.builds.handle(event).await,
+            handled => Ok(handled),
         }
-        let data: ServiceCreated = event
-            .data_as()
-            .map_err(|e| HandlerError::Permanent(e.into()))?;
-        slipway_outbox::inbox::apply_once(&self.pool, CONSUMER, event, move |tx| {
-            async move {
-                sqlx::query(
-                    "INSERT INTO build_sources (service_id, name, repository, branch) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (service_id) DO UPDATE SET \
-                     name = EXCLUDED.name, repository = EXCLUDED.repository, \
-                     branch = EXCLUDED.branch, updated_at = now()",
-                )
-                .bind(data.service_id)
-                .bind(&data.name)
-                .bind(&data.repository)
-                .bind(&data.branch)
-                .execute(tx)
-                .await
-                .map(|_| ())
-            }
-            .boxed()
-        })
-        .await
     }
 }

@@ -1,0 +1,255 @@
+//! Builds: the state kept in `builds`, and the pipeline that moves a build from `queued` to
+//! `succeeded`, `failed` or `cancelled`.
+//!
+//! Every state change is written together with its CDEvent (`build.queued`, `build.started`,
+//! `build.finished`) in one transaction through the outbox.
+
+pub mod fetch;
+pub mod logs;
+pub mod spec;
+pub mod step;
+pub mod worker;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use slipway_events::cdevents::CdEvent;
+use slipway_events::slipway::{BuildRequested, sources};
+use slipway_ids::{BuildId, ServiceId};
+use sqlx::{PgConnection, PgPool};
+
+/// A build as stored and shown.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct Build {
+    pub id: BuildId,
+    pub service_id: ServiceId,
+    pub service_name: String,
+    pub repository: Option<String>,
+    pub git_ref: String,
+    pub commit_requested: Option<String>,
+    pub commit_built: Option<String>,
+    pub trigger_kind: String,
+    pub trigger_actor: Option<String>,
+    /// `queued`, `running`, `succeeded`, `failed` or `cancelled`.
+    pub status: String,
+    /// The step running, or the one that failed.
+    pub step: Option<String>,
+    pub exit_code: Option<i32>,
+    /// Why it failed or was cancelled, with the last lines of output.
+    pub reason: Option<String>,
+    pub cancel_requested: bool,
+    pub queued_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+const COLUMNS: &str = "id, service_id, service_name, repository, git_ref, commit_requested, \
+    commit_built, trigger_kind, trigger_actor, status, step, exit_code, reason, cancel_requested, \
+    queued_at, started_at, finished_at";
+
+/// Enqueues the build's CDEvent in the caller's transaction.
+async fn announce(
+    conn: &mut PgConnection,
+    build: &Build,
+    event: CdEvent,
+) -> Result<(), sqlx::Error> {
+    let topic = event.kind().topic();
+    let custom = serde_json::json!({
+        "build_id": build.id,
+        "service": build.service_name,
+        "git_ref": build.git_ref,
+        "commit": build.commit_built.as_ref().or(build.commit_requested.as_ref()),
+        "status": build.status,
+        "step": build.step,
+        "exit_code": build.exit_code,
+        "reason": build.reason,
+    });
+    let event = event
+        .with_subject_source(sources::BUILDER)
+        .with_custom_data(custom)
+        .into_cloud_event(build.service_id, Some(build.id.to_string()));
+    slipway_outbox::enqueue(conn, topic, &event).await
+}
+
+/// Stores a requested build as `queued` (once: a redelivered request changes nothing).
+pub async fn enqueue(conn: &mut PgConnection, req: &BuildRequested) -> Result<(), sqlx::Error> {
+    let inserted: Option<Build> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO builds (id, service_id, service_name, repository, git_ref, commit_requested, \
+         trigger_kind, trigger_actor, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued') \
+         ON CONFLICT (id) DO NOTHING RETURNING {COLUMNS}"
+    )))
+    .bind(req.build_id)
+    .bind(req.service_id)
+    .bind(&req.service_name)
+    .bind(&req.repository)
+    .bind(&req.git_ref)
+    .bind(&req.commit)
+    .bind(&req.trigger.kind)
+    .bind(&req.trigger.actor)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if let Some(build) = inserted {
+        let event = CdEvent::build_queued(sources::BUILDER, &build.id.to_string());
+        announce(conn, &build, event).await?;
+    }
+    Ok(())
+}
+
+/// Takes the oldest queued build and marks it running (skipping builds other builders hold).
+pub async fn claim_next(pool: &PgPool) -> Result<Option<Build>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let build: Option<Build> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE builds SET status = 'running', started_at = now(), step = 'fetch' \
+         WHERE id = (SELECT id FROM builds WHERE status = 'queued' ORDER BY queued_at \
+                     FOR UPDATE SKIP LOCKED LIMIT 1) \
+         RETURNING {COLUMNS}"
+    )))
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(build) = &build {
+        announce(
+            &mut tx,
+            build,
+            CdEvent::build_started(sources::BUILDER, &build.id.to_string()),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(build)
+}
+
+/// Builds a builder left `running` when it stopped go back to the queue (their work dir is
+/// gone with the process that owned it; they restart from the fetch).
+pub async fn requeue_interrupted(pool: &PgPool) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE builds SET status = 'queued', step = NULL, started_at = NULL WHERE status = 'running'",
+    )
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Puts one running build back in the queue (its builder is stopping).
+pub async fn requeue(pool: &PgPool, id: BuildId) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE builds SET status = 'queued', step = NULL, started_at = NULL \
+         WHERE id = $1 AND status = 'running'",
+    )
+    .bind(id)
+    .execute(pool)
+    .await
+    .map(|_| ())
+}
+
+/// Records the step now running.
+pub async fn set_step(pool: &PgPool, id: BuildId, step: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE builds SET step = $2 WHERE id = $1")
+        .bind(id)
+        .bind(step)
+        .execute(pool)
+        .await
+        .map(|_| ())
+}
+
+/// How a build ended.
+pub struct Ending {
+    pub status: &'static str,
+    pub step: Option<String>,
+    pub exit_code: Option<i32>,
+    pub reason: Option<String>,
+    pub commit_built: Option<String>,
+}
+
+/// Stores the end of a build and announces `build.finished`.
+pub async fn finish(pool: &PgPool, id: BuildId, end: Ending) -> Result<Build, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let build: Build = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE builds SET status = $2, step = $3, exit_code = $4, reason = $5, \
+         commit_built = coalesce($6, commit_built), finished_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .bind(end.status)
+    .bind(&end.step)
+    .bind(end.exit_code)
+    .bind(&end.reason)
+    .bind(&end.commit_built)
+    .fetch_one(&mut *tx)
+    .await?;
+    let event = CdEvent::build_finished(sources::BUILDER, &build.id.to_string(), None);
+    announce(&mut tx, &build, event).await?;
+    tx.commit().await?;
+    Ok(build)
+}
+
+pub async fn get(pool: &PgPool, id: BuildId) -> Result<Option<Build>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM builds WHERE id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// A service's builds, newest first.
+pub async fn list(pool: &PgPool, service: &str, limit: i64) -> Result<Vec<Build>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {COLUMNS} FROM builds WHERE service_name = $1 ORDER BY queued_at DESC LIMIT $2"
+    )))
+    .bind(service)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Asks for a build to stop. A queued build is cancelled at once; a running one by its
+/// worker, which watches the flag. `None`: no such build.
+pub async fn request_cancel(pool: &PgPool, id: BuildId) -> Result<Option<Build>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    let cancelled: Option<Build> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "UPDATE builds SET status = 'cancelled', reason = 'cancelled before it started', \
+         cancel_requested = true, finished_at = now() WHERE id = $1 AND status = 'queued' \
+         RETURNING {COLUMNS}"
+    )))
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some(build) = cancelled {
+        let event = CdEvent::build_finished(sources::BUILDER, &build.id.to_string(), None);
+        announce(&mut tx, &build, event).await?;
+        tx.commit().await?;
+        return Ok(Some(build));
+    }
+    sqlx::query("UPDATE builds SET cancel_requested = true WHERE id = $1 AND status = 'running'")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    get(pool, id).await
+}
+
+/// One stored output line.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct LogLine {
+    pub seq: i64,
+    pub step: String,
+    pub stream: String,
+    pub line: String,
+    pub at: DateTime<Utc>,
+}
+
+/// Lines after `after` (exclusive), in order.
+pub async fn log_lines(
+    pool: &PgPool,
+    id: BuildId,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<LogLine>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT seq, step, stream, line, at FROM build_logs WHERE build_id = $1 AND seq > $2 \
+         ORDER BY seq LIMIT $3",
+    )
+    .bind(id)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
+}

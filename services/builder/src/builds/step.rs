@@ -1,0 +1,161 @@
+//! Running one command of a build: its own process group (so a timeout or a cancel stops every
+//! process it started), output read line by line from both streams as it comes, a deadline,
+//! and cancellation.
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::logs::{LogWriter, Stream};
+
+/// How a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    /// Exited non-zero (or by a signal: no code).
+    Failed(Option<i32>),
+    TimedOut,
+    Cancelled,
+}
+
+/// Why a command could not be run at all.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error("cannot start `{command}`: {source}")]
+    Spawn {
+        command: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("storing build output failed: {0}")]
+    Logs(#[from] sqlx::Error),
+    #[error("waiting for the command failed: {0}")]
+    Wait(#[source] std::io::Error),
+}
+
+/// What to run.
+pub struct Invocation<'a> {
+    pub step: &'a str,
+    pub program: &'a str,
+    pub args: Vec<String>,
+    pub cwd: &'a Path,
+    pub env: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+/// Runs `inv`, storing every output line; stops it at the deadline or on `cancel`.
+pub async fn run(
+    inv: Invocation<'_>,
+    logs: &mut LogWriter,
+    cancel: &CancellationToken,
+) -> Result<Outcome, StepError> {
+    let shown = std::iter::once(inv.program.to_owned())
+        .chain(inv.args.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut child = Command::new(inv.program)
+        .args(&inv.args)
+        .current_dir(inv.cwd)
+        .envs(inv.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| StepError::Spawn {
+            command: shown.clone(),
+            source,
+        })?;
+    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+
+    let (tx, mut rx) = mpsc::channel::<(Stream, String)>(1024);
+    if let Some(out) = child.stdout.take() {
+        tokio::spawn(forward(BufReader::new(out), Stream::Stdout, tx.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        tokio::spawn(forward(BufReader::new(err), Stream::Stderr, tx.clone()));
+    }
+    drop(tx);
+
+    let deadline = tokio::time::sleep(inv.timeout);
+    tokio::pin!(deadline);
+    let mut stopped: Option<Outcome> = None;
+    let mut status = None;
+    let mut streams_open = true;
+    loop {
+        tokio::select! {
+            line = rx.recv(), if streams_open => match line {
+                Some((stream, text)) => {
+                    logs.line(inv.step, stream, &text).await?;
+                    if rx.is_empty() {
+                        logs.flush().await?; // output paused: make it visible to followers
+                    }
+                }
+                None => streams_open = false,
+            },
+            s = child.wait(), if status.is_none() => status = Some(s.map_err(StepError::Wait)?),
+            () = &mut deadline, if stopped.is_none() && status.is_none() => {
+                stopped = Some(Outcome::TimedOut);
+                kill_group(pgid);
+            }
+            () = cancel.cancelled(), if stopped.is_none() && status.is_none() => {
+                stopped = Some(Outcome::Cancelled);
+                kill_group(pgid);
+            }
+        }
+        if status.is_some() && !streams_open {
+            break;
+        }
+        if status.is_some() && stopped.is_some() {
+            // Killed: a grandchild may still hold the pipes; do not wait for them.
+            kill_group(pgid);
+            break;
+        }
+    }
+    logs.flush().await?;
+    let status = status.ok_or_else(|| StepError::Wait(std::io::Error::other("no exit status")))?;
+    Ok(match stopped {
+        Some(outcome) => outcome,
+        None if status.success() => Outcome::Succeeded,
+        None => Outcome::Failed(status.code()),
+    })
+}
+
+async fn forward<R: tokio::io::AsyncRead + Unpin>(
+    mut reader: BufReader<R>,
+    stream: Stream,
+    tx: mpsc::Sender<(Stream, String)>,
+) {
+    // Bytes, not `lines()`: output that is not UTF-8 must not end the capture.
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf)
+                    .trim_end_matches(['\n', '\r'])
+                    .to_owned();
+                if tx.send((stream, line)).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn kill_group(pgid: Option<Pid>) {
+    if let Some(pgid) = pgid {
+        // ESRCH (already gone) is fine.
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+}

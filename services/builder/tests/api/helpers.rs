@@ -1,0 +1,213 @@
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use slipway_builder::builds::worker::BuildSettings;
+use slipway_builder::{Application, Settings};
+use slipway_events::slipway::{BuildRequested, BuildTrigger, sources};
+use slipway_events::{CloudEvent, EventData};
+use slipway_ids::{BuildId, ServiceId};
+use slipway_kafka::{EventProducer, KafkaSettings};
+use tokio::sync::oneshot;
+
+pub struct TestApp {
+    pub address: String,
+    pub kafka: KafkaSettings,
+    pub client: reqwest::Client,
+    producer: EventProducer,
+    _stop: oneshot::Sender<()>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    let base = slipway_testkit::base_settings("builder").await;
+    let workdir = std::env::temp_dir().join(format!(
+        "slipway-builder-test-{}",
+        slipway_testkit::unique()
+    ));
+    let settings = Settings {
+        base: base.clone(),
+        builds: BuildSettings {
+            workdir: workdir.display().to_string(),
+            max_parallel: 2,
+            step_timeout_seconds: 60,
+            reason_lines: 10,
+        },
+    };
+    let app = Application::build(settings).await.expect("builder starts");
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = oneshot::channel::<()>();
+    tokio::spawn(app.run_until(async move {
+        let _ = stopped.await;
+    }));
+    TestApp {
+        address,
+        producer: EventProducer::new(&base.kafka).unwrap(),
+        kafka: base.kafka,
+        client: reqwest::Client::new(),
+        _stop: stop,
+    }
+}
+
+impl TestApp {
+    /// Publishes a build request as the gateway would.
+    pub async fn request(&self, repository: &str, commit: Option<&str>) -> BuildId {
+        self.request_times(repository, commit, 1).await
+    }
+
+    /// Publishes the same request (same event id) `times` times, as a redelivery would.
+    pub async fn request_times(
+        &self,
+        repository: &str,
+        commit: Option<&str>,
+        times: usize,
+    ) -> BuildId {
+        let data = BuildRequested {
+            build_id: BuildId::new(),
+            service_id: ServiceId::new(),
+            service_name: "hello".into(),
+            repository: Some(repository.into()),
+            git_ref: "refs/heads/main".into(),
+            commit: commit.map(str::to_owned),
+            trigger: BuildTrigger {
+                kind: "api".into(),
+                delivery: None,
+                actor: Some("test".into()),
+            },
+            requested_at: chrono::Utc::now(),
+        };
+        let event = CloudEvent::new(
+            sources::GATEWAY,
+            data.service_id,
+            Some(data.build_id.to_string()),
+            &data,
+        )
+        .unwrap();
+        for _ in 0..times {
+            self.producer
+                .publish(BuildRequested::TOPIC, &event)
+                .await
+                .unwrap();
+        }
+        data.build_id
+    }
+
+    pub async fn build(&self, id: BuildId) -> Option<Value> {
+        let res = self
+            .client
+            .get(format!("{}/v1/builds/{id}", self.address))
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 404 {
+            return None;
+        }
+        Some(res.json().await.unwrap())
+    }
+
+    /// Waits until the build's status satisfies `done`.
+    pub async fn wait_for(&self, id: BuildId, done: impl Fn(&str) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(build) = self.build(id).await
+                && done(build["status"].as_str().unwrap())
+            {
+                return build;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "build {id} did not get there"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn wait_finished(&self, id: BuildId) -> Value {
+        self.wait_for(id, |s| matches!(s, "succeeded" | "failed" | "cancelled"))
+            .await
+    }
+
+    pub async fn log_text(&self, id: BuildId) -> String {
+        let page: Value = self
+            .client
+            .get(format!("{}/v1/builds/{id}/logs", self.address))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        page["lines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["line"].as_str().unwrap().to_owned())
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+/// A bare git repository holding the example service, and a work tree to commit to it.
+pub struct Repo {
+    pub url: String,
+    work: PathBuf,
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+impl Repo {
+    /// Creates the repository with the example service as its first commit on `main`.
+    pub fn with_example() -> Self {
+        let root = std::env::temp_dir().join(format!("slipway-repo-{}", slipway_testkit::unique()));
+        let bare = root.join("hello.git");
+        let work = root.join("work");
+        std::fs::create_dir_all(&bare).unwrap();
+        std::fs::create_dir_all(&work).unwrap();
+        git(&bare, &["init", "-q", "--bare", "-b", "main"]);
+        git(&work, &["init", "-q", "-b", "main"]);
+        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-python");
+        for file in ["app.py", "test_app.py", "slipway.toml"] {
+            std::fs::copy(example.join(file), work.join(file)).unwrap();
+        }
+        let repo = Self {
+            url: format!("file://{}", bare.display()),
+            work,
+        };
+        git(&repo.work, &["remote", "add", "origin", &repo.url]);
+        repo.commit("the example service");
+        repo
+    }
+
+    /// Writes `file` and commits and pushes it; returns the commit id.
+    pub fn change(&self, file: &str, text: &str) -> String {
+        std::fs::write(self.work.join(file), text).unwrap();
+        self.commit(&format!("change {file}"))
+    }
+
+    fn commit(&self, message: &str) -> String {
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["commit", "-q", "-m", message]);
+        git(&self.work, &["push", "-q", "origin", "main"]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    pub fn head(&self) -> String {
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+}

@@ -1,0 +1,6 @@
+//! The builder on the real broker and PostgreSQL, building real git repositories.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+
+mod builds;
+mod helpers;
