@@ -39,8 +39,9 @@ FROM ${RUNTIME_IMAGE} AS runtime
 # ca-certificates: TLS to outside endpoints (OTLP collectors, git hosts, registries).
 # curl: the container healthcheck in docker-compose.yml (`curl -fsS http://127.0.0.1:8080/readyz`);
 # a few hundred KiB, and simpler than shipping a healthcheck subcommand in every binary.
+# git: the builder fetches the commits it builds with the git command line.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl \
+    && apt-get install -y --no-install-recommends ca-certificates curl git \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 slipway \
     && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/slipway --create-home \

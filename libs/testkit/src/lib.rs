@@ -11,6 +11,8 @@
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a panic is the failure report
 
+pub mod git;
+
 use std::time::Duration;
 
 use rdkafka::consumer::{Consumer, StreamConsumer};

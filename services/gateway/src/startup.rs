@@ -12,6 +12,8 @@ use crate::upstream::Upstreams;
 pub struct UpstreamSettings {
     /// Base URL of the registry's internal API.
     pub registry: String,
+    /// Base URL of the builder's internal API.
+    pub builder: String,
     pub timeout_seconds: u64,
 }
 

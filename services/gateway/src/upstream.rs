@@ -11,11 +11,28 @@ use slipway_http::Problem;
 
 use crate::startup::UpstreamSettings;
 
+/// Which internal API to call.
+#[derive(Debug, Clone, Copy)]
+pub enum Upstream {
+    Registry,
+    Builder,
+}
+
+impl Upstream {
+    fn name(self) -> &'static str {
+        match self {
+            Upstream::Registry => "registry",
+            Upstream::Builder => "builder",
+        }
+    }
+}
+
 /// The internal APIs the gateway calls.
 #[derive(Clone)]
 pub struct Upstreams {
     client: reqwest::Client,
     registry: String,
+    builder: String,
 }
 
 /// An upstream's answer: status, content type and body.
@@ -55,18 +72,26 @@ impl Answer {
 
 impl Upstreams {
     pub fn new(settings: &UpstreamSettings) -> Result<Self, String> {
-        let registry = settings.registry.trim_end_matches('/').to_owned();
-        if !(registry.starts_with("http://") || registry.starts_with("https://")) {
-            return Err(format!(
-                "upstreams.registry `{registry}` must be an http(s) URL"
-            ));
-        }
+        let base = |name: &str, url: &str| {
+            let url = url.trim_end_matches('/').to_owned();
+            if url.starts_with("http://") || url.starts_with("https://") {
+                Ok(url)
+            } else {
+                Err(format!("upstreams.{name} `{url}` must be an http(s) URL"))
+            }
+        };
+        let registry = base("registry", &settings.registry)?;
+        let builder = base("builder", &settings.builder)?;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(settings.timeout_seconds))
             .connect_timeout(Duration::from_secs(3))
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(Self { client, registry })
+        Ok(Self {
+            client,
+            registry,
+            builder,
+        })
     }
 
     /// Sends a request to the registry; `path_and_query` starts with `/`.
@@ -76,7 +101,24 @@ impl Upstreams {
         path_and_query: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<Answer, Problem> {
-        let url = format!("{}{}", self.registry, path_and_query);
+        self.call(Upstream::Registry, method, path_and_query, body)
+            .await
+    }
+
+    /// Sends a request to `upstream`; `path_and_query` starts with `/`.
+    pub async fn call(
+        &self,
+        upstream: Upstream,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Answer, Problem> {
+        let base = match upstream {
+            Upstream::Registry => &self.registry,
+            Upstream::Builder => &self.builder,
+        };
+        let name = upstream.name();
+        let url = format!("{base}{path_and_query}");
         let mut request = self.client.request(method, &url);
         for (name, value) in slipway_telemetry::current_context() {
             request = request.header(name, value);
@@ -85,8 +127,8 @@ impl Upstreams {
             request = request.json(body);
         }
         let response = request.send().await.map_err(|e| {
-            tracing::error!(error = %e, %url, "registry unreachable");
-            Problem::unavailable("the registry is unreachable; retry shortly")
+            tracing::error!(error = %e, %url, "{name} unreachable");
+            Problem::unavailable(format!("the {name} is unreachable; retry shortly"))
         })?;
         let status =
             StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -97,8 +139,8 @@ impl Upstreams {
             .unwrap_or("application/json")
             .to_owned();
         let body = response.bytes().await.map_err(|e| {
-            tracing::error!(error = %e, %url, "registry answer cut short");
-            Problem::unavailable("the registry's answer was cut short; retry")
+            tracing::error!(error = %e, %url, "{name} answer cut short");
+            Problem::unavailable(format!("the {name}'s answer was cut short; retry"))
         })?;
         Ok(Answer {
             status,
@@ -143,7 +185,7 @@ impl Upstreams {
 
 impl Answer {
     /// The JSON body of a 2xx answer; anything else is an upstream failure.
-    fn ok_json(self) -> Result<serde_json::Value, Problem> {
+    pub fn ok_json(self) -> Result<serde_json::Value, Problem> {
         if !self.status.is_success() {
             tracing::error!(status = %self.status, body = %String::from_utf8_lossy(&self.body), "unexpected upstream answer");
             return Err(bad_upstream("answer", self.status));

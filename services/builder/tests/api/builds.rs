@@ -5,12 +5,14 @@ use serde_json::Value;
 use slipway_events::Topic;
 use slipway_testkit::{header, next_of_type, plain_consumer};
 
-use crate::helpers::{Repo, spawn_app};
+use slipway_testkit::git::{Repo, example_dir};
+
+use crate::helpers::spawn_app;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_good_commit_passes_the_gate_and_builds() {
     let app = spawn_app().await;
-    let repo = Repo::with_example();
+    let repo = Repo::from_dir(&example_dir("hello-python"));
     let commit = repo.head();
     let id = app.request(&repo.url, Some(&commit)).await;
 
@@ -52,7 +54,7 @@ async fn a_good_commit_passes_the_gate_and_builds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_test_gate_fails_the_build_with_the_step_exit_code_and_output() {
     let app = spawn_app().await;
-    let repo = Repo::with_example();
+    let repo = Repo::from_dir(&example_dir("hello-python"));
     let broken = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/../../examples/hello-python/test_app.py"
@@ -85,7 +87,7 @@ async fn a_failing_test_gate_fails_the_build_with_the_step_exit_code_and_output(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_commits_fail_at_fetch() {
     let app = spawn_app().await;
-    let repo = Repo::with_example();
+    let repo = Repo::from_dir(&example_dir("hello-python"));
     let id = app
         .request(&repo.url, Some("0123456789abcdef0123456789abcdef01234567"))
         .await;
@@ -104,7 +106,7 @@ async fn unknown_commits_fail_at_fetch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_a_running_build_stops_its_processes() {
     let app = spawn_app().await;
-    let repo = Repo::with_example();
+    let repo = Repo::from_dir(&example_dir("hello-python"));
     // A gate that would run for a long time, with a marker to find its process by.
     let commit = repo.change(
         "slipway.toml",
@@ -166,7 +168,7 @@ async fn cancelling_a_running_build_stops_its_processes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_request_builds_once() {
     let app = spawn_app().await;
-    let repo = Repo::with_example();
+    let repo = Repo::from_dir(&example_dir("hello-python"));
     let id = app.request_times(&repo.url, None, 2).await;
     let first = app.wait_finished(id).await;
     assert_eq!(first["status"], "succeeded", "{first}");

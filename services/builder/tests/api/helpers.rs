@@ -1,5 +1,3 @@
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -144,70 +142,5 @@ impl TestApp {
             .map(|l| l["line"].as_str().unwrap().to_owned())
             .collect::<Vec<_>>()
             .join("\n")
-    }
-}
-
-/// A bare git repository holding the example service, and a work tree to commit to it.
-pub struct Repo {
-    pub url: String,
-    work: PathBuf,
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "Test")
-        .env("GIT_AUTHOR_EMAIL", "test@example.com")
-        .env("GIT_COMMITTER_NAME", "Test")
-        .env("GIT_COMMITTER_EMAIL", "test@example.com")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
-impl Repo {
-    /// Creates the repository with the example service as its first commit on `main`.
-    pub fn with_example() -> Self {
-        let root = std::env::temp_dir().join(format!("slipway-repo-{}", slipway_testkit::unique()));
-        let bare = root.join("hello.git");
-        let work = root.join("work");
-        std::fs::create_dir_all(&bare).unwrap();
-        std::fs::create_dir_all(&work).unwrap();
-        git(&bare, &["init", "-q", "--bare", "-b", "main"]);
-        git(&work, &["init", "-q", "-b", "main"]);
-        let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello-python");
-        for file in ["app.py", "test_app.py", "slipway.toml"] {
-            std::fs::copy(example.join(file), work.join(file)).unwrap();
-        }
-        let repo = Self {
-            url: format!("file://{}", bare.display()),
-            work,
-        };
-        git(&repo.work, &["remote", "add", "origin", &repo.url]);
-        repo.commit("the example service");
-        repo
-    }
-
-    /// Writes `file` and commits and pushes it; returns the commit id.
-    pub fn change(&self, file: &str, text: &str) -> String {
-        std::fs::write(self.work.join(file), text).unwrap();
-        self.commit(&format!("change {file}"))
-    }
-
-    fn commit(&self, message: &str) -> String {
-        git(&self.work, &["add", "-A"]);
-        git(&self.work, &["commit", "-q", "-m", message]);
-        git(&self.work, &["push", "-q", "origin", "main"]);
-        git(&self.work, &["rev-parse", "HEAD"])
-    }
-
-    pub fn head(&self) -> String {
-        git(&self.work, &["rev-parse", "HEAD"])
     }
 }

@@ -1,17 +1,115 @@
-//! `POST /v1/services/{name}/builds`: build a ref or an exact commit on demand.
+//! Builds: request one on demand (`POST /v1/services/{name}/builds`), read them, cancel them.
+//! The builder owns builds; the gateway forwards, and answers for a build it accepted that no
+//! builder has picked up yet from its own `operations` record.
 
 use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use slipway_events::slipway::BuildTrigger;
 use slipway_http::Problem;
+use slipway_ids::BuildId;
 use sqlx::PgPool;
 
 use crate::auth::{Caller, Role};
 use crate::commands;
-use crate::upstream::Upstreams;
+use crate::upstream::{Upstream, Upstreams};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.route("/services/{name}/builds", web::post().to(create));
+    cfg.route("/services/{name}/builds", web::post().to(create))
+        .route("/services/{name}/builds", web::get().to(list))
+        .route("/builds/{id}", web::get().to(get))
+        .route("/builds/{id}/cancel", web::post().to(cancel));
+}
+
+/// The gateway's record of an accepted build, as a build answer (`status: requested`).
+pub(crate) async fn requested(
+    pool: &PgPool,
+    id: BuildId,
+) -> Result<Option<serde_json::Value>, Problem> {
+    let row: Option<(String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        "SELECT service_name, trigger, created_at FROM operations WHERE id = $1 AND kind = 'build'",
+    )
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+    .map_err(|e| super::internal("read operation", e))?;
+    Ok(row.map(|(service, trigger, at)| {
+        serde_json::json!({
+            "id": id, "service_name": service, "trigger_kind": trigger,
+            "status": "requested", "queued_at": at,
+        })
+    }))
+}
+
+/// `GET /v1/builds/{id}`.
+async fn get(
+    caller: Caller,
+    pool: web::Data<PgPool>,
+    upstreams: web::Data<Upstreams>,
+    id: web::Path<BuildId>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(Role::Viewer)?;
+    let answer = upstreams
+        .call(
+            Upstream::Builder,
+            reqwest::Method::GET,
+            &format!("/v1/builds/{id}"),
+            None,
+        )
+        .await?;
+    if answer.status == actix_web::http::StatusCode::NOT_FOUND
+        && let Some(build) = requested(&pool, *id).await?
+    {
+        return Ok(HttpResponse::Ok().json(build));
+    }
+    answer.into_response()
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    limit: Option<u16>,
+}
+
+/// `GET /v1/services/{name}/builds`: newest first.
+async fn list(
+    caller: Caller,
+    upstreams: web::Data<Upstreams>,
+    name: web::Path<String>,
+    query: web::Query<ListQuery>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(Role::Viewer)?;
+    let service = upstreams.service(&name).await?;
+    let limit = query.limit.unwrap_or(50);
+    let path = format!("/v1/builds?service={}&limit={limit}", service.name);
+    upstreams
+        .call(Upstream::Builder, reqwest::Method::GET, &path, None)
+        .await?
+        .into_response()
+}
+
+/// `POST /v1/builds/{id}/cancel`.
+async fn cancel(
+    caller: Caller,
+    pool: web::Data<PgPool>,
+    upstreams: web::Data<Upstreams>,
+    id: web::Path<BuildId>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(Role::Deployer)?;
+    let answer = upstreams
+        .call(
+            Upstream::Builder,
+            reqwest::Method::POST,
+            &format!("/v1/builds/{id}/cancel"),
+            None,
+        )
+        .await?;
+    if answer.status == actix_web::http::StatusCode::NOT_FOUND
+        && requested(&pool, *id).await?.is_some()
+    {
+        return Err(Problem::conflict(format!(
+            "build {id} is accepted but no builder has queued it yet; retry in a moment"
+        )));
+    }
+    answer.into_response()
 }
 
 #[derive(Debug, Deserialize)]

@@ -2,6 +2,7 @@
 //! records every mutating call.
 
 mod admin;
+mod build_logs;
 pub(crate) mod builds;
 mod services;
 mod webhooks;
@@ -15,6 +16,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .wrap(middleware::from_fn(crate::audit::record))
             .configure(services::configure)
             .configure(builds::configure)
+            .configure(build_logs::configure)
             .configure(webhooks::configure)
             .configure(admin::configure),
     );

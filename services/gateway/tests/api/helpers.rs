@@ -40,11 +40,36 @@ pub async fn spawn_with(registry_up: bool) -> TestApp {
         drop(closed);
         url
     };
+    let builder_url = if registry_up {
+        let builder_settings = slipway_builder::Settings {
+            base: slipway_testkit::sibling(&base, "builder"),
+            builds: slipway_builder::builds::worker::BuildSettings {
+                workdir: std::env::temp_dir()
+                    .join(format!("slipway-gw-builds-{}", slipway_testkit::unique()))
+                    .display()
+                    .to_string(),
+                max_parallel: 2,
+                step_timeout_seconds: 60,
+                reason_lines: 10,
+            },
+        };
+        let builder = slipway_builder::Application::build(builder_settings)
+            .await
+            .expect("builder starts");
+        let url = format!("http://127.0.0.1:{}", builder.port());
+        let (stop, stopped) = oneshot::channel();
+        tokio::spawn(builder.run_until(until(stopped)));
+        stops.push(stop);
+        url
+    } else {
+        "http://127.0.0.1:9".to_owned()
+    };
     let admin_token = format!("slw_{}", "a1".repeat(32));
     let settings = Settings {
         base: base.clone(),
         upstreams: UpstreamSettings {
             registry: registry_url,
+            builder: builder_url,
             timeout_seconds: 5,
         },
         auth: AuthSettings {

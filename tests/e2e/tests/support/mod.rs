@@ -78,6 +78,14 @@ impl Stack {
             "SLIPWAY_UPSTREAMS__REGISTRY".to_owned(),
             format!("http://127.0.0.1:{}", ports["registry"]),
         );
+        env.insert(
+            "SLIPWAY_UPSTREAMS__BUILDER".to_owned(),
+            format!("http://127.0.0.1:{}", ports["builder"]),
+        );
+        env.insert(
+            "SLIPWAY_BUILDS__WORKDIR".to_owned(),
+            logs.join("builds").display().to_string(),
+        );
         let admin_db = sqlx::PgPool::connect_with(db.server_options())
             .await
             .unwrap();
@@ -220,6 +228,24 @@ impl Stack {
         let mut req = self.client.post(self.url("gateway", path)).json(&body);
         if !token.is_empty() {
             req = req.bearer_auth(token);
+        }
+        req.send().await.unwrap()
+    }
+
+    /// Sends `body` to a webhook endpoint with the given headers (no bearer token).
+    pub async fn webhook(
+        &self,
+        path: &str,
+        headers: &[(&str, String)],
+        body: Vec<u8>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .client
+            .post(self.url("gateway", path))
+            .header("content-type", "application/json")
+            .body(body);
+        for (name, value) in headers {
+            req = req.header(*name, value);
         }
         req.send().await.unwrap()
     }
