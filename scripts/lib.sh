@@ -477,3 +477,46 @@ start_tansu() {
   fi
   log "Tansu started on 127.0.0.1:$port (pid $pid)"
 }
+
+# ---------------------------------------------------------------------------------------------
+# OCI image registry (Docker Distribution, Debian's docker-registry)
+# ---------------------------------------------------------------------------------------------
+
+# The builder pushes images through the OCI distribution API; Debian's docker-registry serves it
+# on loopback with filesystem storage, without Docker.
+ensure_oci_registry() {
+  command -v docker-registry >/dev/null 2>&1 || apt_install docker-registry
+}
+
+# Start a registry on 127.0.0.1:PORT storing under DIR (created), logging to LOGFILE, pid in
+# PIDFILE. Plain HTTP on loopback only; no auth (the deployment in front of it adds that).
+start_oci_registry() {
+  local port=$1 dir=$2 logfile=$3 pidfile=$4 pid
+  if pid=$(pidfile_pid "$pidfile") && port_open 127.0.0.1 "$port"; then
+    log "image registry already running on 127.0.0.1:$port (pid $pid, reusing it)"
+    return 0
+  fi
+  stop_pidfile "$pidfile"
+  ! port_open 127.0.0.1 "$port" || die "port $port is already in use; pick another registry port"
+  mkdir -p "$dir/storage"
+  cat >"$dir/config.yml" <<CONF
+version: 0.1
+log:
+  level: warn
+storage:
+  filesystem:
+    rootdirectory: $dir/storage
+  delete:
+    enabled: true
+http:
+  addr: 127.0.0.1:$port
+CONF
+  spawn_detached "$pidfile" "$logfile" docker-registry serve "$dir/config.yml"
+  pid=$SPAWNED_PID
+  if ! wait_port 127.0.0.1 "$port" 30 "$pid"; then
+    tail -n 30 "$logfile" >&2 || true
+    stop_pidfile "$pidfile"
+    die "the image registry did not start (log: $logfile)"
+  fi
+  log "image registry started on 127.0.0.1:$port (pid $pid)"
+}

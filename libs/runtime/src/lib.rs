@@ -168,9 +168,11 @@ impl Runtime {
         Ok(())
     }
 
-    /// Consumes `topics` in group `slipway-<service>-<purpose>` with `handler`.
+    /// Consumes `topics` in group `<topic prefix>slipway-<service>-<purpose>` with `handler`.
+    /// The topic prefix namespaces groups too, so installations (and test runs) sharing a
+    /// broker never share a group.
     pub fn consume<H: Handler>(&mut self, purpose: &str, topics: &[Topic], handler: H) {
-        let group = format!("slipway-{}-{purpose}", self.name);
+        let group = format!("{}slipway-{}-{purpose}", self.kafka.topic_prefix, self.name);
         let runner = ConsumerRunner::new(
             self.kafka.clone(),
             group,

@@ -6,6 +6,9 @@
 //! - `SLIPWAY_TEST_KAFKA` (`host:port`): each test gets its own topic prefix
 //!   ([`kafka_settings`]), so tests share the broker without seeing each other's events.
 //!
+//! - `SLIPWAY_TEST_OCI_REGISTRY` (`host:port`): the image registry builds push to; tests use
+//!   their own repository prefix.
+//!
 //! A test run without them fails with a message naming `scripts/test`, rather than skipping:
 //! a skipped integration test would look like a passing one.
 
@@ -55,6 +58,11 @@ pub async fn fresh_database(schema: &str) -> DatabaseSettings {
         schema: schema.to_owned(),
         max_connections: 5,
     }
+}
+
+/// The OCI registry `scripts/test` starts (`host:port`, plain HTTP).
+pub fn oci_registry() -> String {
+    required("SLIPWAY_TEST_OCI_REGISTRY")
 }
 
 /// Broker settings with a topic prefix of their own.

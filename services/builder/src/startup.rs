@@ -7,6 +7,7 @@ use slipway_events::Topic;
 use slipway_runtime::{BaseSettings, Running, Runtime, StartError};
 use tokio::sync::Notify;
 
+use crate::builds::package::RegistrySettings;
 use crate::builds::worker::{BuildSettings, Worker};
 use crate::consumers::{BuildRequests, Events, ServiceCatalog};
 
@@ -15,6 +16,7 @@ pub struct Settings {
     #[serde(flatten)]
     pub base: BaseSettings,
     pub builds: BuildSettings,
+    pub registry: RegistrySettings,
 }
 
 impl Settings {
@@ -39,7 +41,12 @@ impl Application {
         };
         runtime.consume("events", &[Topic::Services, Topic::Commands], handler);
         runtime.relay_outbox()?;
-        let worker = Worker::new(runtime.pool.clone(), settings.builds.clone(), wake);
+        let worker = Worker::new(
+            runtime.pool.clone(),
+            settings.builds.clone(),
+            settings.registry.clone(),
+            wake,
+        );
         let cancel = runtime.cancel.clone();
         runtime.spawn("build worker", worker.run(cancel));
         let pool = actix_web::web::Data::new(runtime.pool.clone());

@@ -6,6 +6,7 @@
 
 pub mod fetch;
 pub mod logs;
+pub mod package;
 pub mod spec;
 pub mod step;
 pub mod worker;
@@ -37,6 +38,10 @@ pub struct Build {
     /// Why it failed or was cancelled, with the last lines of output.
     pub reason: Option<String>,
     pub cancel_requested: bool,
+    /// The pushed image (`registry/repository@sha256:...`), when it succeeded.
+    pub image: Option<String>,
+    pub artifact_digest: Option<String>,
+    pub artifact_purl: Option<String>,
     pub queued_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
@@ -44,7 +49,7 @@ pub struct Build {
 
 const COLUMNS: &str = "id, service_id, service_name, repository, git_ref, commit_requested, \
     commit_built, trigger_kind, trigger_actor, status, step, exit_code, reason, cancel_requested, \
-    queued_at, started_at, finished_at";
+    image, artifact_digest, artifact_purl, queued_at, started_at, finished_at";
 
 /// Enqueues the build's CDEvent in the caller's transaction.
 async fn announce(
@@ -68,6 +73,37 @@ async fn announce(
         .with_custom_data(custom)
         .into_cloud_event(build.service_id, Some(build.id.to_string()));
     slipway_outbox::enqueue(conn, topic, &event).await
+}
+
+/// `artifact.packaged` and `artifact.published`: what the registry makes a release of. Their
+/// `customData` carries what a release needs (service, build, commit, image, run command).
+async fn announce_artifact(
+    conn: &mut PgConnection,
+    build: &Build,
+    packaged: &package::Packaged,
+) -> Result<(), sqlx::Error> {
+    let commit = build.commit_built.clone().unwrap_or_default();
+    let custom = serde_json::json!({
+        "service_id": build.service_id,
+        "service": build.service_name,
+        "build_id": build.id,
+        "commit": commit,
+        "image": packaged.image,
+        "digest": packaged.digest,
+        "run": packaged.run,
+    });
+    let change_source = build.repository.clone().unwrap_or_else(|| "upload".into());
+    for event in [
+        CdEvent::artifact_packaged(sources::BUILDER, &packaged.purl, &commit, &change_source),
+        CdEvent::artifact_published(sources::BUILDER, &packaged.purl),
+    ] {
+        let topic = event.kind().topic();
+        let event = event
+            .with_custom_data(custom.clone())
+            .into_cloud_event(build.service_id, Some(build.service_name.clone()));
+        slipway_outbox::enqueue(conn, topic, &event).await?;
+    }
+    Ok(())
 }
 
 /// Stores a requested build as `queued` (once: a redelivered request changes nothing).
@@ -157,6 +193,8 @@ pub struct Ending {
     pub exit_code: Option<i32>,
     pub reason: Option<String>,
     pub commit_built: Option<String>,
+    /// The image, when the build succeeded.
+    pub packaged: Option<package::Packaged>,
 }
 
 /// Stores the end of a build and announces `build.finished`.
@@ -164,7 +202,8 @@ pub async fn finish(pool: &PgPool, id: BuildId, end: Ending) -> Result<Build, sq
     let mut tx = pool.begin().await?;
     let build: Build = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "UPDATE builds SET status = $2, step = $3, exit_code = $4, reason = $5, \
-         commit_built = coalesce($6, commit_built), finished_at = now() WHERE id = $1 RETURNING {COLUMNS}"
+         commit_built = coalesce($6, commit_built), image = $7, artifact_digest = $8, \
+         artifact_purl = $9, finished_at = now() WHERE id = $1 RETURNING {COLUMNS}"
     )))
     .bind(id)
     .bind(end.status)
@@ -172,9 +211,16 @@ pub async fn finish(pool: &PgPool, id: BuildId, end: Ending) -> Result<Build, sq
     .bind(end.exit_code)
     .bind(&end.reason)
     .bind(&end.commit_built)
+    .bind(end.packaged.as_ref().map(|p| p.image.clone()))
+    .bind(end.packaged.as_ref().map(|p| p.digest.clone()))
+    .bind(end.packaged.as_ref().map(|p| p.purl.clone()))
     .fetch_one(&mut *tx)
     .await?;
-    let event = CdEvent::build_finished(sources::BUILDER, &build.id.to_string(), None);
+    if let Some(packaged) = &end.packaged {
+        announce_artifact(&mut tx, &build, packaged).await?;
+    }
+    let purl = end.packaged.as_ref().map(|p| p.purl.as_str());
+    let event = CdEvent::build_finished(sources::BUILDER, &build.id.to_string(), purl);
     announce(&mut tx, &build, event).await?;
     tx.commit().await?;
     Ok(build)

@@ -26,7 +26,7 @@ pub struct Step {
 }
 
 /// How instances are started (used by packaging and the deployer).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 pub struct RunSpec {
     pub command: Vec<String>,
     #[serde(default = "default_port_env")]

@@ -1,5 +1,5 @@
 //! The build worker: takes queued builds in order, runs at most `max_parallel` at once, and
-//! runs each through fetch → test (the gate) → build.
+//! runs each through fetch → test (the gate) → build → package (an OCI image, pushed).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,6 +14,7 @@ use tracing::Instrument;
 
 use super::fetch::{self, Fetched};
 use super::logs::{LogWriter, Stream};
+use super::package::{self, RegistrySettings};
 use super::spec::BuildSpec;
 use super::step::{self, Invocation, Outcome};
 use super::{Build, Ending};
@@ -43,15 +44,22 @@ impl BuildSettings {
 pub struct Worker {
     pool: PgPool,
     settings: BuildSettings,
+    registry: RegistrySettings,
     /// Poked when a build is queued, so it starts without waiting for the next poll.
     wake: Arc<Notify>,
 }
 
 impl Worker {
-    pub fn new(pool: PgPool, settings: BuildSettings, wake: Arc<Notify>) -> Self {
+    pub fn new(
+        pool: PgPool,
+        settings: BuildSettings,
+        registry: RegistrySettings,
+        wake: Arc<Notify>,
+    ) -> Self {
         Self {
             pool,
             settings,
+            registry,
             wake,
         }
     }
@@ -83,6 +91,7 @@ impl Worker {
                     let job = Job {
                         pool: self.pool.clone(),
                         settings: self.settings.clone(),
+                        registry: self.registry.clone(),
                     };
                     let cancel = cancel.child_token();
                     running.spawn(async move {
@@ -113,6 +122,7 @@ impl Worker {
 struct Job {
     pool: PgPool,
     settings: BuildSettings,
+    registry: RegistrySettings,
 }
 
 fn failed(step: &str, exit_code: Option<i32>, reason: String, commit: Option<String>) -> Ending {
@@ -122,6 +132,7 @@ fn failed(step: &str, exit_code: Option<i32>, reason: String, commit: Option<Str
         exit_code,
         reason: Some(reason),
         commit_built: commit,
+        packaged: None,
     }
 }
 
@@ -265,7 +276,33 @@ impl Job {
                 }
             }
         }
-        logs.line("build", Stream::Slipway, "build succeeded")
+
+        // Package and push.
+        super::set_step(&self.pool, build.id, "package").await?;
+        let pushing = format!("packaging and pushing to {}", self.registry.address);
+        logs.line("package", Stream::Slipway, &pushing).await?;
+        let tag = format!("build-{}", build.id);
+        let pushed = package::package_and_push(
+            dir,
+            &spec,
+            &build.service_name,
+            &commit,
+            &tag,
+            &self.registry,
+        )
+        .await;
+        let packaged = match pushed {
+            Ok(p) => p,
+            Err(e) => {
+                logs.line("package", Stream::Slipway, &e.to_string())
+                    .await?;
+                logs.flush().await?;
+                return Ok(failed("package", None, e.to_string(), Some(commit)));
+            }
+        };
+        let done = format!("pushed {} ({} bytes)", packaged.image, packaged.layer_size);
+        logs.line("package", Stream::Slipway, &done).await?;
+        logs.line("package", Stream::Slipway, "build succeeded")
             .await?;
         logs.flush().await?;
         Ok(Ending {
@@ -274,6 +311,7 @@ impl Job {
             exit_code: Some(0),
             reason: None,
             commit_built: Some(commit),
+            packaged: Some(packaged),
         })
     }
 }
@@ -285,6 +323,7 @@ fn cancelled(step: &str) -> Ending {
         exit_code: None,
         reason: Some(format!("cancelled during {step}")),
         commit_built: None,
+        packaged: None,
     }
 }
 

@@ -20,10 +20,44 @@ async fn a_good_commit_passes_the_gate_and_builds() {
     assert_eq!(build["status"], "succeeded", "{build}");
     assert_eq!(build["commit_built"], commit.as_str());
     assert_eq!(build["exit_code"], 0);
+    let image = build["image"].as_str().unwrap();
+    let digest = build["artifact_digest"].as_str().unwrap();
+    assert!(
+        image.ends_with(&format!("@{digest}")),
+        "pulled by digest: {image}"
+    );
+    let purl = build["artifact_purl"].as_str().unwrap();
+    assert!(
+        purl.starts_with(&format!("pkg:oci/hello@sha256%3A{}", &digest[7..])),
+        "{purl}"
+    );
+    check_image(&app.client, image).await;
+
     let logs = app.log_text(id).await;
     assert!(logs.contains("$ python3 -m unittest -v"), "{logs}");
     assert!(logs.contains("Ran 3 tests"), "test output is kept: {logs}");
     assert!(logs.contains("build succeeded"), "{logs}");
+
+    // The artifact, published for the registry to make a release of.
+    let consumer = plain_consumer(
+        &app.kafka.bootstrap_servers,
+        &[&app.kafka.topics().name(Topic::Builds)],
+    );
+    let m = next_of_type(
+        &consumer,
+        "dev.cdevents.artifact.published.0.3.0",
+        Duration::from_secs(30),
+    )
+    .await
+    .expect("artifact published");
+    let body: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
+    assert_eq!(body["subject"]["id"], purl);
+    assert_eq!(body["customData"]["image"], image);
+    assert_eq!(
+        body["customData"]["run"]["command"],
+        serde_json::json!(["python3", "app.py"])
+    );
+    assert_eq!(body["customData"]["commit"], commit.as_str());
 
     // queued, started, finished: CDEvents on the builds topic, keyed by the service.
     let consumer = plain_consumer(
@@ -45,6 +79,7 @@ async fn a_good_commit_passes_the_gate_and_builds() {
         let body: Value = serde_json::from_slice(m.payload().unwrap()).unwrap();
         assert_eq!(body["subject"]["id"], id.to_string());
         if ty.contains("finished") {
+            assert_eq!(body["subject"]["content"]["artifactId"], purl);
             assert_eq!(body["customData"]["status"], "succeeded");
             assert_eq!(body["customData"]["commit"], commit.as_str());
         }
@@ -193,4 +228,64 @@ async fn a_redelivered_request_builds_once() {
         1,
         "the gate ran once: {logs}"
     );
+}
+
+/// Fetches the image's manifest, config and layer by digest from the registry's `/v2/` API.
+async fn check_image(client: &reqwest::Client, image: &str) {
+    let (name, digest) = image.split_once('@').unwrap();
+    let (host, repository) = name.split_once('/').unwrap();
+    let res = client
+        .get(format!("http://{host}/v2/{repository}/manifests/{digest}"))
+        .header("accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let manifest: Value = res.json().await.unwrap();
+    let blob = |d: &str| format!("http://{host}/v2/{repository}/blobs/{d}");
+    let config: Value = client
+        .get(blob(manifest["config"]["digest"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        config["config"]["Cmd"],
+        serde_json::json!(["python3", "app.py"])
+    );
+    assert!(
+        config["config"]["Env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e == "PORT=8080"),
+        "{config}"
+    );
+    assert_eq!(
+        config["config"]["ExposedPorts"]["8080/tcp"],
+        serde_json::json!({})
+    );
+    let layer_digest = manifest["layers"][0]["digest"].as_str().unwrap();
+    let layer = client
+        .get(blob(layer_digest))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let sha = format!(
+        "sha256:{}",
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&layer))
+    );
+    assert_eq!(sha, layer_digest, "the blob is content-addressed");
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&layer[..]));
+    let names: Vec<String> = archive
+        .entries()
+        .unwrap()
+        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .collect();
+    assert_eq!(names, ["app/app.py"], "only what slipway.toml packages");
 }

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use serde_json::Value;
+use slipway_builder::builds::package::RegistrySettings;
 use slipway_builder::builds::worker::BuildSettings;
 use slipway_builder::{Application, Settings};
 use slipway_events::slipway::{BuildRequested, BuildTrigger, sources};
@@ -30,6 +31,11 @@ pub async fn spawn_app() -> TestApp {
             max_parallel: 2,
             step_timeout_seconds: 60,
             reason_lines: 10,
+        },
+        registry: RegistrySettings {
+            address: slipway_testkit::oci_registry(),
+            insecure: true,
+            repository_prefix: format!("t{}/", slipway_testkit::unique()),
         },
     };
     let app = Application::build(settings).await.expect("builder starts");

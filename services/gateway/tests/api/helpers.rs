@@ -52,6 +52,11 @@ pub async fn spawn_with(registry_up: bool) -> TestApp {
                 step_timeout_seconds: 60,
                 reason_lines: 10,
             },
+            registry: slipway_builder::builds::package::RegistrySettings {
+                address: slipway_testkit::oci_registry(),
+                insecure: true,
+                repository_prefix: format!("t{}/", slipway_testkit::unique()),
+            },
         };
         let builder = slipway_builder::Application::build(builder_settings)
             .await

@@ -86,6 +86,15 @@ impl Stack {
             "SLIPWAY_BUILDS__WORKDIR".to_owned(),
             logs.join("builds").display().to_string(),
         );
+        env.insert(
+            "SLIPWAY_REGISTRY__ADDRESS".to_owned(),
+            slipway_testkit::oci_registry(),
+        );
+        let repository_prefix = format!("{}/", kafka.topic_prefix.trim_end_matches('.'));
+        env.insert(
+            "SLIPWAY_REGISTRY__REPOSITORY_PREFIX".to_owned(),
+            repository_prefix,
+        );
         let admin_db = sqlx::PgPool::connect_with(db.server_options())
             .await
             .unwrap();
