@@ -70,3 +70,53 @@ impl EventData for BuildRequested {
     const TYPE: &'static str = "dev.slipway.build.requested.v1";
     const TOPIC: Topic = Topic::Commands;
 }
+
+/// How an instance of a release is started (from the service's `slipway.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunSpec {
+    /// Program and arguments, run in the unpacked image's `/app`.
+    pub command: Vec<String>,
+    /// The environment variable the instance reads its port from.
+    #[serde(default = "default_port_env")]
+    pub port_env: String,
+    /// The HTTP path health checks probe.
+    #[serde(default = "default_health_path")]
+    pub health_path: String,
+}
+
+fn default_port_env() -> String {
+    "PORT".into()
+}
+
+fn default_health_path() -> String {
+    "/healthz".into()
+}
+
+/// A release was made (registry): an immutable, numbered pairing of an artifact with the config
+/// version in force for each environment. Key: the service id. Subject: `<service>/v<N>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseCreated {
+    pub release_id: uuid::Uuid,
+    pub service_id: ServiceId,
+    pub service_name: String,
+    /// 1, 2, 3, ... per service.
+    pub number: i32,
+    /// `v<number>`.
+    pub version: String,
+    /// The artifact's package URL.
+    pub artifact: String,
+    /// Pullable by digest.
+    pub image: String,
+    pub digest: String,
+    pub commit: String,
+    pub build_id: BuildId,
+    pub run: Option<RunSpec>,
+    /// Environment name → config version in force when the release was made.
+    pub config: std::collections::BTreeMap<String, i32>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl EventData for ReleaseCreated {
+    const TYPE: &'static str = "dev.slipway.release.created.v1";
+    const TOPIC: Topic = Topic::Services;
+}

@@ -172,3 +172,11 @@ pub fn header(message: &rdkafka::message::OwnedMessage, name: &str) -> Option<St
         .and_then(|h| h.value)
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
+
+/// A fresh secrets key (base64 of 32 random bytes), as `openssl rand -base64 32` makes.
+pub fn secrets_key() -> String {
+    use base64::Engine;
+    let mut bytes = uuid::Uuid::new_v4().as_bytes().to_vec();
+    bytes.extend_from_slice(uuid::Uuid::new_v4().as_bytes());
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}

@@ -1,17 +1,21 @@
-//! The registry owns what slipway knows about services: the services themselves (and, as the
-//! platform grows, their environments, immutable releases, versioned config and discovered
-//! instances). It answers reads over its internal HTTP API, which only the gateway calls, and
+//! The registry owns what slipway knows about services: the services themselves, their
+//! environments and versioned config (secrets sealed with AES-256-GCM), and their immutable
+//! releases, made from the artifacts the builder publishes (discovered instances come next). It answers reads over its internal HTTP API, which only the gateway calls, and
 //! announces every change through its outbox.
 //!
 //! Layout:
 //! - `domain/`: validated types (a service name is a DNS label, ...).
 //! - `db/`: queries; writing functions take a transaction so the outbox row shares it.
+//! - `consumers/`: event handlers (artifact published → release).
 //! - `routes/`: the internal HTTP API, one file per resource.
+//! - `secrets.rs`: sealing and opening secret values.
 //! - `startup.rs`: settings and [`Application`].
 
+pub mod consumers;
 pub mod db;
 pub mod domain;
 pub mod routes;
-mod startup;
+pub mod secrets;
+pub mod startup;
 
 pub use startup::{Application, Settings};

@@ -1,13 +1,25 @@
 //! Settings and start-up.
 
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
+use slipway_events::Topic;
 use slipway_runtime::{BaseSettings, Running, Runtime, StartError};
 
-/// The registry's settings: only the shared sections so far.
+use crate::consumers::ReleaseMaker;
+use crate::secrets::SecretBox;
+
+/// How secret values are sealed (section `[secrets]`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SecretSettings {
+    /// Base64 of 32 random bytes; required. Never stored in the database.
+    pub key: SecretString,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
     #[serde(flatten)]
     pub base: BaseSettings,
+    pub secrets: SecretSettings,
 }
 
 impl Settings {
@@ -15,6 +27,15 @@ impl Settings {
     pub fn load() -> Result<Self, slipway_settings::SettingsError> {
         slipway_settings::load(include_str!("../config/default.toml"))
     }
+}
+
+/// Why the registry could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryStartError {
+    #[error(transparent)]
+    Runtime(#[from] StartError),
+    #[error(transparent)]
+    Secrets(#[from] crate::secrets::SecretError),
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -25,12 +46,21 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+    pub async fn build(settings: Settings) -> Result<Self, RegistryStartError> {
+        // Checked before anything else starts: a bad key must stop the process at once.
+        let sealer = SecretBox::from_base64(settings.secrets.key.expose_secret())?;
         let mut runtime = Runtime::build("registry", &settings.base, &MIGRATOR).await?;
         runtime.relay_outbox()?;
+        runtime.consume(
+            "events",
+            &[Topic::Builds],
+            ReleaseMaker::new(runtime.pool.clone()),
+        );
         let pool = actix_web::web::Data::new(runtime.pool.clone());
+        let sealer = actix_web::web::Data::new(sealer);
         let running = runtime.start(move |cfg| {
             cfg.app_data(pool.clone())
+                .app_data(sealer.clone())
                 .configure(crate::routes::configure);
         })?;
         Ok(Self { running })

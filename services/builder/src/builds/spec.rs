@@ -25,22 +25,8 @@ pub struct Step {
     pub package: Vec<String>,
 }
 
-/// How instances are started (used by packaging and the deployer).
-#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
-pub struct RunSpec {
-    pub command: Vec<String>,
-    #[serde(default = "default_port_env")]
-    pub port_env: String,
-    #[serde(default = "default_health")]
-    pub health_path: String,
-}
-
-fn default_port_env() -> String {
-    "PORT".into()
-}
-fn default_health() -> String {
-    "/healthz".into()
-}
+/// How instances are started (used by packaging, the registry's releases and the deployer).
+pub use slipway_events::slipway::RunSpec;
 
 /// Why no recipe could be found.
 #[derive(Debug, thiserror::Error)]

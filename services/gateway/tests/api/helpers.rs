@@ -25,6 +25,9 @@ pub async fn spawn_with(registry_up: bool) -> TestApp {
     let registry_url = if registry_up {
         let registry_settings = slipway_registry::Settings {
             base: slipway_testkit::sibling(&base, "registry"),
+            secrets: slipway_registry::startup::SecretSettings {
+                key: slipway_testkit::secrets_key().into(),
+            },
         };
         let registry = slipway_registry::Application::build(registry_settings)
             .await

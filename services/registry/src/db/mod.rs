@@ -1,3 +1,5 @@
 //! Queries. Functions that write take a connection inside the caller's transaction.
 
+pub mod config;
+pub mod releases;
 pub mod services;

@@ -1,16 +1,32 @@
 //! The registry's internal HTTP API (called by the gateway, which authenticates users).
 
+mod config;
+mod releases;
 mod services;
 
 use actix_web::web;
 use slipway_http::Problem;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.configure(services::configure);
+    cfg.configure(services::configure)
+        .configure(releases::configure)
+        .configure(config::configure);
 }
 
 /// Logs an unexpected error with its whole chain and answers a sanitised 500.
 pub(crate) fn internal(context: &str, error: impl std::fmt::Display) -> Problem {
     tracing::error!(error = %error, "{context}");
     Problem::internal()
+}
+
+/// The id of the service named `name`, or 404.
+pub(crate) async fn service_id(
+    pool: &sqlx::PgPool,
+    name: &str,
+) -> Result<slipway_ids::ServiceId, Problem> {
+    match crate::db::services::by_name(pool, name).await {
+        Ok(Some(s)) => Ok(s.id),
+        Ok(None) => Err(Problem::not_found(format!("no service named `{name}`"))),
+        Err(e) => Err(internal("get service", e)),
+    }
 }

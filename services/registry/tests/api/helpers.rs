@@ -13,9 +13,14 @@ pub struct TestApp {
 /// Starts a registry on port 0 with a fresh database and its own topics.
 pub async fn spawn_app() -> TestApp {
     let base = slipway_testkit::base_settings("registry").await;
-    let app = Application::build(Settings { base: base.clone() })
-        .await
-        .expect("registry starts");
+    let app = Application::build(Settings {
+        base: base.clone(),
+        secrets: slipway_registry::startup::SecretSettings {
+            key: slipway_testkit::secrets_key().into(),
+        },
+    })
+    .await
+    .expect("registry starts");
     let address = format!("http://127.0.0.1:{}", app.port());
     let (stop, stopped) = oneshot::channel::<()>();
     tokio::spawn(app.run_until(async move {

@@ -95,6 +95,10 @@ impl Stack {
             "SLIPWAY_REGISTRY__REPOSITORY_PREFIX".to_owned(),
             repository_prefix,
         );
+        env.insert(
+            "SLIPWAY_SECRETS__KEY".to_owned(),
+            slipway_testkit::secrets_key(),
+        );
         let admin_db = sqlx::PgPool::connect_with(db.server_options())
             .await
             .unwrap();

@@ -1,0 +1,5 @@
+//! Event handlers: the registry makes a release of every published artifact.
+
+mod artifacts;
+
+pub use artifacts::ReleaseMaker;

@@ -1,0 +1,94 @@
+//! Secret values at rest: AES-256-GCM with a random 96-bit nonce per value, stored as
+//! base64(nonce || ciphertext). The key comes from settings (`secrets.key`, base64 of 32 bytes)
+//! and never from the database, so a copy of the database alone reveals nothing.
+
+use aes_gcm::aead::{Aead, KeyInit, OsRng, rand_core::RngCore};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+/// The cipher, built from the configured key.
+#[derive(Clone)]
+pub struct SecretBox {
+    cipher: Aes256Gcm,
+}
+
+/// Why a key or a stored value is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error(
+        "secrets.key must be the base64 of exactly 32 random bytes (e.g. `openssl rand -base64 32`)"
+    )]
+    BadKey,
+    #[error("a stored secret cannot be decrypted (wrong key, or the value was altered)")]
+    Corrupt,
+}
+
+impl SecretBox {
+    pub fn from_base64(key: &str) -> Result<Self, SecretError> {
+        let bytes = STANDARD
+            .decode(key.trim())
+            .map_err(|_| SecretError::BadKey)?;
+        let cipher = Aes256Gcm::new_from_slice(&bytes).map_err(|_| SecretError::BadKey)?;
+        Ok(Self { cipher })
+    }
+
+    pub fn seal(&self, plaintext: &str) -> String {
+        let mut nonce = [0u8; 12];
+        OsRng.fill_bytes(&mut nonce);
+        // Encryption with a valid key and nonce cannot fail for in-memory input.
+        let sealed = self
+            .cipher
+            .encrypt(&Nonce::from(nonce), plaintext.as_bytes())
+            .unwrap_or_default();
+        let mut out = nonce.to_vec();
+        out.extend(sealed);
+        STANDARD.encode(out)
+    }
+
+    pub fn open(&self, stored: &str) -> Result<String, SecretError> {
+        let bytes = STANDARD.decode(stored).map_err(|_| SecretError::Corrupt)?;
+        if bytes.len() < 12 {
+            return Err(SecretError::Corrupt);
+        }
+        let (nonce, sealed) = bytes.split_at(12);
+        let nonce: [u8; 12] = nonce.try_into().map_err(|_| SecretError::Corrupt)?;
+        let plain = self
+            .cipher
+            .decrypt(&Nonce::from(nonce), sealed)
+            .map_err(|_| SecretError::Corrupt)?;
+        String::from_utf8(plain).map_err(|_| SecretError::Corrupt)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes
+
+    #[test]
+    fn values_round_trip_and_never_appear_in_storage() {
+        let b = SecretBox::from_base64(KEY).unwrap();
+        let stored = b.seal("hunter2-very-secret");
+        assert!(!stored.contains("hunter2"));
+        assert_ne!(
+            stored,
+            b.seal("hunter2-very-secret"),
+            "a fresh nonce each time"
+        );
+        assert_eq!(b.open(&stored).unwrap(), "hunter2-very-secret");
+    }
+
+    #[test]
+    fn wrong_keys_and_tampering_are_detected() {
+        let b = SecretBox::from_base64(KEY).unwrap();
+        let other = SecretBox::from_base64("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk=").unwrap();
+        let stored = b.seal("value");
+        assert!(other.open(&stored).is_err());
+        let mut bytes = STANDARD.decode(&stored).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        assert!(b.open(&STANDARD.encode(bytes)).is_err());
+        assert!(SecretBox::from_base64("too-short").is_err());
+    }
+}
