@@ -62,6 +62,9 @@ pub struct BuildRequested {
     pub git_ref: String,
     /// The exact commit, when known (a push names it); otherwise the ref's head at fetch time.
     pub commit: Option<String>,
+    /// An uploaded source archive (held by the builder) to build instead of a repository.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upload: Option<uuid::Uuid>,
     pub trigger: BuildTrigger,
     pub requested_at: DateTime<Utc>,
 }

@@ -26,6 +26,7 @@ pub async fn request_build(
     service: &ServiceRef,
     git_ref: String,
     commit: Option<String>,
+    upload: Option<uuid::Uuid>,
     trigger: BuildTrigger,
 ) -> Result<BuildId, Problem> {
     let build_id = BuildId::new();
@@ -36,6 +37,7 @@ pub async fn request_build(
         repository: service.repository.clone(),
         git_ref,
         commit,
+        upload,
         trigger: trigger.clone(),
         requested_at: Utc::now(),
     };

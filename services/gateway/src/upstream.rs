@@ -39,10 +39,38 @@ pub struct Upstreams {
 pub struct Answer {
     pub status: StatusCode,
     pub content_type: String,
+    /// The `ETag` (config versions), passed on to the client.
+    pub etag: Option<String>,
     pub body: Vec<u8>,
 }
 
 impl Answer {
+    async fn read(response: reqwest::Response, name: &str, url: &str) -> Result<Self, Problem> {
+        let status =
+            StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("application/json")
+            .to_owned();
+        let etag = response
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response.bytes().await.map_err(|e| {
+            tracing::error!(error = %e, %url, "{name} answer cut short");
+            Problem::unavailable(format!("the {name}'s answer was cut short; retry"))
+        })?;
+        Ok(Self {
+            status,
+            content_type,
+            etag,
+            body: body.to_vec(),
+        })
+    }
+
     /// The answer as the gateway's own response.
     pub fn into_response(self) -> Result<HttpResponse, Problem> {
         if self.status.is_server_error() {
@@ -53,9 +81,12 @@ impl Answer {
                 "an internal service failed to answer; it has been logged",
             ));
         }
-        Ok(HttpResponse::build(self.status)
-            .content_type(self.content_type)
-            .body(self.body))
+        let mut response = HttpResponse::build(self.status);
+        response.content_type(self.content_type);
+        if let Some(etag) = self.etag {
+            response.insert_header(("etag", etag));
+        }
+        Ok(response.body(self.body))
     }
 
     pub fn json(&self) -> Result<serde_json::Value, Problem> {
@@ -113,15 +144,57 @@ impl Upstreams {
         path_and_query: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<Answer, Problem> {
-        let base = match upstream {
+        self.call_with(upstream, method, path_and_query, body, &[])
+            .await
+    }
+
+    /// POSTs raw bytes (an upload) to `upstream`.
+    pub async fn call_bytes(
+        &self,
+        upstream: Upstream,
+        path_and_query: &str,
+        body: Vec<u8>,
+    ) -> Result<Answer, Problem> {
+        let name = upstream.name();
+        let url = format!("{}{path_and_query}", self.base(upstream));
+        let response = self
+            .client
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/gzip")
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, %url, "{name} unreachable");
+                Problem::unavailable(format!("the {name} is unreachable; retry shortly"))
+            })?;
+        Answer::read(response, name, &url).await
+    }
+
+    fn base(&self, upstream: Upstream) -> &str {
+        match upstream {
             Upstream::Registry => &self.registry,
             Upstream::Builder => &self.builder,
-        };
+        }
+    }
+
+    /// Like [`Upstreams::call`], passing some of the client's headers on (e.g. `If-Match`).
+    pub async fn call_with(
+        &self,
+        upstream: Upstream,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+        headers: &[(&str, String)],
+    ) -> Result<Answer, Problem> {
         let name = upstream.name();
-        let url = format!("{base}{path_and_query}");
+        let url = format!("{}{path_and_query}", self.base(upstream));
         let mut request = self.client.request(method, &url);
         for (name, value) in slipway_telemetry::current_context() {
             request = request.header(name, value);
+        }
+        for (name, value) in headers {
+            request = request.header(*name, value);
         }
         if let Some(body) = body {
             request = request.json(body);
@@ -130,23 +203,7 @@ impl Upstreams {
             tracing::error!(error = %e, %url, "{name} unreachable");
             Problem::unavailable(format!("the {name} is unreachable; retry shortly"))
         })?;
-        let status =
-            StatusCode::from_u16(response.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-        let content_type = response
-            .headers()
-            .get(reqwest::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("application/json")
-            .to_owned();
-        let body = response.bytes().await.map_err(|e| {
-            tracing::error!(error = %e, %url, "{name} answer cut short");
-            Problem::unavailable(format!("the {name}'s answer was cut short; retry"))
-        })?;
-        Ok(Answer {
-            status,
-            content_type,
-            body: body.to_vec(),
-        })
+        Answer::read(response, name, &url).await
     }
 }
 

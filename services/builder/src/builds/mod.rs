@@ -4,6 +4,7 @@
 //! Every state change is written together with its CDEvent (`build.queued`, `build.started`,
 //! `build.finished`) in one transaction through the outbox.
 
+pub mod archive;
 pub mod fetch;
 pub mod logs;
 pub mod package;
@@ -38,6 +39,8 @@ pub struct Build {
     /// Why it failed or was cancelled, with the last lines of output.
     pub reason: Option<String>,
     pub cancel_requested: bool,
+    /// The uploaded source archive built instead of a repository.
+    pub upload_id: Option<uuid::Uuid>,
     /// The pushed image (`registry/repository@sha256:...`), when it succeeded.
     pub image: Option<String>,
     pub artifact_digest: Option<String>,
@@ -49,7 +52,7 @@ pub struct Build {
 
 const COLUMNS: &str = "id, service_id, service_name, repository, git_ref, commit_requested, \
     commit_built, trigger_kind, trigger_actor, status, step, exit_code, reason, cancel_requested, \
-    image, artifact_digest, artifact_purl, queued_at, started_at, finished_at";
+    upload_id, image, artifact_digest, artifact_purl, queued_at, started_at, finished_at";
 
 /// Enqueues the build's CDEvent in the caller's transaction.
 async fn announce(
@@ -110,7 +113,8 @@ async fn announce_artifact(
 pub async fn enqueue(conn: &mut PgConnection, req: &BuildRequested) -> Result<(), sqlx::Error> {
     let inserted: Option<Build> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
         "INSERT INTO builds (id, service_id, service_name, repository, git_ref, commit_requested, \
-         trigger_kind, trigger_actor, status) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'queued') \
+         trigger_kind, trigger_actor, upload_id, status) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued') \
          ON CONFLICT (id) DO NOTHING RETURNING {COLUMNS}"
     )))
     .bind(req.build_id)
@@ -121,6 +125,7 @@ pub async fn enqueue(conn: &mut PgConnection, req: &BuildRequested) -> Result<()
     .bind(&req.commit)
     .bind(&req.trigger.kind)
     .bind(&req.trigger.actor)
+    .bind(req.upload)
     .fetch_optional(&mut *conn)
     .await?;
     if let Some(build) = inserted {
@@ -298,4 +303,36 @@ pub async fn log_lines(
     .bind(limit)
     .fetch_all(pool)
     .await
+}
+
+/// Stores a checked upload; returns its id and the archive's sha256.
+pub async fn store_upload(
+    pool: &PgPool,
+    service: &str,
+    bytes: &[u8],
+    files: usize,
+) -> Result<(uuid::Uuid, String), sqlx::Error> {
+    use sha2::Digest;
+    let id = uuid::Uuid::now_v7();
+    let sha = hex::encode(sha2::Sha256::digest(bytes));
+    sqlx::query("INSERT INTO source_uploads (id, service_name, archive, sha256, files) VALUES ($1, $2, $3, $4, $5)")
+        .bind(id)
+        .bind(service)
+        .bind(bytes)
+        .bind(&sha)
+        .bind(files as i32)
+        .execute(pool)
+        .await?;
+    Ok((id, sha))
+}
+
+/// An upload's archive and sha256.
+pub async fn upload(
+    pool: &PgPool,
+    id: uuid::Uuid,
+) -> Result<Option<(Vec<u8>, String)>, sqlx::Error> {
+    sqlx::query_as("SELECT archive, sha256 FROM source_uploads WHERE id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
 }

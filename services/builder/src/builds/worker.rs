@@ -184,31 +184,71 @@ impl Job {
         };
         std::fs::create_dir_all(dir).map_err(step::StepError::Wait)?;
 
-        // Fetch.
-        let Some(repository) = build.repository.as_deref() else {
-            return Ok(failed(
-                "fetch",
-                None,
-                "the build has no repository to fetch".into(),
-                None,
-            ));
-        };
-        let fetched = fetch::fetch(
-            dir,
-            repository,
-            &build.git_ref,
-            build.commit_requested.as_deref(),
-            &mut logs,
-            cancel,
-            timeout,
-        )
-        .await?;
-        let commit = match fetched {
-            Fetched::Commit(sha) => sha,
-            Fetched::Failed(Outcome::Cancelled, _) => return Ok(cancelled("fetch")),
-            Fetched::Failed(outcome, what) => {
-                let reason = reason_of(describe(&outcome, &what, timeout), &logs);
-                return Ok(failed("fetch", exit_code(&outcome), reason, None));
+        // Fetch (or unpack the upload).
+        let commit = if let Some(upload) = build.upload_id {
+            match super::upload(&self.pool, upload).await? {
+                Some((bytes, sha)) => {
+                    logs.line(
+                        "fetch",
+                        Stream::Slipway,
+                        &format!("unpacking upload {upload} (sha256 {sha})"),
+                    )
+                    .await?;
+                    let target = dir.to_owned();
+                    let unpacked = tokio::task::spawn_blocking(move || {
+                        super::archive::inspect(
+                            &bytes,
+                            super::archive::Limits::default(),
+                            Some(&target),
+                        )
+                    })
+                    .await
+                    .map_err(|e| step::StepError::Wait(std::io::Error::other(e)))?;
+                    if let Err(e) = unpacked {
+                        return Ok(failed(
+                            "fetch",
+                            None,
+                            format!("the upload cannot be unpacked: {e}"),
+                            None,
+                        ));
+                    }
+                    format!("upload-{sha}")
+                }
+                None => {
+                    return Ok(failed(
+                        "fetch",
+                        None,
+                        format!("upload {upload} is gone"),
+                        None,
+                    ));
+                }
+            }
+        } else {
+            let Some(repository) = build.repository.as_deref() else {
+                return Ok(failed(
+                    "fetch",
+                    None,
+                    "the build has no repository to fetch".into(),
+                    None,
+                ));
+            };
+            let fetched = fetch::fetch(
+                dir,
+                repository,
+                &build.git_ref,
+                build.commit_requested.as_deref(),
+                &mut logs,
+                cancel,
+                timeout,
+            )
+            .await?;
+            match fetched {
+                Fetched::Commit(sha) => sha,
+                Fetched::Failed(Outcome::Cancelled, _) => return Ok(cancelled("fetch")),
+                Fetched::Failed(outcome, what) => {
+                    let reason = reason_of(describe(&outcome, &what, timeout), &logs);
+                    return Ok(failed("fetch", exit_code(&outcome), reason, None));
+                }
             }
         };
 

@@ -1,12 +1,14 @@
 //! The builder's internal HTTP API (called by the gateway, which authenticates users).
 
 mod builds;
+pub mod sources;
 
 use actix_web::web;
 use slipway_http::Problem;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.configure(builds::configure);
+    cfg.configure(builds::configure)
+        .configure(sources::configure);
 }
 
 /// Logs an unexpected error and answers a sanitised 500.

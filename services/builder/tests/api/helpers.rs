@@ -73,6 +73,7 @@ impl TestApp {
             repository: Some(repository.into()),
             git_ref: "refs/heads/main".into(),
             commit: commit.map(str::to_owned),
+            upload: None,
             trigger: BuildTrigger {
                 kind: "api".into(),
                 delivery: None,

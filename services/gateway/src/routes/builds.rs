@@ -180,7 +180,7 @@ async fn create(
         delivery: None,
         actor: Some(caller.token_name.clone()),
     };
-    let id = commands::request_build(&pool, &service, git_ref, body.commit, trigger).await?;
+    let id = commands::request_build(&pool, &service, git_ref, body.commit, None, trigger).await?;
     Ok(commands::accepted(id))
 }
 

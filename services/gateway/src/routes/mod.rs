@@ -4,7 +4,9 @@
 mod admin;
 mod build_logs;
 pub(crate) mod builds;
+mod releases;
 mod services;
+mod sources;
 mod webhooks;
 
 use actix_web::{middleware, web};
@@ -17,6 +19,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(services::configure)
             .configure(builds::configure)
             .configure(build_logs::configure)
+            .configure(releases::configure)
+            .configure(sources::configure)
             .configure(webhooks::configure)
             .configure(admin::configure),
     );

@@ -211,6 +211,7 @@ async fn on_push(
                     &service,
                     git_ref.clone(),
                     Some(after.clone()),
+                    None,
                     trigger.clone(),
                 )
                 .await?;

@@ -145,6 +145,11 @@ impl Stack {
         self.children.insert(service, child);
     }
 
+    /// Everything `service` has logged.
+    pub fn log_text(&self, service: &str) -> String {
+        std::fs::read_to_string(self.logs.join(format!("{service}.log"))).unwrap_or_default()
+    }
+
     fn log_tail(&self, service: &str) -> String {
         let text =
             std::fs::read_to_string(self.logs.join(format!("{service}.log"))).unwrap_or_default();

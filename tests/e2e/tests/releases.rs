@@ -1,0 +1,300 @@
+//! Source to release through the five binaries: a signed push and a folder upload each become
+//! an immutable release pinned to the config in force; a secret set in config shows up in no
+//! API answer, log line or event.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+
+mod support;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use rdkafka::Message;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use slipway_testkit::git::{Repo, example_dir};
+use support::Stack;
+
+const SECRET: &str = "e2e-webhook-secret-0123456789";
+const CONFIG_SECRET: &str = "pa55-do-not-leak-7f3a9c";
+
+fn signed_push(repo: &Repo, commit: &str) -> (Vec<(&'static str, String)>, Vec<u8>) {
+    let body = serde_json::to_vec(
+        &json!({"ref": "refs/heads/main", "after": commit, "repository": {"clone_url": repo.url}}),
+    )
+    .unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(&body);
+    let headers = vec![
+        ("x-github-event", "push".to_owned()),
+        (
+            "x-hub-signature-256",
+            format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
+        ),
+    ];
+    (headers, body)
+}
+
+/// A .tar.gz of `files` (name, contents), names written as given (even malicious ones).
+fn tarball(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (name, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_cksum();
+        builder.append(&header, *data).unwrap();
+    }
+    let mut gz = builder.into_inner().unwrap();
+    gz.flush().unwrap();
+    gz.finish().unwrap()
+}
+
+async fn wait_build(stack: &Stack, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let build: Value = stack
+            .get(&format!("/v1/builds/{id}"), &stack.admin_token)
+            .await
+            .json()
+            .await
+            .unwrap();
+        if matches!(
+            build["status"].as_str(),
+            Some("succeeded" | "failed" | "cancelled")
+        ) {
+            return build;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "build {id} did not finish: {build}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn wait_release(stack: &Stack, n: u32) -> (Value, Instant) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let res = stack
+            .get(
+                &format!("/v1/services/hello/releases/v{n}"),
+                &stack.admin_token,
+            )
+            .await;
+        if res.status() == 200 {
+            return (res.json().await.unwrap(), Instant::now());
+        }
+        assert!(Instant::now() < deadline, "release v{n} never appeared");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn put(stack: &Stack, path: &str, if_match: Option<&str>, body: Value) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .put(stack.url("gateway", path))
+        .bearer_auth(&stack.admin_token)
+        .json(&body);
+    if let Some(v) = if_match {
+        req = req.header("if-match", v);
+    }
+    req.send().await.unwrap()
+}
+
+async fn upload(stack: &Stack, body: Vec<u8>) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(stack.url("gateway", "/v1/services/hello/sources"))
+        .bearer_auth(&stack.admin_token)
+        .header("content-type", "application/gzip")
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_and_uploads_become_releases_and_secrets_never_leak() {
+    let stack = Stack::start().await;
+    let repo = Repo::from_dir(&example_dir("hello-python"));
+    let res = stack
+        .post(
+            "/v1/services",
+            &stack.admin_token,
+            json!({"name": "hello", "repository": repo.url, "webhook_secret": SECRET}),
+        )
+        .await;
+    assert_eq!(res.status(), 201);
+
+    // Config for prod, with a secret.
+    assert_eq!(
+        put(
+            &stack,
+            "/v1/services/hello/environments/prod",
+            None,
+            json!({"target": "process"})
+        )
+        .await
+        .status(),
+        201
+    );
+    let res = put(
+        &stack,
+        "/v1/services/hello/environments/prod/config",
+        None,
+        json!({"vars": {"GREETING": "hello, prod"}, "secrets": {"DB_PASSWORD": CONFIG_SECRET}}),
+    )
+    .await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["etag"], "\"1\"");
+    let stale = put(
+        &stack,
+        "/v1/services/hello/environments/prod/config",
+        Some("\"0\""),
+        json!({"vars": {}}),
+    )
+    .await;
+    assert_eq!(stale.status(), 412);
+
+    // A signed push: a build, then release v1 pinned to config version 1.
+    let (headers, body) = signed_push(&repo, &repo.head());
+    let t_push = Instant::now();
+    let res = stack.webhook("/v1/webhooks/github", &headers, body).await;
+    assert_eq!(res.status(), 202);
+    let answer: Value = res.json().await.unwrap();
+    let build = wait_build(&stack, answer["builds"][0]["id"].as_str().unwrap()).await;
+    let t_built = Instant::now();
+    assert_eq!(build["status"], "succeeded", "{build}");
+    let (v1, t_release) = wait_release(&stack, 1).await;
+    assert_eq!(v1["digest"], build["artifact_digest"]);
+    assert_eq!(v1["commit"], repo.head().as_str());
+    assert_eq!(v1["config"], json!({"prod": 1}));
+    println!(
+        "push to build finished {:?}; build finished to release visible {:?}",
+        t_built - t_push,
+        t_release - t_built
+    );
+
+    // Uploads: a folder becomes release v2; unsafe or oversized archives are refused.
+    let example = example_dir("hello-python");
+    let read = |f: &str| std::fs::read(example.join(f)).unwrap();
+    let (app, tests, recipe) = (read("app.py"), read("test_app.py"), read("slipway.toml"));
+    let good = tarball(&[
+        ("app.py", &app),
+        ("test_app.py", &tests),
+        ("slipway.toml", &recipe),
+    ]);
+    let res = upload(&stack, good).await;
+    assert_eq!(res.status(), 202);
+    let answer: Value = res.json().await.unwrap();
+    let build = wait_build(&stack, answer["id"].as_str().unwrap()).await;
+    assert_eq!(build["status"], "succeeded", "{build}");
+    assert!(
+        build["commit_built"]
+            .as_str()
+            .unwrap()
+            .starts_with("upload-")
+    );
+    let (v2, _) = wait_release(&stack, 2).await;
+    assert_eq!(v2["digest"], build["artifact_digest"]);
+
+    let evil = tarball(&[("../../etc/cron.d/evil", b"* * * * * root true")]);
+    let res = upload(&stack, evil).await;
+    assert_eq!(res.status(), 422);
+    let problem: Value = res.json().await.unwrap();
+    assert!(
+        problem["detail"].as_str().unwrap().contains("climbs out"),
+        "{problem}"
+    );
+    let res = upload(&stack, vec![0u8; 51 * 1024 * 1024]).await;
+    assert_eq!(res.status(), 413);
+    let res = upload(&stack, b"not an archive".to_vec()).await;
+    assert_eq!(res.status(), 422);
+    let releases: Value = stack
+        .get("/v1/services/hello/releases", &stack.admin_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        releases["items"].as_array().unwrap().len(),
+        2,
+        "refused uploads made nothing"
+    );
+
+    // The secret: in no answer, no event, no log line.
+    let mut answers = String::new();
+    for path in [
+        "/v1/services/hello",
+        "/v1/services/hello/environments",
+        "/v1/services/hello/environments/prod/config",
+        "/v1/services/hello/releases",
+        "/v1/services/hello/builds",
+        "/v1/audit",
+    ] {
+        answers.push_str(
+            &stack
+                .get(path, &stack.admin_token)
+                .await
+                .text()
+                .await
+                .unwrap(),
+        );
+    }
+    assert!(
+        answers.contains("DB_PASSWORD"),
+        "the secret's name is shown"
+    );
+    assert!(
+        !answers.contains(CONFIG_SECRET),
+        "an answer shows the secret"
+    );
+
+    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &stack.kafka)
+        .set(
+            "group.id",
+            format!("leak-check-{}", slipway_testkit::unique()),
+        )
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    let topics: Vec<String> = [
+        "commands",
+        "services",
+        "builds",
+        "deployments",
+        "instances",
+        "monitoring",
+        "deadletter",
+    ]
+    .iter()
+    .map(|t| stack.topic(&format!("slipway.{t}")))
+    .collect();
+    consumer
+        .subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())
+        .unwrap();
+    let mut seen = 0;
+    while let Ok(Ok(m)) = tokio::time::timeout(Duration::from_secs(3), consumer.recv()).await {
+        seen += 1;
+        let payload = String::from_utf8_lossy(m.payload().unwrap_or_default());
+        assert!(
+            !payload.contains(CONFIG_SECRET),
+            "an event carries the secret: {payload}"
+        );
+    }
+    assert!(seen >= 10, "the events were read ({seen})");
+    for service in support::SERVICES {
+        let log = stack.log_text(service);
+        assert!(!log.is_empty(), "{service} logged");
+        assert!(
+            !log.contains(CONFIG_SECRET),
+            "{service}'s log shows the secret"
+        );
+    }
+}
