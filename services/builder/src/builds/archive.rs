@@ -137,9 +137,13 @@ pub fn inspect(bytes: &[u8], limits: Limits, into: Option<&Path>) -> Result<Summ
                 if size > budget {
                     return Err(ArchiveError::TooLarge(limits.max_unpacked_bytes));
                 }
-                entry
+                // `false`: the tar crate itself found the path unsafe and skipped it.
+                let written = entry
                     .unpack_in(root)
                     .map_err(|e| ArchiveError::Format(e.to_string()))?;
+                if !written {
+                    return Err(ArchiveError::Traversal(shown));
+                }
                 size
             }
             None => std::io::copy(&mut (&mut entry).take(budget + 1), &mut std::io::sink())
@@ -195,6 +199,7 @@ mod tests {
             ("lib/x.py", FILE, b"", None),
         ]);
         let dir = std::env::temp_dir().join(format!("slipway-archive-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap(); // the worker unpacks into its build directory
         let summary = inspect(&bytes, Limits::default(), Some(&dir)).unwrap();
         assert_eq!(
             summary,
