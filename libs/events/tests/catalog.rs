@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
 use slipway_events::cdevents::CdEventKind;
-use slipway_events::slipway::{BuildRequested, ServiceCreated};
+use slipway_events::slipway::{BuildRequested, ReleaseCreated, ServiceCreated};
 use slipway_events::{EventData, Topic};
 
 #[test]
@@ -14,6 +14,7 @@ fn the_catalog_names_every_type_and_topic() {
     let mut names: Vec<&str> = CdEventKind::ALL.iter().map(|k| k.type_str()).collect();
     names.push(ServiceCreated::TYPE);
     names.push(BuildRequested::TYPE);
+    names.push(ReleaseCreated::TYPE);
     names.extend(Topic::ALL.iter().map(|t| t.base()));
     let missing: Vec<&str> = names
         .into_iter()
