@@ -6,6 +6,8 @@
 //! broker) and `/metrics`. The service then adds what it needs ([`Runtime::relay_outbox`],
 //! [`Runtime::consume`]) and calls [`Runtime::start`] with its routes.
 
+pub mod catalog;
+
 use std::net::TcpListener;
 use std::time::Duration;
 

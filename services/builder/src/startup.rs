@@ -36,7 +36,11 @@ impl Application {
         let mut runtime = Runtime::build("builder", &settings.base, &MIGRATOR).await?;
         let wake = Arc::new(Notify::new());
         let handler = Events {
-            catalog: ServiceCatalog::new(runtime.pool.clone()),
+            catalog: ServiceCatalog::new(
+                runtime.pool.clone(),
+                "builder.service-catalog",
+                "build_sources",
+            ),
             builds: BuildRequests::new(runtime.pool.clone(), wake.clone()),
         };
         runtime.consume("events", &[Topic::Services, Topic::Commands], handler);

@@ -5,10 +5,8 @@
 //! monitor's topic (health and analysis verdicts) that will drive rollouts.
 //!
 //! Layout:
-//! - `consumers/`: one handler per event it reacts to.
 //! - `startup.rs`: settings and [`Application`].
 
-pub mod consumers;
 mod startup;
 
 pub use startup::{Application, Settings};

@@ -4,7 +4,7 @@ use serde::Deserialize;
 use slipway_events::Topic;
 use slipway_runtime::{BaseSettings, Running, Runtime, StartError};
 
-use crate::consumers::ServiceCatalog;
+use slipway_runtime::catalog::ServiceCatalog;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
@@ -27,7 +27,11 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, StartError> {
         let mut runtime = Runtime::build("deployer", &settings.base, &MIGRATOR).await?;
-        let handler = ServiceCatalog::new(runtime.pool.clone());
+        let handler = ServiceCatalog::new(
+            runtime.pool.clone(),
+            "deployer.service-catalog",
+            "deploy_targets",
+        );
         runtime.consume(
             "events",
             &[Topic::Services, Topic::Commands, Topic::Monitoring],

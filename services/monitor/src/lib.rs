@@ -4,10 +4,8 @@
 //! analyses.
 //!
 //! Layout:
-//! - `consumers/`: one handler per event it reacts to.
 //! - `startup.rs`: settings and [`Application`].
 
-pub mod consumers;
 mod startup;
 
 pub use startup::{Application, Settings};

@@ -1,13 +1,12 @@
 //! Event handlers, one per event type the builder acts on.
 
 mod build_requests;
-mod service_catalog;
 
 use slipway_events::CloudEvent;
 use slipway_kafka::{Handled, Handler, HandlerError};
 
 pub use build_requests::BuildRequests;
-pub use service_catalog::ServiceCatalog;
+pub use slipway_runtime::catalog::ServiceCatalog;
 
 /// The builder's one consumer: routes each event to the handler for its type.
 pub struct Events {
