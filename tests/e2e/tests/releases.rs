@@ -164,6 +164,7 @@ async fn pushes_and_uploads_become_releases_and_secrets_never_leak() {
     // A signed push: a build, then release v1 pinned to config version 1.
     let (headers, body) = signed_push(&repo, &repo.head());
     let t_push = Instant::now();
+    let t_push_wall = chrono_now();
     let res = stack.webhook("/v1/webhooks/github", &headers, body).await;
     assert_eq!(res.status(), 202);
     let answer: Value = res.json().await.unwrap();
@@ -179,6 +180,7 @@ async fn pushes_and_uploads_become_releases_and_secrets_never_leak() {
         t_built - t_push,
         t_release - t_built
     );
+    overhead(&stack, &build, &v1, t_push_wall).await;
 
     // Uploads: a folder becomes release v2; unsafe or oversized archives are refused.
     let example = example_dir("hello-python");
@@ -297,4 +299,47 @@ async fn pushes_and_uploads_become_releases_and_secrets_never_leak() {
             "{service}'s log shows the secret"
         );
     }
+}
+
+fn chrono_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+fn seconds(rfc3339: &str) -> f64 {
+    // "2026-11-22T01:02:03.456789Z": seconds since the epoch, from the services' clocks (the
+    // same machine's clock as the test's).
+    let parsed = chrono::DateTime::parse_from_rfc3339(rfc3339).unwrap();
+    parsed.timestamp() as f64 + f64::from(parsed.timestamp_subsec_nanos()) / 1e9
+}
+
+/// Prints the platform's own overhead around a build (figures for the closing note, not
+/// asserted): from the webhook to the first build command starting, and from the last build
+/// command ending to the release existing.
+async fn overhead(stack: &Stack, build: &Value, release: &Value, pushed_at: f64) {
+    let id = build["id"].as_str().unwrap();
+    let page: Value = stack
+        .get(&format!("/v1/builds/{id}/logs"), &stack.admin_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let lines = page["lines"].as_array().unwrap();
+    let at = |pred: &dyn Fn(&Value) -> bool| {
+        lines
+            .iter()
+            .find(|l| pred(l))
+            .map(|l| seconds(l["at"].as_str().unwrap()))
+    };
+    let first_command = at(&|l| l["line"].as_str().unwrap_or_default().starts_with("$ ")).unwrap();
+    let packaging = at(&|l| l["step"] == "package").unwrap();
+    let released = seconds(release["created_at"].as_str().unwrap());
+    println!(
+        "overhead: webhook -> first build command {:.0} ms (fetch included); \
+         build commands done -> release exists {:.0} ms (packaging and push included)",
+        (first_command - pushed_at) * 1000.0,
+        (released - packaging) * 1000.0
+    );
 }

@@ -135,6 +135,28 @@ async fn a_signed_push_is_built_and_its_logs_can_be_followed() {
             .contains("exited with code 1"),
         "{build}"
     );
+    assert!(build["image"].is_null(), "a failed build pushes no image");
+    // The good build made release v1; the failed one made none.
+    let v1 = slipway_testkit::wait_until(Duration::from_secs(30), || async {
+        stack
+            .get("/v1/services/hello/releases/v1", &stack.admin_token)
+            .await
+            .status()
+            == 200
+    })
+    .await;
+    assert!(v1, "the good build became release v1");
+    let releases: Value = stack
+        .get("/v1/services/hello/releases", &stack.admin_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        releases["items"].as_array().unwrap().len(),
+        1,
+        "no release from a failed build"
+    );
 
     let list: Value = stack
         .get("/v1/services/hello/builds", &stack.admin_token)
