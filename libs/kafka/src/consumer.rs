@@ -147,6 +147,7 @@ impl<H: Handler> ConsumerRunner<H> {
             .set("auto.offset.reset", "earliest")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
+            .set("fetch.wait.max.ms", self.settings.fetch_wait_ms.to_string())
             .create()
             .map_err(|source| ConsumerError::Create {
                 group: self.group.clone(),

@@ -26,6 +26,11 @@ pub struct KafkaSettings {
     /// First retry delay in milliseconds; doubles per attempt, capped at 30 s.
     #[serde(default = "default_backoff_ms")]
     pub retry_backoff_ms: u64,
+    /// Longest a consumer's fetch waits for data (`fetch.wait.max.ms`). Apache Kafka answers as
+    /// soon as data arrives anyway; brokers that do not (Tansu) answer only after this wait, so
+    /// it bounds event latency there. Lower means more idle fetch requests.
+    #[serde(default = "default_fetch_wait_ms")]
+    pub fetch_wait_ms: u32,
 }
 
 fn default_partitions() -> i32 {
@@ -40,6 +45,9 @@ fn default_attempts() -> u32 {
 fn default_backoff_ms() -> u64 {
     200
 }
+fn default_fetch_wait_ms() -> u32 {
+    100
+}
 
 impl KafkaSettings {
     /// Settings for `bootstrap_servers` with every other field at its default.
@@ -51,6 +59,7 @@ impl KafkaSettings {
             replication_factor: default_replication(),
             max_attempts: default_attempts(),
             retry_backoff_ms: default_backoff_ms(),
+            fetch_wait_ms: default_fetch_wait_ms(),
         }
     }
 

@@ -9,11 +9,9 @@ mod support;
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use rdkafka::Message;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use serde_json::{Value, json};
-use sha2::Sha256;
 use slipway_testkit::git::{Repo, example_dir};
 use support::Stack;
 
@@ -21,20 +19,7 @@ const SECRET: &str = "e2e-webhook-secret-0123456789";
 const CONFIG_SECRET: &str = "pa55-do-not-leak-7f3a9c";
 
 fn signed_push(repo: &Repo, commit: &str) -> (Vec<(&'static str, String)>, Vec<u8>) {
-    let body = serde_json::to_vec(
-        &json!({"ref": "refs/heads/main", "after": commit, "repository": {"clone_url": repo.url}}),
-    )
-    .unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(&body);
-    let headers = vec![
-        ("x-github-event", "push".to_owned()),
-        (
-            "x-hub-signature-256",
-            format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
-        ),
-    ];
-    (headers, body)
+    support::github_push(&repo.url, commit, SECRET)
 }
 
 /// A .tar.gz of `files` (name, contents), names written as given (even malicious ones).

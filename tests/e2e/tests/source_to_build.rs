@@ -7,31 +7,14 @@ mod support;
 
 use std::time::Duration;
 
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
-use sha2::Sha256;
 use slipway_testkit::git::{Repo, example_dir};
 use support::Stack;
 
 const SECRET: &str = "e2e-webhook-secret-0123456789";
 
 fn signed_push(repo: &Repo, commit: &str) -> (Vec<(&'static str, String)>, Vec<u8>) {
-    let body = serde_json::to_vec(&json!({
-        "ref": "refs/heads/main",
-        "after": commit,
-        "repository": {"clone_url": repo.url},
-        "pusher": {"name": "e2e"}
-    }))
-    .unwrap();
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(&body);
-    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-    let headers = vec![
-        ("x-github-event", "push".to_owned()),
-        ("x-github-delivery", slipway_testkit::unique()),
-        ("x-hub-signature-256", signature),
-    ];
-    (headers, body)
+    support::github_push(&repo.url, commit, SECRET)
 }
 
 /// Follows `/v1/builds/{id}/logs?follow=true` to its end; returns the raw event stream.

@@ -334,3 +334,29 @@ impl Stack {
             .unwrap()
     }
 }
+
+/// A GitHub `push` delivery of `commit` to `main` of `repository`, signed exactly as GitHub
+/// signs it (HMAC-SHA256 of the raw body with `secret`): headers and body.
+pub fn github_push(
+    repository: &str,
+    commit: &str,
+    secret: &str,
+) -> (Vec<(&'static str, String)>, Vec<u8>) {
+    use hmac::Mac;
+    let body = serde_json::to_vec(&serde_json::json!({
+        "ref": "refs/heads/main",
+        "after": commit,
+        "repository": {"clone_url": repository},
+        "pusher": {"name": "e2e"}
+    }))
+    .unwrap();
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(&body);
+    let signature = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+    let headers = vec![
+        ("x-github-event", "push".to_owned()),
+        ("x-github-delivery", slipway_testkit::unique()),
+        ("x-hub-signature-256", signature),
+    ];
+    (headers, body)
+}
