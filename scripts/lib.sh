@@ -74,8 +74,10 @@ ensure_build_deps() {
     apt_install "${missing[@]}"
   fi
   if ! command -v docker-compose >/dev/null 2>&1; then
-    apt_install docker-compose || log "warning: could not install docker-compose; compose file checks will be skipped"
+    apt_install docker-compose || log "warning: could not install docker-compose; the compose file test will fail"
   fi
+  # The builder fetches the commits it builds with the git command line.
+  command -v git >/dev/null 2>&1 || apt_install git
   ensure_cargo
 }
 
