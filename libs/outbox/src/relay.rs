@@ -75,6 +75,8 @@ pub struct Relay {
     poll: Duration,
     /// Published rows older than this are deleted (they only serve debugging by then).
     retention: Duration,
+    /// Inbox records older than this are deleted: no topic keeps an event that long.
+    inbox_retention: Duration,
 }
 
 impl Relay {
@@ -86,6 +88,7 @@ impl Relay {
             batch: 100,
             poll: Duration::from_millis(500),
             retention: Duration::from_secs(7 * 24 * 3600),
+            inbox_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 
@@ -126,22 +129,48 @@ impl Relay {
         }
     }
 
-    /// Deletes published rows past the retention period; failures only delay the clean-up.
-    async fn prune(&self) {
-        let secs = self.retention.as_secs_f64();
-        let deleted = sqlx::query(
-            "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)",
-        )
-        .bind(secs)
-        .execute(&self.pool)
-        .await;
-        match deleted {
-            Ok(done) if done.rows_affected() > 0 => {
-                tracing::info!(rows = done.rows_affected(), "pruned published outbox rows");
+    /// Deletes published outbox rows past their retention, and inbox records old enough that
+    /// their event can no longer be redelivered (far beyond any topic's retention). Failures
+    /// only delay the clean-up. Returns the rows deleted from each.
+    pub async fn prune(&self) -> (u64, u64) {
+        let mut deleted = (0, 0);
+        for (i, (sql, keep)) in [
+            (
+                "DELETE FROM outbox WHERE published_at < now() - make_interval(secs => $1)",
+                self.retention,
+            ),
+            (
+                "DELETE FROM inbox WHERE applied_at < now() - make_interval(secs => $1)",
+                self.inbox_retention,
+            ),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            match sqlx::query(sql)
+                .bind(keep.as_secs_f64())
+                .execute(&self.pool)
+                .await
+            {
+                Ok(done) => {
+                    let rows = done.rows_affected();
+                    if i == 0 {
+                        deleted.0 = rows
+                    } else {
+                        deleted.1 = rows
+                    }
+                    if rows > 0 {
+                        tracing::info!(
+                            rows,
+                            table = if i == 0 { "outbox" } else { "inbox" },
+                            "pruned"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "prune failed"),
             }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "outbox prune failed"),
         }
+        deleted
     }
 
     /// Publishes up to one batch; returns how many rows were published.

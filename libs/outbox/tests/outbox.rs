@@ -180,3 +180,62 @@ async fn the_inbox_applies_each_event_once() {
         .unwrap();
     assert_eq!(recorded, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_published_rows_and_old_inbox_records_are_pruned() {
+    let pool = pool().await;
+    let settings = kafka_settings();
+    let producer = EventProducer::new(&settings).unwrap();
+    let metrics = RelayMetrics::register(&prometheus::Registry::new()).unwrap();
+    let relay = Relay::new(pool.clone(), producer, metrics);
+    let key = ServiceId::new();
+    for (name, published) in [
+        ("old", "now() - interval '8 days'"),
+        ("recent", "now()"),
+        ("pending", "NULL"),
+    ] {
+        let mut tx = pool.begin().await.unwrap();
+        slipway_outbox::enqueue(&mut tx, Topic::Services, &event(name, key))
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE outbox SET published_at = {published} WHERE subject = '{name}'"
+        )))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+    for (name, age) in [("old", "31 days"), ("recent", "1 day")] {
+        let mut tx = pool.begin().await.unwrap();
+        let e = event(name, key);
+        assert!(
+            slipway_outbox::inbox::record(&mut tx, "test", &e)
+                .await
+                .unwrap()
+        );
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE inbox SET applied_at = now() - interval '{age}' WHERE event_id = '{}'",
+            e.id
+        )))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+    }
+    assert_eq!(relay.prune().await, (1, 1));
+    let left: Vec<String> = sqlx::query_scalar("SELECT subject FROM outbox ORDER BY seq")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        left,
+        ["recent", "pending"],
+        "unpublished rows are never pruned"
+    );
+    let inbox: i64 = sqlx::query_scalar("SELECT count(*) FROM inbox")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(inbox, 1);
+}
