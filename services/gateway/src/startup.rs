@@ -4,6 +4,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use slipway_runtime::{BaseSettings, Running, Runtime, StartError};
 
+use slipway_secrets::SecretBox;
+
 use crate::auth::tokens;
 use crate::upstream::Upstreams;
 
@@ -30,6 +32,8 @@ pub struct Settings {
     pub base: BaseSettings,
     pub upstreams: UpstreamSettings,
     pub auth: AuthSettings,
+    /// The key sealing webhook secrets at rest.
+    pub secrets: slipway_secrets::SecretSettings,
 }
 
 impl Settings {
@@ -47,6 +51,35 @@ pub enum GatewayStartError {
     Upstreams(String),
     #[error("cannot create the first admin token: {0}")]
     Bootstrap(#[from] tokens::BootstrapError),
+    #[error(transparent)]
+    Secrets(#[from] slipway_secrets::SecretError),
+    #[error("cannot seal webhook secrets stored before sealing existed: {0}")]
+    SealLegacy(#[source] sqlx::Error),
+}
+
+/// Seals webhook secrets stored in plain text by gateways before sealing existed (idempotent).
+pub async fn seal_legacy_webhook_secrets(
+    pool: &sqlx::PgPool,
+    sealer: &SecretBox,
+) -> Result<(), sqlx::Error> {
+    let legacy: Vec<(slipway_ids::ServiceId, String)> =
+        sqlx::query_as("SELECT service_id, secret FROM webhook_secrets WHERE sealed IS NULL AND secret IS NOT NULL")
+            .fetch_all(pool)
+            .await?;
+    for (service, secret) in &legacy {
+        sqlx::query("UPDATE webhook_secrets SET sealed = $2, secret = NULL WHERE service_id = $1")
+            .bind(service)
+            .bind(sealer.seal(secret))
+            .execute(pool)
+            .await?;
+    }
+    if !legacy.is_empty() {
+        tracing::info!(
+            count = legacy.len(),
+            "sealed webhook secrets stored in plain text"
+        );
+    }
+    Ok(())
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -59,6 +92,7 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, GatewayStartError> {
         let upstreams =
             Upstreams::new(&settings.upstreams).map_err(GatewayStartError::Upstreams)?;
+        let sealer = SecretBox::from_settings(&settings.secrets)?;
         let mut runtime = Runtime::build("gateway", &settings.base, &MIGRATOR).await?;
         runtime.relay_outbox()?;
 
@@ -74,11 +108,17 @@ impl Application {
             );
         }
 
+        seal_legacy_webhook_secrets(&runtime.pool, &sealer)
+            .await
+            .map_err(GatewayStartError::SealLegacy)?;
+
         let pool = actix_web::web::Data::new(runtime.pool.clone());
         let upstreams = actix_web::web::Data::new(upstreams);
+        let sealer = actix_web::web::Data::new(sealer);
         let running = runtime.start(move |cfg| {
             cfg.app_data(pool.clone())
                 .app_data(upstreams.clone())
+                .app_data(sealer.clone())
                 .configure(crate::routes::configure);
         })?;
         Ok(Self { running })

@@ -8,14 +8,12 @@
 //! - `db/`: queries; writing functions take a transaction so the outbox row shares it.
 //! - `consumers/`: event handlers (artifact published → release).
 //! - `routes/`: the internal HTTP API, one file per resource.
-//! - `secrets.rs`: sealing and opening secret values.
 //! - `startup.rs`: settings and [`Application`].
 
 pub mod consumers;
 pub mod db;
 pub mod domain;
 pub mod routes;
-pub mod secrets;
 pub mod startup;
 
 pub use startup::{Application, Settings};

@@ -1,19 +1,12 @@
 //! Settings and start-up.
 
-use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use slipway_events::Topic;
 use slipway_runtime::{BaseSettings, Running, Runtime, StartError};
 
 use crate::consumers::ReleaseMaker;
-use crate::secrets::SecretBox;
-
-/// How secret values are sealed (section `[secrets]`).
-#[derive(Debug, Clone, Deserialize)]
-pub struct SecretSettings {
-    /// Base64 of 32 random bytes; required. Never stored in the database.
-    pub key: SecretString,
-}
+use slipway_secrets::SecretBox;
+pub use slipway_secrets::SecretSettings;
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
@@ -35,7 +28,7 @@ pub enum RegistryStartError {
     #[error(transparent)]
     Runtime(#[from] StartError),
     #[error(transparent)]
-    Secrets(#[from] crate::secrets::SecretError),
+    Secrets(#[from] slipway_secrets::SecretError),
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -48,7 +41,7 @@ pub struct Application {
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, RegistryStartError> {
         // Checked before anything else starts: a bad key must stop the process at once.
-        let sealer = SecretBox::from_base64(settings.secrets.key.expose_secret())?;
+        let sealer = SecretBox::from_settings(&settings.secrets)?;
         let mut runtime = Runtime::build("registry", &settings.base, &MIGRATOR).await?;
         runtime.relay_outbox()?;
         runtime.consume(

@@ -38,6 +38,7 @@ async fn create(
     caller: Caller,
     pool: web::Data<PgPool>,
     upstreams: web::Data<Upstreams>,
+    sealer: web::Data<slipway_secrets::SecretBox>,
     body: web::Json<CreateService>,
 ) -> Result<HttpResponse, Problem> {
     caller.require(Role::Deployer)?;
@@ -58,9 +59,9 @@ async fn create(
     let id = ServiceId::new();
 
     let mut tx = pool.begin().await.map_err(|e| internal("begin", e))?;
-    sqlx::query("INSERT INTO webhook_secrets (service_id, secret) VALUES ($1, $2)")
+    sqlx::query("INSERT INTO webhook_secrets (service_id, sealed) VALUES ($1, $2)")
         .bind(id)
-        .bind(&secret)
+        .bind(sealer.seal(&secret))
         .execute(&mut *tx)
         .await
         .map_err(|e| internal("store webhook secret", e))?;

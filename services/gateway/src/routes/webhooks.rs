@@ -14,6 +14,7 @@ use sha2::Sha256;
 use slipway_events::slipway::BuildTrigger;
 use slipway_http::Problem;
 use slipway_ids::ServiceId;
+use slipway_secrets::SecretBox;
 use sqlx::PgPool;
 use subtle::ConstantTimeEq;
 
@@ -133,23 +134,36 @@ async fn candidates(
     Ok(found)
 }
 
-async fn secret(pool: &PgPool, service: ServiceId) -> Result<Option<String>, Problem> {
-    sqlx::query_scalar("SELECT secret FROM webhook_secrets WHERE service_id = $1")
-        .bind(service)
-        .fetch_optional(pool)
-        .await
-        .map_err(|e| internal("read webhook secret", e))
+async fn secret(
+    pool: &PgPool,
+    sealer: &SecretBox,
+    service: ServiceId,
+) -> Result<Option<String>, Problem> {
+    let sealed: Option<Option<String>> =
+        sqlx::query_scalar("SELECT sealed FROM webhook_secrets WHERE service_id = $1")
+            .bind(service)
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| internal("read webhook secret", e))?;
+    match sealed.flatten() {
+        Some(sealed) => sealer
+            .open(&sealed)
+            .map(Some)
+            .map_err(|e| internal("open webhook secret", e)),
+        None => Ok(None),
+    }
 }
 
 /// Keeps the services whose secret `verify` accepts; 401 when none does.
 async fn authenticated(
     pool: &PgPool,
+    sealer: &SecretBox,
     services: Vec<ServiceRef>,
     verify: impl Fn(&str) -> bool,
 ) -> Result<Vec<ServiceRef>, Problem> {
     let mut ok = Vec::new();
     for service in services {
-        if let Some(secret) = secret(pool, service.id).await?
+        if let Some(secret) = secret(pool, sealer, service.id).await?
             && verify(&secret)
         {
             ok.push(service);
@@ -235,6 +249,7 @@ async fn github(
     body: web::Bytes,
     pool: web::Data<PgPool>,
     upstreams: web::Data<Upstreams>,
+    sealer: web::Data<SecretBox>,
 ) -> Result<HttpResponse, Problem> {
     let event = header(&req, "x-github-event")
         .ok_or_else(|| Problem::bad_request("missing `X-GitHub-Event` header"))?
@@ -244,7 +259,7 @@ async fn github(
         .to_owned();
     let delivery = Delivery::parse(&body)?;
     let services = candidates(&upstreams, &delivery).await?;
-    let services = authenticated(&pool, services, |secret| {
+    let services = authenticated(&pool, &sealer, services, |secret| {
         github_signature_ok(secret, &body, &signature)
     })
     .await?;
@@ -273,6 +288,7 @@ async fn gitlab(
     body: web::Bytes,
     pool: web::Data<PgPool>,
     upstreams: web::Data<Upstreams>,
+    sealer: web::Data<SecretBox>,
 ) -> Result<HttpResponse, Problem> {
     let event = header(&req, "x-gitlab-event")
         .ok_or_else(|| Problem::bad_request("missing `X-Gitlab-Event` header"))?
@@ -282,7 +298,7 @@ async fn gitlab(
         .to_owned();
     let delivery = Delivery::parse(&body)?;
     let services = candidates(&upstreams, &delivery).await?;
-    let services = authenticated(&pool, services, |secret| {
+    let services = authenticated(&pool, &sealer, services, |secret| {
         bool::from(secret.as_bytes().ct_eq(token.as_bytes()))
     })
     .await?;

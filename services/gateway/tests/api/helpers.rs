@@ -83,6 +83,9 @@ pub async fn spawn_with(registry_up: bool) -> TestApp {
         auth: AuthSettings {
             bootstrap_token: SecretString::from(admin_token.clone()),
         },
+        secrets: slipway_secrets::SecretSettings {
+            key: slipway_testkit::secrets_key().into(),
+        },
     };
     let gateway = Application::build(settings).await.expect("gateway starts");
     let address = format!("http://127.0.0.1:{}", gateway.port());

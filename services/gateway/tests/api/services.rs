@@ -69,11 +69,19 @@ async fn a_given_webhook_secret_is_kept() {
     let created: Value = res.json().await.unwrap();
     assert_eq!(created["webhook_secret"], "0123456789abcdef0123");
     assert_eq!(created["webhook_secret_generated"], false);
-    let stored: String = sqlx::query_scalar("SELECT secret FROM webhook_secrets")
+    let stored: String = sqlx::query_scalar("SELECT sealed FROM webhook_secrets")
         .fetch_one(&app.pool)
         .await
         .unwrap();
-    assert_eq!(stored, "0123456789abcdef0123");
+    assert!(
+        !stored.contains("0123456789abcdef0123"),
+        "sealed at rest: {stored}"
+    );
+    let plain: Option<String> = sqlx::query_scalar("SELECT secret FROM webhook_secrets")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(plain, None);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,4 +152,35 @@ async fn an_unreachable_registry_is_503_and_changes_nothing() {
     .await;
     assert!(p["detail"].as_str().unwrap().contains("registry"));
     assert_eq!(app.count("webhook_secrets").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_secrets_stored_in_plain_text_before_sealing_get_sealed() {
+    let app = spawn_app().await;
+    let legacy = slipway_ids::ServiceId::new();
+    sqlx::query(
+        "INSERT INTO webhook_secrets (service_id, secret) VALUES ($1, 'plain-legacy-secret-1234')",
+    )
+    .bind(legacy)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+    let sealer = slipway_secrets::SecretBox::from_base64(&slipway_testkit::secrets_key()).unwrap();
+    slipway_gateway::startup::seal_legacy_webhook_secrets(&app.pool, &sealer)
+        .await
+        .unwrap();
+    slipway_gateway::startup::seal_legacy_webhook_secrets(&app.pool, &sealer)
+        .await
+        .unwrap(); // idempotent
+    let (plain, sealed): (Option<String>, Option<String>) =
+        sqlx::query_as("SELECT secret, sealed FROM webhook_secrets WHERE service_id = $1")
+            .bind(legacy)
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(plain, None, "the plain text is gone");
+    assert_eq!(
+        sealer.open(&sealed.unwrap()).unwrap(),
+        "plain-legacy-secret-1234"
+    );
 }

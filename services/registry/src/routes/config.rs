@@ -17,7 +17,7 @@ use sqlx::PgPool;
 
 use super::{internal, service_id};
 use crate::db::config::{self, StoredConfig};
-use crate::secrets::SecretBox;
+use slipway_secrets::SecretBox;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/services/{name}/environments", web::get().to(list))

@@ -7,6 +7,13 @@ use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
+/// The key setting (section `[secrets]`).
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct SecretSettings {
+    /// Base64 of 32 random bytes; required. Never stored in the database.
+    pub key: secrecy::SecretString,
+}
+
 /// The cipher, built from the configured key.
 #[derive(Clone)]
 pub struct SecretBox {
@@ -25,6 +32,10 @@ pub enum SecretError {
 }
 
 impl SecretBox {
+    pub fn from_settings(settings: &SecretSettings) -> Result<Self, SecretError> {
+        Self::from_base64(secrecy::ExposeSecret::expose_secret(&settings.key))
+    }
+
     pub fn from_base64(key: &str) -> Result<Self, SecretError> {
         let bytes = STANDARD
             .decode(key.trim())
