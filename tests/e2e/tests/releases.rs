@@ -106,15 +106,7 @@ async fn upload(stack: &Stack, body: Vec<u8>) -> reqwest::Response {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pushes_and_uploads_become_releases_and_secrets_never_leak() {
     let stack = Stack::start().await;
-    let repo = Repo::from_dir(&example_dir("hello-python"));
-    let res = stack
-        .post(
-            "/v1/services",
-            &stack.admin_token,
-            json!({"name": "hello", "repository": repo.url, "webhook_secret": SECRET}),
-        )
-        .await;
-    assert_eq!(res.status(), 201);
+    let repo = stack.hello_service(SECRET).await;
 
     // Config for prod, with a secret.
     assert_eq!(

@@ -7,8 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
-use slipway_testkit::git::{Repo, example_dir};
+use serde_json::Value;
+use slipway_testkit::git::Repo;
 use support::Stack;
 
 const SECRET: &str = "e2e-webhook-secret-0123456789";
@@ -58,15 +58,7 @@ async fn push_and_build(stack: &Stack, repo: &Repo, commit: &str) -> (String, St
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_push_is_built_and_its_logs_can_be_followed() {
     let stack = Stack::start().await;
-    let repo = Repo::from_dir(&example_dir("hello-python"));
-    let res = stack
-        .post(
-            "/v1/services",
-            &stack.admin_token,
-            json!({"name": "hello", "repository": repo.url, "webhook_secret": SECRET}),
-        )
-        .await;
-    assert_eq!(res.status(), 201);
+    let repo = stack.hello_service(SECRET).await;
 
     // A good commit: the gate passes, the build succeeds, the stream shows it as it happens.
     let good = repo.head();

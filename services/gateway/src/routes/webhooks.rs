@@ -244,6 +244,32 @@ async fn on_push(
         .json(json!({ "status": status, "builds": builds, "ignored": ignored })))
 }
 
+/// What every code host's delivery goes through: its event header, its credential header
+/// (`headers`: event, credential), the payload, the services for its repository, and the ones
+/// whose secret `check(secret, credential)` accepts.
+async fn verified(
+    req: &HttpRequest,
+    body: &[u8],
+    pool: &PgPool,
+    upstreams: &Upstreams,
+    sealer: &SecretBox,
+    headers: (&str, &str),
+    check: impl Fn(&str, &str) -> bool,
+) -> Result<(String, Delivery, Vec<ServiceRef>), Problem> {
+    let (event_header, credential_header) = headers;
+    let event = header(req, &event_header.to_ascii_lowercase())
+        .ok_or_else(|| Problem::bad_request(format!("missing `{event_header}` header")))?
+        .to_owned();
+    let credential = header(req, &credential_header.to_ascii_lowercase())
+        .ok_or_else(|| Problem::unauthorized(format!("missing `{credential_header}` header")))?
+        .to_owned();
+    let delivery = Delivery::parse(body)?;
+    let services = candidates(upstreams, &delivery).await?;
+    let services =
+        authenticated(pool, sealer, services, |secret| check(secret, &credential)).await?;
+    Ok((event, delivery, services))
+}
+
 async fn github(
     req: HttpRequest,
     body: web::Bytes,
@@ -251,17 +277,15 @@ async fn github(
     upstreams: web::Data<Upstreams>,
     sealer: web::Data<SecretBox>,
 ) -> Result<HttpResponse, Problem> {
-    let event = header(&req, "x-github-event")
-        .ok_or_else(|| Problem::bad_request("missing `X-GitHub-Event` header"))?
-        .to_owned();
-    let signature = header(&req, "x-hub-signature-256")
-        .ok_or_else(|| Problem::unauthorized("missing `X-Hub-Signature-256` header"))?
-        .to_owned();
-    let delivery = Delivery::parse(&body)?;
-    let services = candidates(&upstreams, &delivery).await?;
-    let services = authenticated(&pool, &sealer, services, |secret| {
-        github_signature_ok(secret, &body, &signature)
-    })
+    let (event, delivery, services) = verified(
+        &req,
+        &body,
+        &pool,
+        &upstreams,
+        &sealer,
+        ("X-GitHub-Event", "X-Hub-Signature-256"),
+        |secret, signature| github_signature_ok(secret, &body, signature),
+    )
     .await?;
     match event.as_str() {
         "ping" => Ok(HttpResponse::Ok().json(json!({
@@ -290,17 +314,15 @@ async fn gitlab(
     upstreams: web::Data<Upstreams>,
     sealer: web::Data<SecretBox>,
 ) -> Result<HttpResponse, Problem> {
-    let event = header(&req, "x-gitlab-event")
-        .ok_or_else(|| Problem::bad_request("missing `X-Gitlab-Event` header"))?
-        .to_owned();
-    let token = header(&req, "x-gitlab-token")
-        .ok_or_else(|| Problem::unauthorized("missing `X-Gitlab-Token` header"))?
-        .to_owned();
-    let delivery = Delivery::parse(&body)?;
-    let services = candidates(&upstreams, &delivery).await?;
-    let services = authenticated(&pool, &sealer, services, |secret| {
-        bool::from(secret.as_bytes().ct_eq(token.as_bytes()))
-    })
+    let (event, delivery, services) = verified(
+        &req,
+        &body,
+        &pool,
+        &upstreams,
+        &sealer,
+        ("X-Gitlab-Event", "X-Gitlab-Token"),
+        |secret, token| bool::from(secret.as_bytes().ct_eq(token.as_bytes())),
+    )
     .await?;
     if event != "Push Hook" {
         return Ok(HttpResponse::Accepted().json(json!({

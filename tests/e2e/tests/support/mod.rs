@@ -360,3 +360,17 @@ pub fn github_push(
     ];
     (headers, body)
 }
+
+impl Stack {
+    /// A git repository holding `examples/hello-python`, registered as service `hello` with the
+    /// webhook secret `secret`.
+    pub async fn hello_service(&self, secret: &str) -> slipway_testkit::git::Repo {
+        use slipway_testkit::git::{Repo, example_dir};
+        let repo = Repo::from_dir(&example_dir("hello-python"));
+        let body =
+            serde_json::json!({"name": "hello", "repository": repo.url, "webhook_secret": secret});
+        let res = self.post("/v1/services", &self.admin_token, body).await;
+        assert_eq!(res.status(), 201);
+        repo
+    }
+}
