@@ -6,6 +6,7 @@
 //!   headers, the JSON data as the record value, the service id as the record key).
 //! - [`cdevents`]: CDEvents v0.5.1 payloads for the events the CD Foundation defines.
 //! - [`slipway`]: slipway's own event types (reverse-DNS, versioned) where CDEvents has none.
+//! - [`deploy`]: deploy-and-run commands and facts (deployments, instances, traffic, health).
 //!
 //! The written catalog for outside consumers is `docs/events.md`; a test keeps the two in step.
 //!
@@ -13,6 +14,7 @@
 //! `rdkafka ^0.38` while the workspace uses 0.39, and the binary-mode mapping is a dozen headers.
 
 pub mod cdevents;
+pub mod deploy;
 pub mod envelope;
 pub mod slipway;
 pub mod topics;
