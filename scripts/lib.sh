@@ -81,6 +81,16 @@ ensure_build_deps() {
   ensure_cargo
 }
 
+# What the edge benchmark compares against: nginx as a reverse proxy and wrk to load both.
+# nginx-light is enough (proxy and `return`); plain nginx is the fallback where it is not
+# packaged. Never fatal: the bench prints why it skips when either is missing.
+ensure_bench_deps() {
+  if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
+    apt_install nginx-light || apt_install nginx || log "warning: could not install nginx; the edge bench will skip"
+  fi
+  command -v wrk >/dev/null 2>&1 || apt_install wrk || log "warning: could not install wrk; the edge bench will skip"
+}
+
 # cargo comes from rustup, which this machine cannot download; the best we can do is find an
 # existing install that is missing from PATH (non-login shells in CI often do not source ~/.cargo/env).
 ensure_cargo() {

@@ -5,6 +5,11 @@
 
 use slipway_events::cdevents::CdEventKind;
 use slipway_events::slipway::{BuildRequested, ReleaseCreated, ServiceCreated};
+use slipway_events::deploy::{
+    DeployCancelRequested, DeployRequested, DeploymentFinished, DeploymentStarted, DeploymentStep,
+    InstanceDraining, InstanceExited, InstanceHealthChanged, InstanceLogs, InstanceStarted,
+    InstanceStopped, InstancesHeartbeat, TrafficChanged,
+};
 use slipway_events::{EventData, Topic};
 
 #[test]
@@ -15,6 +20,21 @@ fn the_catalog_names_every_type_and_topic() {
     names.push(ServiceCreated::TYPE);
     names.push(BuildRequested::TYPE);
     names.push(ReleaseCreated::TYPE);
+    names.extend([
+        DeployRequested::TYPE,
+        DeployCancelRequested::TYPE,
+        DeploymentStarted::TYPE,
+        DeploymentStep::TYPE,
+        DeploymentFinished::TYPE,
+        TrafficChanged::TYPE,
+        InstanceStarted::TYPE,
+        InstanceDraining::TYPE,
+        InstanceExited::TYPE,
+        InstanceStopped::TYPE,
+        InstancesHeartbeat::TYPE,
+        InstanceLogs::TYPE,
+        InstanceHealthChanged::TYPE,
+    ]);
     names.extend(Topic::ALL.iter().map(|t| t.base()));
     let missing: Vec<&str> = names
         .into_iter()

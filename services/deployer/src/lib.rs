@@ -1,12 +1,22 @@
 //! The deployer rolls releases out and keeps them running: deployments and their steps,
-//! desired state per service and environment, and the runtimes (process, Docker, Kubernetes)
-//! behind one trait. So far it keeps its own record of every service from the registry's
-//! events, and listens on the command topic (deploy, rollback, scale requests) and the
-//! monitor's topic (health and analysis verdicts) that will drive rollouts.
+//! desired state per service and environment, and the runtimes behind one trait.
 //!
 //! Layout:
 //! - `startup.rs`: settings and [`Application`].
+//! - `consumers.rs`: deploy/rollback/scale/cancel commands, health verdicts, auto-deploy.
+//! - [`engine`]: plans (strategies as steps), the state machine that drives them, the fleet
+//!   of instances.
+//! - [`target`]: the runtime trait and the process target.
+//! - `db/`: deployments, instances, desired state, release history, policies.
+//! - `registry.rs`: releases and config (secrets decrypted) from the registry.
+//! - `routes.rs`: the internal HTTP API.
 
+mod consumers;
+pub mod db;
+pub mod engine;
+pub mod registry;
+mod routes;
 mod startup;
+pub mod target;
 
-pub use startup::{Application, Settings};
+pub use startup::{Application, DeployerStartError, Settings};

@@ -1,21 +1,50 @@
 //! Settings and start-up.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use serde::Deserialize;
 use slipway_events::Topic;
-use slipway_runtime::{BaseSettings, Running, Runtime, StartError};
-
 use slipway_runtime::catalog::ServiceCatalog;
+use slipway_runtime::{BaseSettings, Running, Runtime, StartError};
+use tokio::sync::mpsc;
+
+use crate::consumers::{Commands, HealthVerdicts};
+use crate::engine::{DeploySettings, Engine, Fleet};
+use crate::registry::RegistryClient;
+use crate::target::process::{ProcessSettings, ProcessTarget};
+use crate::target::{Target, TargetError};
+
+/// Where the registry's API is.
+#[derive(Debug, Clone, Deserialize)]
+pub struct UpstreamSettings {
+    pub registry: String,
+}
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
     #[serde(flatten)]
     pub base: BaseSettings,
+    pub upstreams: UpstreamSettings,
+    pub deploy: DeploySettings,
+    pub process: ProcessSettings,
 }
 
 impl Settings {
     pub fn load() -> Result<Self, slipway_settings::SettingsError> {
         slipway_settings::load(include_str!("../config/default.toml"))
     }
+}
+
+/// Why the deployer could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployerStartError {
+    #[error(transparent)]
+    Runtime(#[from] StartError),
+    #[error("cannot set up the process target: {0}")]
+    Target(#[from] TargetError),
+    #[error("invalid registry URL: {0}")]
+    Registry(#[from] reqwest::Error),
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -25,20 +54,82 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+    pub async fn build(settings: Settings) -> Result<Self, DeployerStartError> {
         let mut runtime = Runtime::build("deployer", &settings.base, &MIGRATOR).await?;
-        let handler = ServiceCatalog::new(
+        let (events, mut target_events) = mpsc::unbounded_channel();
+        let target: Arc<dyn Target> = Arc::new(ProcessTarget::new(settings.process.clone(), events)?);
+        let registry = RegistryClient::new(&settings.upstreams.registry)?;
+        let deploy = settings.deploy.clone();
+        let fleet = Arc::new(Fleet::new(
             runtime.pool.clone(),
-            "deployer.service-catalog",
-            "deploy_targets",
+            target,
+            registry,
+            runtime.producer.clone(),
+            Duration::from_millis(deploy.drain_ms),
+            Duration::from_secs(deploy.stop_grace_seconds),
+            Duration::from_millis(deploy.heartbeat_ms.max(100)),
+        ));
+        let engine = Engine::new(fleet.clone(), deploy.clone());
+
+        runtime.consume(
+            "commands",
+            &[Topic::Services, Topic::Commands],
+            Commands {
+                pool: runtime.pool.clone(),
+                catalog: ServiceCatalog::new(
+                    runtime.pool.clone(),
+                    "deployer.service-catalog",
+                    "deploy_targets",
+                ),
+                wake: engine.wake.clone(),
+                default_timeout: deploy.step_timeout_seconds,
+            },
         );
         runtime.consume(
-            "events",
-            &[Topic::Services, Topic::Commands, Topic::Monitoring],
-            handler,
+            "health",
+            &[Topic::Instances],
+            HealthVerdicts {
+                pool: runtime.pool.clone(),
+                wake: engine.wake.clone(),
+            },
         );
         runtime.relay_outbox()?;
-        let running = runtime.start(|_| {})?;
+
+        let on_events = fleet.clone();
+        runtime.spawn("target events", async move {
+            while let Some(event) = target_events.recv().await {
+                if let Err(e) = on_events.on_target_event(event).await {
+                    tracing::warn!(error = %e, "target event not recorded");
+                }
+            }
+            Ok::<(), String>(())
+        });
+        let beats = fleet.clone();
+        let cancel = runtime.cancel.clone();
+        runtime.spawn("heartbeats", async move { beats.heartbeats(cancel).await });
+        let cancel = runtime.cancel.clone();
+        runtime.spawn("engine", async move {
+            // Instances first: a resumed rollout must see what runs.
+            loop {
+                match fleet.recover().await {
+                    Ok(()) => break,
+                    Err(e) => tracing::warn!(error = %e, "recovery failed; retrying"),
+                }
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            let result = engine.run(cancel).await;
+            // Instances keep serving while the deployer is away; the next start adopts them.
+            fleet.target.detach().await;
+            result
+        });
+
+        let pool = actix_web::web::Data::new(runtime.pool.clone());
+        let running = runtime.start(move |cfg| {
+            cfg.app_data(pool.clone()).configure(crate::routes::configure);
+        })?;
         Ok(Self { running })
     }
 

@@ -16,6 +16,10 @@ pub struct UpstreamSettings {
     pub registry: String,
     /// Base URL of the builder's internal API.
     pub builder: String,
+    /// Base URL of the deployer's internal API (deployments, desired state).
+    pub deployer: String,
+    /// Base URL of the monitor's internal API (health verdicts, instance logs).
+    pub monitor: String,
     pub timeout_seconds: u64,
 }
 
@@ -34,6 +38,9 @@ pub struct Settings {
     pub auth: AuthSettings,
     /// The key sealing webhook secrets at rest.
     pub secrets: slipway_secrets::SecretSettings,
+    /// The edge router in front of the services slipway runs (`[edge]`; defaults apply).
+    #[serde(default)]
+    pub edge: slipway_edge::EdgeSettings,
 }
 
 impl Settings {
@@ -49,6 +56,8 @@ pub enum GatewayStartError {
     Runtime(#[from] StartError),
     #[error("invalid upstream settings: {0}")]
     Upstreams(String),
+    #[error(transparent)]
+    Edge(#[from] slipway_edge::EdgeError),
     #[error("cannot create the first admin token: {0}")]
     Bootstrap(#[from] tokens::BootstrapError),
     #[error(transparent)]
@@ -95,6 +104,17 @@ impl Application {
         let sealer = SecretBox::from_settings(&settings.secrets)?;
         let mut runtime = Runtime::build("gateway", &settings.base, &MIGRATOR).await?;
         runtime.relay_outbox()?;
+        // Routes are learnt from the registry's discovery endpoint in the background.
+        let edge = slipway_edge::Edge::new(
+            &settings.edge,
+            &settings.upstreams.registry,
+            &runtime.metrics.registry,
+        )?;
+        runtime.spawn(
+            "edge discovery",
+            edge.clone().follow_discovery(runtime.cancel.clone()),
+        );
+        let edge_routes = edge.configure();
 
         let bootstrap = settings.auth.bootstrap_token.expose_secret();
         let given = (!bootstrap.is_empty()).then(|| bootstrap.to_owned());
@@ -116,7 +136,9 @@ impl Application {
         let upstreams = actix_web::web::Data::new(upstreams);
         let sealer = actix_web::web::Data::new(sealer);
         let running = runtime.start(move |cfg| {
-            cfg.app_data(pool.clone())
+            // First: a service's host name must win over the gateway's own routes.
+            cfg.configure(edge_routes.clone())
+                .app_data(pool.clone())
                 .app_data(upstreams.clone())
                 .app_data(sealer.clone())
                 .configure(crate::routes::configure);

@@ -2,6 +2,9 @@
 //!
 //! Answers pass through: an upstream's problem document (a 404, a 409, a 422) reaches the
 //! client unchanged. An unreachable upstream answers 503, an upstream 5xx answers 502.
+//!
+//! Upstreams: the registry (services, environments, releases, instances), the builder
+//! (builds), the deployer (deployments, desired state) and the monitor (health, logs).
 
 use std::time::Duration;
 
@@ -16,6 +19,8 @@ use crate::startup::UpstreamSettings;
 pub enum Upstream {
     Registry,
     Builder,
+    Deployer,
+    Monitor,
 }
 
 impl Upstream {
@@ -23,6 +28,8 @@ impl Upstream {
         match self {
             Upstream::Registry => "registry",
             Upstream::Builder => "builder",
+            Upstream::Deployer => "deployer",
+            Upstream::Monitor => "monitor",
         }
     }
 }
@@ -33,6 +40,8 @@ pub struct Upstreams {
     client: reqwest::Client,
     registry: String,
     builder: String,
+    deployer: String,
+    monitor: String,
 }
 
 /// An upstream's answer: status, content type and body.
@@ -113,6 +122,8 @@ impl Upstreams {
         };
         let registry = base("registry", &settings.registry)?;
         let builder = base("builder", &settings.builder)?;
+        let deployer = base("deployer", &settings.deployer)?;
+        let monitor = base("monitor", &settings.monitor)?;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(settings.timeout_seconds))
             .connect_timeout(Duration::from_secs(3))
@@ -122,6 +133,8 @@ impl Upstreams {
             client,
             registry,
             builder,
+            deployer,
+            monitor,
         })
     }
 
@@ -175,6 +188,8 @@ impl Upstreams {
         match upstream {
             Upstream::Registry => &self.registry,
             Upstream::Builder => &self.builder,
+            Upstream::Deployer => &self.deployer,
+            Upstream::Monitor => &self.monitor,
         }
     }
 
@@ -187,9 +202,44 @@ impl Upstreams {
         body: Option<&serde_json::Value>,
         headers: &[(&str, String)],
     ) -> Result<Answer, Problem> {
+        self.send(upstream, method, path_and_query, body, headers, None)
+            .await
+    }
+
+    /// A GET allowed to take `timeout` instead of the configured one: blocking queries
+    /// (`?index=&wait=`) hold the answer back on purpose.
+    pub async fn get_with_timeout(
+        &self,
+        upstream: Upstream,
+        path_and_query: &str,
+        timeout: Duration,
+    ) -> Result<Answer, Problem> {
+        self.send(
+            upstream,
+            reqwest::Method::GET,
+            path_and_query,
+            None,
+            &[],
+            Some(timeout),
+        )
+        .await
+    }
+
+    async fn send(
+        &self,
+        upstream: Upstream,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Option<&serde_json::Value>,
+        headers: &[(&str, String)],
+        timeout: Option<Duration>,
+    ) -> Result<Answer, Problem> {
         let name = upstream.name();
         let url = format!("{}{path_and_query}", self.base(upstream));
         let mut request = self.client.request(method, &url);
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
         for (name, value) in slipway_telemetry::current_context() {
             request = request.header(name, value);
         }
@@ -251,7 +301,8 @@ impl Answer {
     }
 }
 
-fn bad_upstream(what: &str, e: impl std::fmt::Display) -> Problem {
+/// 502 for an upstream answer the gateway cannot use; the cause is logged, not answered.
+pub(crate) fn bad_upstream(what: &str, e: impl std::fmt::Display) -> Problem {
     tracing::error!(error = %e, "upstream {what} unreadable");
     Problem::new(
         StatusCode::BAD_GATEWAY,

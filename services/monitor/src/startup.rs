@@ -1,21 +1,69 @@
 //! Settings and start-up.
 
+use std::time::Duration;
+
 use serde::Deserialize;
 use slipway_events::Topic;
-use slipway_runtime::{BaseSettings, Running, Runtime, StartError};
-
 use slipway_runtime::catalog::ServiceCatalog;
+use slipway_runtime::{BaseSettings, Running, Runtime, StartError};
+use tokio_util::sync::CancellationToken;
+
+use crate::consumers::InstanceEvents;
+use crate::health::{Probers, probe};
 
 #[derive(Debug, Clone, Deserialize)]
 pub struct Settings {
     #[serde(flatten)]
     pub base: BaseSettings,
+    /// Section `[logs]`.
+    #[serde(default)]
+    pub logs: LogSettings,
+}
+
+/// How long instance output is kept.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// Lines older than this are deleted.
+    #[serde(default = "retention_hours")]
+    pub retention_hours: u32,
+    /// How often the pruning runs.
+    #[serde(default = "prune_interval_ms")]
+    pub prune_interval_ms: u64,
+}
+
+fn retention_hours() -> u32 {
+    7 * 24
+}
+
+fn prune_interval_ms() -> u64 {
+    3_600_000
+}
+
+impl Default for LogSettings {
+    fn default() -> Self {
+        Self {
+            retention_hours: retention_hours(),
+            prune_interval_ms: prune_interval_ms(),
+        }
+    }
 }
 
 impl Settings {
     pub fn load() -> Result<Self, slipway_settings::SettingsError> {
         slipway_settings::load(include_str!("../config/default.toml"))
     }
+}
+
+/// Why the monitor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MonitorStartError {
+    #[error(transparent)]
+    Runtime(#[from] StartError),
+    #[error("cannot create the probes' HTTP client: {0}")]
+    Client(#[from] reqwest::Error),
+    #[error("cannot load the instances to probe: {0}")]
+    Load(#[source] sqlx::Error),
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -25,9 +73,9 @@ pub struct Application {
 }
 
 impl Application {
-    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+    pub async fn build(settings: Settings) -> Result<Self, MonitorStartError> {
         let mut runtime = Runtime::build("monitor", &settings.base, &MIGRATOR).await?;
-        let handler = ServiceCatalog::new(
+        let catalog = ServiceCatalog::new(
             runtime.pool.clone(),
             "monitor.service-catalog",
             "watched_services",
@@ -35,10 +83,45 @@ impl Application {
         runtime.consume(
             "events",
             &[Topic::Services, Topic::Instances, Topic::Deployments],
-            handler,
+            catalog,
         );
+
+        // Resume probing every incarnation known before a restart, before consuming more.
+        let probers = Probers::new(
+            runtime.pool.clone(),
+            probe::client()?,
+            runtime.cancel.child_token(),
+        );
+        let known = crate::db::probes::probing(&runtime.pool)
+            .await
+            .map_err(MonitorStartError::Load)?;
+        tracing::info!(instances = known.len(), "resuming probes");
+        for p in known {
+            probers.start(p).await;
+        }
+        runtime.consume(
+            "health",
+            &[Topic::Instances],
+            InstanceEvents::new(runtime.pool.clone(), probers.clone()),
+        );
+        let cancel = runtime.cancel.clone();
+        runtime.spawn("probers", async move {
+            cancel.cancelled().await;
+            probers.drain().await;
+            Ok::<_, std::convert::Infallible>(())
+        });
+        let (pool, cancel) = (runtime.pool.clone(), runtime.cancel.clone());
+        runtime.spawn(
+            "log pruning",
+            prune_logs(pool, settings.logs.clone(), cancel),
+        );
+
         runtime.relay_outbox()?;
-        let running = runtime.start(|_| {})?;
+        let pool = actix_web::web::Data::new(runtime.pool.clone());
+        let running = runtime.start(move |cfg| {
+            cfg.app_data(pool.clone())
+                .configure(crate::routes::configure);
+        })?;
         Ok(Self { running })
     }
 
@@ -52,5 +135,29 @@ impl Application {
 
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<(), String> {
         self.running.run_until(shutdown).await
+    }
+}
+
+/// Deletes log lines past the retention, now and then every interval, until shutdown. A
+/// failed round is logged and retried at the next one.
+async fn prune_logs(
+    pool: sqlx::PgPool,
+    settings: LogSettings,
+    cancel: CancellationToken,
+) -> Result<(), std::convert::Infallible> {
+    let retention = chrono::Duration::hours(i64::from(settings.retention_hours));
+    let mut ticker =
+        tokio::time::interval(Duration::from_millis(settings.prune_interval_ms.max(1)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return Ok(()),
+            _ = ticker.tick() => {}
+        }
+        match crate::db::logs::prune(&pool, chrono::Utc::now() - retention).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(lines = n, "pruned old log lines"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune log lines"),
+        }
     }
 }

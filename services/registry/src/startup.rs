@@ -4,7 +4,8 @@ use serde::Deserialize;
 use slipway_events::Topic;
 use slipway_runtime::{BaseSettings, Running, Runtime, StartError};
 
-use crate::consumers::ReleaseMaker;
+use crate::consumers::{Discovery, ReleaseMaker};
+use crate::discovery::{DiscoverySettings, IndexWatch, InvalidDiscoverySettings};
 use slipway_secrets::SecretBox;
 pub use slipway_secrets::SecretSettings;
 
@@ -29,6 +30,8 @@ pub enum RegistryStartError {
     Runtime(#[from] StartError),
     #[error(transparent)]
     Secrets(#[from] slipway_secrets::SecretError),
+    #[error(transparent)]
+    Discovery(#[from] InvalidDiscoverySettings),
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -39,9 +42,21 @@ pub struct Application {
 }
 
 impl Application {
+    /// Starts with the default `[discovery]` settings.
     pub async fn build(settings: Settings) -> Result<Self, RegistryStartError> {
-        // Checked before anything else starts: a bad key must stop the process at once.
+        Self::build_with(settings, DiscoverySettings::default()).await
+    }
+
+    /// Starts with explicit discovery settings. They are a separate argument rather than a
+    /// field of [`Settings`] so that code building `Settings` by hand (other services' tests
+    /// start a registry) keeps compiling; `main` loads both from the same layers.
+    pub async fn build_with(
+        settings: Settings,
+        discovery: DiscoverySettings,
+    ) -> Result<Self, RegistryStartError> {
+        // Checked before anything else starts: a bad key or setting must stop the process at once.
         let sealer = SecretBox::from_settings(&settings.secrets)?;
+        discovery.validate()?;
         let mut runtime = Runtime::build("registry", &settings.base, &MIGRATOR).await?;
         runtime.relay_outbox()?;
         runtime.consume(
@@ -49,11 +64,31 @@ impl Application {
             &[Topic::Builds],
             ReleaseMaker::new(runtime.pool.clone()),
         );
+        runtime.consume(
+            "discovery",
+            &[Topic::Instances, Topic::Deployments],
+            Discovery::new(runtime.pool.clone()),
+        );
+        let (index_sender, index_receiver) = tokio::sync::watch::channel(0_i64);
+        runtime.spawn(
+            "discovery index watcher",
+            crate::discovery::watch_index(
+                runtime.pool.clone(),
+                index_sender,
+                runtime.cancel.clone(),
+            ),
+        );
+        runtime.spawn(
+            "instance reaper",
+            crate::discovery::reap(runtime.pool.clone(), discovery, runtime.cancel.clone()),
+        );
         let pool = actix_web::web::Data::new(runtime.pool.clone());
         let sealer = actix_web::web::Data::new(sealer);
+        let index = actix_web::web::Data::new(IndexWatch(index_receiver));
         let running = runtime.start(move |cfg| {
             cfg.app_data(pool.clone())
                 .app_data(sealer.clone())
+                .app_data(index.clone())
                 .configure(crate::routes::configure);
         })?;
         Ok(Self { running })

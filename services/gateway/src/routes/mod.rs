@@ -4,6 +4,7 @@
 mod admin;
 mod build_logs;
 pub(crate) mod builds;
+mod deployments;
 mod releases;
 mod services;
 mod sources;
@@ -20,6 +21,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(builds::configure)
             .configure(build_logs::configure)
             .configure(releases::configure)
+            .configure(deployments::configure)
             .configure(sources::configure)
             .configure(webhooks::configure)
             .configure(admin::configure),

@@ -22,8 +22,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         );
 }
 
-/// Path segments are names (DNS labels) or release numbers; anything else cannot exist.
-fn safe_path(req: &HttpRequest) -> Result<String, Problem> {
+/// Path segments are names (DNS labels), release numbers or ids; anything else cannot exist.
+/// Shared by every route that forwards its own path and query to an upstream.
+pub(crate) fn safe_path(req: &HttpRequest) -> Result<String, Problem> {
     let path = req.path().strip_prefix("/v1").unwrap_or(req.path());
     let ok = path
         .split('/')

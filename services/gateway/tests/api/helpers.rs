@@ -72,20 +72,53 @@ pub async fn spawn_with(registry_up: bool) -> TestApp {
     } else {
         "http://127.0.0.1:9".to_owned()
     };
+    let upstreams = UpstreamSettings {
+        registry: registry_url,
+        builder: builder_url,
+        // Nothing listens on the discard port: these answer 503 here.
+        deployer: "http://127.0.0.1:9".to_owned(),
+        monitor: "http://127.0.0.1:9".to_owned(),
+        timeout_seconds: 5,
+    };
+    start_gateway(base, upstreams, stops).await
+}
+
+/// A gateway whose registry, deployer and monitor are stand-ins (see `stand_in.rs`); no
+/// builder. Upstream calls time out after 2 s, so a longer blocking query proves its own
+/// timeout.
+pub async fn spawn_with_stand_ins(
+    registry: &crate::stand_in::StandIn,
+    deployer: &crate::stand_in::StandIn,
+    monitor: &crate::stand_in::StandIn,
+) -> TestApp {
+    let base = slipway_testkit::base_settings("gateway").await;
+    let upstreams = UpstreamSettings {
+        registry: registry.url.clone(),
+        builder: "http://127.0.0.1:9".to_owned(),
+        deployer: deployer.url.clone(),
+        monitor: monitor.url.clone(),
+        timeout_seconds: 2,
+    };
+    start_gateway(base, upstreams, Vec::new()).await
+}
+
+/// Starts the gateway with `upstreams`; `stops` are the senders keeping sibling services up.
+pub async fn start_gateway(
+    base: slipway_runtime::BaseSettings,
+    upstreams: UpstreamSettings,
+    mut stops: Vec<oneshot::Sender<()>>,
+) -> TestApp {
     let admin_token = format!("slw_{}", "a1".repeat(32));
     let settings = Settings {
         base: base.clone(),
-        upstreams: UpstreamSettings {
-            registry: registry_url,
-            builder: builder_url,
-            timeout_seconds: 5,
-        },
+        upstreams,
         auth: AuthSettings {
             bootstrap_token: SecretString::from(admin_token.clone()),
         },
         secrets: slipway_secrets::SecretSettings {
             key: slipway_testkit::secrets_key().into(),
         },
+        edge: slipway_edge::EdgeSettings::default(),
     };
     let gateway = Application::build(settings).await.expect("gateway starts");
     let address = format!("http://127.0.0.1:{}", gateway.port());

@@ -3,6 +3,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
 mod auth;
+mod deployment_reads;
+mod deployments;
+mod edge;
 mod helpers;
 mod services;
+mod stand_in;
 mod webhooks;

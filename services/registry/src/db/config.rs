@@ -129,3 +129,21 @@ pub async fn current_versions(
     .await?;
     Ok(rows.into_iter().collect())
 }
+
+/// One config version of an environment, if it exists.
+pub async fn version(
+    conn: &mut PgConnection,
+    service: ServiceId,
+    env: &str,
+    version: i32,
+) -> Result<Option<StoredConfig>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT version, vars, secrets, created_at FROM config_versions \
+         WHERE service_id = $1 AND environment = $2 AND version = $3",
+    )
+    .bind(service)
+    .bind(env)
+    .bind(version)
+    .fetch_optional(conn)
+    .await
+}

@@ -1,5 +1,6 @@
 //! Queries. Functions that write take a connection inside the caller's transaction.
 
 pub mod config;
+pub mod instances;
 pub mod releases;
 pub mod services;

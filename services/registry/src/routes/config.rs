@@ -35,7 +35,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         );
 }
 
-fn check_env_name(env: &str) -> Result<(), Problem> {
+pub(crate) fn check_env_name(env: &str) -> Result<(), Problem> {
     let ok = !env.is_empty()
         && env.len() <= 63
         && env.starts_with(|c: char| c.is_ascii_lowercase())

@@ -1,6 +1,9 @@
-//! The registry's internal HTTP API (called by the gateway, which authenticates users).
+//! The registry's HTTP API: `/v1/` is called by the gateway (which authenticates users) and by
+//! the edge router (discovery); `/internal/` only by slipway's services (see [`internal`]).
 
 mod config;
+pub mod instances;
+pub mod internal;
 mod releases;
 mod services;
 
@@ -10,7 +13,9 @@ use slipway_http::Problem;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.configure(services::configure)
         .configure(releases::configure)
-        .configure(config::configure);
+        .configure(config::configure)
+        .configure(instances::configure)
+        .configure(internal::configure);
 }
 
 /// Logs an unexpected error with its whole chain and answers a sanitised 500.

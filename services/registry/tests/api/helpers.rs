@@ -1,3 +1,4 @@
+use slipway_registry::discovery::DiscoverySettings;
 use slipway_registry::{Application, Settings};
 use slipway_runtime::BaseSettings;
 use tokio::sync::oneshot;
@@ -12,13 +13,21 @@ pub struct TestApp {
 
 /// Starts a registry on port 0 with a fresh database and its own topics.
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(DiscoverySettings::default()).await
+}
+
+/// [`spawn_app`] with chosen discovery settings (a short reaper interval).
+pub async fn spawn_app_with(discovery: DiscoverySettings) -> TestApp {
     let base = slipway_testkit::base_settings("registry").await;
-    let app = Application::build(Settings {
-        base: base.clone(),
-        secrets: slipway_registry::startup::SecretSettings {
-            key: slipway_testkit::secrets_key().into(),
+    let app = Application::build_with(
+        Settings {
+            base: base.clone(),
+            secrets: slipway_registry::startup::SecretSettings {
+                key: slipway_testkit::secrets_key().into(),
+            },
         },
-    })
+        discovery,
+    )
     .await
     .expect("registry starts");
     let address = format!("http://127.0.0.1:{}", app.port());

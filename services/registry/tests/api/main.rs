@@ -2,6 +2,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
+mod discovery;
 mod helpers;
+mod instances;
+mod internal;
 mod releases;
 mod services;

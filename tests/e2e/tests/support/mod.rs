@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod deploy;
+
 use std::collections::HashMap;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -15,6 +17,8 @@ pub const SERVICES: [&str; 5] = ["registry", "builder", "deployer", "monitor", "
 
 /// The five processes, their ports, and where they log.
 pub struct Stack {
+    /// The deployer's process-target workdir: instances carry it in `SLIPWAY_TARGET_SCOPE`.
+    pub scope: PathBuf,
     pub kafka: String,
     pub admin_token: String,
     prefix: String,
@@ -99,10 +103,30 @@ impl Stack {
             "SLIPWAY_SECRETS__KEY".to_owned(),
             slipway_testkit::secrets_key(),
         );
+        env.insert(
+            "SLIPWAY_UPSTREAMS__DEPLOYER".to_owned(),
+            format!("http://127.0.0.1:{}", ports["deployer"]),
+        );
+        env.insert(
+            "SLIPWAY_UPSTREAMS__MONITOR".to_owned(),
+            format!("http://127.0.0.1:{}", ports["monitor"]),
+        );
+        let instances = logs.join("deployer");
+        std::fs::create_dir_all(&instances).unwrap();
+        let scope = instances.canonicalize().unwrap();
+        env.insert(
+            "SLIPWAY_PROCESS__WORKDIR".to_owned(),
+            scope.display().to_string(),
+        );
+        // Short drains and heartbeats keep the tests quick; production defaults are longer.
+        env.insert("SLIPWAY_DEPLOY__DRAIN_MS".to_owned(), "1000".to_owned());
+        env.insert("SLIPWAY_DEPLOY__HEARTBEAT_MS".to_owned(), "2000".to_owned());
+        env.insert("SLIPWAY_DEPLOY__STOP_GRACE_SECONDS".to_owned(), "5".to_owned());
         let admin_db = sqlx::PgPool::connect_with(db.server_options())
             .await
             .unwrap();
         let mut stack = Self {
+            scope,
             kafka: kafka.bootstrap_servers,
             admin_token,
             prefix: kafka.topic_prefix,
@@ -372,5 +396,47 @@ impl Stack {
         let res = self.post("/v1/services", &self.admin_token, body).await;
         assert_eq!(res.status(), 201);
         repo
+    }
+}
+
+impl Stack {
+    /// The instance processes of this stack's deployer, found in the process table by their
+    /// `SLIPWAY_TARGET_SCOPE` (whoever their parent is now): (pid, `SLIPWAY_INSTANCE`).
+    pub fn instance_processes(&self) -> Vec<(u32, String)> {
+        let scope = format!("SLIPWAY_TARGET_SCOPE={}", self.scope.display());
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+                continue;
+            };
+            let vars: Vec<String> = environ
+                .split(|b| *b == 0)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .collect();
+            if vars.contains(&scope) {
+                let instance = vars
+                    .iter()
+                    .find_map(|v| v.strip_prefix("SLIPWAY_INSTANCE="))
+                    .unwrap_or_default()
+                    .to_owned();
+                // A zombie keeps its environ unreadable (empty); only live processes count.
+                found.push((pid, instance));
+            }
+        }
+        found
+    }
+}
+
+impl Drop for Stack {
+    /// Instances outlive their deployer by design; a test must not leave them behind.
+    fn drop(&mut self) {
+        for (pid, _) in self.instance_processes() {
+            let _ = std::process::Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
     }
 }

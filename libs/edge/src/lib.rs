@@ -1,0 +1,164 @@
+//! The edge router: the gateway's front door for the services slipway runs as local processes.
+//!
+//! A request for `hello` in `prod` arrives either as `Host: hello.prod.<domain>` (the whole path
+//! is proxied) or as `/apps/hello/prod/<rest>` (proxied as `/<rest>`). The router picks a
+//! release by weight among those with a routable (running and healthy) instance, then an
+//! instance of it round-robin, and proxies the request to it.
+//!
+//! Routes are learnt from the registry's discovery endpoint by one background task that
+//! long-polls it ([`Edge::follow_discovery`]), never per request: each answer becomes a new
+//! immutable [`table::Table`] swapped in atomically, so a blue-green switch is a single swap.
+//!
+//! Layout:
+//! - [`table`]: the discovery answer, the table built from it, release and instance selection.
+//! - [`discovery`]: the long-poll loop with backoff.
+//! - [`proxy`]: host/path matching, forwarding, retries on connect failures, problems.
+//! - [`metrics`]: Prometheus collectors on the service's registry.
+//! - `standin` (feature `test-support`): a stand-in discovery server for tests and benches.
+
+pub mod discovery;
+pub mod metrics;
+pub mod proxy;
+pub mod table;
+
+#[cfg(feature = "test-support")]
+pub mod standin;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use serde::Deserialize;
+
+use crate::metrics::EdgeMetrics;
+use crate::table::{Discovery, Table};
+
+/// Settings of the `[edge]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct EdgeSettings {
+    /// `Host: <service>.<environment>.<domain>` is routed to that service.
+    pub domain: String,
+    /// Longest wait for an instance's complete answer, body included (504 beyond).
+    pub upstream_timeout_seconds: u64,
+    /// Longest wait for a TCP connection to an instance; a failure here is retried elsewhere.
+    pub connect_timeout_ms: u64,
+    /// Largest request body forwarded (413 beyond). Bodies are buffered so that a request can
+    /// be sent again to another instance when the first one refused the connection.
+    pub max_body_bytes: usize,
+    /// How long the registry may hold a discovery poll when nothing changed.
+    pub discovery_wait_seconds: u64,
+}
+
+impl Default for EdgeSettings {
+    fn default() -> Self {
+        Self {
+            domain: "localhost".into(),
+            upstream_timeout_seconds: 30,
+            connect_timeout_ms: 1000,
+            max_body_bytes: 10 * 1024 * 1024,
+            discovery_wait_seconds: 30,
+        }
+    }
+}
+
+/// Why the router could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum EdgeError {
+    #[error("cannot create the HTTP client: {0}")]
+    Client(#[source] reqwest::Error),
+    #[error("cannot register the edge metrics: {0}")]
+    Metrics(#[source] prometheus::Error),
+    #[error("invalid edge settings: {0}")]
+    Settings(String),
+}
+
+/// The router; cheap to clone (everything is shared).
+#[derive(Clone)]
+pub struct Edge {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Swapped whole on every discovery answer; readers never block.
+    table: ArcSwap<Table>,
+    /// `.<domain>`, lower case, for host matching.
+    host_suffix: String,
+    /// Proves at start-up that clients can be built; each HTTP worker builds its own (see
+    /// [`proxy`]) and falls back to this one.
+    client: reqwest::Client,
+    /// The registry's base URL.
+    registry: String,
+    settings: EdgeSettings,
+    metrics: EdgeMetrics,
+}
+
+impl Edge {
+    /// A router with an empty table (every request answers 503 until discovery answered once),
+    /// whose metrics go to `registry` and which learns routes from the registry at `registry_url`.
+    pub fn new(
+        settings: &EdgeSettings,
+        registry_url: &str,
+        registry: &prometheus::Registry,
+    ) -> Result<Self, EdgeError> {
+        let domain = settings.domain.trim_matches('.').to_ascii_lowercase();
+        if domain.is_empty() {
+            return Err(EdgeError::Settings("`edge.domain` is empty".into()));
+        }
+        if settings.upstream_timeout_seconds == 0 || settings.connect_timeout_ms == 0 {
+            return Err(EdgeError::Settings(
+                "`edge.upstream_timeout_seconds` and `edge.connect_timeout_ms` must be > 0".into(),
+            ));
+        }
+        if !(registry_url.starts_with("http://") || registry_url.starts_with("https://")) {
+            return Err(EdgeError::Settings(format!(
+                "the registry URL `{registry_url}` is not an http(s) URL"
+            )));
+        }
+        let client = build_client(settings).map_err(EdgeError::Client)?;
+        let metrics = EdgeMetrics::register(registry).map_err(EdgeError::Metrics)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                table: ArcSwap::from_pointee(Table::default()),
+                host_suffix: format!(".{domain}"),
+                client,
+                registry: registry_url.trim_end_matches('/').to_owned(),
+                settings: settings.clone(),
+                metrics,
+            }),
+        })
+    }
+
+    /// The discovery index of the table in use; `None` before the first answer.
+    pub fn table_index(&self) -> Option<u64> {
+        self.inner.table.load().index
+    }
+
+    /// Replaces the whole table with one built from `discovery` (one atomic swap).
+    pub fn replace_table(&self, discovery: &Discovery) {
+        let table = Table::build(discovery);
+        self.inner.metrics.table_index.set(discovery.index as i64);
+        self.inner.table.store(Arc::new(table));
+    }
+
+    /// Registers the router's routes: requests whose host names a service (before any other
+    /// route registered after it, e.g. the gateway's `/v1`), and `/apps/<service>/<env>/...`.
+    pub fn configure(&self) -> impl Fn(&mut actix_web::web::ServiceConfig) + Clone + use<> {
+        let edge = self.clone();
+        move |cfg| proxy::configure(cfg, edge.clone())
+    }
+}
+
+/// A pooled client for instances (keep-alive across requests, connect timeout, no redirects).
+fn build_client(settings: &EdgeSettings) -> Result<reqwest::Client, reqwest::Error> {
+    reqwest::Client::builder()
+        // Instances are on this machine or network: an environment proxy would be wrong.
+        .no_proxy()
+        .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+        .timeout(Duration::from_secs(settings.upstream_timeout_seconds))
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        // The client's answer is the instance's answer: redirects go back to the client.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+}

@@ -1,0 +1,76 @@
+//! The router's Prometheus collectors, on the service's registry (whose `slipway` prefix makes
+//! `edge_requests_total` appear as `slipway_edge_requests_total`).
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+
+/// Release label of answers that reached no instance (503: nothing routable).
+pub const NO_RELEASE: &str = "none";
+
+#[derive(Clone)]
+pub struct EdgeMetrics {
+    /// `{service, environment, release, code}` with `code` the class: `2xx` ... `5xx`.
+    pub requests: IntCounterVec,
+    /// `{service, environment, release}`: until the instance's answer headers (not the body,
+    /// which is streamed and may be long-lived).
+    pub duration: HistogramVec,
+    /// `{service, environment}`: attempts sent to another instance after a connect failure.
+    pub retries: IntCounterVec,
+    /// The discovery index of the table in use.
+    pub table_index: IntGauge,
+}
+
+impl EdgeMetrics {
+    /// Registers the collectors; fails on a name clash (a second router on one registry).
+    pub fn register(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "edge_requests_total",
+                "Requests the edge router answered, by route, release and status class",
+            ),
+            &["service", "environment", "release", "code"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "edge_request_duration_seconds",
+                "Time from the request to the instance's answer headers",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ]),
+            &["service", "environment", "release"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new(
+                "edge_upstream_retries_total",
+                "Requests sent to another instance after a connection failure",
+            ),
+            &["service", "environment"],
+        )?;
+        let table_index = IntGauge::new(
+            "edge_routing_table_index",
+            "Discovery index of the routing table in use",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(table_index.clone()))?;
+        Ok(Self {
+            requests,
+            duration,
+            retries,
+            table_index,
+        })
+    }
+}
+
+/// `2xx` for 200..=299, and so on.
+pub fn code_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

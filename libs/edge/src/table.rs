@@ -1,0 +1,435 @@
+//! The routing table: what discovery answered, reshaped for the request path.
+//!
+//! A [`Table`] is immutable once built; the router swaps whole tables (see [`crate::Edge`]), so
+//! a request sees either the old set of releases and weights or the new one, never a mix. Only
+//! the round-robin counters inside it change, and they are atomics.
+//!
+//! Selection ([`Route::choose`]) is pure apart from those counters: the caller passes the random
+//! roll, which keeps it testable without statistics.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// The registry's answer to `GET /v1/discovery` (a blocking query).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Discovery {
+    /// Grows whenever anything in `routes` changes; the next poll sends it back.
+    pub index: u64,
+    #[serde(default)]
+    pub routes: Vec<RouteEntry>,
+}
+
+/// One service in one environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteEntry {
+    /// The service's name: the first label of its host name, the second segment of `/apps/`.
+    pub service: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_id: Option<String>,
+    pub environment: String,
+    /// Traffic share per release; empty means every routable instance shares equally.
+    #[serde(default)]
+    pub weights: Vec<WeightEntry>,
+    #[serde(default)]
+    pub instances: Vec<InstanceEntry>,
+}
+
+/// A release's share of the traffic (relative to the other weights of the route).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WeightEntry {
+    pub release: u64,
+    pub weight: u32,
+}
+
+/// One instance as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceEntry {
+    pub id: String,
+    /// `host:port` the instance listens on (plain HTTP).
+    pub address: String,
+    pub release: u64,
+    /// `starting`, `healthy`, `unhealthy` (from the monitor).
+    pub health: String,
+    /// `running`, `draining`, `exited`, ... (from the deployer).
+    pub state: String,
+}
+
+impl InstanceEntry {
+    /// Only running instances the monitor found healthy receive traffic: a draining instance
+    /// finishes what it has, a starting one is not ready yet.
+    pub fn routable(&self) -> bool {
+        self.state == "running" && self.health == "healthy"
+    }
+}
+
+/// One instance traffic can go to.
+#[derive(Debug)]
+pub struct Upstream {
+    pub id: String,
+    /// `http://host:port`, without a trailing slash.
+    pub base_url: String,
+}
+
+/// The routable instances of one release, and its weight.
+#[derive(Debug)]
+struct Pool {
+    release: u64,
+    weight: u64,
+    instances: Vec<Upstream>,
+    /// Round-robin position; wraps harmlessly.
+    next: AtomicUsize,
+}
+
+/// Where requests for one service in one environment go.
+#[derive(Debug)]
+pub struct Route {
+    pub service: String,
+    pub environment: String,
+    /// Only releases with at least one routable instance.
+    pools: Vec<Pool>,
+    /// No weights were set: every routable instance gets an equal share.
+    equal_share: bool,
+}
+
+/// The instance picked for one attempt.
+#[derive(Debug, Clone, Copy)]
+pub struct Choice<'a> {
+    pub release: u64,
+    pub upstream: &'a Upstream,
+}
+
+impl Route {
+    fn build(entry: &RouteEntry) -> Self {
+        let equal_share = entry.weights.is_empty();
+        let mut pools: Vec<Pool> = Vec::new();
+        for instance in entry.instances.iter().filter(|i| i.routable()) {
+            let Some(base_url) = base_url(&instance.address) else {
+                tracing::warn!(
+                    service = %entry.service,
+                    instance = %instance.id,
+                    address = %instance.address,
+                    "discovery gave an instance address that is not host:port; skipping it"
+                );
+                continue;
+            };
+            let upstream = Upstream {
+                id: instance.id.clone(),
+                base_url,
+            };
+            match pools.iter_mut().find(|p| p.release == instance.release) {
+                Some(pool) => pool.instances.push(upstream),
+                None => pools.push(Pool {
+                    release: instance.release,
+                    weight: 0,
+                    instances: vec![upstream],
+                    next: AtomicUsize::new(0),
+                }),
+            }
+        }
+        for pool in &mut pools {
+            pool.weight = if equal_share {
+                pool.instances.len() as u64
+            } else {
+                // Releases absent from the weights get none of the traffic: a blue-green switch
+                // to {v2: 100} must leave v1 without requests even while its instances run.
+                entry
+                    .weights
+                    .iter()
+                    .filter(|w| w.release == pool.release)
+                    .map(|w| u64::from(w.weight))
+                    .sum()
+            };
+        }
+        pools.sort_by_key(|p| p.release);
+        Self {
+            service: entry.service.clone(),
+            environment: entry.environment.clone(),
+            pools,
+            equal_share,
+        }
+    }
+
+    /// Picks a release by weight among those with an instance not in `tried`, then the next
+    /// instance of that release round-robin, skipping `tried`. `roll` is a uniform random number.
+    /// `None` when nothing is left (no routable instance, all weights zero, or all tried).
+    pub fn choose(&self, roll: u64, tried: &[&str]) -> Option<Choice<'_>> {
+        let untried = |pool: &Pool| {
+            pool.instances
+                .iter()
+                .filter(|u| !tried.contains(&u.id.as_str()))
+                .count() as u64
+        };
+        let effective = |pool: &Pool| {
+            let left = untried(pool);
+            match (left, self.equal_share) {
+                (0, _) => 0,
+                // Equal share: each remaining instance weighs one.
+                (left, true) => left,
+                (_, false) => pool.weight,
+            }
+        };
+        let total: u64 = self.pools.iter().map(effective).sum();
+        if total == 0 {
+            return None;
+        }
+        let mut point = roll % total;
+        let pool = self.pools.iter().find(|pool| {
+            let w = effective(pool);
+            if point < w {
+                true
+            } else {
+                point -= w;
+                false
+            }
+        })?;
+        let n = pool.instances.len();
+        // One step per request, not per attempt: a retry advancing the counter too would make
+        // requests that start on a dead instance keep starting there (the live one would always
+        // be the retry's pick), so a retry starts from the current position instead.
+        let start = if tried.is_empty() {
+            pool.next.fetch_add(1, Ordering::Relaxed)
+        } else {
+            pool.next.load(Ordering::Relaxed)
+        };
+        (0..n)
+            .map(|k| &pool.instances[(start.wrapping_add(k)) % n])
+            .find(|u| !tried.contains(&u.id.as_str()))
+            .map(|upstream| Choice {
+                release: pool.release,
+                upstream,
+            })
+    }
+
+    /// How many routable instances the route has (all releases).
+    pub fn routable_instances(&self) -> usize {
+        self.pools.iter().map(|p| p.instances.len()).sum()
+    }
+}
+
+/// `http://{address}` when `address` looks like `host:port`.
+fn base_url(address: &str) -> Option<String> {
+    let (host, port) = address.rsplit_once(':')?;
+    let valid_host = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
+    (valid_host && port.parse::<u16>().is_ok()).then(|| format!("http://{address}"))
+}
+
+/// Every route, by service then environment.
+#[derive(Debug, Default)]
+pub struct Table {
+    /// The discovery index this table was built from; `None` before the first answer.
+    pub index: Option<u64>,
+    routes: HashMap<String, HashMap<String, Route>>,
+}
+
+impl Table {
+    pub fn build(discovery: &Discovery) -> Self {
+        let mut routes: HashMap<String, HashMap<String, Route>> = HashMap::new();
+        for entry in &discovery.routes {
+            routes
+                .entry(entry.service.to_ascii_lowercase())
+                .or_default()
+                .insert(entry.environment.to_ascii_lowercase(), Route::build(entry));
+        }
+        Self {
+            index: Some(discovery.index),
+            routes,
+        }
+    }
+
+    /// The route of `service` in `environment` (names compared in lower case, like host names).
+    pub fn route(&self, service: &str, environment: &str) -> Option<&Route> {
+        self.routes
+            .get(service.to_ascii_lowercase().as_str())?
+            .get(environment.to_ascii_lowercase().as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn instance(id: &str, release: u64, health: &str, state: &str) -> InstanceEntry {
+        InstanceEntry {
+            id: id.into(),
+            address: format!("127.0.0.1:{}", 10000 + id.len()),
+            release,
+            health: health.into(),
+            state: state.into(),
+        }
+    }
+
+    fn route(weights: &[(u64, u32)], instances: Vec<InstanceEntry>) -> Route {
+        Route::build(&RouteEntry {
+            service: "hello".into(),
+            service_id: None,
+            environment: "prod".into(),
+            weights: weights
+                .iter()
+                .map(|&(release, weight)| WeightEntry { release, weight })
+                .collect(),
+            instances,
+        })
+    }
+
+    /// Releases chosen for rolls 0..n (every roll once: the exact split, no statistics).
+    fn releases(route: &Route, n: u64) -> HashMap<u64, usize> {
+        let mut seen = HashMap::new();
+        for roll in 0..n {
+            *seen
+                .entry(route.choose(roll, &[]).unwrap().release)
+                .or_default() += 1;
+        }
+        seen
+    }
+
+    #[test]
+    fn splits_by_weight() {
+        let r = route(
+            &[(1, 80), (2, 20)],
+            vec![
+                instance("a", 1, "healthy", "running"),
+                instance("b", 2, "healthy", "running"),
+            ],
+        );
+        let seen = releases(&r, 100);
+        assert_eq!(seen[&1], 80);
+        assert_eq!(seen[&2], 20);
+    }
+
+    #[test]
+    fn only_running_healthy_instances_are_routable() {
+        let r = route(
+            &[],
+            vec![
+                instance("a", 1, "healthy", "running"),
+                instance("bb", 1, "unhealthy", "running"),
+                instance("ccc", 1, "starting", "running"),
+                instance("dddd", 1, "healthy", "draining"),
+            ],
+        );
+        assert_eq!(r.routable_instances(), 1);
+        for roll in 0..10 {
+            assert_eq!(r.choose(roll, &[]).unwrap().upstream.id, "a");
+        }
+    }
+
+    #[test]
+    fn a_weighted_release_without_routable_instances_is_ignored() {
+        let r = route(
+            &[(1, 80), (2, 20)],
+            vec![
+                instance("a", 1, "unhealthy", "running"),
+                instance("b", 2, "healthy", "running"),
+            ],
+        );
+        assert_eq!(releases(&r, 50)[&2], 50);
+    }
+
+    #[test]
+    fn a_release_missing_from_the_weights_gets_nothing() {
+        let r = route(
+            &[(2, 100)],
+            vec![
+                instance("a", 1, "healthy", "running"),
+                instance("b", 2, "healthy", "running"),
+            ],
+        );
+        assert_eq!(releases(&r, 50), HashMap::from([(2, 50)]));
+
+        let only_v1 = route(&[(2, 100)], vec![instance("a", 1, "healthy", "running")]);
+        assert!(only_v1.choose(0, &[]).is_none());
+    }
+
+    #[test]
+    fn without_weights_every_instance_shares_equally() {
+        let r = route(
+            &[],
+            vec![
+                instance("a", 1, "healthy", "running"),
+                instance("bb", 2, "healthy", "running"),
+                instance("ccc", 2, "healthy", "running"),
+            ],
+        );
+        let seen = releases(&r, 300);
+        assert_eq!(seen[&1], 100);
+        assert_eq!(seen[&2], 200);
+    }
+
+    #[test]
+    fn round_robin_within_a_release() {
+        let r = route(
+            &[(1, 1)],
+            vec![
+                instance("a", 1, "healthy", "running"),
+                instance("bb", 1, "healthy", "running"),
+            ],
+        );
+        let ids: Vec<&str> = (0..4)
+            .map(|_| r.choose(0, &[]).unwrap().upstream.id.as_str())
+            .collect();
+        assert_eq!(ids, ["a", "bb", "a", "bb"]);
+    }
+
+    #[test]
+    fn never_picks_a_tried_instance_and_runs_out() {
+        let r = route(
+            &[(1, 99), (2, 1)],
+            vec![
+                instance("a", 1, "healthy", "running"),
+                instance("bb", 2, "healthy", "running"),
+            ],
+        );
+        for roll in 0..100 {
+            let next = r.choose(roll, &["a"]).unwrap();
+            assert_eq!(
+                next.upstream.id, "bb",
+                "release 1 is exhausted, so 2 takes all"
+            );
+        }
+        assert!(r.choose(0, &["a", "bb"]).is_none());
+    }
+
+    #[test]
+    fn no_routable_instance_is_no_choice() {
+        let r = route(&[], vec![instance("a", 1, "unhealthy", "running")]);
+        assert!(r.choose(7, &[]).is_none());
+    }
+
+    #[test]
+    fn rejects_addresses_that_are_not_host_port() {
+        assert_eq!(
+            base_url("127.0.0.1:8080").as_deref(),
+            Some("http://127.0.0.1:8080")
+        );
+        assert!(base_url("127.0.0.1").is_none());
+        assert!(base_url("evil.com/x:80").is_none());
+        assert!(base_url("host:99999").is_none());
+    }
+
+    #[test]
+    fn parses_the_discovery_answer() {
+        let answer: Discovery = serde_json::from_value(serde_json::json!({
+            "index": 12,
+            "routes": [{"service": "Hello", "service_id": "x", "environment": "prod",
+                "weights": [{"release": 1, "weight": 100}],
+                "instances": [{"id": "i", "address": "127.0.0.1:41234", "release": 1,
+                    "health": "healthy", "state": "running"}]}]
+        }))
+        .unwrap();
+        let table = Table::build(&answer);
+        assert_eq!(table.index, Some(12));
+        let route = table.route("hello", "PROD").unwrap();
+        assert_eq!(
+            route.choose(0, &[]).unwrap().upstream.base_url,
+            "http://127.0.0.1:41234"
+        );
+        assert!(table.route("hello", "staging").is_none());
+    }
+}

@@ -1,0 +1,7 @@
+//! The edge router against real backends over HTTP, fed by a stand-in discovery server.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
+
+mod helpers;
+mod routing;
+mod traffic;

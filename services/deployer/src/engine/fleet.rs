@@ -1,0 +1,431 @@
+//! The fleet: starting, retiring and recovering instances on the target, keeping their rows and
+//! announcing every change (started, draining, exited, stopped, heartbeats, output).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use futures::future::join_all;
+use slipway_events::deploy::{
+    HealthCheck, InstanceDraining, InstanceExited, InstanceLogs, InstanceStarted, InstanceStopped,
+    InstancesHeartbeat,
+};
+use slipway_events::slipway::sources;
+use slipway_events::{CloudEvent, EventData};
+use slipway_ids::ServiceId;
+use slipway_kafka::EventProducer;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::EngineError;
+use super::plan::Set;
+use crate::db::instances::{self, Instance, NewInstance};
+use crate::registry::{RegistryClient, ReleaseInfo};
+use crate::target::{InstanceSpec, Known, Target, TargetEvent};
+
+/// Who an instance belongs to.
+#[derive(Debug, Clone)]
+pub struct Owner {
+    pub service_id: ServiceId,
+    pub service_name: String,
+    pub environment: String,
+    pub deployment_id: Option<Uuid>,
+}
+
+pub struct Fleet {
+    pub pool: PgPool,
+    pub target: Arc<dyn Target>,
+    pub registry: RegistryClient,
+    producer: EventProducer,
+    releases: Mutex<HashMap<(String, i32), ReleaseInfo>>,
+    /// How long a draining instance keeps serving before it is stopped.
+    pub drain: Duration,
+    /// SIGTERM → SIGKILL grace.
+    pub stop_grace: Duration,
+    pub heartbeat: Duration,
+}
+
+/// Adds `data` to the outbox in `conn`'s transaction.
+pub async fn announce<D: EventData>(
+    conn: &mut sqlx::PgConnection,
+    key: ServiceId,
+    subject: String,
+    data: &D,
+) -> Result<(), EngineError> {
+    let event = CloudEvent::new(sources::DEPLOYER, key, Some(subject), data)?;
+    slipway_outbox::enqueue(conn, D::TOPIC, &event).await?;
+    Ok(())
+}
+
+impl Fleet {
+    pub fn new(
+        pool: PgPool,
+        target: Arc<dyn Target>,
+        registry: RegistryClient,
+        producer: EventProducer,
+        drain: Duration,
+        stop_grace: Duration,
+        heartbeat: Duration,
+    ) -> Self {
+        Self {
+            pool,
+            target,
+            registry,
+            producer,
+            releases: Mutex::default(),
+            drain,
+            stop_grace,
+            heartbeat,
+        }
+    }
+
+    /// A release's artifact and run spec (immutable, so cached).
+    pub async fn release(&self, service: &str, number: i32) -> Result<ReleaseInfo, EngineError> {
+        let key = (service.to_owned(), number);
+        if let Some(hit) = self.releases.lock().ok().and_then(|c| c.get(&key).cloned()) {
+            return Ok(hit);
+        }
+        let info = self.registry.release(service, number).await?;
+        if let Ok(mut cache) = self.releases.lock() {
+            cache.insert(key, info.clone());
+        }
+        Ok(info)
+    }
+
+    async fn spec(&self, row: &Instance) -> Result<InstanceSpec, EngineError> {
+        let env = self
+            .registry
+            .config(&row.service_name, &row.environment, row.config_version)
+            .await?;
+        Ok(InstanceSpec {
+            instance_id: row.id,
+            service_id: row.service_id,
+            service_name: row.service_name.clone(),
+            environment: row.environment.clone(),
+            release: row.release,
+            image: row.image.clone(),
+            run: row.run.as_ref().map(|r| r.0.clone()),
+            env,
+        })
+    }
+
+    /// Starts `count` instances of `set` concurrently; the first failure is answered.
+    pub async fn start_many(
+        &self,
+        owner: &Owner,
+        set: Set,
+        health_check: &HealthCheck,
+        count: usize,
+    ) -> Result<(), EngineError> {
+        let release = self.release(&owner.service_name, set.release).await?;
+        let starts = (0..count).map(|_| self.start_one(owner, set, &release, health_check));
+        join_all(starts).await.into_iter().collect()
+    }
+
+    async fn start_one(
+        &self,
+        owner: &Owner,
+        set: Set,
+        release: &ReleaseInfo,
+        health_check: &HealthCheck,
+    ) -> Result<(), EngineError> {
+        let id = Uuid::now_v7();
+        // The row comes first: a deployer killed right after the spawn finds it at recovery.
+        instances::insert(
+            &self.pool,
+            &NewInstance {
+                id,
+                service_id: owner.service_id,
+                service_name: &owner.service_name,
+                environment: &owner.environment,
+                release: set.release,
+                config_version: set.config_version,
+                image: &release.image,
+                run: release.run.as_ref(),
+                health_check,
+                target: self.target.kind(),
+                deployment_id: owner.deployment_id,
+            },
+        )
+        .await?;
+        let row = {
+            let mut conn = self.pool.acquire().await?;
+            instances::get(&mut conn, id)
+                .await?
+                .ok_or(EngineError::Gone(id))?
+        };
+        let spec = self.spec(&row).await?;
+        let placement = match self.target.start(spec).await {
+            Ok(p) => p,
+            Err(e) => {
+                let mut conn = self.pool.acquire().await?;
+                instances::delete(&mut conn, id).await?;
+                return Err(e.into());
+            }
+        };
+        let mut tx = self.pool.begin().await?;
+        instances::started(
+            &mut tx,
+            id,
+            &placement.address,
+            placement.port,
+            placement.pid,
+            0,
+        )
+        .await?;
+        self.announce_started(&mut tx, &row, &placement.address, 0)
+            .await?;
+        tx.commit().await?;
+        tracing::info!(instance.id = %id, service = %owner.service_name, release = set.release, address = %placement.address, "instance started");
+        Ok(())
+    }
+
+    async fn announce_started(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        row: &Instance,
+        address: &str,
+        restarts: u32,
+    ) -> Result<(), EngineError> {
+        let data = InstanceStarted {
+            instance: row.reference(),
+            address: address.to_owned(),
+            target: row.target.clone(),
+            health_check: row.health_check.0.clone(),
+            restarts,
+            at: Utc::now(),
+        };
+        announce(conn, row.service_id, row.id.to_string(), &data).await
+    }
+
+    /// Takes instances out of rotation, lets them drain, stops them and forgets them.
+    pub async fn retire_many(&self, rows: &[Instance], reason: &str) -> Result<(), EngineError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        let mut serving = false;
+        for row in rows {
+            if row.state != "draining" && row.state != "stopping" {
+                serving |= row.state == "running";
+                instances::set_state(&mut tx, row.id, "draining").await?;
+                let data = InstanceDraining {
+                    instance: row.reference(),
+                    at: Utc::now(),
+                };
+                announce(&mut tx, row.service_id, row.id.to_string(), &data).await?;
+            }
+        }
+        tx.commit().await?;
+        if serving {
+            // Routers learn of the drain through discovery before the process stops.
+            tokio::time::sleep(self.drain).await;
+        }
+        let stops = rows.iter().map(|row| self.stop_one(row, reason));
+        join_all(stops).await.into_iter().collect()
+    }
+
+    async fn stop_one(&self, row: &Instance, reason: &str) -> Result<(), EngineError> {
+        {
+            let mut conn = self.pool.acquire().await?;
+            instances::set_state(&mut conn, row.id, "stopping").await?;
+        }
+        self.target.stop(row.id, self.stop_grace).await?;
+        let mut tx = self.pool.begin().await?;
+        instances::delete(&mut tx, row.id).await?;
+        let data = InstanceStopped {
+            instance: row.reference(),
+            reason: reason.to_owned(),
+            at: Utc::now(),
+        };
+        announce(&mut tx, row.service_id, row.id.to_string(), &data).await?;
+        tx.commit().await?;
+        tracing::info!(instance.id = %row.id, %reason, "instance stopped");
+        Ok(())
+    }
+
+    /// Applies what the target reports.
+    pub async fn on_target_event(&self, event: TargetEvent) -> Result<(), EngineError> {
+        match event {
+            TargetEvent::Restarted {
+                instance_id,
+                placement,
+                restarts,
+            } => {
+                let mut tx = self.pool.begin().await?;
+                let Some(row) = instances::get(&mut tx, instance_id).await? else {
+                    return Ok(());
+                };
+                instances::started(
+                    &mut tx,
+                    instance_id,
+                    &placement.address,
+                    placement.port,
+                    placement.pid,
+                    restarts,
+                )
+                .await?;
+                self.announce_started(&mut tx, &row, &placement.address, restarts)
+                    .await?;
+                tx.commit().await?;
+            }
+            TargetEvent::Exited {
+                instance_id,
+                exit,
+                restarts,
+                restart_in,
+                crash_loop,
+                last_lines,
+            } => {
+                let mut tx = self.pool.begin().await?;
+                let Some(row) = instances::get(&mut tx, instance_id).await? else {
+                    return Ok(());
+                };
+                instances::exited(&mut tx, instance_id, &exit, restarts, crash_loop).await?;
+                let data = InstanceExited {
+                    instance: row.reference(),
+                    exit: exit.clone(),
+                    restarts,
+                    restart_in_ms: restart_in.as_millis() as u64,
+                    crash_loop,
+                    last_lines,
+                    at: Utc::now(),
+                };
+                announce(&mut tx, row.service_id, row.id.to_string(), &data).await?;
+                tx.commit().await?;
+                tracing::warn!(instance.id = %instance_id, %exit, restarts, crash_loop, "instance exited");
+            }
+            TargetEvent::Logs {
+                instance_id,
+                first_seq,
+                lines,
+            } => {
+                let mut conn = self.pool.acquire().await?;
+                let Some(row) = instances::get(&mut conn, instance_id).await? else {
+                    return Ok(());
+                };
+                drop(conn);
+                // Output is best effort and high volume: published directly, not through the
+                // outbox. The monitor stores each (instance, seq) once.
+                let data = InstanceLogs {
+                    instance: row.reference(),
+                    first_seq,
+                    lines,
+                };
+                let event = CloudEvent::new(
+                    sources::DEPLOYER,
+                    row.service_id,
+                    Some(row.id.to_string()),
+                    &data,
+                )?;
+                if let Err(e) = self.producer.publish(InstanceLogs::TOPIC, &event).await {
+                    tracing::warn!(error = %e, "instance output not published");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// After a restart: re-attach to the instances still running, finish stops that were under
+    /// way, restart dead ones, and let the target kill processes nobody knows.
+    pub async fn recover(&self) -> Result<(), EngineError> {
+        let rows = instances::all(&self.pool).await?;
+        let mut known = Vec::new();
+        for row in &rows {
+            match (row.state.as_str(), row.pid, row.port, &row.address) {
+                ("stopping", ..) => {}
+                (_, Some(pid), Some(port), Some(address)) => known.push(Known {
+                    spec: self.spec(row).await?,
+                    placement: crate::target::Placement {
+                        address: address.clone(),
+                        port: port as u16,
+                        pid: Some(pid as u32),
+                    },
+                    restarts: row.restarts as u32,
+                }),
+                // Never got a process (or we cannot tell which): forget it; the orphan scan
+                // kills a process that may have been spawned for it.
+                _ => {
+                    let mut conn = self.pool.acquire().await?;
+                    instances::delete(&mut conn, row.id).await?;
+                }
+            }
+        }
+        let dead = self.target.recover(known).await?;
+        for row in rows.iter().filter(|r| r.state == "stopping") {
+            self.stop_one(row, "stopped (resumed after a deployer restart)")
+                .await?;
+        }
+        for id in dead {
+            let Some(row) = rows.iter().find(|r| r.id == id) else {
+                continue;
+            };
+            tracing::warn!(instance.id = %id, "instance found dead after a restart; starting it again");
+            let spec = self.spec(row).await?;
+            let placement = self.target.start(spec).await?;
+            let restarts = row.restarts as u32 + 1;
+            let mut tx = self.pool.begin().await?;
+            instances::started(
+                &mut tx,
+                id,
+                &placement.address,
+                placement.port,
+                placement.pid,
+                restarts,
+            )
+            .await?;
+            self.announce_started(&mut tx, row, &placement.address, restarts)
+                .await?;
+            tx.commit().await?;
+        }
+        Ok(())
+    }
+
+    /// Announces the live instances of every environment periodically, so the registry can
+    /// reap instances whose deployer vanished.
+    pub async fn heartbeats(&self, cancel: CancellationToken) -> Result<(), EngineError> {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(self.heartbeat) => {}
+            }
+            if let Err(e) = self.heartbeat_once().await {
+                tracing::warn!(error = %e, "heartbeat not sent");
+            }
+        }
+    }
+
+    async fn heartbeat_once(&self) -> Result<(), EngineError> {
+        let rows = instances::all(&self.pool).await?;
+        let mut groups: HashMap<(ServiceId, String), (String, Vec<Uuid>)> = HashMap::new();
+        for row in rows {
+            groups
+                .entry((row.service_id, row.environment.clone()))
+                .or_insert_with(|| (row.service_name.clone(), Vec::new()))
+                .1
+                .push(row.id);
+        }
+        let mut tx = self.pool.begin().await?;
+        for ((service_id, environment), (service_name, ids)) in groups {
+            let data = InstancesHeartbeat {
+                service_id,
+                service_name: service_name.clone(),
+                environment: environment.clone(),
+                instances: ids,
+                interval_ms: self.heartbeat.as_millis() as u64,
+                at: Utc::now(),
+            };
+            announce(
+                &mut tx,
+                service_id,
+                format!("{service_name}/{environment}"),
+                &data,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,154 @@
+//! What the deployer asks the registry: releases (artifact and run spec) and config versions
+//! (secrets decrypted, from the registry's internal API; held in memory only, never stored).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use slipway_events::slipway::RunSpec;
+
+/// A release as the deployer needs it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ReleaseInfo {
+    pub number: i32,
+    pub image: String,
+    pub digest: String,
+    pub artifact_purl: String,
+    pub run: Option<RunSpec>,
+    /// Environment → config version recorded when the release was made.
+    #[serde(default)]
+    pub config: BTreeMap<String, i32>,
+}
+
+#[derive(Deserialize)]
+struct ConfigAnswer {
+    version: i32,
+    #[serde(default)]
+    vars: BTreeMap<String, String>,
+    #[serde(default)]
+    secrets: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+struct EnvironmentsAnswer {
+    items: Vec<EnvironmentItem>,
+}
+
+#[derive(Deserialize)]
+struct EnvironmentItem {
+    name: String,
+    config_version: i32,
+}
+
+/// Why the registry could not answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("registry unreachable or failing: {0}")]
+    Unavailable(String),
+}
+
+/// (service, environment, version).
+type ConfigKey = (String, String, i32);
+
+/// A client of the registry's API with a cache of config versions (immutable once written).
+#[derive(Clone)]
+pub struct RegistryClient {
+    base: String,
+    http: reqwest::Client,
+    configs: Arc<Mutex<HashMap<ConfigKey, BTreeMap<String, String>>>>,
+}
+
+impl RegistryClient {
+    pub fn new(base: &str) -> Result<Self, reqwest::Error> {
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .timeout(Duration::from_secs(10))
+                .build()?,
+            configs: Arc::default(),
+        })
+    }
+
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T, RegistryError> {
+        let url = format!("{}{path}", self.base);
+        let answer = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| RegistryError::Unavailable(format!("GET {path}: {e}")))?;
+        match answer.status().as_u16() {
+            200 => answer
+                .json()
+                .await
+                .map_err(|e| RegistryError::Unavailable(format!("GET {path}: {e}"))),
+            404 => {
+                let body: serde_json::Value = answer.json().await.unwrap_or_default();
+                Err(RegistryError::NotFound(
+                    body["detail"].as_str().unwrap_or(path).to_owned(),
+                ))
+            }
+            s => Err(RegistryError::Unavailable(format!("GET {path}: HTTP {s}"))),
+        }
+    }
+
+    pub async fn release(&self, service: &str, number: i32) -> Result<ReleaseInfo, RegistryError> {
+        self.get(&format!("/v1/services/{service}/releases/{number}"))
+            .await
+    }
+
+    /// The newest release of a service, if any.
+    pub async fn latest_config_version(
+        &self,
+        service: &str,
+        environment: &str,
+    ) -> Result<i32, RegistryError> {
+        let envs: EnvironmentsAnswer = self
+            .get(&format!("/v1/services/{service}/environments"))
+            .await?;
+        envs.items
+            .into_iter()
+            .find(|e| e.name == environment)
+            .map(|e| e.config_version)
+            .ok_or_else(|| {
+                RegistryError::NotFound(format!(
+                    "service `{service}` has no environment `{environment}`"
+                ))
+            })
+    }
+
+    /// The variables and decrypted secrets of one config version, as instance environment.
+    pub async fn config(
+        &self,
+        service: &str,
+        environment: &str,
+        version: i32,
+    ) -> Result<BTreeMap<String, String>, RegistryError> {
+        let key = (service.to_owned(), environment.to_owned(), version);
+        if let Ok(cache) = self.configs.lock()
+            && let Some(hit) = cache.get(&key)
+        {
+            return Ok(hit.clone());
+        }
+        if version == 0 {
+            return Ok(BTreeMap::new());
+        }
+        let answer: ConfigAnswer = self
+            .get(&format!(
+                "/internal/v1/services/{service}/environments/{environment}/config/{version}"
+            ))
+            .await?;
+        let mut env = answer.vars;
+        env.extend(answer.secrets);
+        if answer.version == version
+            && let Ok(mut cache) = self.configs.lock()
+        {
+            cache.insert(key, env.clone());
+        }
+        Ok(env)
+    }
+}

@@ -1,0 +1,143 @@
+//! Targets: where instances run. One trait, several runtimes; [`process`] (supervised local
+//! processes) is the embedded default. Docker and Kubernetes targets implement the same trait.
+//!
+//! A target starts, supervises and stops *instances*. It does not know about deployments: the
+//! deployment engine decides how many instances of which release run, and learns what happens to
+//! them (restarts, crashes, output) from the [`TargetEvent`]s the target sends on the channel it
+//! was built with.
+
+pub mod process;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use slipway_events::deploy::LogLine;
+use slipway_events::slipway::RunSpec;
+use slipway_ids::ServiceId;
+use uuid::Uuid;
+
+/// Everything a target needs to run one instance.
+#[derive(Clone)]
+pub struct InstanceSpec {
+    pub instance_id: Uuid,
+    pub service_id: ServiceId,
+    pub service_name: String,
+    pub environment: String,
+    /// Release number (given to the instance as `SLIPWAY_RELEASE=v<N>`).
+    pub release: i32,
+    /// Pullable by digest: `host:port/repository@sha256:<hex>`.
+    pub image: String,
+    /// How to run it; absent: the image config's `Cmd` and `PORT`.
+    pub run: Option<RunSpec>,
+    /// The release's config: variables and decrypted secrets. Given to the instance's
+    /// environment only; never logged (see the `Debug` impl), never stored by the target.
+    pub env: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for InstanceSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("InstanceSpec")
+            .field("instance_id", &self.instance_id)
+            .field("service_name", &self.service_name)
+            .field("environment", &self.environment)
+            .field("release", &self.release)
+            .field("image", &self.image)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Where a started instance runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placement {
+    /// `host:port` the edge router and the monitor reach it at.
+    pub address: String,
+    pub port: u16,
+    /// The process id (process target), for bookkeeping and recovery.
+    pub pid: Option<u32>,
+}
+
+/// An instance the deployer's database says runs, handed to [`Target::recover`] after a
+/// restart of the deployer.
+#[derive(Debug, Clone)]
+pub struct Known {
+    pub spec: InstanceSpec,
+    pub placement: Placement,
+    /// Restarts so far (the backoff continues from there).
+    pub restarts: u32,
+}
+
+/// What happens to instances, reported by the target as it happens.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TargetEvent {
+    /// The supervisor restarted a crashed instance (a first start is answered by
+    /// [`Target::start`] instead). The address may differ from before.
+    Restarted {
+        instance_id: Uuid,
+        placement: Placement,
+        restarts: u32,
+    },
+    /// The instance's process ended without being asked to. It will be restarted after
+    /// `restart_in`. `crash_loop`: it crashed too often lately (restarts go on at the longest
+    /// backoff; the deployment engine treats the instance as failed).
+    Exited {
+        instance_id: Uuid,
+        /// e.g. `exit code 1`, `killed by signal 9`.
+        exit: String,
+        restarts: u32,
+        restart_in: Duration,
+        crash_loop: bool,
+        /// The last lines of output, for reasons shown to people.
+        last_lines: Vec<String>,
+    },
+    /// Lines the instance wrote, in order. `first_seq` is the 0-based position of the first
+    /// line in the instance's output, so a line sent twice (after a recovery) is recognised.
+    Logs {
+        instance_id: Uuid,
+        first_seq: u64,
+        lines: Vec<LogLine>,
+    },
+}
+
+/// Why a target could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// The artifact could not be fetched or unpacked.
+    #[error("cannot fetch the artifact {image}: {reason}")]
+    Artifact { image: String, reason: String },
+    /// The instance could not be started (no command, spawn failed, ...).
+    #[error("cannot start the instance: {0}")]
+    Start(String),
+    #[error("no instance {0} on this target")]
+    Unknown(Uuid),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A runtime for instances.
+pub trait Target: Send + Sync + 'static {
+    /// `process`, `docker` or `kubernetes`.
+    fn kind(&self) -> &'static str;
+
+    /// Fetches the artifact (cached by digest), starts the instance and supervises it from then
+    /// on: a crash is reported ([`TargetEvent::Exited`]) and restarted with exponential backoff
+    /// ([`TargetEvent::Restarted`]). Answers once the instance is started (not yet healthy:
+    /// health is the monitor's business).
+    fn start(&self, spec: InstanceSpec) -> BoxFuture<'_, Result<Placement, TargetError>>;
+
+    /// Stops the instance: a polite signal (SIGTERM), then a forced stop after `grace`. No
+    /// restart follows. Stopping an instance the target does not run is not an error.
+    fn stop(&self, instance_id: Uuid, grace: Duration) -> BoxFuture<'_, Result<(), TargetError>>;
+
+    /// After a deployer restart: supervises again every `known` instance that still runs (no
+    /// second copy is started), and stops every instance of this target's scope that is not in
+    /// `known` (an orphan, e.g. started just before a crash and never recorded). Answers the ids
+    /// of `known` instances found dead; the caller starts them again.
+    fn recover(&self, known: Vec<Known>) -> BoxFuture<'_, Result<Vec<Uuid>, TargetError>>;
+
+    /// Stops supervising without stopping the instances (the deployer is shutting down; the
+    /// instances keep serving and are recovered by the next start).
+    fn detach(&self) -> BoxFuture<'_, ()>;
+}

@@ -1,0 +1,229 @@
+//! Starting one run of an instance: the command, working directory and environment worked out
+//! once per instance ([`LaunchPlan`]), then a fresh port and a spawned child per (re)start.
+//!
+//! Each run is recorded in `<workdir>/instances/<id>/instance.json` (pid, port, start time) so
+//! that a deployer started later can tell the instance's process from an unrelated one that got
+//! the same pid.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::net::{IpAddr, TcpListener};
+use std::path::{Component, Path, PathBuf};
+use std::process::Stdio;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::process::Child;
+
+use super::artifact::Release;
+use super::logs::{STDERR, STDOUT};
+use super::scan;
+use crate::target::{InstanceSpec, Placement, TargetError};
+
+const RECORD: &str = "instance.json";
+/// Variables handed down from the deployer's own environment; everything else is cleared.
+const INHERITED: [&str; 3] = ["PATH", "HOME", "LANG"];
+
+/// How to run an instance, fixed for its lifetime (restarts reuse it with a new port).
+#[derive(Debug, Clone)]
+pub(crate) struct LaunchPlan {
+    program: PathBuf,
+    args: Vec<String>,
+    cwd: PathBuf,
+    /// Everything but the port variable.
+    env: BTreeMap<String, String>,
+    port_env: String,
+    bind_host: String,
+    /// `<workdir>/instances/<id>`: output files and the run record.
+    pub dir: PathBuf,
+}
+
+impl LaunchPlan {
+    /// Works out how to run `spec` from its unpacked `release`.
+    pub fn new(
+        spec: &InstanceSpec,
+        release: &Release,
+        dir: PathBuf,
+        bind_host: &str,
+        scope: &Path,
+    ) -> Result<Self, TargetError> {
+        let image = release.config.config.clone().unwrap_or_default();
+        let command = match &spec.run {
+            Some(run) if !run.command.is_empty() => run.command.clone(),
+            _ => {
+                let mut command = image.entrypoint.clone().unwrap_or_default();
+                command.extend(image.cmd.clone().unwrap_or_default());
+                command
+            }
+        };
+        let Some((program, args)) = command.split_first() else {
+            return Err(TargetError::Start(
+                "no command: the release's run spec and the image's Cmd are both empty".into(),
+            ));
+        };
+
+        // The image's working directory (`/app`) lives under the release root.
+        let cwd = match image.working_dir.as_deref().filter(|w| !w.is_empty()) {
+            Some(wd) => {
+                let relative: PathBuf = Path::new(wd)
+                    .components()
+                    .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
+                    .collect();
+                if relative
+                    .components()
+                    .any(|c| !matches!(c, Component::Normal(_)))
+                {
+                    return Err(TargetError::Start(format!(
+                        "the image's WorkingDir `{wd}` leaves the image"
+                    )));
+                }
+                release.root.join(relative)
+            }
+            None => release.root.join("app"),
+        };
+        // A relative program with a slash (`./run.sh`) means the working directory's.
+        let program = Path::new(program);
+        let program = if program.is_relative() && program.components().count() > 1 {
+            cwd.join(program)
+        } else {
+            program.to_owned()
+        };
+
+        let mut env = BTreeMap::new();
+        for name in INHERITED {
+            if let Ok(value) = std::env::var(name) {
+                env.insert(name.to_owned(), value);
+            }
+        }
+        for entry in image.env.iter().flatten() {
+            if let Some((k, v)) = entry.split_once('=') {
+                env.insert(k.to_owned(), v.to_owned());
+            }
+        }
+        env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let fixed = [
+            ("SLIPWAY_SERVICE", spec.service_name.clone()),
+            ("SLIPWAY_ENVIRONMENT", spec.environment.clone()),
+            ("SLIPWAY_RELEASE", format!("v{}", spec.release)),
+            ("SLIPWAY_INSTANCE", spec.instance_id.to_string()),
+            ("SLIPWAY_TARGET_SCOPE", scope.to_string_lossy().into_owned()),
+        ];
+        env.extend(fixed.map(|(k, v)| (k.to_owned(), v)));
+
+        Ok(Self {
+            program,
+            args: args.to_vec(),
+            cwd,
+            env,
+            port_env: spec
+                .run
+                .as_ref()
+                .map_or_else(|| "PORT".to_owned(), |r| r.port_env.clone()),
+            bind_host: bind_host.to_owned(),
+            dir,
+        })
+    }
+}
+
+/// A started run.
+#[derive(Debug)]
+pub(crate) struct Launched {
+    pub child: Child,
+    pub pid: u32,
+    pub placement: Placement,
+}
+
+/// What `instance.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct RunRecord {
+    pub pid: u32,
+    pub port: u16,
+    /// Field 22 of `/proc/<pid>/stat` right after the spawn.
+    pub start_time: Option<u64>,
+    pub started_at: DateTime<Utc>,
+}
+
+/// Starts one run: a free port, output appended to the instance's files, its own process group.
+pub(crate) fn launch(plan: &LaunchPlan) -> Result<Launched, TargetError> {
+    let port = free_port(&plan.bind_host)?;
+    std::fs::create_dir_all(&plan.dir)?;
+    let output = |name: &str| {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(plan.dir.join(name))
+    };
+    let mut command = tokio::process::Command::new(&plan.program);
+    command
+        .args(&plan.args)
+        .current_dir(&plan.cwd)
+        .env_clear()
+        .envs(&plan.env)
+        .env(&plan.port_env, port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(output(STDOUT)?))
+        .stderr(Stdio::from(output(STDERR)?))
+        // Its own group: signalled as a whole (its children too), and it does not get the
+        // terminal's or the deployer's signals.
+        .process_group(0)
+        .kill_on_drop(false);
+    let child = command.spawn().map_err(|e| {
+        TargetError::Start(format!(
+            "cannot run `{}` in {}: {e}",
+            plan.program.display(),
+            plan.cwd.display()
+        ))
+    })?;
+    let pid = child
+        .id()
+        .ok_or_else(|| TargetError::Start("the process ended before it was recorded".into()))?;
+    let record = RunRecord {
+        pid,
+        port,
+        start_time: scan::stat(pid).map(|s| s.start_time),
+        started_at: Utc::now(),
+    };
+    let json = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
+    std::fs::write(plan.dir.join(RECORD), json)?;
+    Ok(Launched {
+        child,
+        pid,
+        placement: Placement {
+            address: address(&plan.bind_host, port),
+            port,
+            pid: Some(pid),
+        },
+    })
+}
+
+/// The run record in an instance directory, if there is one.
+pub(crate) fn read_record(dir: &Path) -> Option<RunRecord> {
+    let text = std::fs::read(dir.join(RECORD)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// Forgets the run (the instance was stopped on purpose); its output files stay.
+pub(crate) fn remove_record(dir: &Path) {
+    if let Err(e) = std::fs::remove_file(dir.join(RECORD))
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove the run record");
+    }
+}
+
+/// A port nobody listens on right now. The listener is dropped before the instance binds it:
+/// another process could take it in between, which shows up as a crash and a restart on
+/// another port.
+fn free_port(host: &str) -> Result<u16, TargetError> {
+    let listener = TcpListener::bind((host, 0))
+        .map_err(|e| TargetError::Start(format!("cannot find a free port on {host}: {e}")))?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// `host:port`, with brackets around an IPv6 address.
+pub(crate) fn address(host: &str, port: u16) -> String {
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(_)) => format!("[{host}]:{port}"),
+        _ => format!("{host}:{port}"),
+    }
+}

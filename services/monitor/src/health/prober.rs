@@ -1,0 +1,237 @@
+//! The prober tasks and their registry.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+use slipway_events::deploy::{Health, InstanceHealthChanged};
+use slipway_events::slipway::sources;
+use slipway_events::{CloudEvent, EventData};
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::machine::{self, ProbeState};
+use super::probe::{self, ProbeResult};
+use crate::db::probes::{self, Probe, Transition};
+
+/// One running prober.
+struct Running {
+    restarts: u32,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// The running probers, one per instance. Cheap to clone (shared).
+#[derive(Clone)]
+pub struct Probers {
+    pool: PgPool,
+    client: reqwest::Client,
+    /// The service's shutdown token; each prober's token is a child of it.
+    shutdown: CancellationToken,
+    running: Arc<Mutex<HashMap<Uuid, Running>>>,
+}
+
+impl Probers {
+    pub fn new(pool: PgPool, client: reqwest::Client, shutdown: CancellationToken) -> Self {
+        Self {
+            pool,
+            client,
+            shutdown,
+            running: Arc::default(),
+        }
+    }
+
+    /// Probes `probe`'s incarnation, replacing any prober of an earlier (or the same)
+    /// incarnation of that instance.
+    pub async fn start(&self, probe: Probe) {
+        let id = probe.instance.instance_id;
+        let cancel = self.shutdown.child_token();
+        let task = tokio::spawn(run(
+            self.pool.clone(),
+            self.client.clone(),
+            probe.clone(),
+            cancel.clone(),
+        ));
+        let previous = self.lock().insert(
+            id,
+            Running {
+                restarts: probe.restarts,
+                cancel,
+                task,
+            },
+        );
+        if let Some(previous) = previous {
+            stop(previous).await;
+        }
+    }
+
+    /// Makes sure `probe`'s incarnation is probed, leaving a prober already at it alone.
+    pub async fn ensure(&self, probe: Probe) {
+        let running = self
+            .lock()
+            .get(&probe.instance.instance_id)
+            .is_some_and(|r| r.restarts == probe.restarts && !r.task.is_finished());
+        if !running {
+            self.start(probe).await;
+        }
+    }
+
+    /// Stops probing `id` if its prober is at incarnation `restarts` or earlier (`None`: any).
+    pub async fn stop(&self, id: Uuid, restarts: Option<u32>) {
+        let taken = {
+            let mut running = self.lock();
+            match running.get(&id) {
+                Some(r) if restarts.is_none_or(|n| r.restarts <= n) => running.remove(&id),
+                _ => None,
+            }
+        };
+        if let Some(r) = taken {
+            stop(r).await;
+        }
+    }
+
+    /// Waits for every prober to end (after the shutdown token fired).
+    pub async fn drain(&self) {
+        let all: Vec<Running> = self.lock().drain().map(|(_, r)| r).collect();
+        for r in all {
+            stop(r).await;
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Running>> {
+        // A panic while holding this lock leaves the map consistent (single insert/remove).
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+async fn stop(r: Running) {
+    r.cancel.cancel();
+    // A prober in the middle of writing a transition finishes it; its result is logged there.
+    let _ = r.task.await;
+}
+
+/// Probes one incarnation every `interval_ms` until cancelled or found stale.
+async fn run(pool: PgPool, client: reqwest::Client, probe: Probe, cancel: CancellationToken) {
+    let id = probe.instance.instance_id;
+    let interval = Duration::from_millis(u64::from(probe.check.interval_ms.max(1)));
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut state = ProbeState::resumed(probe.health);
+    // While starting, what the probes see is announced each time it changes (not each probe),
+    // so a rollout that times out can say why its instances never became healthy.
+    let mut starting_detail: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let result = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = probe::probe(&client, &probe.address, &probe.check) => r,
+        };
+        let since_start = (Utc::now() - probe.started_at).to_std().unwrap_or_default();
+        let (next, changed) = machine::step(state, result.outcome, since_start, &probe.check);
+        let report = match changed {
+            Some(health) => Some(health),
+            None if next.health == Health::Starting
+                && starting_detail.as_deref() != Some(result.detail.as_str()) =>
+            {
+                Some(Health::Starting)
+            }
+            None => None,
+        };
+        let Some(health) = report else {
+            state = next;
+            continue;
+        };
+        match record(&pool, &probe, next, &result).await {
+            Ok(true) => {
+                starting_detail = Some(result.detail.clone());
+                tracing::info!(instance = %id, restarts = probe.restarts, health = probes::health_name(health), detail = %result.detail, "health changed");
+                state = next;
+            }
+            Ok(false) => {
+                tracing::debug!(instance = %id, restarts = probe.restarts, "incarnation replaced; prober stops");
+                return;
+            }
+            Err(e) => {
+                // The health stays as stored; the runs continue, so the next probe that
+                // still warrants the transition tries to write it again.
+                tracing::warn!(instance = %id, error = %e, "cannot record a health transition");
+                state = ProbeState {
+                    health: state.health,
+                    ..next
+                };
+            }
+        }
+    }
+}
+
+/// Why a transition could not be recorded.
+#[derive(Debug, thiserror::Error)]
+enum RecordError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("cannot encode the event: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
+/// Writes the transition to `next` and its event in one transaction; `false` when the
+/// incarnation is no longer the probed one.
+async fn record(
+    pool: &PgPool,
+    probe: &Probe,
+    next: ProbeState,
+    result: &ProbeResult,
+) -> Result<bool, RecordError> {
+    let mut tx = pool.begin().await?;
+    let written = probes::transition(
+        &mut tx,
+        &Transition {
+            id: probe.instance.instance_id,
+            restarts: probe.restarts,
+            health: next.health,
+            successes: next.successes,
+            failures: next.failures,
+            detail: &result.detail,
+        },
+    )
+    .await?;
+    if !written {
+        return Ok(false);
+    }
+    let event = health_changed(probe, next.health, &result.detail)?;
+    slipway_outbox::enqueue(&mut tx, InstanceHealthChanged::TOPIC, &event).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// The `InstanceHealthChanged` announcing `health` for `probe`'s incarnation.
+pub fn health_changed(
+    probe: &Probe,
+    health: Health,
+    detail: &str,
+) -> Result<CloudEvent, serde_json::Error> {
+    let data = InstanceHealthChanged {
+        instance: probe.instance.clone(),
+        health,
+        check: probe.check.describe(),
+        detail: detail.to_owned(),
+        restarts: probe.restarts,
+        at: Utc::now(),
+    };
+    let mut event = CloudEvent::new(
+        sources::MONITOR,
+        probe.instance.service_id,
+        Some(probe.instance.instance_id.to_string()),
+        &data,
+    )?;
+    event.traceparent = probe.traceparent.clone();
+    event.tracestate = probe.tracestate.clone();
+    Ok(event)
+}
