@@ -138,8 +138,11 @@ impl<H: Handler> ConsumerRunner<H> {
     }
 
     fn consumer(&self) -> Result<StreamConsumer, ConsumerError> {
-        self.settings
-            .client_config()
+        let mut config = self.settings.client_config();
+        if let Some(instance) = self.settings.group_instance_id(&self.group) {
+            config.set("group.instance.id", instance);
+        }
+        config
             .set("group.id", &self.group)
             .set("enable.auto.commit", "true")
             .set("auto.commit.interval.ms", "1000")

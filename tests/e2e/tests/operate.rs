@@ -107,6 +107,22 @@ async fn scale_cancel_and_a_deployer_killed_mid_rollout() {
         assert!(Instant::now() < deadline, "canary never reached its hold");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // One deployment at a time: a scale asked for meanwhile waits, `queued`.
+    let res = reqwest::Client::new()
+        .put(stack.url("gateway", "/v1/services/hello/environments/prod/scale"))
+        .bearer_auth(&stack.admin_token)
+        .json(&json!({ "replicas": 2 }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let waiting = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stack.reaches(&waiting, "queued").await;
+    assert_eq!(stack.deployment(&id).await["status"], "progressing");
+
     let res = stack
         .post(&format!("/v1/deployments/{id}/cancel"), &stack.admin_token, json!({}))
         .await;
@@ -114,6 +130,12 @@ async fn scale_cancel_and_a_deployer_killed_mid_rollout() {
     let d = stack.finished(&id, Duration::from_secs(60)).await;
     assert_eq!(d["status"], "cancelled", "{d}");
     assert_eq!(d["reason"]["check"], "cancelled");
+    // The queued scale runs once the canary is over, on what runs then (v1).
+    let scaled = stack.finished(&waiting, Duration::from_secs(60)).await;
+    assert_eq!(scaled["status"], "succeeded", "{scaled}");
+    assert_eq!(scaled["release"], 1, "{scaled}");
+    processes_match(&stack, 2).await;
+    assert_eq!(scale(&stack, 1).await["status"], "succeeded");
     stack.serves_only("prod", "v1").await;
     let state = stack.state("prod").await;
     assert_eq!(state["state"]["release"], 1, "{state}");
@@ -152,4 +174,29 @@ async fn scale_cancel_and_a_deployer_killed_mid_rollout() {
     processes_match(&stack, 3).await;
     let release = if d["status"] == "succeeded" { "v2" } else { "v1" };
     stack.serves_only("prod", release).await;
+
+    // Auto-deploy: with the policy on, the next release rolls itself out, blue-green.
+    let res = stack
+        .put(
+            "/v1/services/hello/environments/prod/policy",
+            json!({"auto_deploy": true, "strategy": {"type": "blue_green"}}),
+        )
+        .await;
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    repo.change("NOTES.md", "v3\n");
+    stack.release(&repo, 3).await;
+    let deployed = slipway_testkit::wait_until(Duration::from_secs(90), || async {
+        stack.state("prod").await["state"]["release"] == 3
+    })
+    .await;
+    assert!(deployed, "v3 did not deploy itself: {}", stack.state("prod").await);
+    stack.serves_only("prod", "v3").await;
+    let history: Value = stack
+        .get("/v1/services/hello/environments/prod/deployments", &stack.admin_token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(history["items"][0]["actor"], "auto-deploy", "{history}");
+    processes_match(&stack, 3).await;
 }

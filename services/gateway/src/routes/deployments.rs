@@ -56,7 +56,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     .route("/services/{name}/health", web::get().to(monitor_read))
     .route("/services/{name}/instances", web::get().to(instances))
     .route("/deployments/{id}", web::get().to(get))
-    .route("/deployments/{id}/cancel", web::post().to(cancel));
+    .route("/deployments/{id}/cancel", web::post().to(cancel))
+    .route(
+        "/services/{name}/environments/{env}/policy",
+        web::put().to(put_policy),
+    );
 }
 
 /// Most replicas one request may ask for.
@@ -443,6 +447,23 @@ async fn deployer_read(
     upstreams: web::Data<Upstreams>,
 ) -> Result<HttpResponse, Problem> {
     forward(&caller, &req, &upstreams, Upstream::Deployer).await
+}
+
+/// `PUT .../policy {"auto_deploy": true, "strategy": {...}}`: whether new releases deploy
+/// themselves to the environment (the deployer's, which validates it).
+async fn put_policy(
+    caller: Caller,
+    req: HttpRequest,
+    upstreams: web::Data<Upstreams>,
+    body: web::Json<serde_json::Value>,
+) -> Result<HttpResponse, Problem> {
+    caller.require(Role::Deployer)?;
+    let path = safe_path(&req)?;
+    let body = body.into_inner();
+    upstreams
+        .call(Upstream::Deployer, reqwest::Method::PUT, &path, Some(&body))
+        .await?
+        .into_response()
 }
 
 /// Health verdicts and instance logs: the monitor's.
