@@ -4,12 +4,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
 use slipway_events::cdevents::CdEventKind;
-use slipway_events::slipway::{BuildRequested, ReleaseCreated, ServiceCreated};
 use slipway_events::deploy::{
     DeployCancelRequested, DeployRequested, DeploymentFinished, DeploymentStarted, DeploymentStep,
     InstanceDraining, InstanceExited, InstanceHealthChanged, InstanceLogs, InstanceStarted,
     InstanceStopped, InstancesHeartbeat, TrafficChanged,
 };
+use slipway_events::slipway::{BuildRequested, ReleaseCreated, ServiceCreated};
 use slipway_events::{EventData, Topic};
 
 #[test]

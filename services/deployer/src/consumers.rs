@@ -36,21 +36,32 @@ impl Handler for Commands {
             DeployRequested::TYPE => {
                 let data: DeployRequested = event.data_as().map_err(permanent)?;
                 let timeout = self.default_timeout;
-                slipway_outbox::inbox::apply_once(&self.pool, "deployer.commands", event, move |tx| {
-                    async move { deployments::insert(tx, &data, timeout).await.map(|_| ()) }.boxed()
-                })
+                slipway_outbox::inbox::apply_once(
+                    &self.pool,
+                    "deployer.commands",
+                    event,
+                    move |tx| {
+                        async move { deployments::insert(tx, &data, timeout).await.map(|_| ()) }
+                            .boxed()
+                    },
+                )
                 .await?
             }
             DeployCancelRequested::TYPE => {
                 let data: DeployCancelRequested = event.data_as().map_err(permanent)?;
-                slipway_outbox::inbox::apply_once(&self.pool, "deployer.commands", event, move |tx| {
-                    async move {
-                        deployments::request_cancel(tx, data.deployment_id)
-                            .await
-                            .map(|_| ())
-                    }
-                    .boxed()
-                })
+                slipway_outbox::inbox::apply_once(
+                    &self.pool,
+                    "deployer.commands",
+                    event,
+                    move |tx| {
+                        async move {
+                            deployments::request_cancel(tx, data.deployment_id)
+                                .await
+                                .map(|_| ())
+                        }
+                        .boxed()
+                    },
+                )
                 .await?
             }
             ReleaseCreated::TYPE => self.auto_deploy(event).await?,

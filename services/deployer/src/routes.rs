@@ -115,9 +115,16 @@ async fn put_policy(
     let Some(service) = service else {
         return Err(Problem::not_found(format!("no service named `{name}`")));
     };
-    state::put_policy(&pool, service, &name, &env, body.auto_deploy, &body.strategy)
-        .await
-        .map_err(|e| internal("put policy", e))?;
+    state::put_policy(
+        &pool,
+        service,
+        &name,
+        &env,
+        body.auto_deploy,
+        &body.strategy,
+    )
+    .await
+    .map_err(|e| internal("put policy", e))?;
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "service": name, "environment": env, "auto_deploy": body.auto_deploy, "strategy": body.strategy
     })))

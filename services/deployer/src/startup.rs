@@ -57,7 +57,8 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, DeployerStartError> {
         let mut runtime = Runtime::build("deployer", &settings.base, &MIGRATOR).await?;
         let (events, mut target_events) = mpsc::unbounded_channel();
-        let target: Arc<dyn Target> = Arc::new(ProcessTarget::new(settings.process.clone(), events)?);
+        let target: Arc<dyn Target> =
+            Arc::new(ProcessTarget::new(settings.process.clone(), events)?);
         let registry = RegistryClient::new(&settings.upstreams.registry)?;
         let deploy = settings.deploy.clone();
         let fleet = Arc::new(Fleet::new(
@@ -96,13 +97,20 @@ impl Application {
         runtime.relay_outbox()?;
 
         let on_events = fleet.clone();
+        let cancel = runtime.cancel.clone();
         runtime.spawn("target events", async move {
-            while let Some(event) = target_events.recv().await {
+            loop {
+                let event = tokio::select! {
+                    _ = cancel.cancelled() => return Ok::<(), String>(()),
+                    event = target_events.recv() => event,
+                };
+                let Some(event) = event else {
+                    return Ok(());
+                };
                 if let Err(e) = on_events.on_target_event(event).await {
                     tracing::warn!(error = %e, "target event not recorded");
                 }
             }
-            Ok::<(), String>(())
         });
         let beats = fleet.clone();
         let cancel = runtime.cancel.clone();
@@ -128,7 +136,8 @@ impl Application {
 
         let pool = actix_web::web::Data::new(runtime.pool.clone());
         let running = runtime.start(move |cfg| {
-            cfg.app_data(pool.clone()).configure(crate::routes::configure);
+            cfg.app_data(pool.clone())
+                .configure(crate::routes::configure);
         })?;
         Ok(Self { running })
     }

@@ -81,14 +81,18 @@ async fn run() {
     let stack = Stack::start().await;
     let repo = stack.hello_service(SECRET).await;
     stack
-        .put("/v1/services/hello/environments/prod", json!({"target": "process"}))
+        .put(
+            "/v1/services/hello/environments/prod",
+            json!({"target": "process"}),
+        )
         .await;
     stack.set_config("prod", json!({"GREETING": "bench"})).await;
     stack.release(&repo, 1).await;
     repo.change("NOTES.md", "v2\n");
     stack.release(&repo, 2).await;
     // Probes every 100 ms: the figure is the platform's, not the probe interval's.
-    let check = json!({"interval_ms": 100, "timeout_ms": 500, "failure_threshold": 2, "grace_seconds": 10});
+    let check =
+        json!({"interval_ms": 100, "timeout_ms": 500, "failure_threshold": 2, "grace_seconds": 10});
     let client = reqwest::Client::new();
 
     let app = baseline().await;
@@ -97,7 +101,10 @@ async fn run() {
     for _ in 0..ROUNDS {
         let t = Instant::now();
         let id = stack
-            .deploy("prod", json!({"release": 1, "replicas": 3, "health_check": check}))
+            .deploy(
+                "prod",
+                json!({"release": 1, "replicas": 3, "health_check": check}),
+            )
             .await;
         let d = stack.finished(&id, Duration::from_secs(120)).await;
         assert_eq!(d["status"], "succeeded", "{d}");
@@ -111,7 +118,10 @@ async fn run() {
         to_served.push(t.elapsed());
         // Back to nothing for the next round.
         let res = stack
-            .put("/v1/services/hello/environments/prod/scale", json!({"replicas": 0}))
+            .put(
+                "/v1/services/hello/environments/prod/scale",
+                json!({"replicas": 0}),
+            )
             .await;
         let id = res.json::<serde_json::Value>().await.unwrap()["id"]
             .as_str()
@@ -128,7 +138,10 @@ async fn run() {
     );
 
     let id = stack
-        .deploy("prod", json!({"release": 1, "replicas": 3, "health_check": check}))
+        .deploy(
+            "prod",
+            json!({"release": 1, "replicas": 3, "health_check": check}),
+        )
         .await;
     stack.finished(&id, Duration::from_secs(120)).await;
     let (mut to_switch, mut to_done) = (Vec::new(), Vec::new());

@@ -23,20 +23,27 @@ fn quick_check() -> Value {
 async fn rollouts_canary_healing_and_automatic_rollback_under_traffic() {
     let stack = Stack::start().await;
     let repo = stack.hello_service(SECRET).await;
-    let events = slipway_testkit::plain_consumer(
-        &stack.kafka,
-        &[&stack.topic("slipway.deployments")],
-    );
+    let events =
+        slipway_testkit::plain_consumer(&stack.kafka, &[&stack.topic("slipway.deployments")]);
     let res = stack
-        .put("/v1/services/hello/environments/prod", json!({"target": "process"}))
+        .put(
+            "/v1/services/hello/environments/prod",
+            json!({"target": "process"}),
+        )
         .await;
     assert_eq!(res.status(), 201);
-    assert_eq!(stack.set_config("prod", json!({"GREETING": "one"})).await, 1);
+    assert_eq!(
+        stack.set_config("prod", json!({"GREETING": "one"})).await,
+        1
+    );
     stack.release(&repo, 1).await;
 
     // v1 on 3 instances.
     let id = stack
-        .deploy("prod", json!({"release": "v1", "replicas": 3, "health_check": quick_check()}))
+        .deploy(
+            "prod",
+            json!({"release": "v1", "replicas": 3, "health_check": quick_check()}),
+        )
         .await;
     let d = stack.finished(&id, Duration::from_secs(90)).await;
     assert_eq!(d["status"], "succeeded", "{d}");
@@ -47,7 +54,10 @@ async fn rollouts_canary_healing_and_automatic_rollback_under_traffic() {
     assert_eq!(greeting, "one");
 
     // Rolling update to v2 (built with config 2), then blue-green back to v1, under traffic.
-    assert_eq!(stack.set_config("prod", json!({"GREETING": "two"})).await, 2);
+    assert_eq!(
+        stack.set_config("prod", json!({"GREETING": "two"})).await,
+        2
+    );
     repo.change("NOTES.md", "v2\n");
     stack.release(&repo, 2).await;
     let traffic = ClientLoop::start(&stack, "prod");
@@ -72,9 +82,16 @@ async fn rollouts_canary_healing_and_automatic_rollback_under_traffic() {
     stack.serves_only("prod", "v1").await;
     let answers = traffic.stop().await;
     assert_no_loss("rolling update and blue-green switch", &answers);
-    assert!(answers.iter().any(|a| a.2 == "v2"), "v2 served during the test");
+    assert!(
+        answers.iter().any(|a| a.2 == "v2"),
+        "v2 served during the test"
+    );
     let last = answers.last().unwrap();
-    assert_eq!((last.2.as_str(), last.3.as_str()), ("v1", "one"), "v1 runs with its own config again");
+    assert_eq!(
+        (last.2.as_str(), last.3.as_str()),
+        ("v1", "one"),
+        "v1 runs with its own config again"
+    );
 
     // Canary of v3: 30 % for 12 s, measured by the client loop during the hold.
     repo.change("NOTES.md", "v3\n");
@@ -90,10 +107,16 @@ async fn rollouts_canary_healing_and_automatic_rollback_under_traffic() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let d = stack.deployment(&id).await;
-        if d["current_step"].as_str().is_some_and(|s| s.starts_with("hold")) {
+        if d["current_step"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("hold"))
+        {
             break;
         }
-        assert!(Instant::now() < deadline, "canary never reached its hold: {d}");
+        assert!(
+            Instant::now() < deadline,
+            "canary never reached its hold: {d}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Routers apply the split a moment after the step starts; measure the settled middle.
@@ -103,9 +126,19 @@ async fn rollouts_canary_healing_and_automatic_rollback_under_traffic() {
     let window = traffic.since(from);
     let canary = window.iter().filter(|a| a.2 == "v3").count() as f64;
     let share = canary / window.len() as f64;
-    println!("canary share {share:.3} of {} requests (weight 30 %)", window.len());
-    assert!(window.len() > 100, "too few requests to measure: {}", window.len());
-    assert!((0.18..=0.42).contains(&share), "canary got {share:.3} of traffic, expected ~0.30");
+    println!(
+        "canary share {share:.3} of {} requests (weight 30 %)",
+        window.len()
+    );
+    assert!(
+        window.len() > 100,
+        "too few requests to measure: {}",
+        window.len()
+    );
+    assert!(
+        (0.18..=0.42).contains(&share),
+        "canary got {share:.3} of traffic, expected ~0.30"
+    );
     let d = stack.finished(&id, Duration::from_secs(90)).await;
     assert_eq!(d["status"], "succeeded", "{d}");
     stack.serves_only("prod", "v3").await;
@@ -129,15 +162,25 @@ async fn rollouts_canary_healing_and_automatic_rollback_under_traffic() {
         })
     })
     .await;
-    assert!(healed, "instance not restarted: {}", stack.state("prod").await);
+    assert!(
+        healed,
+        "instance not restarted: {}",
+        stack.state("prod").await
+    );
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_no_loss("an instance killed and restarted", &traffic.since(killed_at));
+    assert_no_loss(
+        "an instance killed and restarted",
+        &traffic.since(killed_at),
+    );
     let answers = traffic.stop().await;
     assert_no_loss("canary", &answers);
 
     // v4 never becomes healthy (its health path is wrong); it ships with config 3. It is
     // rolled back to v3 at its step deadline, with the check as reason, on config 2 again.
-    assert_eq!(stack.set_config("prod", json!({"GREETING": "three"})).await, 3);
+    assert_eq!(
+        stack.set_config("prod", json!({"GREETING": "three"})).await,
+        3
+    );
     let recipe = repo.read("slipway.toml").replace("/healthz", "/not-there");
     repo.change("slipway.toml", &recipe);
     stack.release(&repo, 4).await;
@@ -154,7 +197,10 @@ async fn rollouts_canary_healing_and_automatic_rollback_under_traffic() {
         message.contains("http GET /not-there") && message.contains("404"),
         "the reason names the failing check: {message}"
     );
-    assert!(took < Duration::from_secs(40), "rolled back {took:?} after the request");
+    assert!(
+        took < Duration::from_secs(40),
+        "rolled back {took:?} after the request"
+    );
     stack.serves_only("prod", "v3").await;
     let (_, _, greeting) = stack.through_edge(&reqwest::Client::new(), "prod").await;
     assert_eq!(greeting, "two", "v3's config is back");

@@ -67,7 +67,10 @@ async fn scale_cancel_and_a_deployer_killed_mid_rollout() {
     let mut stack = Stack::start().await;
     let repo = stack.hello_service(SECRET).await;
     let res = stack
-        .put("/v1/services/hello/environments/prod", json!({"target": "process"}))
+        .put(
+            "/v1/services/hello/environments/prod",
+            json!({"target": "process"}),
+        )
         .await;
     assert_eq!(res.status(), 201);
     stack.set_config("prod", json!({"GREETING": "hi"})).await;
@@ -76,9 +79,15 @@ async fn scale_cancel_and_a_deployer_killed_mid_rollout() {
     stack.release(&repo, 2).await;
 
     let id = stack
-        .deploy("prod", json!({"release": 1, "replicas": 3, "health_check": quick_check()}))
+        .deploy(
+            "prod",
+            json!({"release": 1, "replicas": 3, "health_check": quick_check()}),
+        )
         .await;
-    assert_eq!(stack.finished(&id, Duration::from_secs(90)).await["status"], "succeeded");
+    assert_eq!(
+        stack.finished(&id, Duration::from_secs(90)).await["status"],
+        "succeeded"
+    );
     processes_match(&stack, 3).await;
 
     // Scale 3 → 5 → 1: same release, no new deployment of code.
@@ -124,7 +133,11 @@ async fn scale_cancel_and_a_deployer_killed_mid_rollout() {
     assert_eq!(stack.deployment(&id).await["status"], "progressing");
 
     let res = stack
-        .post(&format!("/v1/deployments/{id}/cancel"), &stack.admin_token, json!({}))
+        .post(
+            &format!("/v1/deployments/{id}/cancel"),
+            &stack.admin_token,
+            json!({}),
+        )
         .await;
     assert_eq!(res.status(), 202);
     let d = stack.finished(&id, Duration::from_secs(60)).await;
@@ -157,7 +170,10 @@ async fn scale_cancel_and_a_deployer_killed_mid_rollout() {
         if d["step_index"].as_i64() >= Some(1) {
             break;
         }
-        assert!(Instant::now() < deadline, "rolling update never progressed: {d}");
+        assert!(
+            Instant::now() < deadline,
+            "rolling update never progressed: {d}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     stack.kill9("deployer");
@@ -172,7 +188,11 @@ async fn scale_cancel_and_a_deployer_killed_mid_rollout() {
         "{d}"
     );
     processes_match(&stack, 3).await;
-    let release = if d["status"] == "succeeded" { "v2" } else { "v1" };
+    let release = if d["status"] == "succeeded" {
+        "v2"
+    } else {
+        "v1"
+    };
     stack.serves_only("prod", release).await;
 
     // Auto-deploy: with the policy on, the next release rolls itself out, blue-green.
@@ -189,10 +209,17 @@ async fn scale_cancel_and_a_deployer_killed_mid_rollout() {
         stack.state("prod").await["state"]["release"] == 3
     })
     .await;
-    assert!(deployed, "v3 did not deploy itself: {}", stack.state("prod").await);
+    assert!(
+        deployed,
+        "v3 did not deploy itself: {}",
+        stack.state("prod").await
+    );
     stack.serves_only("prod", "v3").await;
     let history: Value = stack
-        .get("/v1/services/hello/environments/prod/deployments", &stack.admin_token)
+        .get(
+            "/v1/services/hello/environments/prod/deployments",
+            &stack.admin_token,
+        )
         .await
         .json()
         .await

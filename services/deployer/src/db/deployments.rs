@@ -77,10 +77,7 @@ impl Deployment {
 }
 
 pub fn is_terminal(status: &str) -> bool {
-    matches!(
-        status,
-        "succeeded" | "failed" | "rolled_back" | "cancelled"
-    )
+    matches!(status, "succeeded" | "failed" | "rolled_back" | "cancelled")
 }
 
 /// Records a request as `queued`; a redelivered command changes nothing.

@@ -38,13 +38,11 @@ pub async fn by_name(
     service_name: &str,
     environment: &str,
 ) -> Result<Option<EnvironmentState>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT * FROM environment_state WHERE service_name = $1 AND environment = $2",
-    )
-    .bind(service_name)
-    .bind(environment)
-    .fetch_optional(pool)
-    .await
+    sqlx::query_as("SELECT * FROM environment_state WHERE service_name = $1 AND environment = $2")
+        .bind(service_name)
+        .bind(environment)
+        .fetch_optional(pool)
+        .await
 }
 
 /// Every environment with something desired (for heartbeats).

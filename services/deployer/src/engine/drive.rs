@@ -3,8 +3,8 @@
 use chrono::{DateTime, Utc};
 use slipway_events::cdevents::{CdEvent, EnvironmentRef};
 use slipway_events::deploy::{
-    DeploymentFinished, DeploymentRef, DeploymentStarted, DeploymentStep, DeployKind,
-    FailureReason, TrafficChanged,
+    DeployKind, DeploymentFinished, DeploymentRef, DeploymentStarted, DeploymentStep,
+    FailureReason, Strategy, TrafficChanged,
 };
 use slipway_events::slipway::sources;
 use uuid::Uuid;
@@ -85,6 +85,17 @@ impl Engine {
             return Ok(true);
         };
         if deployments::is_terminal(&d.status) {
+            return Ok(true);
+        }
+        if d.status == "queued" && d.cancel_requested {
+            // Never started: nothing to undo.
+            let reason = FailureReason {
+                step_index: 0,
+                step: "wait for the deployment before it".into(),
+                check: "cancelled".into(),
+                message: "cancelled on request before it started".into(),
+            };
+            self.finish(&d, "cancelled", Some(reason), None).await?;
             return Ok(true);
         }
         if d.status == "queued" {
@@ -193,9 +204,14 @@ impl Engine {
             DeployKind::Scale => running.map(|r| r.0),
             DeployKind::Rollback => match d.requested_release {
                 Some(r) => Some(r),
-                None => state::previous(&mut conn, d.service_id, &d.environment, running.map(|r| r.0))
-                    .await?
-                    .map(|(r, _)| r),
+                None => state::previous(
+                    &mut conn,
+                    d.service_id,
+                    &d.environment,
+                    running.map(|r| r.0),
+                )
+                .await?
+                .map(|(r, _)| r),
             },
         };
         let Some(release) = release else {
@@ -318,8 +334,14 @@ impl Engine {
             Step::Scale { set, count } => self.scale(d, *set, *count as usize).await,
             Step::Route { weights } => {
                 let mut tx = self.fleet.pool.begin().await?;
-                state::set_weights(&mut tx, d.service_id, &d.service_name, &d.environment, weights)
-                    .await?;
+                state::set_weights(
+                    &mut tx,
+                    d.service_id,
+                    &d.service_name,
+                    &d.environment,
+                    weights,
+                )
+                .await?;
                 let data = TrafficChanged {
                     service_id: d.service_id,
                     service_name: d.service_name.clone(),
@@ -351,22 +373,33 @@ impl Engine {
     }
 
     /// The health gate: every instance of the release up, healthy, not crash-looping.
-    async fn check_gate(&self, d: &Deployment, gate: &Gate) -> Result<Option<Outcome>, EngineError> {
+    async fn check_gate(
+        &self,
+        d: &Deployment,
+        gate: &Gate,
+    ) -> Result<Option<Outcome>, EngineError> {
         let Gate::Health { release } = gate;
         let rows =
             instances::of_release(&self.fleet.pool, d.service_id, &d.environment, *release).await?;
-        let bad = rows.iter().find(|i| {
-            i.crash_loop || i.state == "down" || i.health == "unhealthy"
-        });
+        let bad = rows
+            .iter()
+            .find(|i| i.crash_loop || i.state == "down" || i.health == "unhealthy");
         Ok(bad.map(|i| {
             Outcome::Fail(
                 "health",
                 format!(
                     "instance {} of v{release} is {} ({}: {})",
                     i.id,
-                    if i.crash_loop { "crash-looping" } else { &i.health },
+                    if i.crash_loop {
+                        "crash-looping"
+                    } else {
+                        &i.health
+                    },
                     i.health_check.0.describe(),
-                    i.health_detail.as_deref().or(i.last_exit.as_deref()).unwrap_or("no detail")
+                    i.health_detail
+                        .as_deref()
+                        .or(i.last_exit.as_deref())
+                        .unwrap_or("no detail")
                 ),
             )
         }))
@@ -374,8 +407,8 @@ impl Engine {
 
     async fn scale(&self, d: &Deployment, set: Set, count: usize) -> Result<Outcome, EngineError> {
         let fleet = &self.fleet;
-        let rows = instances::of_release(&fleet.pool, d.service_id, &d.environment, set.release)
-            .await?;
+        let rows =
+            instances::of_release(&fleet.pool, d.service_id, &d.environment, set.release).await?;
         let (leaving, live): (Vec<Instance>, Vec<Instance>) = rows
             .into_iter()
             .partition(|i| i.state == "draining" || i.state == "stopping");
@@ -384,8 +417,15 @@ impl Engine {
         } else {
             format!("replaced by v{}", d.release.unwrap_or_default())
         };
+        // Blue-green may ask for its own drain period for the old set.
+        let drain = match &d.strategy.0 {
+            Strategy::BlueGreen {
+                drain_seconds: Some(s),
+            } => Some(std::time::Duration::from_secs(u64::from(*s))),
+            _ => None,
+        };
         if !leaving.is_empty() {
-            fleet.retire_many(&leaving, &why).await?;
+            fleet.retire_many(&leaving, &why, drain).await?;
             return Ok(Outcome::Wait("instances draining".into()));
         }
         if live.len() < count {
@@ -410,7 +450,7 @@ impl Engine {
                 )
             });
             extras.truncate(extras.len() - count);
-            fleet.retire_many(&extras, &why).await?;
+            fleet.retire_many(&extras, &why, drain).await?;
             return Ok(Outcome::Wait("instances stopping".into()));
         }
         if let Some(i) = live.iter().find(|i| i.crash_loop) {
@@ -482,8 +522,14 @@ impl Engine {
             _ => return self.finish(d, "failed", Some(reason), d.release).await,
         };
         let mut tx = self.fleet.pool.begin().await?;
-        deployments::begin_rollback(&mut tx, d.id, &back, Some(&reason), self.deadline(d, back.first()))
-            .await?;
+        deployments::begin_rollback(
+            &mut tx,
+            d.id,
+            &back,
+            Some(&reason),
+            self.deadline(d, back.first()),
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -516,7 +562,11 @@ impl Engine {
         };
         let purl_of = |release: Option<i32>| async move {
             match release {
-                Some(r) => self.fleet.release(&d.service_name, r).await.map(|i| Some(i.artifact_purl)),
+                Some(r) => self
+                    .fleet
+                    .release(&d.service_name, r)
+                    .await
+                    .map(|i| Some(i.artifact_purl)),
                 None => Ok(None),
             }
         };
@@ -530,37 +580,91 @@ impl Engine {
             "succeeded" => {
                 let (release, config) = (d.release, d.config_version);
                 let replicas = d.replicas.unwrap_or_default();
-                state::set_running(&mut tx, d.service_id, &d.service_name, &d.environment, release, config, replicas, health_check).await?;
+                state::set_running(
+                    &mut tx,
+                    d.service_id,
+                    &d.service_name,
+                    &d.environment,
+                    release,
+                    config,
+                    replicas,
+                    health_check,
+                )
+                .await?;
                 if let (Some(r), Some(c)) = (release, config) {
-                    state::record_success(&mut tx, d.service_id, &d.environment, r, c, d.id).await?;
+                    state::record_success(&mut tx, d.service_id, &d.environment, r, c, d.id)
+                        .await?;
                 }
                 cdevent = match (kind_of(d), &new_purl) {
-                    (DeployKind::Scale, _) if replicas == 0 => {
-                        Some(CdEvent::service_removed(sources::DEPLOYER, &d.service_name, &env))
-                    }
+                    (DeployKind::Scale, _) if replicas == 0 => Some(CdEvent::service_removed(
+                        sources::DEPLOYER,
+                        &d.service_name,
+                        &env,
+                    )),
                     (DeployKind::Scale, _) | (_, None) => None,
-                    (DeployKind::Rollback, Some(p)) => Some(CdEvent::service_rolled_back(sources::DEPLOYER, &d.service_name, &env, p)),
-                    (DeployKind::Deploy, Some(p)) if d.from_release.is_none() => {
-                        Some(CdEvent::service_deployed(sources::DEPLOYER, &d.service_name, &env, p))
-                    }
-                    (DeployKind::Deploy, Some(p)) => Some(CdEvent::service_upgraded(sources::DEPLOYER, &d.service_name, &env, p)),
+                    (DeployKind::Rollback, Some(p)) => Some(CdEvent::service_rolled_back(
+                        sources::DEPLOYER,
+                        &d.service_name,
+                        &env,
+                        p,
+                    )),
+                    (DeployKind::Deploy, Some(p)) if d.from_release.is_none() => Some(
+                        CdEvent::service_deployed(sources::DEPLOYER, &d.service_name, &env, p),
+                    ),
+                    (DeployKind::Deploy, Some(p)) => Some(CdEvent::service_upgraded(
+                        sources::DEPLOYER,
+                        &d.service_name,
+                        &env,
+                        p,
+                    )),
                 };
             }
             "rolled_back" | "cancelled" if d.status == "rolling_back" => {
-                let replicas = if d.from_release.is_some() { d.from_replicas.unwrap_or_default() } else { 0 };
-                state::set_running(&mut tx, d.service_id, &d.service_name, &d.environment, d.from_release, d.from_config, replicas, None).await?;
+                let replicas = if d.from_release.is_some() {
+                    d.from_replicas.unwrap_or_default()
+                } else {
+                    0
+                };
+                state::set_running(
+                    &mut tx,
+                    d.service_id,
+                    &d.service_name,
+                    &d.environment,
+                    d.from_release,
+                    d.from_config,
+                    replicas,
+                    None,
+                )
+                .await?;
                 if let Some(p) = &old_purl
                     && status == "rolled_back"
                 {
-                    cdevent = Some(CdEvent::service_rolled_back(sources::DEPLOYER, &d.service_name, &env, p));
+                    cdevent = Some(CdEvent::service_rolled_back(
+                        sources::DEPLOYER,
+                        &d.service_name,
+                        &env,
+                        p,
+                    ));
                 }
             }
             "failed" if d.status == "rolling_back" => {
-                state::set_running(&mut tx, d.service_id, &d.service_name, &d.environment, None, None, 0, None).await?;
+                state::set_running(
+                    &mut tx,
+                    d.service_id,
+                    &d.service_name,
+                    &d.environment,
+                    None,
+                    None,
+                    0,
+                    None,
+                )
+                .await?;
             }
             _ => {}
         }
-        let final_reason = reason.clone().or_else(|| d.reason.as_ref().map(|r| r.0.clone()));
+        let final_reason = reason
+            .clone()
+            .or_else(|| d.reason.as_ref().map(|r| r.0.clone()));
         if let Some(event) = cdevent {
             let event = event.with_custom_data(serde_json::json!({
                 "deployment": d.id,
@@ -568,7 +672,12 @@ impl Engine {
                 "reason": final_reason,
             }));
             let topic = event.kind().topic();
-            slipway_outbox::enqueue(&mut tx, topic, &event.into_cloud_event(d.service_id, Some(d.service_name.clone()))).await?;
+            slipway_outbox::enqueue(
+                &mut tx,
+                topic,
+                &event.into_cloud_event(d.service_id, Some(d.service_name.clone())),
+            )
+            .await?;
         }
         let data = DeploymentFinished {
             deployment: reference(d),

@@ -201,7 +201,13 @@ impl Fleet {
     }
 
     /// Takes instances out of rotation, lets them drain, stops them and forgets them.
-    pub async fn retire_many(&self, rows: &[Instance], reason: &str) -> Result<(), EngineError> {
+    /// `drain`: how long they keep serving once out of rotation (absent: the default).
+    pub async fn retire_many(
+        &self,
+        rows: &[Instance],
+        reason: &str,
+        drain: Option<Duration>,
+    ) -> Result<(), EngineError> {
         if rows.is_empty() {
             return Ok(());
         }
@@ -221,7 +227,7 @@ impl Fleet {
         tx.commit().await?;
         if serving {
             // Routers learn of the drain through discovery before the process stops.
-            tokio::time::sleep(self.drain).await;
+            tokio::time::sleep(drain.unwrap_or(self.drain)).await;
         }
         let stops = rows.iter().map(|row| self.stop_one(row, reason));
         join_all(stops).await.into_iter().collect()

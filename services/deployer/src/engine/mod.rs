@@ -130,7 +130,9 @@ impl Engine {
             match self.step_once(id).await {
                 Ok(true) => return,
                 Ok(false) => {}
-                Err(e) => tracing::warn!(deployment.id = %id, error = %e, "deployment step failed; retrying"),
+                Err(e) => {
+                    tracing::warn!(deployment.id = %id, error = %e, "deployment step failed; retrying")
+                }
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,

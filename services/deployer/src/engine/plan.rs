@@ -80,11 +80,17 @@ pub fn rollout(strategy: &Strategy, from: Option<Current>, to: Set, replicas: u3
     let old = match from {
         // Same release: only its size changes (weights are per release).
         Some(c) if c.set.release == to.release => {
-            return vec![Step::Scale { set: to, count: n }, route(&[(to.release, 100)])];
+            return vec![
+                Step::Scale { set: to, count: n },
+                route(&[(to.release, 100)]),
+            ];
         }
         Some(c) if c.replicas > 0 => c,
         _ => {
-            return vec![Step::Scale { set: to, count: n }, route(&[(to.release, 100)])];
+            return vec![
+                Step::Scale { set: to, count: n },
+                route(&[(to.release, 100)]),
+            ];
         }
     };
     let o = old.set;
@@ -105,7 +111,10 @@ pub fn rollout(strategy: &Strategy, from: Option<Current>, to: Set, replicas: u3
             for s in steps {
                 let count = (n * s.weight).div_ceil(100).clamp(1, n.max(1));
                 plan.push(Step::Scale { set: to, count });
-                plan.push(route(&[(o.release, 100 - s.weight), (to.release, s.weight)]));
+                plan.push(route(&[
+                    (o.release, 100 - s.weight),
+                    (to.release, s.weight),
+                ]));
                 plan.push(Step::Pause {
                     seconds: s.pause_seconds,
                     gates: vec![Gate::Health {
@@ -150,7 +159,10 @@ fn rolling(o: Set, old_n: u32, to: Set, n: u32, surge: u32, unavailable: u32) ->
         let b = (n - new).min(surge + a);
         if b > 0 {
             new += b;
-            plan.push(Step::Scale { set: to, count: new });
+            plan.push(Step::Scale {
+                set: to,
+                count: new,
+            });
         }
         let c = (old + new).saturating_sub(n).min(old);
         let c = if new >= n { old } else { c };
@@ -240,7 +252,11 @@ mod tests {
             .collect();
         assert_eq!(
             routes,
-            ["route v1 66% / v2 33%", "route v1 33% / v2 66%", "route v2 100%"]
+            [
+                "route v1 66% / v2 33%",
+                "route v1 33% / v2 66%",
+                "route v2 100%"
+            ]
         );
     }
 
@@ -286,7 +302,9 @@ mod tests {
         );
         assert_eq!(plan[0], Step::Scale { set: V2, count: 1 });
         assert_eq!(plan[1].describe(), "route v1 80% / v2 20%");
-        assert!(matches!(&plan[2], Step::Pause { seconds: 5, gates } if gates == &[Gate::Health { release: 2 }]));
+        assert!(
+            matches!(&plan[2], Step::Pause { seconds: 5, gates } if gates == &[Gate::Health { release: 2 }])
+        );
         assert_eq!(plan[3], Step::Scale { set: V2, count: 2 });
         assert_eq!(&plan[6..], immediate(V1, V2, 3).as_slice());
     }
@@ -294,7 +312,10 @@ mod tests {
     #[test]
     fn first_deployment_and_same_release_only_scale() {
         let first = rollout(&Strategy::default(), None, V2, 3);
-        assert_eq!(first, vec![Step::Scale { set: V2, count: 3 }, route(&[(2, 100)])]);
+        assert_eq!(
+            first,
+            vec![Step::Scale { set: V2, count: 3 }, route(&[(2, 100)])]
+        );
         let same = rollout(
             &Strategy::Recreate,
             Some(Current {

@@ -25,7 +25,12 @@ impl Stack {
     /// Sets the environment's config to `vars` (a new version); answers the version.
     pub async fn set_config(&self, env: &str, vars: Value) -> i64 {
         let path = format!("/v1/services/hello/environments/{env}/config");
-        let current: Value = self.get(&path, &self.admin_token).await.json().await.unwrap();
+        let current: Value = self
+            .get(&path, &self.admin_token)
+            .await
+            .json()
+            .await
+            .unwrap();
         let version = current["version"].as_i64().unwrap_or(0);
         let mut req = reqwest::Client::new()
             .put(self.url("gateway", &path))
@@ -47,7 +52,10 @@ impl Stack {
         let deadline = Instant::now() + Duration::from_secs(180);
         loop {
             let res = self
-                .get(&format!("/v1/services/hello/releases/v{n}"), &self.admin_token)
+                .get(
+                    &format!("/v1/services/hello/releases/v{n}"),
+                    &self.admin_token,
+                )
                 .await;
             if res.status() == 200 {
                 return res.json().await.unwrap();
@@ -113,7 +121,10 @@ impl Stack {
             if d["status"] == status {
                 return d;
             }
-            assert!(Instant::now() < deadline, "deployment {id} never {status}: {d}");
+            assert!(
+                Instant::now() < deadline,
+                "deployment {id} never {status}: {d}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -202,11 +213,17 @@ impl ClientLoop {
                     }
                     Err(e) => (0, String::new(), e.to_string()),
                 };
-                a.lock().unwrap().push((Instant::now(), answer.0, answer.1, answer.2));
+                a.lock()
+                    .unwrap()
+                    .push((Instant::now(), answer.0, answer.1, answer.2));
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         });
-        Self { answers, stop, task }
+        Self {
+            answers,
+            stop,
+            task,
+        }
     }
 
     /// Stops the loop; answers everything it recorded.

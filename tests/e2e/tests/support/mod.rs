@@ -121,7 +121,10 @@ impl Stack {
         // Short drains and heartbeats keep the tests quick; production defaults are longer.
         env.insert("SLIPWAY_DEPLOY__DRAIN_MS".to_owned(), "1000".to_owned());
         env.insert("SLIPWAY_DEPLOY__HEARTBEAT_MS".to_owned(), "2000".to_owned());
-        env.insert("SLIPWAY_DEPLOY__STOP_GRACE_SECONDS".to_owned(), "5".to_owned());
+        env.insert(
+            "SLIPWAY_DEPLOY__STOP_GRACE_SECONDS".to_owned(),
+            "5".to_owned(),
+        );
         let admin_db = sqlx::PgPool::connect_with(db.server_options())
             .await
             .unwrap();
