@@ -4,10 +4,12 @@
 //! a guard, so it wins over the gateway's own routes for such hosts only), and
 //! `/apps/<service>/<env>/<rest>` proxies `/<rest>` with the query unchanged.
 //!
-//! Retries are only safe when nothing was sent: a connect failure (refused, unreachable, connect
-//! timeout) is tried on another routable instance, up to [`MAX_ATTEMPTS`] instances, never the
-//! same one twice. Any failure after that point (reset, timeout waiting for the answer) may
-//! have reached the instance, so it answers 502 (504 for a timeout) and is never repeated.
+//! Retries only where safe: a connect failure (refused, unreachable, connect timeout: nothing was
+//! sent) is tried on another routable instance, and so is a connection that broke before any
+//! answer for an idempotent method (GET, HEAD, OPTIONS, TRACE, PUT, DELETE), e.g. a pooled
+//! connection to an instance that just died; up to [`MAX_ATTEMPTS`] instances, never the same one
+//! twice. A timeout, or a broken connection under a POST or PATCH, may have had its effect, so it
+//! answers 504 or 502 and is never repeated.
 
 use std::time::Instant;
 
@@ -22,6 +24,20 @@ use slipway_http::Problem;
 
 use crate::Edge;
 use crate::metrics::{NO_RELEASE, code_class};
+
+/// Methods a request of which may be repeated without changing the outcome (RFC 9110 §9.2.2).
+fn idempotent(method: &reqwest::Method) -> bool {
+    use reqwest::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
+}
 
 /// Instances tried for one request when connections fail.
 pub const MAX_ATTEMPTS: usize = 3;
@@ -256,6 +272,13 @@ async fn proxy(
             Err(e) if e.is_connect() => {
                 // Nothing reached the instance: safe to send the same request elsewhere.
                 tracing::warn!(service, environment, instance = %choice.upstream.id, error = %e, "cannot connect to instance; trying another");
+                tried.push(&choice.upstream.id);
+            }
+            Err(e) if !e.is_timeout() && idempotent(&method) => {
+                // The connection broke before any answer (typically a pooled keep-alive
+                // connection to an instance that just died). An idempotent request may be
+                // sent again (RFC 9110 §9.2.2), as nginx's `proxy_next_upstream error` does.
+                tracing::warn!(service, environment, instance = %choice.upstream.id, error = %e, "instance connection failed before an answer; retrying an idempotent request elsewhere");
                 tried.push(&choice.upstream.id);
             }
             Err(e) => {

@@ -224,4 +224,37 @@ async fn rollouts_canary_healing_and_automatic_rollback_under_traffic() {
             .unwrap()
             .starts_with("pkg:oci/")
     );
+    // v5 crashes at start: a crash loop is reported (not spun), and the rollout is rolled back
+    // on it at once, long before its deadline, with the exit in the reason.
+    let recipe = repo
+        .read("slipway.toml")
+        .replace("/not-there", "/healthz")
+        .replace(
+            r#"command = ["python3", "app.py"]"#,
+            r#"command = ["python3", "-c", "import sys; print('boom', flush=True); sys.exit(3)"]"#,
+        );
+    repo.change("slipway.toml", &recipe);
+    stack.release(&repo, 5).await;
+    let started = Instant::now();
+    let id = stack
+        .deploy(
+            "prod",
+            json!({"release": "v5", "step_timeout_seconds": 120, "health_check": quick_check()}),
+        )
+        .await;
+    let d = stack.finished(&id, Duration::from_secs(90)).await;
+    assert_eq!(d["status"], "rolled_back", "{d}");
+    assert_eq!(d["reason"]["check"], "crash_loop", "{d}");
+    assert!(
+        d["reason"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("exit code 3"),
+        "{d}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "a crash loop ends the rollout before its deadline"
+    );
+    stack.serves_only("prod", "v3").await;
 }

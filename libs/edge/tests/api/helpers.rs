@@ -86,6 +86,27 @@ pub fn closed_address() -> String {
     address
 }
 
+/// An instance that accepts connections, reads the request and hangs up without answering
+/// (what a process killed mid-connection looks like); answers its address and how many
+/// connections it took.
+pub fn hanging_up() -> (String, Arc<AtomicUsize>) {
+    use std::io::Read;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            count.fetch_add(1, Ordering::Relaxed);
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            drop(stream);
+        }
+    });
+    (address, accepted)
+}
+
 /// The router behind a real HTTP server, with a stand-in gateway route `/v1/ping` registered
 /// after it (as the gateway does), following a discovery stand-in.
 pub struct Router {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 
 use slipway_edge::standin::build::{healthy, route};
 
-use crate::helpers::{Backend, Router, assert_problem, closed_address};
+use crate::helpers::{Backend, Router, assert_problem, closed_address, hanging_up};
 
 /// How many of `n` requests each backend answered.
 async fn spread(router: &Router, path: &str, n: usize) -> HashMap<String, usize> {
@@ -206,4 +206,55 @@ async fn a_slow_instance_times_out_with_504_and_is_not_retried() {
         "{body}"
     );
     assert_eq!(a.hits() + b.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_broken_before_an_answer_is_retried_for_idempotent_requests_only() {
+    let live = Backend::start("live");
+    let (broken, accepted) = hanging_up();
+    let router = Router::start(vec![route(
+        "hello",
+        "prod",
+        &[],
+        vec![
+            healthy("broken", &broken, 1),
+            healthy("live", &live.address, 1),
+        ],
+    )])
+    .await;
+
+    // GET is idempotent: a hang-up is tried again on the live instance.
+    assert_eq!(
+        spread(&router, "/apps/hello/prod/", 10).await,
+        HashMap::from([("live".to_owned(), 10)])
+    );
+    assert!(accepted.load(std::sync::atomic::Ordering::Relaxed) >= 3);
+    assert_eq!(live.hits(), 10);
+
+    // POST is not: the instance may have acted on it, so a 502 and no second attempt.
+    let client = reqwest::Client::new();
+    let mut refused = 0;
+    for _ in 0..6 {
+        let res = client
+            .post(router.url("/apps/hello/prod/orders"))
+            .body("one order")
+            .send()
+            .await
+            .unwrap();
+        if res.status() == 502 {
+            let body = assert_problem(res, 502).await;
+            assert!(
+                body["detail"].as_str().unwrap().contains("not retried"),
+                "{body}"
+            );
+            refused += 1;
+        } else {
+            assert_eq!(res.status(), 200);
+        }
+    }
+    assert!(
+        refused >= 1,
+        "round-robin sends some POSTs to the broken instance"
+    );
+    assert_eq!(live.hits(), 10 + 6 - refused, "no POST was sent twice");
 }
