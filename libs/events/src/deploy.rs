@@ -502,7 +502,8 @@ pub struct InstancesHeartbeat {
     pub service_name: String,
     pub environment: String,
     pub instances: Vec<Uuid>,
-    /// How often heartbeats come; an instance unseen for 3 intervals is stale.
+    /// How often heartbeats come; the registry reaps an instance unseen for several intervals
+    /// (`discovery.stale_after_intervals`, 12 by default).
     pub interval_ms: u64,
     pub at: DateTime<Utc>,
 }

@@ -31,7 +31,7 @@ pub struct DiscoverySettings {
 impl Default for DiscoverySettings {
     fn default() -> Self {
         Self {
-            stale_after_intervals: 3,
+            stale_after_intervals: 12,
             default_heartbeat_ms: 10_000,
             reap_every_ms: 1_000,
         }
