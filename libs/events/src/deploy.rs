@@ -28,7 +28,9 @@ use crate::{EventData, Topic};
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Strategy {
     /// Stop every old instance, then start the new ones (downtime; for dev environments).
-    Recreate,
+    /// A struct variant (not a unit one) so that unknown fields are refused here too: serde
+    /// ignores `deny_unknown_fields` on unit variants of an internally tagged enum.
+    Recreate {},
     /// Replace instances in batches. `max_surge`: new instances started above the replica
     /// count at once; `max_unavailable`: old instances stopped before their replacement is
     /// healthy. At least one of the two is positive.
@@ -77,7 +79,7 @@ impl Strategy {
     /// The strategy's name as shown in APIs (`rolling`, `blue_green`, ...).
     pub fn name(&self) -> &'static str {
         match self {
-            Strategy::Recreate => "recreate",
+            Strategy::Recreate {} => "recreate",
             Strategy::Rolling { .. } => "rolling",
             Strategy::BlueGreen { .. } => "blue_green",
             Strategy::Canary { .. } => "canary",
@@ -87,7 +89,7 @@ impl Strategy {
     /// Checks the parameters; `Err((field, why))` names the offending field.
     pub fn validate(&self) -> Result<(), (&'static str, String)> {
         match self {
-            Strategy::Recreate | Strategy::BlueGreen { .. } => Ok(()),
+            Strategy::Recreate {} | Strategy::BlueGreen { .. } => Ok(()),
             Strategy::Rolling {
                 max_surge,
                 max_unavailable,
@@ -591,6 +593,17 @@ mod tests {
         assert!(c.validate().is_ok());
         assert!(
             serde_json::from_value::<Strategy>(serde_json::json!({"type": "rolling", "surge": 1}))
+                .is_err()
+        );
+        let recreate: Strategy =
+            serde_json::from_value(serde_json::json!({"type": "recreate"})).unwrap();
+        assert_eq!(recreate, Strategy::Recreate {});
+        assert_eq!(
+            serde_json::to_value(&recreate).unwrap(),
+            serde_json::json!({"type": "recreate"})
+        );
+        assert!(
+            serde_json::from_value::<Strategy>(serde_json::json!({"type": "recreate", "speed": 3}))
                 .is_err()
         );
         let bad = Strategy::Canary {

@@ -112,9 +112,15 @@ impl Engine {
             self.complete(&d).await?;
             return Ok(true);
         };
-        let outcome = match self.execute(&d, step).await {
+        let outcome = match self.execute(&d, step).await.or_else(verdict) {
             Ok(o) => o,
-            Err(e) => verdict(e)?,
+            // A step that keeps failing (the registry or the target unreachable, say) is retried
+            // until its deadline, then fails like any other: never stuck `progressing`.
+            Err(e) if d.step_deadline.is_some_and(|t| Utc::now() > t) => Outcome::Fail(
+                "error",
+                format!("the step kept failing until its deadline: {e}"),
+            ),
+            Err(e) => return Err(e),
         };
         match outcome {
             Outcome::Done => {

@@ -95,7 +95,7 @@ pub fn rollout(strategy: &Strategy, from: Option<Current>, to: Set, replicas: u3
     };
     let o = old.set;
     match strategy {
-        Strategy::Recreate => vec![
+        Strategy::Recreate {} => vec![
             route(&[]),
             Step::Scale { set: o, count: 0 },
             Step::Scale { set: to, count: n },
@@ -317,7 +317,7 @@ mod tests {
             vec![Step::Scale { set: V2, count: 3 }, route(&[(2, 100)])]
         );
         let same = rollout(
-            &Strategy::Recreate,
+            &Strategy::Recreate {},
             Some(Current {
                 set: V2,
                 replicas: 3,
@@ -331,7 +331,7 @@ mod tests {
     #[test]
     fn recreate_stops_before_starting() {
         let plan = rollout(
-            &Strategy::Recreate,
+            &Strategy::Recreate {},
             Some(Current {
                 set: V1,
                 replicas: 2,

@@ -1,0 +1,174 @@
+//! A stand-in for the registry's API, answering what the deployer asks it (releases,
+//! environments, config versions) from what the test put in, and recording every request.
+//!
+//! A release can be *held*: its answer waits until the test opens the gate, which keeps a
+//! deployment `queued` in its start for as long as the test needs.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use actix_web::{HttpRequest, HttpResponse, HttpServer, web};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+#[derive(Default)]
+struct Catalog {
+    /// (service, number) → the release as the registry shows it.
+    releases: Mutex<HashMap<(String, i32), Value>>,
+    /// Releases whose answer waits for the gate.
+    held: Mutex<HashSet<(String, i32)>>,
+    /// Paths asked for, in order.
+    seen: Mutex<Vec<String>>,
+}
+
+pub struct StandInRegistry {
+    pub url: String,
+    catalog: Arc<Catalog>,
+    gate: watch::Sender<bool>,
+}
+
+fn not_found(detail: String) -> HttpResponse {
+    HttpResponse::NotFound()
+        .content_type("application/problem+json")
+        .json(json!({
+            "type": "https://slipway.dev/problems/not-found",
+            "title": "Not Found",
+            "status": 404,
+            "detail": detail,
+        }))
+}
+
+async fn release(
+    catalog: web::Data<Catalog>,
+    gate: web::Data<watch::Receiver<bool>>,
+    path: web::Path<(String, i32)>,
+    req: HttpRequest,
+) -> HttpResponse {
+    catalog.seen.lock().unwrap().push(req.path().to_owned());
+    let key = path.into_inner();
+    let held = catalog.held.lock().unwrap().contains(&key);
+    if held {
+        let mut gate = gate.get_ref().clone();
+        let _ = gate.wait_for(|open| *open).await;
+    }
+    let found = catalog.releases.lock().unwrap().get(&key).cloned();
+    match found {
+        Some(r) => HttpResponse::Ok().json(r),
+        None => not_found(format!("service `{}` has no release {}", key.0, key.1)),
+    }
+}
+
+/// The environments of a service: those its releases recorded a config version for.
+async fn environments(
+    catalog: web::Data<Catalog>,
+    name: web::Path<String>,
+    req: HttpRequest,
+) -> HttpResponse {
+    catalog.seen.lock().unwrap().push(req.path().to_owned());
+    let releases = catalog.releases.lock().unwrap();
+    let latest: BTreeMap<String, Value> = releases
+        .iter()
+        .filter(|((service, _), _)| *service == *name)
+        .flat_map(|(_, r)| r["config"].as_object().cloned().unwrap_or_default())
+        .collect();
+    if latest.is_empty() {
+        return not_found(format!("no service named `{name}`"));
+    }
+    let items: Vec<Value> = latest
+        .into_iter()
+        .map(|(env, version)| json!({"name": env, "config_version": version}))
+        .collect();
+    HttpResponse::Ok().json(json!({ "items": items }))
+}
+
+async fn config(
+    catalog: web::Data<Catalog>,
+    path: web::Path<(String, String, i32)>,
+    req: HttpRequest,
+) -> HttpResponse {
+    catalog.seen.lock().unwrap().push(req.path().to_owned());
+    let (_, env, version) = path.into_inner();
+    HttpResponse::Ok().json(json!({
+        "version": version,
+        "vars": {"SLIPWAY_ENVIRONMENT_NAME": env},
+        "secrets": {},
+    }))
+}
+
+impl StandInRegistry {
+    pub async fn start() -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let catalog = Arc::new(Catalog::default());
+        let (gate, opened) = watch::channel(false);
+        let data = web::Data::from(catalog.clone());
+        let opened = web::Data::new(opened);
+        let server = HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(data.clone())
+                .app_data(opened.clone())
+                .route(
+                    "/v1/services/{name}/releases/{number}",
+                    web::get().to(release),
+                )
+                .route(
+                    "/v1/services/{name}/environments",
+                    web::get().to(environments),
+                )
+                .route(
+                    "/internal/v1/services/{name}/environments/{env}/config/{version}",
+                    web::get().to(config),
+                )
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        tokio::spawn(server);
+        Self {
+            url: format!("http://127.0.0.1:{port}"),
+            catalog,
+            gate,
+        }
+    }
+
+    /// Makes release `number` of `service` known, with config version 1 in `environments`.
+    pub fn add_release(&self, service: &str, number: i32, environments: &[&str]) {
+        let config: serde_json::Map<String, Value> = environments
+            .iter()
+            .map(|e| ((*e).to_owned(), json!(1)))
+            .collect();
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        self.catalog.releases.lock().unwrap().insert(
+            (service.to_owned(), number),
+            json!({
+                "number": number,
+                // Pinned, on a port where no registry listens: pulls fail at once.
+                "image": format!("127.0.0.1:1/{service}@{digest}"),
+                "digest": digest,
+                "artifact_purl": format!("pkg:oci/{service}@{digest}"),
+                "run": null,
+                "config": config,
+            }),
+        );
+    }
+
+    /// The answer for release `number` of `service` waits until [`Self::open_gate`].
+    pub fn hold(&self, service: &str, number: i32) {
+        self.catalog
+            .held
+            .lock()
+            .unwrap()
+            .insert((service.to_owned(), number));
+    }
+
+    pub fn open_gate(&self) {
+        self.gate.send_replace(true);
+    }
+
+    /// Whether `path` was asked for.
+    pub fn saw(&self, path: &str) -> bool {
+        self.catalog.seen.lock().unwrap().iter().any(|p| p == path)
+    }
+}
