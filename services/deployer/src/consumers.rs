@@ -23,6 +23,7 @@ pub struct Commands {
     pub pool: PgPool,
     pub catalog: ServiceCatalog,
     pub wake: Arc<Notify>,
+    pub nudge: Arc<Notify>,
     pub default_timeout: u32,
 }
 
@@ -68,6 +69,7 @@ impl Handler for Commands {
             _ => return self.catalog.handle(event).await,
         };
         self.wake.notify_one();
+        self.nudge.notify_waiters();
         Ok(handled)
     }
 }
@@ -111,6 +113,7 @@ impl Commands {
 pub struct HealthVerdicts {
     pub pool: PgPool,
     pub wake: Arc<Notify>,
+    pub nudge: Arc<Notify>,
 }
 
 impl Handler for HealthVerdicts {
@@ -141,6 +144,7 @@ impl Handler for HealthVerdicts {
         .await
         .map_err(|e| HandlerError::Retryable(e.into()))?;
         self.wake.notify_one();
+        self.nudge.notify_waiters();
         Ok(Handled::Applied)
     }
 }

@@ -83,6 +83,7 @@ impl Application {
                     "deploy_targets",
                 ),
                 wake: engine.wake.clone(),
+                nudge: engine.nudge.clone(),
                 default_timeout: deploy.step_timeout_seconds,
             },
         );
@@ -92,6 +93,7 @@ impl Application {
             HealthVerdicts {
                 pool: runtime.pool.clone(),
                 wake: engine.wake.clone(),
+                nudge: engine.nudge.clone(),
             },
         );
         runtime.relay_outbox()?;

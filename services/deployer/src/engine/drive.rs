@@ -18,6 +18,16 @@ use crate::db::state;
 use crate::registry::RegistryError;
 use crate::target::TargetError;
 
+/// Where one pass left a deployment.
+pub(super) enum Progress {
+    /// It is over.
+    Ended,
+    /// It moved on (started, finished a step, turned back): look again at once.
+    Moved,
+    /// It waits for something (health, a pause, its turn): look again when woken or ticked.
+    Waiting,
+}
+
 /// What executing a step found.
 enum Outcome {
     Done,
@@ -78,14 +88,14 @@ impl Engine {
         Utc::now() + chrono::Duration::seconds(seconds)
     }
 
-    /// One pass over a deployment; `true` once it has ended.
-    pub(super) async fn step_once(&self, id: Uuid) -> Result<bool, EngineError> {
+    /// One pass over a deployment: whether it ended, moved on, or waits.
+    pub(super) async fn step_once(&self, id: Uuid) -> Result<Progress, EngineError> {
         let pool = &self.fleet.pool;
         let Some(d) = deployments::get(pool, id).await? else {
-            return Ok(true);
+            return Ok(Progress::Ended);
         };
         if deployments::is_terminal(&d.status) {
-            return Ok(true);
+            return Ok(Progress::Ended);
         }
         if d.status == "queued" && d.cancel_requested {
             // Never started: nothing to undo.
@@ -96,7 +106,7 @@ impl Engine {
                 message: "cancelled on request before it started".into(),
             };
             self.finish(&d, "cancelled", Some(reason), None).await?;
-            return Ok(true);
+            return Ok(Progress::Ended);
         }
         if d.status == "queued" {
             return self.begin(&d).await;
@@ -104,13 +114,13 @@ impl Engine {
         if d.cancel_requested && d.status == "progressing" {
             let reason = self.reason(&d, "cancelled", "cancelled on request".into());
             self.fail(&d, reason).await?;
-            return Ok(false);
+            return Ok(Progress::Moved);
         }
         let plan = d.active_plan();
         let index = d.step_index as usize;
         let Some(step) = plan.get(index) else {
             self.complete(&d).await?;
-            return Ok(true);
+            return Ok(Progress::Ended);
         };
         let outcome = match self.execute(&d, step).await.or_else(verdict) {
             Ok(o) => o,
@@ -140,12 +150,12 @@ impl Engine {
                 tracing::info!(deployment.id = %d.id, index, step = %step.describe(), "step completed");
                 if next.is_none() {
                     let Some(d) = deployments::get(pool, id).await? else {
-                        return Ok(true);
+                        return Ok(Progress::Ended);
                     };
                     self.complete(&d).await?;
-                    return Ok(true);
+                    return Ok(Progress::Ended);
                 }
-                Ok(false)
+                Ok(Progress::Moved)
             }
             Outcome::Wait(awaiting) => {
                 if d.step_deadline.is_some_and(|t| Utc::now() > t) {
@@ -157,13 +167,14 @@ impl Engine {
                     );
                     let reason = self.reason(&d, "deadline", message);
                     self.fail(&d, reason).await?;
+                    return Ok(Progress::Moved);
                 }
-                Ok(false)
+                Ok(Progress::Waiting)
             }
             Outcome::Fail(check, message) => {
                 let reason = self.reason(&d, check, message);
                 self.fail(&d, reason).await?;
-                Ok(false)
+                Ok(Progress::Moved)
             }
         }
     }
@@ -185,7 +196,7 @@ impl Engine {
     /// Resolves what a queued deployment means now (release, config, replicas, what it
     /// replaces), plans it and starts it. A request that cannot be honoured ends `failed`
     /// with the reason.
-    async fn begin(&self, d: &Deployment) -> Result<bool, EngineError> {
+    async fn begin(&self, d: &Deployment) -> Result<Progress, EngineError> {
         let pool = &self.fleet.pool;
         let mut conn = pool.acquire().await?;
         let current = state::get(&mut conn, d.service_id, &d.environment).await?;
@@ -228,14 +239,14 @@ impl Engine {
             };
             self.finish(d, "failed", Some(refuse(why.into())), running.map(|r| r.0))
                 .await?;
-            return Ok(true);
+            return Ok(Progress::Ended);
         };
         let info = match self.fleet.release(&d.service_name, release).await {
             Ok(info) => info,
             Err(EngineError::Registry(RegistryError::NotFound(m))) => {
                 self.finish(d, "failed", Some(refuse(m)), running.map(|r| r.0))
                     .await?;
-                return Ok(true);
+                return Ok(Progress::Ended);
             }
             Err(e) => return Err(e),
         };
@@ -265,7 +276,7 @@ impl Engine {
                     Err(RegistryError::NotFound(m)) => {
                         self.finish(d, "failed", Some(refuse(m)), running.map(|r| r.0))
                             .await?;
-                        return Ok(true);
+                        return Ok(Progress::Ended);
                     }
                     Err(e) => return Err(e.into()),
                 }
@@ -319,7 +330,7 @@ impl Engine {
             && e.is_unique_violation()
         {
             // Another deployment of this environment became active first: stay queued.
-            return Ok(false);
+            return Ok(Progress::Waiting);
         }
         started?;
         let mut shown = reference(d);
@@ -332,7 +343,7 @@ impl Engine {
         announce(&mut tx, d.service_id, d.id.to_string(), &data).await?;
         tx.commit().await?;
         tracing::info!(deployment.id = %d.id, release, config_version, replicas, steps = plan.len(), "deployment started");
-        Ok(false)
+        Ok(Progress::Moved)
     }
 
     async fn execute(&self, d: &Deployment, step: &Step) -> Result<Outcome, EngineError> {

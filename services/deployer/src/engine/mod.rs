@@ -64,8 +64,10 @@ pub struct DeploySettings {
 pub struct Engine {
     pub fleet: Arc<Fleet>,
     settings: DeploySettings,
-    /// Woken by commands and health verdicts.
+    /// Woken by commands and health verdicts (the loop that starts drivers).
     pub wake: Arc<Notify>,
+    /// Every driver waiting on health or its turn wakes on this (health verdicts, commands).
+    pub nudge: Arc<Notify>,
     driving: Mutex<HashSet<Uuid>>,
 }
 
@@ -75,6 +77,7 @@ impl Engine {
             fleet,
             settings,
             wake: Arc::new(Notify::new()),
+            nudge: Arc::new(Notify::new()),
             driving: Mutex::default(),
         })
     }
@@ -127,15 +130,21 @@ impl Engine {
             if cancel.is_cancelled() {
                 return;
             }
+            // Registered before the pass, so a verdict arriving during it is not missed.
+            let nudged = self.nudge.notified();
+            tokio::pin!(nudged);
+            nudged.as_mut().enable();
             match self.step_once(id).await {
-                Ok(true) => return,
-                Ok(false) => {}
+                Ok(drive::Progress::Ended) => return,
+                Ok(drive::Progress::Moved) => continue,
+                Ok(drive::Progress::Waiting) => {}
                 Err(e) => {
                     tracing::warn!(deployment.id = %id, error = %e, "deployment step failed; retrying")
                 }
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
+                _ = nudged => {}
                 _ = tokio::time::sleep(self.tick()) => {}
             }
         }
