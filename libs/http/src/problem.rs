@@ -104,6 +104,13 @@ impl Problem {
     }
 }
 
+/// Logs an unexpected error (with what was being done) and answers a sanitised 500: the one
+/// way every service's handlers turn a database or I/O failure into a problem.
+pub fn unexpected(context: &str, error: impl std::fmt::Display) -> Problem {
+    tracing::error!(error = %error, "{context}");
+    Problem::internal()
+}
+
 impl ResponseError for Problem {
     fn status_code(&self) -> StatusCode {
         StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)

@@ -25,10 +25,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         );
 }
 
-fn internal(context: &str, error: impl std::fmt::Display) -> Problem {
-    tracing::error!(error = %error, "{context}");
-    Problem::internal()
-}
+use slipway_http::problem::unexpected as internal;
 
 async fn get(pool: web::Data<PgPool>, id: web::Path<String>) -> Result<HttpResponse, Problem> {
     let id: Uuid = id

@@ -4,7 +4,6 @@ mod builds;
 pub mod sources;
 
 use actix_web::web;
-use slipway_http::Problem;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.configure(builds::configure)
@@ -12,7 +11,4 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Logs an unexpected error and answers a sanitised 500.
-pub(crate) fn internal(context: &str, error: impl std::fmt::Display) -> Problem {
-    tracing::error!(error = %error, "{context}");
-    Problem::internal()
-}
+pub(crate) use slipway_http::problem::unexpected as internal;

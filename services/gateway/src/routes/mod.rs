@@ -11,7 +11,6 @@ mod sources;
 mod webhooks;
 
 use actix_web::{middleware, web};
-use slipway_http::Problem;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
@@ -29,7 +28,4 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 }
 
 /// Logs an unexpected error and answers a sanitised 500.
-pub(crate) fn internal(context: &str, error: impl std::fmt::Display) -> Problem {
-    tracing::error!(error = %error, "{context}");
-    Problem::internal()
-}
+pub(crate) use slipway_http::problem::unexpected as internal;

@@ -14,11 +14,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.configure(health::configure).configure(logs::configure);
 }
 
-/// Logs an unexpected error with its whole chain and answers a sanitised 500.
-fn internal(context: &str, error: impl std::fmt::Display) -> Problem {
-    tracing::error!(error = %error, "{context}");
-    Problem::internal()
-}
+/// Logs an unexpected error and answers a sanitised 500.
+use slipway_http::problem::unexpected as internal;
 
 /// 404 unless the monitor knows a service named `name`.
 async fn known_service(pool: &PgPool, name: &str) -> Result<(), Problem> {

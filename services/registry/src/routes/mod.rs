@@ -18,11 +18,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .configure(internal::configure);
 }
 
-/// Logs an unexpected error with its whole chain and answers a sanitised 500.
-pub(crate) fn internal(context: &str, error: impl std::fmt::Display) -> Problem {
-    tracing::error!(error = %error, "{context}");
-    Problem::internal()
-}
+/// Logs an unexpected error and answers a sanitised 500.
+pub(crate) use slipway_http::problem::unexpected as internal;
 
 /// The id of the service named `name`, or 404.
 pub(crate) async fn service_id(
