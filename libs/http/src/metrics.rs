@@ -84,24 +84,44 @@ fn unreachable_metric<T>(e: prometheus::Error) -> T {
     panic!("invalid metric definition: {e}")
 }
 
-/// Middleware recording every request's count and latency by matched route pattern (not the
-/// raw path, so ids do not explode the label set).
+/// The `method` label: one of the methods slipway's APIs use, else `other`. The method comes
+/// from the caller, and anyone may send `FOO` or a random token; a label per distinct value
+/// would let unauthenticated callers grow the process's memory without bound.
+pub fn method_label(method: &actix_web::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "PATCH" => "PATCH",
+        "DELETE" => "DELETE",
+        "OPTIONS" => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The `route` label for a request to no route.
+pub const UNMATCHED: &str = "unmatched";
+
+/// Middleware recording every request's count and latency by method (a closed set, see
+/// [`method_label`]) and matched route pattern (never the raw path, so neither ids nor probing
+/// callers explode the label set).
 pub async fn record(
     req: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<impl MessageBody + 'static>, Error> {
     let started = Instant::now();
     let metrics = req.app_data::<web::Data<Metrics>>().cloned();
-    let method = req.method().to_string();
-    let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
+    let method = method_label(req.method());
+    let route = req.match_pattern().unwrap_or_else(|| UNMATCHED.into());
     let res = next.call(req).await?;
     if let Some(m) = metrics {
         let status = res.status().as_u16().to_string();
         m.http_requests
-            .with_label_values(&[method.as_str(), route.as_str(), status.as_str()])
+            .with_label_values(&[method, route.as_str(), status.as_str()])
             .inc();
         m.http_duration
-            .with_label_values(&[method.as_str(), route.as_str()])
+            .with_label_values(&[method, route.as_str()])
             .observe(started.elapsed().as_secs_f64());
     }
     Ok(res)
@@ -110,6 +130,19 @@ pub async fn record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn methods_outside_the_closed_set_share_one_label() {
+        use actix_web::http::Method;
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::OPTIONS), "OPTIONS");
+        assert_eq!(method_label(&Method::TRACE), "other");
+        assert_eq!(
+            method_label(&Method::from_bytes(b"XYZZY").unwrap()),
+            "other"
+        );
+        assert_eq!(method_label(&Method::from_bytes(b"get").unwrap()), "other");
+    }
 
     #[test]
     fn renders_with_the_service_label() {

@@ -97,8 +97,8 @@ impl ConsumerMetrics {
         let consumed = IntCounterVec::new(
             Opts::new(
                 "events_consumed_total",
-                "Events consumed, by consumer group, topic, CloudEvents type and outcome \
-                 (applied, duplicate, ignored, dead_lettered)",
+                "Events consumed, by consumer group, topic, CloudEvents type (`other` for \
+                 ignored ones) and outcome (applied, duplicate, ignored, dead_lettered)",
             ),
             &["group", "topic", "type", "outcome"],
         )?;
@@ -272,7 +272,8 @@ impl<H: Handler> ConsumerRunner<H> {
                     let outcome = match handled {
                         Handled::Applied => "applied",
                         Handled::Duplicate => "duplicate",
-                        Handled::Ignored => "ignored",
+                        // Any producer can send any type; only the handled ones become labels.
+                        Handled::Ignored => return Ok(Some(("other".into(), "ignored"))),
                     };
                     return Ok(Some((event.ty, outcome)));
                 }
