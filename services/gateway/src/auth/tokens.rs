@@ -107,9 +107,13 @@ pub struct Bootstrapped {
 
 /// Creates an admin token if no live admin token exists (first start). Replicas starting
 /// together serialise on an advisory lock, so exactly one token is made.
+///
+/// The configured token is never stored twice: when it exists already nothing is inserted, and
+/// when it was revoked it stays revoked and is ignored (as if none were configured: with no
+/// live admin left, one is generated and printed, so the platform is not locked out).
 pub async fn bootstrap_admin(
     pool: &PgPool,
-    given: Option<String>,
+    mut given: Option<String>,
 ) -> Result<Option<Bootstrapped>, BootstrapError> {
     if let Some(t) = &given
         && (!t.starts_with(PREFIX) || t.len() < 36)
@@ -120,6 +124,25 @@ pub async fn bootstrap_admin(
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('slipway.gateway.bootstrap'))")
         .execute(&mut *tx)
         .await?;
+    if let Some(t) = &given {
+        let stored: Option<(TokenId, Option<DateTime<Utc>>)> =
+            sqlx::query_as("SELECT id, revoked_at FROM api_tokens WHERE token_hash = $1")
+                .bind(hash(t))
+                .fetch_optional(&mut *tx)
+                .await?;
+        match stored {
+            Some((_, None)) => return Ok(None),
+            Some((id, Some(revoked_at))) => {
+                tracing::warn!(
+                    token.id = %id,
+                    %revoked_at,
+                    "the configured bootstrap token ([auth] bootstrap_token) was revoked; it stays revoked and is ignored: remove it from the settings"
+                );
+                given = None;
+            }
+            None => {}
+        }
+    }
     let admins: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM api_tokens WHERE role = 'admin' AND revoked_at IS NULL",
     )
