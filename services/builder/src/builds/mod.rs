@@ -110,29 +110,93 @@ async fn announce_artifact(
 }
 
 /// Stores a requested build as `queued` (once: a redelivered request changes nothing).
+///
+/// A request naming a commit that this service already has queued, running or built is not
+/// built again: it is recorded as served by that build (see [`resolve`]), so a replayed webhook
+/// makes no new artifact and no new release. Uploads and requests for a ref are always built.
 pub async fn enqueue(conn: &mut PgConnection, req: &BuildRequested) -> Result<(), sqlx::Error> {
-    let inserted: Option<Build> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO builds (id, service_id, service_name, repository, git_ref, commit_requested, \
-         trigger_kind, trigger_actor, upload_id, status) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'queued') \
-         ON CONFLICT (id) DO NOTHING RETURNING {COLUMNS}"
-    )))
-    .bind(req.build_id)
-    .bind(req.service_id)
-    .bind(&req.service_name)
-    .bind(&req.repository)
-    .bind(&req.git_ref)
-    .bind(&req.commit)
-    .bind(&req.trigger.kind)
-    .bind(&req.trigger.actor)
-    .bind(req.upload)
-    .fetch_optional(&mut *conn)
-    .await?;
-    if let Some(build) = inserted {
-        let event = CdEvent::build_queued(sources::BUILDER, &build.id.to_string());
-        announce(conn, &build, event).await?;
+    let reuse_commit = req.commit.as_ref().filter(|_| req.upload.is_none());
+    // Three rounds at most: the build a request conflicts with can fail or be cancelled
+    // (leaving the unique index) between the insert and the read.
+    for _ in 0..3 {
+        // No conflict target: either the id (a redelivery) or the reusable commit conflicts.
+        let inserted: Option<Build> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO builds (id, service_id, service_name, repository, git_ref, commit_requested, \
+             trigger_kind, trigger_actor, upload_id, reuse_commit, status) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 'queued') \
+             ON CONFLICT DO NOTHING RETURNING {COLUMNS}"
+        )))
+        .bind(req.build_id)
+        .bind(req.service_id)
+        .bind(&req.service_name)
+        .bind(&req.repository)
+        .bind(&req.git_ref)
+        .bind(&req.commit)
+        .bind(&req.trigger.kind)
+        .bind(&req.trigger.actor)
+        .bind(req.upload)
+        .bind(reuse_commit)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(build) = inserted {
+            let event = CdEvent::build_queued(sources::BUILDER, &build.id.to_string());
+            announce(conn, &build, event).await?;
+            return Ok(());
+        }
+        let known: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM builds WHERE id = $1) \
+             OR EXISTS (SELECT 1 FROM build_reuses WHERE request_id = $1)",
+        )
+        .bind(req.build_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        let Some(commit) = reuse_commit.filter(|_| !known) else {
+            return Ok(()); // this very request was stored before
+        };
+        let existing: Option<(BuildId, String)> = sqlx::query_as(
+            "SELECT id, status FROM builds WHERE service_id = $1 AND reuse_commit = $2 \
+             AND status IN ('queued', 'running', 'succeeded')",
+        )
+        .bind(req.service_id)
+        .bind(commit)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some((build_id, status)) = existing {
+            sqlx::query(
+                "INSERT INTO build_reuses (request_id, build_id, trigger_kind, trigger_actor) \
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(req.build_id)
+            .bind(build_id)
+            .bind(&req.trigger.kind)
+            .bind(&req.trigger.actor)
+            .execute(&mut *conn)
+            .await?;
+            tracing::info!(
+                build.id = %build_id,
+                request.id = %req.build_id,
+                service.name = %req.service_name,
+                commit,
+                status,
+                "commit already {status}: the request reuses that build instead of building again"
+            );
+            return Ok(());
+        }
     }
-    Ok(())
+    Err(sqlx::Error::Protocol(format!(
+        "build request {} neither stored nor matched to an existing build",
+        req.build_id
+    )))
+}
+
+/// The build serving request `id`: itself, or the earlier build of the same commit it reuses.
+pub async fn resolve(pool: &PgPool, id: BuildId) -> Result<BuildId, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce((SELECT build_id FROM build_reuses WHERE request_id = $1), $1)",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
 }
 
 /// Takes the oldest queued build and marks it running (skipping builds other builders hold).

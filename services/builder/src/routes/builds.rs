@@ -20,12 +20,28 @@ fn not_found(id: BuildId) -> Problem {
     Problem::not_found(format!("no build with id {id}"))
 }
 
+/// The build serving request `id` (a request for a commit already built is served by that
+/// build: see [`builds::enqueue`]).
+async fn resolve(pool: &PgPool, id: BuildId) -> Result<BuildId, Problem> {
+    builds::resolve(pool, id)
+        .await
+        .map_err(|e| internal("resolve build", e))
+}
+
+/// A build; read by the id of a request it serves, it says so (`reused_for`).
 async fn get(pool: web::Data<PgPool>, id: web::Path<BuildId>) -> Result<HttpResponse, Problem> {
-    match builds::get(&pool, *id).await {
-        Ok(Some(build)) => Ok(HttpResponse::Ok().json(build)),
-        Ok(None) => Err(not_found(*id)),
-        Err(e) => Err(internal("get build", e)),
+    let build = builds::get(&pool, resolve(&pool, *id).await?)
+        .await
+        .map_err(|e| internal("get build", e))?
+        .ok_or_else(|| not_found(*id))?;
+    if build.id == *id {
+        return Ok(HttpResponse::Ok().json(build));
     }
+    let mut answer = serde_json::to_value(&build).map_err(|e| internal("serialise build", e))?;
+    if let Some(fields) = answer.as_object_mut() {
+        fields.insert("reused_for".into(), serde_json::json!(*id));
+    }
+    Ok(HttpResponse::Ok().json(answer))
 }
 
 #[derive(Deserialize)]
@@ -65,12 +81,13 @@ async fn logs(
     if !(1..=10_000).contains(&limit) {
         return Err(Problem::validation("limit", "must be between 1 and 10000"));
     }
+    let id = resolve(&pool, *id).await?;
     // Status first: lines stored before a finished status was read are then all returned.
-    let build = builds::get(&pool, *id)
+    let build = builds::get(&pool, id)
         .await
         .map_err(|e| internal("get build", e))?
-        .ok_or_else(|| not_found(*id))?;
-    let lines = builds::log_lines(&pool, *id, query.after.unwrap_or(-1), limit)
+        .ok_or_else(|| not_found(id))?;
+    let lines = builds::log_lines(&pool, id, query.after.unwrap_or(-1), limit)
         .await
         .map_err(|e| internal("read logs", e))?;
     let finished = matches!(build.status.as_str(), "succeeded" | "failed" | "cancelled");
@@ -81,8 +98,9 @@ async fn logs(
     })))
 }
 
+/// Cancelling a request served by an earlier build cancels that build (there is only one).
 async fn cancel(pool: web::Data<PgPool>, id: web::Path<BuildId>) -> Result<HttpResponse, Problem> {
-    let build = builds::request_cancel(&pool, *id)
+    let build = builds::request_cancel(&pool, resolve(&pool, *id).await?)
         .await
         .map_err(|e| internal("cancel build", e))?
         .ok_or_else(|| not_found(*id))?;

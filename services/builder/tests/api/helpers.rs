@@ -13,6 +13,8 @@ use tokio::sync::oneshot;
 pub struct TestApp {
     pub address: String,
     pub kafka: KafkaSettings,
+    /// The builder's database settings (its schema), for tests that read or race it directly.
+    pub database: slipway_settings::DatabaseSettings,
     pub client: reqwest::Client,
     producer: EventProducer,
     _stop: oneshot::Sender<()>,
@@ -47,6 +49,7 @@ pub async fn spawn_app() -> TestApp {
     TestApp {
         address,
         producer: EventProducer::new(&base.kafka).unwrap(),
+        database: base.database.clone(),
         kafka: base.kafka,
         client: reqwest::Client::new(),
         _stop: stop,
@@ -66,9 +69,21 @@ impl TestApp {
         commit: Option<&str>,
         times: usize,
     ) -> BuildId {
+        self.request_for(ServiceId::new(), repository, commit, times)
+            .await
+    }
+
+    /// Publishes a request (a new build id) for `service`, `times` times.
+    pub async fn request_for(
+        &self,
+        service: ServiceId,
+        repository: &str,
+        commit: Option<&str>,
+        times: usize,
+    ) -> BuildId {
         let data = BuildRequested {
             build_id: BuildId::new(),
-            service_id: ServiceId::new(),
+            service_id: service,
             service_name: "hello".into(),
             repository: Some(repository.into()),
             git_ref: "refs/heads/main".into(),
