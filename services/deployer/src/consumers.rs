@@ -81,6 +81,23 @@ impl Commands {
         slipway_outbox::inbox::apply_once(&self.pool, "deployer.auto-deploy", event, move |tx| {
             async move {
                 for policy in state::auto_deploy_policies(tx, data.service_id).await? {
+                    // Never backwards: a late or replayed release older than what runs (or is
+                    // already on its way) would roll the environment back. People still can,
+                    // with an explicit deploy or rollback.
+                    let newest =
+                        state::newest_release(tx, data.service_id, &policy.environment).await?;
+                    if let Some(newest) = newest.filter(|n| data.number <= *n) {
+                        tracing::info!(
+                            service.name = %data.service_name,
+                            environment = %policy.environment,
+                            release = data.number,
+                            newest,
+                            "auto-deploy skipped: release {} is not newer than release {newest}, \
+                             which runs or is being deployed there",
+                            data.number
+                        );
+                        continue;
+                    }
                     // The inbox record in this transaction keeps a redelivery from deploying twice.
                     let id = Uuid::now_v7();
                     let request = DeployRequested {

@@ -196,6 +196,31 @@ pub async fn put_policy(
     Ok(())
 }
 
+/// The newest release of the environment: the one running, or one a queued or progressing
+/// deploy is taking it to.
+pub async fn newest_release(
+    conn: &mut PgConnection,
+    service: ServiceId,
+    environment: &str,
+) -> Result<Option<i32>, sqlx::Error> {
+    let running: Option<Option<i32>> = sqlx::query_scalar(
+        "SELECT release FROM environment_state WHERE service_id = $1 AND environment = $2",
+    )
+    .bind(service)
+    .bind(environment)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let pending: Option<i32> = sqlx::query_scalar(
+        "SELECT max(requested_release) FROM deployments WHERE service_id = $1 \
+         AND environment = $2 AND kind = 'deploy' AND status IN ('queued', 'progressing')",
+    )
+    .bind(service)
+    .bind(environment)
+    .fetch_one(conn)
+    .await?;
+    Ok(running.flatten().max(pending))
+}
+
 pub async fn auto_deploy_policies(
     conn: &mut PgConnection,
     service: ServiceId,
