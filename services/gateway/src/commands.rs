@@ -8,7 +8,7 @@ use slipway_events::slipway::{BuildRequested, BuildTrigger, sources};
 use slipway_events::{CloudEvent, EventData};
 use slipway_http::Problem;
 use slipway_ids::{BuildId, ServiceId};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::routes::internal;
@@ -31,6 +31,22 @@ pub async fn request_build(
     upload: Option<uuid::Uuid>,
     trigger: BuildTrigger,
 ) -> Result<BuildId, Problem> {
+    let mut tx = pool.begin().await.map_err(|e| internal("begin", e))?;
+    let build_id = request_build_in(&mut tx, service, git_ref, commit, upload, trigger).await?;
+    tx.commit().await.map_err(|e| internal("commit", e))?;
+    Ok(build_id)
+}
+
+/// [`request_build`] inside the caller's transaction (a webhook delivery records itself in
+/// the same one); the caller commits.
+pub async fn request_build_in(
+    tx: &mut PgConnection,
+    service: &ServiceRef,
+    git_ref: String,
+    commit: Option<String>,
+    upload: Option<uuid::Uuid>,
+    trigger: BuildTrigger,
+) -> Result<BuildId, Problem> {
     let build_id = BuildId::new();
     let data = BuildRequested {
         build_id,
@@ -44,8 +60,6 @@ pub async fn request_build(
         requested_at: Utc::now(),
     };
     let event = command_event(service.id, build_id.to_string(), &data)?;
-
-    let mut tx = pool.begin().await.map_err(|e| internal("begin", e))?;
     sqlx::query(
         "INSERT INTO operations (id, kind, service_id, service_name, requested_by, trigger) \
          VALUES ($1, 'build', $2, $3, $4, $5)",
@@ -58,10 +72,9 @@ pub async fn request_build(
     .execute(&mut *tx)
     .await
     .map_err(|e| internal("record operation", e))?;
-    slipway_outbox::enqueue(&mut tx, BuildRequested::TOPIC, &event)
+    slipway_outbox::enqueue(&mut *tx, BuildRequested::TOPIC, &event)
         .await
         .map_err(|e| internal("enqueue build request", e))?;
-    tx.commit().await.map_err(|e| internal("commit", e))?;
     tracing::info!(build.id = %build_id, service.name = %service.name, trigger = %trigger.kind, "build requested");
     Ok(build_id)
 }

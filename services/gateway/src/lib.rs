@@ -7,6 +7,7 @@
 //!   [`auth::Caller`] extractor that authenticates a request.
 //! - `audit.rs`: middleware writing every mutating call to the audit log.
 //! - `commands.rs`: accepted requests become command events (operation row + outbox).
+//! - `deliveries.rs`: webhook deliveries already handled (replays produce nothing).
 //! - `upstream.rs`: the HTTP client for the internal APIs (registry, ...).
 //! - `routes/`: the public API, one file per resource.
 //! - `startup.rs`: settings and [`Application`].
@@ -14,6 +15,7 @@
 pub mod audit;
 pub mod auth;
 pub mod commands;
+pub mod deliveries;
 pub mod routes;
 pub mod startup;
 pub mod upstream;

@@ -41,6 +41,9 @@ pub struct Settings {
     /// The edge router in front of the services slipway runs (`[edge]`; defaults apply).
     #[serde(default)]
     pub edge: slipway_edge::EdgeSettings,
+    /// Git webhooks (`[webhooks]`; defaults apply).
+    #[serde(default)]
+    pub webhooks: crate::deliveries::WebhookSettings,
 }
 
 impl Settings {
@@ -131,16 +134,27 @@ impl Application {
         seal_legacy_webhook_secrets(&runtime.pool, &sealer)
             .await
             .map_err(GatewayStartError::SealLegacy)?;
+        let cancel = runtime.cancel.clone();
+        runtime.spawn(
+            "webhook delivery pruning",
+            crate::deliveries::prune_until(
+                runtime.pool.clone(),
+                settings.webhooks.retention(),
+                async move { cancel.cancelled().await },
+            ),
+        );
 
         let pool = actix_web::web::Data::new(runtime.pool.clone());
         let upstreams = actix_web::web::Data::new(upstreams);
         let sealer = actix_web::web::Data::new(sealer);
+        let webhooks = actix_web::web::Data::new(settings.webhooks.clone());
         let running = runtime.start(move |cfg| {
             // First: a service's host name must win over the gateway's own routes.
             cfg.configure(edge_routes.clone())
                 .app_data(pool.clone())
                 .app_data(upstreams.clone())
                 .app_data(sealer.clone())
+                .app_data(webhooks.clone())
                 .configure(crate::routes::configure);
         })?;
         Ok(Self { running })

@@ -5,7 +5,11 @@
 //! itself), both compared in constant time. The service is the one whose repository matches the
 //! payload's (any URL form). A push to the service's branch requests a build of the pushed
 //! commit; anything else is acknowledged and says why nothing happened.
+//!
+//! Every verified delivery is handled once (see [`crate::deliveries`]): a replay answers 200
+//! `duplicate` and produces nothing; a delivery without a delivery id is refused.
 
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
@@ -15,11 +19,12 @@ use slipway_events::slipway::BuildTrigger;
 use slipway_http::Problem;
 use slipway_ids::ServiceId;
 use slipway_secrets::SecretBox;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use subtle::ConstantTimeEq;
 
 use super::internal;
 use crate::commands::{self, ServiceRef};
+use crate::deliveries::{self, DeliveryId, Provider, WebhookSettings};
 use crate::upstream::Upstreams;
 
 /// Largest delivery accepted (GitHub caps payloads at 25 MB; pushes are far smaller).
@@ -46,6 +51,8 @@ struct Urls {
     git_http_url: Option<String>,
     git_ssh_url: Option<String>,
     web_url: Option<String>,
+    /// GitHub push events: Unix seconds (other events give a date string, unused here).
+    pushed_at: Option<serde_json::Value>,
 }
 
 impl Urls {
@@ -90,6 +97,11 @@ impl Delivery {
         serde_json::from_slice(body).map_err(|e| {
             Problem::bad_request(format!("the delivery is not a JSON push payload: {e}"))
         })
+    }
+
+    /// When GitHub says the push happened (`repository.pushed_at`, Unix seconds).
+    fn pushed_at(&self) -> Option<i64> {
+        self.repository.as_ref()?.pushed_at.as_ref()?.as_i64()
     }
 
     fn urls(&self) -> Vec<&str> {
@@ -192,13 +204,29 @@ pub fn github_signature_ok(secret: &str, body: &[u8], header: &str) -> bool {
     mac.verify_slice(&expected).is_ok() // constant-time
 }
 
-/// Requests a build for every service tracking the pushed branch; says why for the others.
+/// What a delivery is answered (and stored as, for the answer to its replays).
+struct Answer {
+    status: StatusCode,
+    body: serde_json::Value,
+}
+
+impl Answer {
+    fn ignored(reason: String) -> Self {
+        Self {
+            status: StatusCode::ACCEPTED,
+            body: json!({ "status": "ignored", "reason": reason }),
+        }
+    }
+}
+
+/// Requests a build for every service tracking the pushed branch, in the delivery's
+/// transaction; says why for the others.
 async fn on_push(
-    pool: &PgPool,
+    tx: &mut PgConnection,
     services: Vec<ServiceRef>,
     delivery: &Delivery,
     trigger: BuildTrigger,
-) -> Result<HttpResponse, Problem> {
+) -> Result<Answer, Problem> {
     let git_ref = delivery.git_ref.clone().unwrap_or_default();
     let after = delivery.after.clone().unwrap_or_default();
     let mut builds = Vec::new();
@@ -220,8 +248,8 @@ async fn on_push(
         match reason {
             Some(reason) => ignored.push(json!({ "service": service.name, "reason": reason })),
             None => {
-                let id = commands::request_build(
-                    pool,
+                let id = commands::request_build_in(
+                    tx,
                     &service,
                     git_ref.clone(),
                     Some(after.clone()),
@@ -240,34 +268,109 @@ async fn on_push(
     } else {
         "accepted"
     };
-    Ok(HttpResponse::Accepted()
-        .json(json!({ "status": status, "builds": builds, "ignored": ignored })))
+    Ok(Answer {
+        status: StatusCode::ACCEPTED,
+        body: json!({ "status": status, "builds": builds, "ignored": ignored }),
+    })
 }
 
-/// What every code host's delivery goes through: its event header, its credential header
-/// (`headers`: event, credential), the payload, the services for its repository, and the ones
-/// whose secret `check(secret, credential)` accepts.
+/// A delivery whose credential checked out, from one code host.
+struct Verified {
+    provider: Provider,
+    id: DeliveryId,
+    event: String,
+    delivery: Delivery,
+    services: Vec<ServiceRef>,
+}
+
+/// The header names a code host's delivery is read from.
+struct Headers {
+    event: &'static str,
+    credential: &'static str,
+    /// Where the delivery id may be, in order of preference.
+    delivery_ids: &'static [&'static str],
+}
+
+/// What every code host's delivery goes through: its event, credential and delivery-id
+/// headers, the payload, the services for its repository, and the ones whose secret
+/// `check(secret, credential)` accepts.
 async fn verified(
     req: &HttpRequest,
     body: &[u8],
-    pool: &PgPool,
-    upstreams: &Upstreams,
-    sealer: &SecretBox,
-    headers: (&str, &str),
+    state: &State<'_>,
+    provider: Provider,
+    headers: Headers,
     check: impl Fn(&str, &str) -> bool,
-) -> Result<(String, Delivery, Vec<ServiceRef>), Problem> {
-    let (event_header, credential_header) = headers;
-    let event = header(req, &event_header.to_ascii_lowercase())
-        .ok_or_else(|| Problem::bad_request(format!("missing `{event_header}` header")))?
+) -> Result<Verified, Problem> {
+    let event = header(req, &headers.event.to_ascii_lowercase())
+        .ok_or_else(|| Problem::bad_request(format!("missing `{}` header", headers.event)))?
         .to_owned();
-    let credential = header(req, &credential_header.to_ascii_lowercase())
-        .ok_or_else(|| Problem::unauthorized(format!("missing `{credential_header}` header")))?
+    let id = DeliveryId::from_headers(req, headers.delivery_ids)?;
+    let credential = header(req, &headers.credential.to_ascii_lowercase())
+        .ok_or_else(|| Problem::unauthorized(format!("missing `{}` header", headers.credential)))?
         .to_owned();
     let delivery = Delivery::parse(body)?;
-    let services = candidates(upstreams, &delivery).await?;
-    let services =
-        authenticated(pool, sealer, services, |secret| check(secret, &credential)).await?;
-    Ok((event, delivery, services))
+    let services = candidates(state.upstreams, &delivery).await?;
+    let services = authenticated(state.pool, state.sealer, services, |secret| {
+        check(secret, &credential)
+    })
+    .await?;
+    Ok(Verified {
+        provider,
+        id,
+        event,
+        delivery,
+        services,
+    })
+}
+
+/// A verified delivery, claimed: new (its transaction, for the commands it produces), or seen
+/// before (the answer for a duplicate).
+enum Claim {
+    New(sqlx::Transaction<'static, sqlx::Postgres>),
+    Duplicate(HttpResponse),
+}
+
+/// Claims a verified delivery (see [`deliveries::claim`]). A delivery seen before (same id or
+/// same body) is answered 200 `duplicate` with what the first one made, and produces nothing.
+async fn claim(pool: &PgPool, verified: &Verified, body: &[u8]) -> Result<Claim, Problem> {
+    let (provider, id) = (verified.provider, &verified.id);
+    let mut tx = pool.begin().await.map_err(|e| internal("begin", e))?;
+    let seen = deliveries::claim(&mut tx, provider, id, body)
+        .await
+        .map_err(|e| internal("claim webhook delivery", e))?;
+    match seen {
+        None => Ok(Claim::New(tx)),
+        Some(seen) => {
+            tracing::info!(
+                provider = provider.as_str(),
+                delivery = %id,
+                first = %seen.delivery_id,
+                "duplicate webhook delivery; nothing done"
+            );
+            Ok(Claim::Duplicate(seen.answer(id))) // dropping `tx` rolls back: nothing is written
+        }
+    }
+}
+
+/// Stores the claimed delivery's answer and commits it with the commands it produced.
+async fn finish(
+    mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+    verified: &Verified,
+    answer: Answer,
+) -> Result<HttpResponse, Problem> {
+    deliveries::record_outcome(&mut tx, verified.provider, &verified.id, &answer.body)
+        .await
+        .map_err(|e| internal("record webhook delivery", e))?;
+    tx.commit().await.map_err(|e| internal("commit", e))?;
+    Ok(HttpResponse::build(answer.status).json(answer.body))
+}
+
+/// The shared state a delivery handler reads.
+struct State<'a> {
+    pool: &'a PgPool,
+    upstreams: &'a Upstreams,
+    sealer: &'a SecretBox,
 }
 
 async fn github(
@@ -276,35 +379,65 @@ async fn github(
     pool: web::Data<PgPool>,
     upstreams: web::Data<Upstreams>,
     sealer: web::Data<SecretBox>,
+    settings: web::Data<WebhookSettings>,
 ) -> Result<HttpResponse, Problem> {
-    let (event, delivery, services) = verified(
+    let state = State {
+        pool: &pool,
+        upstreams: &upstreams,
+        sealer: &sealer,
+    };
+    let headers = Headers {
+        event: "X-GitHub-Event",
+        credential: "X-Hub-Signature-256",
+        delivery_ids: &["X-GitHub-Delivery"],
+    };
+    let v = verified(
         &req,
         &body,
-        &pool,
-        &upstreams,
-        &sealer,
-        ("X-GitHub-Event", "X-Hub-Signature-256"),
-        |secret, signature| github_signature_ok(secret, &body, signature),
+        &state,
+        Provider::GitHub,
+        headers,
+        |secret, sig| github_signature_ok(secret, &body, sig),
     )
     .await?;
-    match event.as_str() {
-        "ping" => Ok(HttpResponse::Ok().json(json!({
-            "status": "pong",
-            "services": services.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
-        }))),
+    // The signed body dates a push; one older than the retention would no longer be
+    // recognised by its id, so it is refused as a replay.
+    if v.event == "push"
+        && let Some(at) = v.delivery.pushed_at()
+        && deliveries::too_old(at, chrono::Utc::now(), settings.retention())
+    {
+        tracing::warn!(delivery = %v.id, pushed_at = at, "stale GitHub push refused as a replay");
+        let answer = Answer::ignored(format!(
+            "the push is older than {} days (`repository.pushed_at`): refused as a replay",
+            settings.delivery_retention_days
+        ));
+        return Ok(HttpResponse::build(answer.status).json(answer.body));
+    }
+    let mut tx = match claim(&pool, &v, &body).await? {
+        Claim::New(tx) => tx,
+        Claim::Duplicate(answer) => return Ok(answer),
+    };
+    let answer = match v.event.as_str() {
+        "ping" => Answer {
+            status: StatusCode::OK,
+            body: json!({
+                "status": "pong",
+                "services": v.services.iter().map(|s| s.name.clone()).collect::<Vec<_>>(),
+            }),
+        },
         "push" => {
             let trigger = BuildTrigger {
                 kind: "github".into(),
-                delivery: header(&req, "x-github-delivery").map(str::to_owned),
-                actor: delivery.pusher.as_ref().and_then(|p| p.name.clone()),
+                delivery: Some(v.id.to_string()),
+                actor: v.delivery.pusher.as_ref().and_then(|p| p.name.clone()),
             };
-            on_push(&pool, services, &delivery, trigger).await
+            on_push(&mut tx, v.services.clone(), &v.delivery, trigger).await?
         }
-        other => Ok(HttpResponse::Accepted().json(json!({
-            "status": "ignored",
-            "reason": format!("GitHub event `{other}` is not handled (only push and ping)"),
-        }))),
-    }
+        other => Answer::ignored(format!(
+            "GitHub event `{other}` is not handled (only push and ping)"
+        )),
+    };
+    finish(tx, &v, answer).await
 }
 
 async fn gitlab(
@@ -314,28 +447,45 @@ async fn gitlab(
     upstreams: web::Data<Upstreams>,
     sealer: web::Data<SecretBox>,
 ) -> Result<HttpResponse, Problem> {
-    let (event, delivery, services) = verified(
+    let state = State {
+        pool: &pool,
+        upstreams: &upstreams,
+        sealer: &sealer,
+    };
+    // `Idempotency-Key` stays the same across GitLab's retries (GitLab 17.4 and later); older
+    // versions send only the event UUID.
+    let headers = Headers {
+        event: "X-Gitlab-Event",
+        credential: "X-Gitlab-Token",
+        delivery_ids: &["Idempotency-Key", "X-Gitlab-Event-UUID"],
+    };
+    let v = verified(
         &req,
         &body,
-        &pool,
-        &upstreams,
-        &sealer,
-        ("X-Gitlab-Event", "X-Gitlab-Token"),
+        &state,
+        Provider::GitLab,
+        headers,
         |secret, token| bool::from(secret.as_bytes().ct_eq(token.as_bytes())),
     )
     .await?;
-    if event != "Push Hook" {
-        return Ok(HttpResponse::Accepted().json(json!({
-            "status": "ignored",
-            "reason": format!("GitLab event `{event}` is not handled (only Push Hook)"),
-        })));
-    }
-    let trigger = BuildTrigger {
-        kind: "gitlab".into(),
-        delivery: header(&req, "x-gitlab-event-uuid").map(str::to_owned),
-        actor: delivery.user_username.clone(),
+    let mut tx = match claim(&pool, &v, &body).await? {
+        Claim::New(tx) => tx,
+        Claim::Duplicate(answer) => return Ok(answer),
     };
-    on_push(&pool, services, &delivery, trigger).await
+    let answer = if v.event == "Push Hook" {
+        let trigger = BuildTrigger {
+            kind: "gitlab".into(),
+            delivery: Some(v.id.to_string()),
+            actor: v.delivery.user_username.clone(),
+        };
+        on_push(&mut tx, v.services.clone(), &v.delivery, trigger).await?
+    } else {
+        Answer::ignored(format!(
+            "GitLab event `{}` is not handled (only Push Hook)",
+            v.event
+        ))
+    };
+    finish(tx, &v, answer).await
 }
 
 #[cfg(test)]

@@ -119,6 +119,7 @@ pub async fn start_gateway(
             key: slipway_testkit::secrets_key().into(),
         },
         edge: slipway_edge::EdgeSettings::default(),
+        webhooks: Default::default(),
     };
     let gateway = Application::build(settings).await.expect("gateway starts");
     let address = format!("http://127.0.0.1:{}", gateway.port());

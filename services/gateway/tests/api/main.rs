@@ -11,4 +11,5 @@ mod helpers;
 mod metrics;
 mod services;
 mod stand_in;
+mod webhook_replay;
 mod webhooks;

@@ -11,18 +11,18 @@ use slipway_testkit::{header, next_of_type, plain_consumer};
 
 use crate::helpers::{TestApp, problem, spawn_app};
 
-const REPO: &str = "https://github.com/acme/web.git";
-const SECRET: &str = "a-webhook-secret-of-some-length";
-const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+pub(crate) const REPO: &str = "https://github.com/acme/web.git";
+pub(crate) const SECRET: &str = "a-webhook-secret-of-some-length";
+pub(crate) const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
 
 /// Signs exactly as GitHub does: HMAC-SHA256 of the raw body, hex, `sha256=` prefix.
-fn sign(secret: &str, body: &[u8]) -> String {
+pub(crate) fn sign(secret: &str, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-fn push(git_ref: &str) -> Vec<u8> {
+pub(crate) fn push(git_ref: &str) -> Vec<u8> {
     serde_json::to_vec(&json!({
         "ref": git_ref,
         "before": "0000000000000000000000000000000000000000",
@@ -39,8 +39,21 @@ fn push(git_ref: &str) -> Vec<u8> {
     .unwrap()
 }
 
+/// A GitHub delivery with a fresh delivery id.
 async fn github(
     app: &TestApp,
+    event: &str,
+    body: Vec<u8>,
+    signature: Option<String>,
+) -> reqwest::Response {
+    let id = uuid::Uuid::new_v4().to_string();
+    github_as(app, Some(&id), event, body, signature).await
+}
+
+/// A GitHub delivery with delivery id `delivery` (none: the header is left out).
+pub(crate) async fn github_as(
+    app: &TestApp,
+    delivery: Option<&str>,
     event: &str,
     body: Vec<u8>,
     signature: Option<String>,
@@ -50,15 +63,17 @@ async fn github(
         .post(app.url("/v1/webhooks/github"))
         .header("content-type", "application/json")
         .header("x-github-event", event)
-        .header("x-github-delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958")
         .body(body);
+    if let Some(id) = delivery {
+        req = req.header("x-github-delivery", id);
+    }
     if let Some(s) = signature {
         req = req.header("x-hub-signature-256", s);
     }
     req.send().await.unwrap()
 }
 
-async fn with_service(app: &TestApp) {
+pub(crate) async fn with_service(app: &TestApp) {
     let res = app
         .create_service(
             &app.admin_token,
@@ -73,7 +88,14 @@ async fn a_signed_push_to_the_tracked_branch_requests_a_build_of_that_commit() {
     let app = spawn_app().await;
     with_service(&app).await;
     let body = push("refs/heads/main");
-    let res = github(&app, "push", body.clone(), Some(sign(SECRET, &body))).await;
+    let res = github_as(
+        &app,
+        Some("72d3162e-cc78-11e3-81ab-4c9367dc0958"),
+        "push",
+        body.clone(),
+        Some(sign(SECRET, &body)),
+    )
+    .await;
     assert_eq!(res.status(), 202);
     let answer: Value = res.json().await.unwrap();
     assert_eq!(answer["status"], "accepted");
@@ -202,6 +224,7 @@ async fn gitlab_push_hooks_are_checked_by_token() {
             .header("content-type", "application/json")
             .header("x-gitlab-event", "Push Hook")
             .header("x-gitlab-token", token)
+            .header("idempotency-key", "f8b9a3c2-1d2e-4f5a-9b8c-7d6e5f4a3b2c")
             .body(body.clone())
             .send()
     };
@@ -211,6 +234,14 @@ async fn gitlab_push_hooks_are_checked_by_token() {
     assert_eq!(res.status(), 202);
     let answer: Value = res.json().await.unwrap();
     assert_eq!(answer["status"], "accepted");
+    assert_eq!(app.count("operations").await, 1);
+
+    // GitLab's retry of the delivery (same `Idempotency-Key`) does nothing again.
+    let res = send(SECRET).await.unwrap();
+    assert_eq!(res.status(), 200);
+    let again: Value = res.json().await.unwrap();
+    assert_eq!(again["status"], "duplicate", "{again}");
+    assert_eq!(again["first"]["builds"], answer["builds"]);
     assert_eq!(app.count("operations").await, 1);
 }
 
