@@ -337,10 +337,13 @@ pg_running_port() {
 }
 
 # Start a private PostgreSQL cluster for DATADIR on 127.0.0.1:PORT, creating it on first use
-# (trust authentication for user postgres: it only listens on loopback, for development and tests)
 # and reusing it afterwards, then make sure database `slipway` exists.
+# No trust authentication, not even on loopback: builds and instances run on this machine, and
+# a superuser anyone local can become would let them write an admin token into the gateway's
+# tables. The superuser `postgres` has a generated password (PG_PWFILE, mode 600) and every
+# connection authenticates with scram-sha-256 (pg_secure_cluster).
 # fsync=off: these clusters hold test or local development data; speed matters more than
-# surviving an OS crash. Exports PG_HOME, PG_DATA, PG_SOCKDIR and PG_LOGFILE.
+# surviving an OS crash. Exports PG_HOME, PG_DATA, PG_SOCKDIR, PG_LOGFILE and PG_PWFILE.
 start_postgres() {
   local datadir=$1 port=$2 running_port
   [[ -n ${PG_BIN:-} ]] || pg_find_bin || die "PostgreSQL is not installed (ensure_postgres installs it)"
@@ -350,13 +353,16 @@ start_postgres() {
   PG_DATA=$PG_HOME/data
   PG_SOCKDIR=$PG_HOME/sock
   PG_LOGFILE=$PG_HOME/postgres.log
-  export PG_HOME PG_DATA PG_SOCKDIR PG_LOGFILE
+  PG_PWFILE=$PG_HOME/superuser-password
+  export PG_HOME PG_DATA PG_SOCKDIR PG_LOGFILE PG_PWFILE
 
+  pg_make_pwfile
   if [[ ! -s $PG_DATA/PG_VERSION ]]; then
     log "creating PostgreSQL cluster in $PG_DATA"
-    as_pg "$PG_BIN/initdb" -D "$PG_DATA" --auth=trust -U postgres --encoding=UTF8 --no-locale \
-      --no-sync >"$PG_HOME/initdb.log" 2>&1 ||
+    as_pg "$PG_BIN/initdb" -D "$PG_DATA" --auth=scram-sha-256 -U postgres --pwfile="$PG_PWFILE" \
+      --encoding=UTF8 --no-locale --no-sync >"$PG_HOME/initdb.log" 2>&1 ||
       { cat "$PG_HOME/initdb.log" >&2; die "initdb failed"; }
+    pg_write_hba
   fi
 
   if running_port=$(pg_running_port "$PG_DATA"); then
@@ -378,18 +384,53 @@ start_postgres() {
     log "PostgreSQL started on 127.0.0.1:$port"
   fi
 
+  pg_secure_cluster "$port"
   pg_psql "$port" -c 'select 1' >/dev/null || die "PostgreSQL on port $port does not answer"
   if [[ "$(pg_psql "$port" -tAc "select 1 from pg_database where datname = 'slipway'")" != 1 ]]; then
     pg_psql "$port" -c 'create database slipway' >/dev/null
   fi
 }
 
+# The superuser's password, made once per cluster: 32 random bytes in hex (URL-safe, so it can
+# go in SLIPWAY_TEST_DATABASE_URL as is). As root the file belongs to `postgres`, which runs initdb.
+pg_make_pwfile() {
+  if [[ ! -s $PG_PWFILE ]]; then
+    (umask 077 && od -An -N32 -tx1 /dev/urandom | tr -d ' \n' >"$PG_PWFILE")
+  fi
+  chmod 600 "$PG_PWFILE"
+  [[ $EUID -ne 0 ]] || chown postgres:postgres "$PG_PWFILE"
+}
+
+# pg_hba.conf: password (SCRAM) authentication for every local and loopback connection.
+_SLIPWAY_HBA_MARK="# Written by scripts/lib.sh (pg_write_hba): no trust authentication."
+pg_write_hba() {
+  as_pg tee "$PG_DATA/pg_hba.conf" >/dev/null <<HBA
+$_SLIPWAY_HBA_MARK
+local all all scram-sha-256
+host  all all 127.0.0.1/32 scram-sha-256
+host  all all ::1/128 scram-sha-256
+HBA
+}
+
+# A cluster made by an older lib.sh trusts every local connection and its superuser has no
+# password: give it the password (over that trusted connection, the last one), then our
+# pg_hba.conf, and reload. The password reaches psql on stdin, never on a command line.
+pg_secure_cluster() {
+  local port=$1
+  as_pg grep -qxF "$_SLIPWAY_HBA_MARK" "$PG_DATA/pg_hba.conf" && return 0
+  log "PostgreSQL cluster in $PG_DATA used trust authentication: setting a superuser password"
+  printf "ALTER ROLE postgres PASSWORD '%s';\n" "$(<"$PG_PWFILE")" | pg_psql "$port" >/dev/null
+  pg_write_hba
+  as_pg "$PG_BIN/pg_ctl" -D "$PG_DATA" reload >/dev/null
+}
+
 # psql against a local cluster over TCP as user postgres (no ~/.psqlrc, stop on the first error).
+# The password goes through the environment of psql alone, never its command line.
 pg_psql() {
   local port=$1
   shift
-  PGCONNECT_TIMEOUT=5 "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" \
-    -U postgres -d postgres "$@"
+  PGPASSWORD="$(<"${PG_PWFILE:?start_postgres sets PG_PWFILE}")" PGCONNECT_TIMEOUT=5 \
+    "$PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres "$@"
 }
 
 # Stop the cluster of DATADIR if it runs (fast mode: roll back open transactions, no waiting for

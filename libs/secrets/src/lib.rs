@@ -27,8 +27,30 @@ pub enum SecretError {
         "secrets.key must be the base64 of exactly 32 random bytes (e.g. `openssl rand -base64 32`)"
     )]
     BadKey,
+    #[error(
+        "secrets.key is a published example or a trivial key (one byte repeated); make your own with `openssl rand -base64 32`"
+    )]
+    KnownKey,
     #[error("a stored secret cannot be decrypted (wrong key, or the value was altered)")]
     Corrupt,
+}
+
+/// Keys that are, or were, printed in this repository (docker-compose.yml's old fallback, the
+/// examples of tests and docs): anyone can read them, so they protect nothing. The manifests
+/// tests check that every key-shaped value in the docs and manifests is refused.
+const PUBLISHED_KEYS: [&[u8; 32]; 3] = [
+    b"slipway-development-key-32-bytes",
+    b"0123456789abcdef0123456789abcdef",
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ456789",
+];
+
+/// A key anyone could guess: published, or one byte 32 times (all zeros from an empty
+/// variable run through a tool, `AAAA...=`).
+fn is_known(key: &[u8]) -> bool {
+    PUBLISHED_KEYS
+        .iter()
+        .any(|published| published.as_slice() == key)
+        || key.windows(2).all(|pair| pair[0] == pair[1])
 }
 
 impl SecretBox {
@@ -40,6 +62,9 @@ impl SecretBox {
         let bytes = STANDARD
             .decode(key.trim())
             .map_err(|_| SecretError::BadKey)?;
+        if bytes.len() == 32 && is_known(&bytes) {
+            return Err(SecretError::KnownKey);
+        }
         let cipher = Aes256Gcm::new_from_slice(&bytes).map_err(|_| SecretError::BadKey)?;
         Ok(Self { cipher })
     }
@@ -76,11 +101,16 @@ impl SecretBox {
 mod tests {
     use super::*;
 
-    const KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="; // 32 bytes
+    /// A fresh random key, as `openssl rand -base64 32` makes.
+    fn key() -> String {
+        let mut bytes = [0u8; 32];
+        OsRng.fill_bytes(&mut bytes);
+        STANDARD.encode(bytes)
+    }
 
     #[test]
     fn values_round_trip_and_never_appear_in_storage() {
-        let b = SecretBox::from_base64(KEY).unwrap();
+        let b = SecretBox::from_base64(&key()).unwrap();
         let stored = b.seal("hunter2-very-secret");
         assert!(!stored.contains("hunter2"));
         assert_ne!(
@@ -93,13 +123,38 @@ mod tests {
 
     #[test]
     fn wrong_keys_and_tampering_are_detected() {
-        let b = SecretBox::from_base64(KEY).unwrap();
-        let other = SecretBox::from_base64("QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk=").unwrap();
+        let b = SecretBox::from_base64(&key()).unwrap();
+        let other = SecretBox::from_base64(&key()).unwrap();
         let stored = b.seal("value");
         assert!(other.open(&stored).is_err());
         let mut bytes = STANDARD.decode(&stored).unwrap();
         *bytes.last_mut().unwrap() ^= 1;
         assert!(b.open(&STANDARD.encode(bytes)).is_err());
         assert!(SecretBox::from_base64("too-short").is_err());
+    }
+
+    #[test]
+    fn published_and_trivial_keys_are_refused() {
+        for refused in [
+            // docker-compose.yml's fallback until it required SLIPWAY_SECRETS_KEY
+            "c2xpcHdheS1kZXZlbG9wbWVudC1rZXktMzItYnl0ZXM=",
+            "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+            "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVo0NTY3ODk=",
+            &STANDARD.encode([0u8; 32]),
+            &STANDARD.encode([0xffu8; 32]),
+            &STANDARD.encode([b'a'; 32]),
+        ] {
+            let error = SecretBox::from_base64(refused).err();
+            assert!(
+                matches!(error, Some(SecretError::KnownKey)),
+                "{refused}: {error:?}"
+            );
+        }
+        let message = SecretError::KnownKey.to_string();
+        assert!(!message.contains('\n') && message.contains("openssl rand -base64 32"));
+        // One repeated byte is refused; a key that merely starts with a run is not.
+        let mut almost = [0u8; 32];
+        almost[31] = 1;
+        assert!(SecretBox::from_base64(&STANDARD.encode(almost)).is_ok());
     }
 }

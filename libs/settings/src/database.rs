@@ -104,26 +104,32 @@ impl DatabaseSettings {
             .connect_with(self.server_options())
             .await
             .map_err(connect_err)?;
-        // The schema name was checked above to contain only [a-z0-9_], so quoting is safe.
-        let ddl = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema);
-        if let Err(source) = sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
-            .execute(&bootstrap)
-            .await
-        {
-            // Two replicas starting together may race on CREATE SCHEMA; the loser sees a
-            // unique violation although the schema now exists.
-            let exists: Option<bool> =
-                sqlx::query_scalar("SELECT true FROM pg_namespace WHERE nspname = $1")
-                    .bind(&self.schema)
-                    .fetch_optional(&bootstrap)
-                    .await
-                    .ok()
-                    .flatten();
-            if exists != Some(true) {
-                return Err(DatabaseError::CreateSchema {
-                    schema: self.schema.clone(),
-                    source,
-                });
+        let schema_exists = || async {
+            sqlx::query_scalar::<_, bool>("SELECT true FROM pg_namespace WHERE nspname = $1")
+                .bind(&self.schema)
+                .fetch_optional(&bootstrap)
+                .await
+                .ok()
+                .flatten()
+                == Some(true)
+        };
+        // Deployed, each service logs in as its own role, which owns its schema (made for it by
+        // deploy/postgres/roles.sql) but may not create schemas: only try when it is missing.
+        if !schema_exists().await {
+            // The schema name was checked above to contain only [a-z0-9_], so quoting is safe.
+            let ddl = format!("CREATE SCHEMA IF NOT EXISTS \"{}\"", self.schema);
+            if let Err(source) = sqlx::raw_sql(sqlx::AssertSqlSafe(ddl))
+                .execute(&bootstrap)
+                .await
+            {
+                // Two replicas starting together may race on CREATE SCHEMA; the loser sees a
+                // unique violation although the schema now exists.
+                if !schema_exists().await {
+                    return Err(DatabaseError::CreateSchema {
+                        schema: self.schema.clone(),
+                        source,
+                    });
+                }
             }
         }
         bootstrap.close().await;

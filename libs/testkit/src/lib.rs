@@ -1,8 +1,9 @@
 //! Test support for integration tests against the real PostgreSQL and Kafka-protocol broker
 //! that `scripts/test` starts. Nothing here mocks them.
 //!
-//! - `SLIPWAY_TEST_DATABASE_URL` (e.g. `postgres://postgres@127.0.0.1:5433/postgres`): each
-//!   test gets a fresh database created from it ([`fresh_database`]).
+//! - `SLIPWAY_TEST_DATABASE_URL` (e.g. `postgres://postgres:PASSWORD@127.0.0.1:5433/postgres`,
+//!   a superuser): each test gets a fresh database created from it ([`fresh_database`]), and
+//!   may give each service its own role in it ([`roles::service_roles`]).
 //! - `SLIPWAY_TEST_KAFKA` (`host:port`): each test gets its own topic prefix
 //!   ([`kafka_settings`]), so tests share the broker without seeing each other's events.
 //!
@@ -15,6 +16,7 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a panic is the failure report
 
 pub mod git;
+pub mod roles;
 
 use std::time::Duration;
 
@@ -53,11 +55,29 @@ pub async fn fresh_database(schema: &str) -> DatabaseSettings {
         host: admin.get_host().to_owned(),
         port: admin.get_port(),
         username: admin.get_username().to_owned(),
-        password: SecretString::from(String::new()),
+        password: SecretString::from(url_password(&url)),
         database: name,
         schema: schema.to_owned(),
         max_connections: 5,
     }
+}
+
+pub use slipway_settings::DatabaseSettings as Database;
+
+/// The password of `db`, to hand a child process (`SLIPWAY_DATABASE__PASSWORD`).
+pub fn password(db: &DatabaseSettings) -> &str {
+    secrecy::ExposeSecret::expose_secret(&db.password)
+}
+
+/// The password part of a database URL, percent-decoded (empty when there is none).
+/// `PgConnectOptions` parses it too but does not give it back.
+fn url_password(url: &str) -> String {
+    let parsed = url::Url::parse(url).expect("SLIPWAY_TEST_DATABASE_URL is not a URL");
+    let password = parsed.password().unwrap_or_default();
+    percent_encoding::percent_decode_str(password)
+        .decode_utf8()
+        .expect("the password in SLIPWAY_TEST_DATABASE_URL is not UTF-8")
+        .into_owned()
 }
 
 /// The OCI registry `scripts/test` starts (`host:port`, plain HTTP).

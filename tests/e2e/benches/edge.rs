@@ -127,7 +127,7 @@ async fn gateway(bin: &Path, port: u16, registry: &str, log: &Path) -> Proc {
         .env("SLIPWAY_DATABASE__HOST", &db.host)
         .env("SLIPWAY_DATABASE__PORT", db.port.to_string())
         .env("SLIPWAY_DATABASE__USERNAME", &db.username)
-        .env("SLIPWAY_DATABASE__PASSWORD", "")
+        .env("SLIPWAY_DATABASE__PASSWORD", slipway_testkit::password(&db))
         .env("SLIPWAY_DATABASE__DATABASE", &db.database)
         .env("SLIPWAY_KAFKA__BOOTSTRAP_SERVERS", &kafka.bootstrap_servers)
         .env("SLIPWAY_KAFKA__TOPIC_PREFIX", &kafka.topic_prefix)

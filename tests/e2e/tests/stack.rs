@@ -132,6 +132,32 @@ async fn walking_skeleton_through_all_five_services() {
         stack.wait_applied(service, 1).await;
     }
 
+    // Each service logged in as its own role, which owns its schema only: the registry's role
+    // reads its own tables but not the gateway's tokens, nor can it make tables elsewhere.
+    let registry_db = sqlx::PgPool::connect_with(stack.db_roles["registry"].connect_options())
+        .await
+        .unwrap();
+    let own: i64 = sqlx::query_scalar("SELECT count(*) FROM services")
+        .fetch_one(&registry_db)
+        .await
+        .unwrap();
+    assert_eq!(own, 1, "the registry's role reads its own tables");
+    for statement in [
+        "SELECT count(*) FROM gateway.api_tokens",
+        "CREATE TABLE public.stolen (token text)",
+        "CREATE SCHEMA stolen",
+    ] {
+        let denied = sqlx::query(statement)
+            .execute(&registry_db)
+            .await
+            .expect_err(statement);
+        assert!(
+            denied.to_string().contains("permission denied"),
+            "{statement}: {denied}"
+        );
+    }
+    registry_db.close().await;
+
     // SIGTERM: each service drains (consumers commit, relay finishes) and exits cleanly.
     for service in support::SERVICES {
         let status = stack.terminate(service).await;

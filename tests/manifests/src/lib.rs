@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test support: a panic is the failure report
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -11,7 +11,9 @@ pub use k8s_openapi::api::apps::v1::Deployment;
 pub use k8s_openapi::api::core::v1::{
     ConfigMap, Container, Namespace, PodSpec, Secret, Service, ServiceAccount,
 };
+pub use k8s_openapi::api::networking::v1::NetworkPolicy;
 pub use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 pub use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Deserialize;
 use serde::Serialize;
@@ -54,6 +56,7 @@ pub enum Object {
     ServiceAccount(Box<ServiceAccount>),
     Role(Box<Role>),
     RoleBinding(Box<RoleBinding>),
+    NetworkPolicy(Box<NetworkPolicy>),
 }
 
 /// Where a document came from, for messages.
@@ -176,6 +179,7 @@ pub fn load_base() -> Vec<Document> {
                 "ServiceAccount" => Object::ServiceAccount(typed(value, &origin)),
                 "Role" => Object::Role(typed(value, &origin)),
                 "RoleBinding" => Object::RoleBinding(typed(value, &origin)),
+                "NetworkPolicy" => Object::NetworkPolicy(typed(value, &origin)),
                 other => panic!(
                     "{origin}: kind `{other}` is not one this test knows; add it here if it is intended"
                 ),
@@ -194,6 +198,52 @@ pub fn deployments(documents: &[Document]) -> Vec<(&str, &Deployment)> {
             _ => None,
         })
         .collect()
+}
+
+pub fn network_policies(documents: &[Document]) -> Vec<(&str, &NetworkPolicy)> {
+    documents
+        .iter()
+        .filter_map(|d| match &d.object {
+            Object::NetworkPolicy(policy) => Some((d.origin.as_str(), policy.as_ref())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether `selector` selects an object with `labels`, by the Kubernetes rules (an empty
+/// selector selects everything; all `matchLabels` and all `matchExpressions` must hold).
+pub fn selects(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_hold = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(key, value)| labels.get(key) == Some(value));
+    let expressions_hold = selector
+        .match_expressions
+        .iter()
+        .flatten()
+        .all(|expression| {
+            let value = labels.get(&expression.key);
+            let listed = |value: &String| expression.values.iter().flatten().any(|v| v == value);
+            match expression.operator.as_str() {
+                "In" => value.is_some_and(listed),
+                "NotIn" => !value.is_some_and(listed),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                other => panic!("unknown label selector operator {other}"),
+            }
+        });
+    labels_hold && expressions_hold
+}
+
+/// The labels of a Deployment's pods.
+pub fn pod_labels(origin: &str, deployment: &Deployment) -> BTreeMap<String, String> {
+    deployment
+        .spec
+        .as_ref()
+        .and_then(|spec| spec.template.metadata.as_ref())
+        .and_then(|metadata| metadata.labels.clone())
+        .unwrap_or_else(|| panic!("{origin}: pod template without labels"))
 }
 
 pub fn pod_spec<'a>(origin: &str, deployment: &'a Deployment) -> &'a PodSpec {

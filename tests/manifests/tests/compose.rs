@@ -1,5 +1,7 @@
-//! `docker-compose.yml`: the expected services with health checks, and Debian's
-//! `docker-compose` 1.29 accepts the file (`docker-compose config -q`).
+//! `docker-compose.yml`: the expected services with health checks, each with its own database
+//! role and no default for any secret, and Debian's `docker-compose` 1.29 accepts the file
+//! (`docker-compose config -q`) once the required secrets are set, and refuses it before.
+//! Also: every key-shaped value printed in the docs and manifests is one the services refuse.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
@@ -122,23 +124,52 @@ fn docker_compose_defines_the_platform() {
     }
 }
 
-#[test]
-fn docker_compose_config_accepts_the_file() {
+/// The variables compose requires (`${VAR:?...}`), all secrets without defaults.
+const REQUIRED: [&str; 7] = [
+    "SLIPWAY_SECRETS_KEY",
+    "SLIPWAY_DB_PASSWORD",
+    "SLIPWAY_DB_PASSWORD_GATEWAY",
+    "SLIPWAY_DB_PASSWORD_BUILDER",
+    "SLIPWAY_DB_PASSWORD_REGISTRY",
+    "SLIPWAY_DB_PASSWORD_DEPLOYER",
+    "SLIPWAY_DB_PASSWORD_MONITOR",
+];
+
+/// `docker-compose config -q` with exactly `set` of the required variables set (and no .env
+/// file, so the developer's own one does not count).
+fn compose_config(set: &[&str]) -> std::process::Output {
     let file = compose_file();
-    let output = match Command::new("docker-compose")
+    // An empty file (docker-compose wants a regular one, not /dev/null).
+    let no_env = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("empty.env");
+    std::fs::write(&no_env, "").unwrap();
+    let mut command = Command::new("docker-compose");
+    command
+        .arg("--env-file")
+        .arg(&no_env)
         .arg("-f")
         .arg(&file)
         .args(["config", "-q"])
-        .current_dir(repo_root())
-        .output()
-    {
+        .current_dir(repo_root());
+    for variable in REQUIRED {
+        command.env_remove(variable);
+    }
+    for variable in set {
+        command.env(variable, "set-by-the-test");
+    }
+    match command.output() {
         Ok(output) => output,
         Err(e) if e.kind() == ErrorKind::NotFound => panic!(
             "`docker-compose` is not on PATH: this test needs it to validate docker-compose.yml \
              (scripts/test installs it: `apt-get install -y docker-compose`); it does not skip"
         ),
         Err(e) => panic!("running docker-compose: {e}"),
-    };
+    }
+}
+
+#[test]
+fn docker_compose_config_accepts_the_file() {
+    let file = compose_file();
+    let output = compose_config(&REQUIRED);
     assert!(
         output.status.success(),
         "`docker-compose -f {} config -q` failed ({}):\n{}{}",
@@ -147,4 +178,171 @@ fn docker_compose_config_accepts_the_file() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// One run (docker-compose takes seconds to start); that every key and password is required
+/// the same way is checked on the file's text below.
+#[test]
+fn docker_compose_refuses_to_start_without_a_secrets_key() {
+    let missing = "SLIPWAY_SECRETS_KEY";
+    let set: Vec<&str> = REQUIRED.into_iter().filter(|v| *v != missing).collect();
+    let output = compose_config(&set);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success() && stderr.contains(&format!("set {missing},")),
+        "docker-compose accepted the file without {missing} ({}): {stderr}",
+        output.status
+    );
+}
+
+#[test]
+fn every_service_has_its_own_database_role_and_no_secret_has_a_default() {
+    let text = read(&compose_file());
+    // `${VAR:-default}` or `${VAR-default}` of a key or password: a value anyone can read.
+    for (index, _) in text.match_indices("${") {
+        let reference = &text[index
+            ..text[index..]
+                .find('}')
+                .map_or(text.len(), |end| index + end)];
+        let name: String = reference[2..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        if name.contains("KEY") || name.contains("PASSWORD") {
+            assert!(
+                reference[2 + name.len()..].starts_with(":?"),
+                "docker-compose.yml: {reference}}} must be required (`:?`), not defaulted"
+            );
+        }
+    }
+    let mut compose: Value = serde_yaml::from_str(&text).unwrap();
+    compose.apply_merge().unwrap();
+    let services = &compose["services"];
+    let superuser = services["postgres"]["environment"]["POSTGRES_USER"]
+        .as_str()
+        .expect("postgres: POSTGRES_USER");
+    let roles_job = &services["db-roles"];
+    assert_eq!(
+        roles_job["environment"]["PGUSER"].as_str(),
+        Some(superuser),
+        "db-roles runs roles.sql as the superuser"
+    );
+    let mut users = BTreeSet::new();
+    for name in SERVICES {
+        let environment = &services[name]["environment"];
+        let user = environment["SLIPWAY_DATABASE__USERNAME"]
+            .as_str()
+            .unwrap_or_else(|| panic!("docker-compose.yml: `{name}` sets no database user"));
+        assert_eq!(
+            user, name,
+            "docker-compose.yml: `{name}`'s role (roles.sql names it so)"
+        );
+        assert_ne!(
+            user, superuser,
+            "docker-compose.yml: `{name}` logs in as the superuser"
+        );
+        assert!(users.insert(user), "docker-compose.yml: role {user} shared");
+        let variable = format!("SLIPWAY_DB_PASSWORD_{}", name.to_uppercase());
+        let password = environment["SLIPWAY_DATABASE__PASSWORD"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            password.starts_with(&format!("${{{variable}:?")),
+            "docker-compose.yml: `{name}`'s password must be {variable}, not {password}"
+        );
+        assert_eq!(
+            roles_job["environment"][variable.as_str()].as_str(),
+            Some(password),
+            "docker-compose.yml: db-roles sets {variable} as `{name}` uses it"
+        );
+        assert_eq!(
+            services[name]["depends_on"]["db-roles"]["condition"].as_str(),
+            Some("service_completed_successfully"),
+            "docker-compose.yml: `{name}` must wait for its role"
+        );
+        if let Some(key) = environment["SLIPWAY_SECRETS__KEY"].as_str() {
+            assert!(
+                key.starts_with("${SLIPWAY_SECRETS_KEY:?"),
+                "docker-compose.yml: `{name}` has a default secrets key: {key}"
+            );
+        }
+    }
+}
+
+/// Every value in the docs and manifests that looks like a secrets key (base64 of 32 bytes).
+fn printed_keys() -> Vec<(String, String)> {
+    use base64::Engine;
+    let root = repo_root();
+    let mut files = vec![
+        root.join("README.md"),
+        root.join("docker-compose.yml"),
+        root.join("libs/secrets/src/lib.rs"),
+    ];
+    for dir in [
+        "k8s",
+        "k8s/base",
+        "docs",
+        "deploy/postgres",
+        "deploy/prometheus",
+    ] {
+        for entry in std::fs::read_dir(root.join(dir))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if entry.path().is_file() {
+                files.push(entry.path());
+            }
+        }
+    }
+    for service in SERVICES {
+        files.push(root.join(format!("services/{service}/config/default.toml")));
+    }
+    let mut keys = Vec::new();
+    for file in files {
+        let text = read(&file);
+        let words = text.split(|c: char| !(c.is_ascii_alphanumeric() || "+/=".contains(c)));
+        for word in words.filter(|word| word.len() == 44) {
+            let decoded = base64::engine::general_purpose::STANDARD.decode(word);
+            if decoded.is_ok_and(|bytes| bytes.len() == 32) {
+                keys.push((file.display().to_string(), word.to_owned()));
+            }
+        }
+    }
+    keys
+}
+
+#[test]
+fn keys_printed_in_the_repository_are_refused_by_the_services() {
+    let keys = printed_keys();
+    // The secrets library lists the published ones in its own tests: the scan finds them.
+    assert!(
+        keys.iter().any(|(file, _)| file.ends_with("lib.rs")),
+        "the scan found no key at all in libs/secrets/src/lib.rs: is it looking?"
+    );
+    for (file, key) in keys {
+        assert!(
+            matches!(
+                slipway_secrets::SecretBox::from_base64(&key),
+                Err(slipway_secrets::SecretError::KnownKey)
+            ),
+            "{file}: {key} would be accepted as secrets.key; add it to libs/secrets' PUBLISHED_KEYS"
+        );
+    }
+    // The example Secret of k8s/base holds no usable key either.
+    let documents = load_base();
+    for document in &documents {
+        if let Object::Secret(secret) = &document.object
+            && let Some(key) = secret
+                .string_data
+                .as_ref()
+                .and_then(|d| d.get("secrets-key"))
+        {
+            assert!(
+                slipway_secrets::SecretBox::from_base64(key).is_err(),
+                "{}: the example secrets-key is usable",
+                document.origin
+            );
+        }
+    }
 }

@@ -26,6 +26,7 @@ fn every_document_is_a_known_kubernetes_object() {
             Object::ServiceAccount(_) => "ServiceAccount",
             Object::Role(_) => "Role",
             Object::RoleBinding(_) => "RoleBinding",
+            Object::NetworkPolicy(_) => "NetworkPolicy",
         })
         .collect();
     let expected: BTreeSet<&str> = [
@@ -37,6 +38,7 @@ fn every_document_is_a_known_kubernetes_object() {
         "ServiceAccount",
         "Role",
         "RoleBinding",
+        "NetworkPolicy",
     ]
     .into();
     assert_eq!(kinds, expected, "kinds present in k8s/base");
@@ -460,3 +462,70 @@ fn namespace_is_the_kustomization_namespace_and_restricted() {
 }
 
 // ---------------------------------------------------------------------------------------------
+
+/// The value source of environment variable `name` in a Deployment's only container.
+fn secret_ref<'a>(
+    origin: &str,
+    deployment: &'a Deployment,
+    name: &str,
+) -> &'a k8s_openapi::api::core::v1::SecretKeySelector {
+    pod_spec(origin, deployment).containers[0]
+        .env
+        .iter()
+        .flatten()
+        .find(|variable| variable.name == name)
+        .and_then(|variable| variable.value_from.as_ref())
+        .and_then(|from| from.secret_key_ref.as_ref())
+        .unwrap_or_else(|| panic!("{origin}: {name} does not come from a Secret"))
+}
+
+#[test]
+fn every_service_logs_in_to_the_database_as_its_own_role() {
+    let documents = load_base();
+    let config: BTreeMap<String, String> = documents
+        .iter()
+        .find_map(|d| match &d.object {
+            Object::ConfigMap(config_map) => config_map.data.clone(),
+            _ => None,
+        })
+        .unwrap_or_default();
+    assert!(
+        !config.contains_key("SLIPWAY_DATABASE__USERNAME"),
+        "the shared ConfigMap must not name one database user for every service"
+    );
+    let usernames: BTreeMap<&str, &str> = documents
+        .iter()
+        .filter_map(|d| match &d.object {
+            Object::Secret(secret) => secret
+                .string_data
+                .as_ref()
+                .and_then(|data| data.get("username"))
+                .map(|user| (name_of(&secret.metadata), user.as_str())),
+            _ => None,
+        })
+        .collect();
+    let mut seen = BTreeSet::new();
+    for (origin, deployment) in deployments(&documents) {
+        let service = name_of(&deployment.metadata);
+        let user = secret_ref(origin, deployment, "SLIPWAY_DATABASE__USERNAME");
+        let password = secret_ref(origin, deployment, "SLIPWAY_DATABASE__PASSWORD");
+        assert_eq!(
+            user.name, password.name,
+            "{origin}: username and password from one Secret"
+        );
+        assert_eq!(
+            user.name,
+            format!("slipway-db-{service}"),
+            "{origin}: its own Secret"
+        );
+        let username = usernames
+            .get(user.name.as_str())
+            .unwrap_or_else(|| panic!("{origin}: Secret {} has no username", user.name));
+        assert_eq!(
+            *username, service,
+            "{origin}: the role is named like the service (deploy/postgres/roles.sql)"
+        );
+        assert!(seen.insert(*username), "{origin}: role {username} shared");
+    }
+    assert_eq!(seen.len(), SERVICES.len(), "a role for each service");
+}

@@ -28,6 +28,8 @@ pub struct Stack {
     logs: PathBuf,
     client: reqwest::Client,
     admin_db: sqlx::PgPool,
+    /// Each service's own role in the stack's database (deploy/postgres/roles.sql).
+    pub db_roles: HashMap<&'static str, slipway_testkit::Database>,
 }
 
 /// `target/<profile>/`, where `cargo build --workspace --bins` put the service binaries.
@@ -49,6 +51,7 @@ impl Stack {
     /// Starts every service on a fresh database and topic prefix; waits until all are ready.
     pub async fn start() -> Self {
         let db = slipway_testkit::fresh_database("unused").await;
+        let db_roles = slipway_testkit::roles::service_roles(&db).await;
         let kafka = slipway_testkit::kafka_settings();
         let admin_token = format!("slw_{}", slipway_testkit::unique().repeat(6));
         let logs = std::env::temp_dir().join(format!("slipway-e2e-{}", slipway_testkit::unique()));
@@ -59,8 +62,6 @@ impl Stack {
             ("SLIPWAY_HTTP__HOST", "127.0.0.1".to_owned()),
             ("SLIPWAY_DATABASE__HOST", db.host.clone()),
             ("SLIPWAY_DATABASE__PORT", db.port.to_string()),
-            ("SLIPWAY_DATABASE__USERNAME", db.username.clone()),
-            ("SLIPWAY_DATABASE__PASSWORD", String::new()),
             ("SLIPWAY_DATABASE__DATABASE", db.database.clone()),
             (
                 "SLIPWAY_KAFKA__BOOTSTRAP_SERVERS",
@@ -139,6 +140,7 @@ impl Stack {
             logs,
             client: reqwest::Client::new(),
             admin_db,
+            db_roles,
         };
         for service in SERVICES {
             stack.spawn(service);
@@ -161,8 +163,15 @@ impl Stack {
             .append(true)
             .open(self.logs.join(format!("{service}.log")))
             .unwrap();
+        let role = &self.db_roles[service];
         let child = Command::new(binary)
             .envs(&self.env)
+            // As deployed: its own role, which owns its schema only.
+            .env("SLIPWAY_DATABASE__USERNAME", &role.username)
+            .env(
+                "SLIPWAY_DATABASE__PASSWORD",
+                slipway_testkit::password(role),
+            )
             .env("SLIPWAY_HTTP__PORT", self.ports[service].to_string())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
