@@ -9,12 +9,16 @@
 //! - `SLIPWAY_TEST_OCI_REGISTRY` (`host:port`): the image registry builds push to; tests use
 //!   their own repository prefix.
 //!
+//! Services under test get an `[identity]` from [`identity`]: their clients present the
+//! credential of the service that calls them in production ([`identity::client`]).
+//!
 //! A test run without them fails with a message naming `scripts/test`, rather than skipping:
 //! a skipped integration test would look like a passing one.
 
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a panic is the failure report
 
 pub mod git;
+pub mod identity;
 
 use std::time::Duration;
 
@@ -106,9 +110,18 @@ where
     }
 }
 
-/// Settings for a service under test: port 0, a fresh database with `schema`, own topics.
+/// The service whose schema is `schema` (every service's schema is its name).
+fn service_of(schema: &str) -> identity::ServiceCaller {
+    schema.parse().unwrap_or_else(|_| {
+        panic!("`{schema}` is not a service name; a service's schema is its name")
+    })
+}
+
+/// Settings for a service under test: port 0, a fresh database with `schema`, own topics,
+/// and the identity of the service `schema` names.
 pub async fn base_settings(schema: &str) -> slipway_runtime::BaseSettings {
     slipway_runtime::BaseSettings {
+        identity: identity::settings(service_of(schema)),
         http: slipway_settings::HttpSettings {
             host: "127.0.0.1".into(),
             port: 0,
@@ -130,6 +143,7 @@ pub fn sibling(
 ) -> slipway_runtime::BaseSettings {
     let mut other = base.clone();
     other.database.schema = schema.to_owned();
+    other.identity = identity::settings(service_of(schema));
     other
 }
 

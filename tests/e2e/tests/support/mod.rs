@@ -161,8 +161,13 @@ impl Stack {
             .append(true)
             .open(self.logs.join(format!("{service}.log")))
             .unwrap();
+        // Each service its own credential, knowing the others' by their hashes (the Stack's
+        // credentials are random per test process, as scripts/up generates them per machine).
+        let identity =
+            slipway_testkit::identity::env(service.parse().expect("SERVICES are service names"));
         let child = Command::new(binary)
             .envs(&self.env)
+            .envs(identity)
             .env("SLIPWAY_HTTP__PORT", self.ports[service].to_string())
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
