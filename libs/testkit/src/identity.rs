@@ -33,11 +33,20 @@ pub fn credential(service: ServiceCaller) -> String {
 
 /// `[identity]` of `service`: its own credential; all five services known as callers.
 pub fn settings(service: ServiceCaller) -> IdentitySettings {
+    settings_accepting(service, &ServiceCaller::ALL)
+}
+
+/// `[identity]` of `service` knowing only `callers` (to test a misconfigured installation).
+pub fn settings_accepting(service: ServiceCaller, callers: &[ServiceCaller]) -> IdentitySettings {
     IdentitySettings {
         credential: Credential::parse(SecretString::from(credential(service)))
             .expect("test credentials are valid"),
-        callers: Callers::new(ServiceCaller::ALL.map(|s| (s, CredentialHash::of(&credential(s)))))
-            .expect("test credentials differ"),
+        callers: Callers::new(
+            callers
+                .iter()
+                .map(|s| (*s, CredentialHash::of(&credential(*s)))),
+        )
+        .expect("test credentials differ"),
     }
 }
 

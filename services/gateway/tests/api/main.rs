@@ -7,6 +7,7 @@ mod deployment_reads;
 mod deployments;
 mod edge;
 mod helpers;
+mod identity;
 mod services;
 mod stand_in;
 mod webhooks;
