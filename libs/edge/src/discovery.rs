@@ -16,6 +16,8 @@ use crate::table::Discovery;
 /// First and longest pause after a failed poll.
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often the platform's named listeners are looked up again (see [`crate::platform`]).
+const RESOLVE_EVERY: Duration = Duration::from_secs(60);
 
 /// Why one poll failed (logged, then retried).
 #[derive(Debug, thiserror::Error)]
@@ -24,6 +26,8 @@ enum PollError {
     Request(#[source] reqwest::Error),
     #[error("registry answered {0}")]
     Status(reqwest::StatusCode),
+    #[error("the registry refused the gateway's service credential ({0}): check `[identity]`")]
+    Refused(reqwest::StatusCode),
     #[error("discovery answer is not the expected JSON: {0}")]
     Body(#[source] reqwest::Error),
 }
@@ -33,6 +37,8 @@ impl Edge {
     pub async fn follow_discovery(self, cancel: CancellationToken) -> Result<(), Infallible> {
         let wait = Duration::from_secs(self.inner.settings.discovery_wait_seconds.max(1));
         let client = match reqwest::Client::builder()
+            // The gateway's service credential (sensitive: never in Debug output or logs).
+            .default_headers(self.inner.credential.clone())
             .no_proxy()
             .connect_timeout(Duration::from_secs(2))
             // The registry may hold the request for `wait`; past that plus slack it is stuck.
@@ -51,7 +57,12 @@ impl Edge {
         let wait_param = format!("{}s", wait.as_secs());
         let mut index: u64 = 0;
         let mut backoff = BACKOFF_MIN;
+        let mut resolved_at: Option<tokio::time::Instant> = None;
         loop {
+            if resolved_at.is_none_or(|at| at.elapsed() >= RESOLVE_EVERY) {
+                self.resolve_platform().await;
+                resolved_at = Some(tokio::time::Instant::now());
+            }
             let started = tokio::time::Instant::now();
             let polled = tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
@@ -111,8 +122,12 @@ async fn poll(
         .send()
         .await
         .map_err(PollError::Request)?;
-    if !response.status().is_success() {
-        return Err(PollError::Status(response.status()));
+    let status = response.status();
+    if matches!(status.as_u16(), 401 | 403) {
+        return Err(PollError::Refused(status));
+    }
+    if !status.is_success() {
+        return Err(PollError::Status(status));
     }
     response.json().await.map_err(PollError::Body)
 }

@@ -6,32 +6,38 @@
 //! instance of it round-robin, and proxies the request to it.
 //!
 //! Routes are learnt from the registry's discovery endpoint by one background task that
-//! long-polls it ([`Edge::follow_discovery`]), never per request: each answer becomes a new
-//! immutable [`table::Table`] swapped in atomically, so a blue-green switch is a single swap.
+//! long-polls it ([`Edge::follow_discovery`]) with the gateway's service credential, never per
+//! request: each answer becomes a new immutable [`table::Table`] swapped in atomically, so a
+//! blue-green switch is a single swap. Instances claiming one of the platform's own addresses
+//! are never routed ([`platform`]).
 //!
 //! Layout:
 //! - [`table`]: the discovery answer, the table built from it, release and instance selection.
 //! - [`discovery`]: the long-poll loop with backoff.
+//! - [`platform`]: the platform's own listeners, which no route may lead to.
 //! - [`proxy`]: host/path matching, forwarding, retries on connect failures, problems.
 //! - [`metrics`]: Prometheus collectors on the service's registry.
 //! - `standin` (feature `test-support`): a stand-in discovery server for tests and benches.
 
 pub mod discovery;
 pub mod metrics;
+pub mod platform;
 pub mod proxy;
 pub mod table;
 
 #[cfg(feature = "test-support")]
 pub mod standin;
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Deserialize;
 
 use crate::metrics::EdgeMetrics;
-use crate::table::{Discovery, Table};
+use crate::platform::PlatformAddresses;
+use crate::table::{Discovery, Refused, Table};
 
 /// Settings of the `[edge]` section.
 #[derive(Debug, Clone, Deserialize)]
@@ -48,6 +54,10 @@ pub struct EdgeSettings {
     pub max_body_bytes: usize,
     /// How long the registry may hold a discovery poll when nothing changed.
     pub discovery_wait_seconds: u64,
+    /// `host:port` of the platform's own listeners: an instance at one of them is never routed.
+    /// The gateway adds its own listener and its upstreams; list others here (e.g. a second
+    /// gateway, or an address the upstreams are also reachable at).
+    pub platform_addresses: Vec<String>,
 }
 
 impl Default for EdgeSettings {
@@ -58,6 +68,7 @@ impl Default for EdgeSettings {
             connect_timeout_ms: 1000,
             max_body_bytes: 10 * 1024 * 1024,
             discovery_wait_seconds: 30,
+            platform_addresses: Vec::new(),
         }
     }
 }
@@ -89,16 +100,25 @@ struct Inner {
     client: reqwest::Client,
     /// The registry's base URL.
     registry: String,
+    /// `Authorization` with the gateway's service credential, for discovery polls only (never
+    /// for proxied requests).
+    credential: reqwest::header::HeaderMap,
+    /// Swapped when the named listeners are resolved again.
+    platform: ArcSwap<PlatformAddresses>,
+    /// The refused instances already logged, so that each is logged once while it lasts.
+    refused: Mutex<HashSet<Refused>>,
     settings: EdgeSettings,
     metrics: EdgeMetrics,
 }
 
 impl Edge {
     /// A router with an empty table (every request answers 503 until discovery answered once),
-    /// whose metrics go to `registry` and which learns routes from the registry at `registry_url`.
+    /// whose metrics go to `registry` and which learns routes from the registry at
+    /// `registry_url`, presenting `credential` (the gateway's).
     pub fn new(
         settings: &EdgeSettings,
         registry_url: &str,
+        credential: &slipway_identity::Credential,
         registry: &prometheus::Registry,
     ) -> Result<Self, EdgeError> {
         let domain = settings.domain.trim_matches('.').to_ascii_lowercase();
@@ -115,6 +135,9 @@ impl Edge {
                 "the registry URL `{registry_url}` is not an http(s) URL"
             )));
         }
+        let platform =
+            PlatformAddresses::parse(settings.platform_addresses.iter().map(String::as_str))
+                .map_err(EdgeError::Settings)?;
         let client = build_client(settings).map_err(EdgeError::Client)?;
         let metrics = EdgeMetrics::register(registry).map_err(EdgeError::Metrics)?;
         Ok(Self {
@@ -123,6 +146,9 @@ impl Edge {
                 host_suffix: format!(".{domain}"),
                 client,
                 registry: registry_url.trim_end_matches('/').to_owned(),
+                credential: credential.headers(),
+                platform: ArcSwap::from_pointee(platform),
+                refused: Mutex::default(),
                 settings: settings.clone(),
                 metrics,
             }),
@@ -136,9 +162,37 @@ impl Edge {
 
     /// Replaces the whole table with one built from `discovery` (one atomic swap).
     pub fn replace_table(&self, discovery: &Discovery) {
-        let table = Table::build(discovery);
+        let table = Table::build(discovery, &self.inner.platform.load());
+        self.log_refused(&table.refused);
         self.inner.metrics.table_index.set(discovery.index as i64);
         self.inner.table.store(Arc::new(table));
+    }
+
+    /// Looks the platform's named listeners up again (their addresses may change when a
+    /// container restarts); cheap when there are none.
+    pub async fn resolve_platform(&self) {
+        let mut platform = PlatformAddresses::clone(&self.inner.platform.load());
+        platform.resolve().await;
+        self.inner.platform.store(Arc::new(platform));
+    }
+
+    /// Warns once per refused instance while it stays refused: a forged announcement must be
+    /// visible, but not once per discovery answer.
+    fn log_refused(&self, refused: &[Refused]) {
+        let mut logged = self
+            .inner
+            .refused
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        for r in refused.iter().filter(|r| !logged.contains(*r)) {
+            tracing::warn!(
+                service = %r.service,
+                instance = %r.instance,
+                address = %r.address,
+                "discovery gave an instance at one of the platform's own addresses; never routing to it"
+            );
+        }
+        *logged = refused.iter().cloned().collect();
     }
 
     /// Registers the router's routes: requests whose host names a service (before any other

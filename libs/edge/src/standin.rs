@@ -1,7 +1,8 @@
 //! A stand-in for the registry's discovery endpoint (feature `test-support`), with the same
 //! blocking-query contract: `GET /v1/discovery?index=N&wait=30s` answers at once when its index
 //! is newer than `N`, else when it changes or after `wait`. Tests change the answer with
-//! [`DiscoveryStandIn::set`] and make it fail with [`DiscoveryStandIn::fail`].
+//! [`DiscoveryStandIn::set`] and make it fail with [`DiscoveryStandIn::fail`]; it remembers the
+//! `Authorization` the last poll presented ([`DiscoveryStandIn::last_authorization`]).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,6 +20,7 @@ struct State {
     /// Carries the index; wakes held polls when it changes.
     changed: watch::Sender<u64>,
     polls: AtomicUsize,
+    authorization: Mutex<Option<String>>,
 }
 
 /// A running stand-in; stops when dropped.
@@ -35,8 +37,20 @@ struct Query {
     wait: Option<String>,
 }
 
-async fn discovery(state: web::Data<State>, query: web::Query<Query>) -> HttpResponse {
+async fn discovery(
+    state: web::Data<State>,
+    query: web::Query<Query>,
+    req: actix_web::HttpRequest,
+) -> HttpResponse {
     state.polls.fetch_add(1, Ordering::Relaxed);
+    *state
+        .authorization
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let wait = query
         .wait
         .as_deref()
@@ -69,6 +83,7 @@ impl DiscoveryStandIn {
             failing: Mutex::new(false),
             changed,
             polls: AtomicUsize::new(0),
+            authorization: Mutex::new(None),
         });
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
@@ -119,6 +134,15 @@ impl DiscoveryStandIn {
             .failing
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = failing;
+    }
+
+    /// The `Authorization` header of the last poll, if it had one.
+    pub fn last_authorization(&self) -> Option<String> {
+        self.state
+            .authorization
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// How many polls arrived so far.

@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::{Deserialize, Serialize};
 
+use crate::platform::PlatformAddresses;
+
 /// The registry's answer to `GET /v1/discovery` (a blocking query).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Discovery {
@@ -100,11 +102,27 @@ pub struct Choice<'a> {
     pub upstream: &'a Upstream,
 }
 
+/// An instance left out of the table because its address is one of the platform's own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Refused {
+    pub service: String,
+    pub instance: String,
+    pub address: String,
+}
+
 impl Route {
-    fn build(entry: &RouteEntry) -> Self {
+    fn build(entry: &RouteEntry, platform: &PlatformAddresses, refused: &mut Vec<Refused>) -> Self {
         let equal_share = entry.weights.is_empty();
         let mut pools: Vec<Pool> = Vec::new();
         for instance in entry.instances.iter().filter(|i| i.routable()) {
+            if platform.contains(&instance.address) {
+                refused.push(Refused {
+                    service: entry.service.clone(),
+                    instance: instance.id.clone(),
+                    address: instance.address.clone(),
+                });
+                continue;
+            }
             let Some(base_url) = base_url(&instance.address) else {
                 tracing::warn!(
                     service = %entry.service,
@@ -224,20 +242,28 @@ pub struct Table {
     /// The discovery index this table was built from; `None` before the first answer.
     pub index: Option<u64>,
     routes: HashMap<String, HashMap<String, Route>>,
+    /// Instances dropped because they claim a platform address (see [`crate::platform`]).
+    pub refused: Vec<Refused>,
 }
 
 impl Table {
-    pub fn build(discovery: &Discovery) -> Self {
+    /// The table of `discovery`, without any instance at one of `platform`'s addresses.
+    pub fn build(discovery: &Discovery, platform: &PlatformAddresses) -> Self {
         let mut routes: HashMap<String, HashMap<String, Route>> = HashMap::new();
+        let mut refused = Vec::new();
         for entry in &discovery.routes {
             routes
                 .entry(entry.service.to_ascii_lowercase())
                 .or_default()
-                .insert(entry.environment.to_ascii_lowercase(), Route::build(entry));
+                .insert(
+                    entry.environment.to_ascii_lowercase(),
+                    Route::build(entry, platform, &mut refused),
+                );
         }
         Self {
             index: Some(discovery.index),
             routes,
+            refused,
         }
     }
 
@@ -266,16 +292,30 @@ mod tests {
     }
 
     fn route(weights: &[(u64, u32)], instances: Vec<InstanceEntry>) -> Route {
-        Route::build(&RouteEntry {
-            service: "hello".into(),
-            service_id: None,
-            environment: "prod".into(),
-            weights: weights
-                .iter()
-                .map(|&(release, weight)| WeightEntry { release, weight })
-                .collect(),
-            instances,
-        })
+        route_in(&PlatformAddresses::default(), weights, instances).0
+    }
+
+    fn route_in(
+        platform: &PlatformAddresses,
+        weights: &[(u64, u32)],
+        instances: Vec<InstanceEntry>,
+    ) -> (Route, Vec<Refused>) {
+        let mut refused = Vec::new();
+        let route = Route::build(
+            &RouteEntry {
+                service: "hello".into(),
+                service_id: None,
+                environment: "prod".into(),
+                weights: weights
+                    .iter()
+                    .map(|&(release, weight)| WeightEntry { release, weight })
+                    .collect(),
+                instances,
+            },
+            platform,
+            &mut refused,
+        );
+        (route, refused)
     }
 
     /// Releases chosen for rolls 0..n (every roll once: the exact split, no statistics).
@@ -414,6 +454,24 @@ mod tests {
     }
 
     #[test]
+    fn instances_at_platform_addresses_are_never_routed() {
+        let platform = PlatformAddresses::parse(["127.0.0.1:8082", "registry:8080"]).unwrap();
+        let mut forged = instance("a", 1, "healthy", "running");
+        forged.address = "127.0.0.1:8082".into();
+        let mut named = instance("bb", 1, "healthy", "running");
+        named.address = "registry:8080".into();
+        let real = instance("ccc", 1, "healthy", "running");
+        let (r, refused) = route_in(&platform, &[], vec![forged, named, real]);
+        assert_eq!(r.routable_instances(), 1);
+        for roll in 0..10 {
+            assert_eq!(r.choose(roll, &[]).unwrap().upstream.id, "ccc");
+        }
+        let ids: Vec<&str> = refused.iter().map(|r| r.instance.as_str()).collect();
+        assert_eq!(ids, ["a", "bb"]);
+        assert_eq!(refused[0].address, "127.0.0.1:8082");
+    }
+
+    #[test]
     fn parses_the_discovery_answer() {
         let answer: Discovery = serde_json::from_value(serde_json::json!({
             "index": 12,
@@ -423,7 +481,7 @@ mod tests {
                     "health": "healthy", "state": "running"}]}]
         }))
         .unwrap();
-        let table = Table::build(&answer);
+        let table = Table::build(&answer, &PlatformAddresses::default());
         assert_eq!(table.index, Some(12));
         let route = table.route("hello", "PROD").unwrap();
         assert_eq!(

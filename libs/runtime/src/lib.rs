@@ -4,9 +4,12 @@
 //! service's schema and applies the outbox/inbox tables and the service's migrations, creates
 //! the idempotent producer and the topics, and prepares `/healthz`, `/readyz` (database and
 //! broker) and `/metrics`. The service then adds what it needs ([`Runtime::relay_outbox`],
-//! [`Runtime::consume`]) and calls [`Runtime::start`] with its routes.
+//! [`Runtime::consume`]) and calls [`Runtime::start`] with its routes and who may call them
+//! ([`Access`]: the calling service's credential and the service's rule table, see
+//! [`identity`]).
 
 pub mod catalog;
+pub mod identity;
 
 use std::net::TcpListener;
 use std::time::Duration;
@@ -15,6 +18,7 @@ use actix_web::{App, HttpServer, middleware, web};
 use serde::Deserialize;
 use slipway_events::Topic;
 use slipway_http::{Lifecycle, Metrics, Readiness, ReadinessCheck, ops, problem};
+pub use slipway_identity::{AccessRules, Credential, IdentitySettings, Rule, ServiceCaller};
 use slipway_kafka::consumer::ConsumerMetrics;
 use slipway_kafka::{ConsumerRunner, EventProducer, Handler, KafkaSettings};
 use slipway_outbox::{Relay, RelayMetrics};
@@ -24,13 +28,19 @@ use sqlx::PgPool;
 use sqlx::migrate::Migrator;
 use tokio_util::sync::CancellationToken;
 
-/// The settings every service has (sections `[http]`, `[database]`, `[kafka]`, `[telemetry]`).
+pub use identity::Access;
+
+/// The settings every service has (sections `[http]`, `[database]`, `[kafka]`, `[telemetry]`,
+/// `[identity]`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct BaseSettings {
     pub http: HttpSettings,
     pub database: DatabaseSettings,
     pub kafka: KafkaSettings,
     pub telemetry: TelemetrySettings,
+    /// This service's credential and the services allowed to call it (parsed on load: an
+    /// empty credential or a malformed hash stops the process before anything is bound).
+    pub identity: IdentitySettings,
 }
 
 /// Why a service could not start.
@@ -66,6 +76,7 @@ pub struct Runtime {
     pub kafka: KafkaSettings,
     /// Fired at shutdown; every background task watches it.
     pub cancel: CancellationToken,
+    identity: IdentitySettings,
     listener: TcpListener,
     readiness: Readiness,
     consumer_metrics: ConsumerMetrics,
@@ -145,6 +156,7 @@ impl Runtime {
             metrics,
             kafka: base.kafka.clone(),
             cancel: CancellationToken::new(),
+            identity: base.identity.clone(),
             listener,
             readiness,
             consumer_metrics,
@@ -202,24 +214,47 @@ impl Runtime {
         ));
     }
 
-    /// Starts the HTTP server with the ops endpoints plus `routes`, and the background tasks.
-    pub fn start<F>(self, routes: F) -> Result<Running, StartError>
+    /// Starts the HTTP server with the ops endpoints plus `routes`, callable as `access` says,
+    /// and the background tasks.
+    pub fn start<F>(self, access: Access, routes: F) -> Result<Running, StartError>
     where
         F: Fn(&mut web::ServiceConfig) + Send + Clone + 'static,
     {
         let port = self.port();
         let metrics = web::Data::new(self.metrics.clone());
         let readiness = web::Data::new(self.readiness.clone());
+        let guard = match access {
+            Access::Services(rules) => {
+                if self.identity.callers.is_empty() {
+                    tracing::warn!(
+                        "`identity.callers` is empty: every call but the ops endpoints will be refused"
+                    );
+                }
+                Some(web::Data::new(identity::Guard {
+                    callers: self.identity.callers.clone(),
+                    rules,
+                }))
+            }
+            Access::Public => None,
+        };
         let server = HttpServer::new(move || {
-            App::new()
-                .wrap(middleware::from_fn(slipway_http::metrics::record))
-                .wrap(middleware::from_fn(slipway_http::trace::trace_request))
-                .app_data(metrics.clone())
-                .app_data(readiness.clone())
-                .configure(problem::configure(256 * 1024))
-                .configure(ops::routes)
-                .configure(routes.clone())
-                .default_service(web::to(problem::not_found))
+            let mut app = App::new();
+            if let Some(guard) = &guard {
+                app = app.app_data(guard.clone());
+            }
+            // Innermost: refusals are still counted and traced by the two outer ones.
+            app.wrap(middleware::Condition::new(
+                guard.is_some(),
+                middleware::from_fn(identity::guard),
+            ))
+            .wrap(middleware::from_fn(slipway_http::metrics::record))
+            .wrap(middleware::from_fn(slipway_http::trace::trace_request))
+            .app_data(metrics.clone())
+            .app_data(readiness.clone())
+            .configure(problem::configure(256 * 1024))
+            .configure(ops::routes)
+            .configure(routes.clone())
+            .default_service(web::to(problem::not_found))
         })
         .listen(self.listener)
         .map_err(StartError::Serve)?

@@ -10,6 +10,9 @@
 //! - `SLIPWAY_TEST_OCI_REGISTRY` (`host:port`): the image registry builds push to; tests use
 //!   their own repository prefix.
 //!
+//! Services under test get an `[identity]` from [`identity`]: their clients present the
+//! credential of the service that calls them in production ([`identity::client`]).
+//!
 //! A test run without them fails with a message naming `scripts/test`, rather than skipping:
 //! a skipped integration test would look like a passing one.
 
@@ -17,6 +20,7 @@
 
 pub mod git;
 pub mod roles;
+pub mod identity;
 
 use std::time::Duration;
 
@@ -126,9 +130,18 @@ where
     }
 }
 
-/// Settings for a service under test: port 0, a fresh database with `schema`, own topics.
+/// The service whose schema is `schema` (every service's schema is its name).
+fn service_of(schema: &str) -> identity::ServiceCaller {
+    schema.parse().unwrap_or_else(|_| {
+        panic!("`{schema}` is not a service name; a service's schema is its name")
+    })
+}
+
+/// Settings for a service under test: port 0, a fresh database with `schema`, own topics,
+/// and the identity of the service `schema` names.
 pub async fn base_settings(schema: &str) -> slipway_runtime::BaseSettings {
     slipway_runtime::BaseSettings {
+        identity: identity::settings(service_of(schema)),
         http: slipway_settings::HttpSettings {
             host: "127.0.0.1".into(),
             port: 0,
@@ -150,6 +163,7 @@ pub fn sibling(
 ) -> slipway_runtime::BaseSettings {
     let mut other = base.clone();
     other.database.schema = schema.to_owned();
+    other.identity = identity::settings(service_of(schema));
     other
 }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use slipway_events::Topic;
-use slipway_runtime::{BaseSettings, Running, Runtime, StartError};
+use slipway_runtime::{Access, BaseSettings, Running, Runtime, StartError};
 use tokio::sync::Notify;
 
 use crate::builds::package::RegistrySettings;
@@ -54,7 +54,7 @@ impl Application {
         let cancel = runtime.cancel.clone();
         runtime.spawn("build worker", worker.run(cancel));
         let pool = actix_web::web::Data::new(runtime.pool.clone());
-        let running = runtime.start(move |cfg| {
+        let running = runtime.start(Access::Services(crate::routes::ACCESS), move |cfg| {
             cfg.app_data(pool.clone())
                 .configure(crate::routes::configure);
         })?;

@@ -1,5 +1,7 @@
 //! What the deployer asks the registry: releases (artifact and run spec) and config versions
 //! (secrets decrypted, from the registry's internal API; held in memory only, never stored).
+//! Every call presents the deployer's service credential (`[identity] credential`): the
+//! registry answers decrypted config to the deployer only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -62,10 +64,15 @@ pub struct RegistryClient {
 }
 
 impl RegistryClient {
-    pub fn new(base: &str) -> Result<Self, reqwest::Error> {
+    pub fn new(
+        base: &str,
+        credential: &slipway_runtime::Credential,
+    ) -> Result<Self, reqwest::Error> {
         Ok(Self {
             base: base.trim_end_matches('/').to_owned(),
             http: reqwest::Client::builder()
+                // Marked sensitive: never shown in reqwest's Debug output or our logs.
+                .default_headers(credential.headers())
                 .no_proxy()
                 .timeout(Duration::from_secs(10))
                 .build()?,
@@ -91,6 +98,15 @@ impl RegistryClient {
                 Err(RegistryError::NotFound(
                     body["detail"].as_str().unwrap_or(path).to_owned(),
                 ))
+            }
+            // The registry refused the deployer's credential: `[identity]` is misconfigured on
+            // one side; retrying will not help until it is fixed, but it is not a missing thing.
+            s @ (401 | 403) => {
+                let body: serde_json::Value = answer.json().await.unwrap_or_default();
+                Err(RegistryError::Unavailable(format!(
+                    "GET {path}: the registry refused the deployer's credential (HTTP {s}): {}",
+                    body["detail"].as_str().unwrap_or("no detail")
+                )))
             }
             s => Err(RegistryError::Unavailable(format!("GET {path}: HTTP {s}"))),
         }

@@ -4,10 +4,26 @@ use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use slipway_events::deploy::Strategy;
 use slipway_http::Problem;
+use slipway_runtime::ServiceCaller::Gateway;
+use slipway_runtime::{AccessRules, Rule, ServiceCaller};
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::db::{deployments, instances, state};
+
+/// Who may call which route (deny by default): only the gateway, which authorises people.
+pub const ACCESS: AccessRules = AccessRules::new(
+    ServiceCaller::Deployer,
+    &[
+        Rule::new("/v1/deployments/{id}", &[Gateway]),
+        Rule::new(
+            "/v1/services/{name}/environments/{env}/deployments",
+            &[Gateway],
+        ),
+        Rule::new("/v1/services/{name}/environments/{env}/state", &[Gateway]),
+        Rule::new("/v1/services/{name}/environments/{env}/policy", &[Gateway]),
+    ],
+);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/deployments/{id}", web::get().to(get))

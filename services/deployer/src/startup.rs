@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use slipway_events::Topic;
 use slipway_runtime::catalog::ServiceCatalog;
-use slipway_runtime::{BaseSettings, Running, Runtime, StartError};
+use slipway_runtime::{Access, BaseSettings, Running, Runtime, StartError};
 use tokio::sync::mpsc;
 
 use crate::consumers::{Commands, HealthVerdicts};
@@ -59,7 +59,10 @@ impl Application {
         let (events, mut target_events) = mpsc::unbounded_channel();
         let target: Arc<dyn Target> =
             Arc::new(ProcessTarget::new(settings.process.clone(), events)?);
-        let registry = RegistryClient::new(&settings.upstreams.registry)?;
+        let registry = RegistryClient::new(
+            &settings.upstreams.registry,
+            &settings.base.identity.credential,
+        )?;
         let deploy = settings.deploy.clone();
         let fleet = Arc::new(Fleet::new(
             runtime.pool.clone(),
@@ -137,7 +140,7 @@ impl Application {
         });
 
         let pool = actix_web::web::Data::new(runtime.pool.clone());
-        let running = runtime.start(move |cfg| {
+        let running = runtime.start(Access::Services(crate::routes::ACCESS), move |cfg| {
             cfg.app_data(pool.clone())
                 .configure(crate::routes::configure);
         })?;

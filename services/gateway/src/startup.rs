@@ -2,7 +2,7 @@
 
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
-use slipway_runtime::{BaseSettings, Running, Runtime, StartError};
+use slipway_runtime::{Access, BaseSettings, Running, Runtime, StartError};
 
 use slipway_secrets::SecretBox;
 
@@ -21,6 +21,17 @@ pub struct UpstreamSettings {
     /// Base URL of the monitor's internal API (health verdicts, instance logs).
     pub monitor: String,
     pub timeout_seconds: u64,
+}
+
+impl UpstreamSettings {
+    /// `host:port` of every upstream: the edge router must never route to them.
+    pub fn addresses(&self) -> Vec<String> {
+        [&self.registry, &self.builder, &self.deployer, &self.monitor]
+            .into_iter()
+            .filter_map(|u| url::Url::parse(u).ok())
+            .filter_map(|u| Some(format!("{}:{}", u.host()?, u.port_or_known_default()?)))
+            .collect()
+    }
 }
 
 /// Authentication settings.
@@ -102,15 +113,26 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, GatewayStartError> {
-        let upstreams =
-            Upstreams::new(&settings.upstreams).map_err(GatewayStartError::Upstreams)?;
+        let upstreams = Upstreams::new(&settings.upstreams, &settings.base.identity.credential)
+            .map_err(GatewayStartError::Upstreams)?;
         let sealer = SecretBox::from_settings(&settings.secrets)?;
         let mut runtime = Runtime::build("gateway", &settings.base, &MIGRATOR).await?;
         runtime.relay_outbox()?;
-        // Routes are learnt from the registry's discovery endpoint in the background.
+        // Routes are learnt from the registry's discovery endpoint in the background. The
+        // gateway's own listener and its upstreams are never routes, whatever discovery says.
+        let mut edge_settings = settings.edge.clone();
+        edge_settings.platform_addresses.push(format!(
+            "{}:{}",
+            settings.base.http.host,
+            runtime.port()
+        ));
+        edge_settings
+            .platform_addresses
+            .extend(settings.upstreams.addresses());
         let edge = slipway_edge::Edge::new(
-            &settings.edge,
+            &edge_settings,
             &settings.upstreams.registry,
+            &settings.base.identity.credential,
             &runtime.metrics.registry,
         )?;
         runtime.spawn(
@@ -148,7 +170,7 @@ impl Application {
         let upstreams = actix_web::web::Data::new(upstreams);
         let sealer = actix_web::web::Data::new(sealer);
         let webhooks = actix_web::web::Data::new(settings.webhooks.clone());
-        let running = runtime.start(move |cfg| {
+        let running = runtime.start(Access::Public, move |cfg| {
             // First: a service's host name must win over the gateway's own routes.
             cfg.configure(edge_routes.clone())
                 .app_data(pool.clone())

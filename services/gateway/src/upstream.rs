@@ -1,7 +1,12 @@
 //! Calls to the internal APIs of the other services.
 //!
 //! Answers pass through: an upstream's problem document (a 404, a 409, a 422) reaches the
-//! client unchanged. An unreachable upstream answers 503, an upstream 5xx answers 502.
+//! client unchanged. An unreachable upstream answers 503, an upstream 5xx answers 502, and so
+//! does an upstream refusing the gateway's own credential (401/403: a misconfigured
+//! `[identity]`, never the client's fault, so its detail is logged, not passed on).
+//!
+//! Every request carries the gateway's service credential (`[identity] credential`) as
+//! `Authorization: Bearer`; the client's own `Authorization` is never forwarded.
 //!
 //! Upstreams: the registry (services, environments, releases, instances), the builder
 //! (builds), the deployer (deployments, desired state) and the monitor (health, logs).
@@ -82,7 +87,7 @@ impl Answer {
 
     /// The answer as the gateway's own response.
     pub fn into_response(self) -> Result<HttpResponse, Problem> {
-        if self.status.is_server_error() {
+        if self.status.is_server_error() || self.refused_the_gateway() {
             tracing::error!(status = %self.status, body = %String::from_utf8_lossy(&self.body), "upstream failed");
             return Err(Problem::new(
                 StatusCode::BAD_GATEWAY,
@@ -98,6 +103,15 @@ impl Answer {
         Ok(response.body(self.body))
     }
 
+    /// 401/403 from an internal API: upstreams authorise services, not people (the gateway
+    /// checked the person already), so this is the gateway's own credential refused.
+    fn refused_the_gateway(&self) -> bool {
+        matches!(
+            self.status,
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN
+        )
+    }
+
     pub fn json(&self) -> Result<serde_json::Value, Problem> {
         serde_json::from_slice(&self.body).map_err(|e| {
             tracing::error!(error = %e, "upstream answered invalid JSON");
@@ -111,7 +125,10 @@ impl Answer {
 }
 
 impl Upstreams {
-    pub fn new(settings: &UpstreamSettings) -> Result<Self, String> {
+    pub fn new(
+        settings: &UpstreamSettings,
+        credential: &slipway_runtime::Credential,
+    ) -> Result<Self, String> {
         let base = |name: &str, url: &str| {
             let url = url.trim_end_matches('/').to_owned();
             if url.starts_with("http://") || url.starts_with("https://") {
@@ -125,6 +142,8 @@ impl Upstreams {
         let deployer = base("deployer", &settings.deployer)?;
         let monitor = base("monitor", &settings.monitor)?;
         let client = reqwest::Client::builder()
+            // Marked sensitive: never shown by reqwest's or our Debug output.
+            .default_headers(credential.headers())
             .timeout(Duration::from_secs(settings.timeout_seconds))
             .connect_timeout(Duration::from_secs(3))
             .build()

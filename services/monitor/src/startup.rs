@@ -5,7 +5,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use slipway_events::Topic;
 use slipway_runtime::catalog::ServiceCatalog;
-use slipway_runtime::{BaseSettings, Running, Runtime, StartError};
+use slipway_runtime::{Access, BaseSettings, Running, Runtime, StartError};
 use tokio_util::sync::CancellationToken;
 
 use crate::consumers::InstanceEvents;
@@ -118,7 +118,7 @@ impl Application {
 
         runtime.relay_outbox()?;
         let pool = actix_web::web::Data::new(runtime.pool.clone());
-        let running = runtime.start(move |cfg| {
+        let running = runtime.start(Access::Services(crate::routes::ACCESS), move |cfg| {
             cfg.app_data(pool.clone())
                 .configure(crate::routes::configure);
         })?;

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 use slipway_events::Topic;
-use slipway_runtime::{BaseSettings, Running, Runtime, StartError};
+use slipway_runtime::{Access, BaseSettings, Running, Runtime, StartError};
 
 use crate::consumers::{Discovery, ReleaseMaker};
 use crate::discovery::{DiscoverySettings, IndexWatch, InvalidDiscoverySettings};
@@ -85,7 +85,7 @@ impl Application {
         let pool = actix_web::web::Data::new(runtime.pool.clone());
         let sealer = actix_web::web::Data::new(sealer);
         let index = actix_web::web::Data::new(IndexWatch(index_receiver));
-        let running = runtime.start(move |cfg| {
+        let running = runtime.start(Access::Services(crate::routes::ACCESS), move |cfg| {
             cfg.app_data(pool.clone())
                 .app_data(sealer.clone())
                 .app_data(index.clone())

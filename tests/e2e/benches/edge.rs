@@ -133,6 +133,9 @@ async fn gateway(bin: &Path, port: u16, registry: &str, log: &Path) -> Proc {
         .env("SLIPWAY_KAFKA__TOPIC_PREFIX", &kafka.topic_prefix)
         .env("SLIPWAY_TELEMETRY__LOG_LEVEL", "warn")
         .env("SLIPWAY_UPSTREAMS__REGISTRY", registry)
+        .envs(slipway_testkit::identity::env(
+            slipway_testkit::identity::ServiceCaller::Gateway,
+        ))
         .env("SLIPWAY_SECRETS__KEY", slipway_testkit::secrets_key())
         .env(
             "SLIPWAY_AUTH__BOOTSTRAP_TOKEN",

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use slipway_edge::standin::DiscoveryStandIn;
 use slipway_edge::table::RouteEntry;
 use slipway_edge::{Edge, EdgeSettings};
+use slipway_testkit::identity::ServiceCaller;
 use tokio_util::sync::CancellationToken;
 
 /// A backend answering every request with its name and what it received.
@@ -146,7 +147,8 @@ impl Router {
     pub async fn start_with(settings: EdgeSettings, routes: Vec<RouteEntry>) -> Self {
         let discovery = DiscoveryStandIn::start(routes).unwrap();
         let metrics = slipway_http::Metrics::new("gateway");
-        let edge = Edge::new(&settings, discovery.url(), &metrics.registry).unwrap();
+        let credential = slipway_testkit::identity::settings(ServiceCaller::Gateway).credential;
+        let edge = Edge::new(&settings, discovery.url(), &credential, &metrics.registry).unwrap();
         let cancel = CancellationToken::new();
         tokio::spawn(edge.clone().follow_discovery(cancel.clone()));
         let routes = edge.configure();

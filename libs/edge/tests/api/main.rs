@@ -3,5 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
 mod helpers;
+mod platform;
 mod routing;
 mod traffic;

@@ -4,6 +4,20 @@ mod builds;
 pub mod sources;
 
 use actix_web::web;
+use slipway_runtime::ServiceCaller::Gateway;
+use slipway_runtime::{AccessRules, Rule, ServiceCaller};
+
+/// Who may call which route (deny by default): only the gateway, which authorises people.
+pub const ACCESS: AccessRules = AccessRules::new(
+    ServiceCaller::Builder,
+    &[
+        Rule::new("/v1/builds", &[Gateway]),
+        Rule::new("/v1/builds/{id}", &[Gateway]),
+        Rule::new("/v1/builds/{id}/logs", &[Gateway]),
+        Rule::new("/v1/builds/{id}/cancel", &[Gateway]),
+        Rule::new("/v1/sources", &[Gateway]),
+    ],
+);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.configure(builds::configure)

@@ -51,7 +51,10 @@ pub async fn spawn_app() -> TestApp {
         producer: EventProducer::new(&base.kafka).unwrap(),
         database: base.database.clone(),
         kafka: base.kafka,
-        client: reqwest::Client::new(),
+        // The builder's API is called by the gateway in production.
+        client: slipway_testkit::identity::client(
+            slipway_testkit::identity::ServiceCaller::Gateway,
+        ),
         _stop: stop,
     }
 }

@@ -11,6 +11,7 @@ use slipway_events::{CloudEvent, EventData};
 use slipway_ids::ServiceId;
 use slipway_kafka::EventProducer;
 use slipway_runtime::BaseSettings;
+use slipway_testkit::identity::ServiceCaller;
 use tokio::sync::oneshot;
 use uuid::Uuid;
 
@@ -49,8 +50,8 @@ pub async fn spawn_app() -> TestApp {
         "slipway-deployer-api-{}",
         slipway_testkit::unique()
     ));
-    // The service's own defaults file, with the test's upstream, work directory and a short
-    // engine tick; nothing is read from the process environment.
+    // The service's own defaults file, with the test's upstream, work directory, identity and
+    // a short engine tick; nothing is read from the process environment.
     let mut settings: Settings = slipway_settings::load_from(
         include_str!("../../config/default.toml"),
         [
@@ -67,7 +68,9 @@ pub async fn spawn_app() -> TestApp {
                 "SLIPWAY_DEPLOY__STEP_TIMEOUT_SECONDS".to_owned(),
                 "20".to_owned(),
             ),
-        ],
+        ]
+        .into_iter()
+        .chain(slipway_testkit::identity::env(ServiceCaller::Deployer)),
     )
     .expect("deployer settings");
     settings.base = base.clone();
@@ -81,7 +84,8 @@ pub async fn spawn_app() -> TestApp {
     TestApp {
         address,
         settings: base,
-        client: reqwest::Client::new(),
+        // The deployer's API is the gateway's to call.
+        client: slipway_testkit::identity::client(ServiceCaller::Gateway),
         producer,
         registry,
         _workdir: Workdir(workdir),

@@ -1,14 +1,18 @@
 //! A stand-in for the registry's API, answering what the deployer asks it (releases,
 //! environments, config versions) from what the test put in, and recording every request.
 //!
+//! Like the registry, it answers only the deployer's service credential (anything else gets
+//! 401), so every test also proves that the deployer presents it.
+//!
 //! A release can be *held*: its answer waits until the test opens the gate, which keeps a
 //! deployment `queued` in its start for as long as the test needs.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
-use actix_web::{HttpRequest, HttpResponse, HttpServer, web};
+use actix_web::{HttpRequest, HttpResponse, HttpServer, guard, web};
 use serde_json::{Value, json};
+use slipway_testkit::identity::ServiceCaller;
 use tokio::sync::watch;
 
 #[derive(Default)]
@@ -103,22 +107,26 @@ impl StandInRegistry {
         let (gate, opened) = watch::channel(false);
         let data = web::Data::from(catalog.clone());
         let opened = web::Data::new(opened);
+        // Leaked once per stand-in: actix's header guard wants a `'static` value.
+        let bearer: &'static str = Box::leak(
+            format!(
+                "Bearer {}",
+                slipway_testkit::identity::credential(ServiceCaller::Deployer)
+            )
+            .into_boxed_str(),
+        );
+        let get = move || web::get().guard(guard::Header("authorization", bearer));
         let server = HttpServer::new(move || {
             actix_web::App::new()
                 .app_data(data.clone())
                 .app_data(opened.clone())
-                .route(
-                    "/v1/services/{name}/releases/{number}",
-                    web::get().to(release),
-                )
-                .route(
-                    "/v1/services/{name}/environments",
-                    web::get().to(environments),
-                )
+                .route("/v1/services/{name}/releases/{number}", get().to(release))
+                .route("/v1/services/{name}/environments", get().to(environments))
                 .route(
                     "/internal/v1/services/{name}/environments/{env}/config/{version}",
-                    web::get().to(config),
+                    get().to(config),
                 )
+                .default_service(web::to(|| async { HttpResponse::Unauthorized().finish() }))
         })
         .workers(1)
         .disable_signals()

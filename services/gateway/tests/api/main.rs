@@ -9,6 +9,7 @@ mod deployments;
 mod edge;
 mod helpers;
 mod metrics;
+mod identity;
 mod services;
 mod stand_in;
 mod webhook_replay;

@@ -8,7 +8,18 @@ mod logs;
 
 use actix_web::web;
 use slipway_http::Problem;
+use slipway_runtime::ServiceCaller::Gateway;
+use slipway_runtime::{AccessRules, Rule, ServiceCaller};
 use sqlx::PgPool;
+
+/// Who may call which route (deny by default): only the gateway, which authorises people.
+pub const ACCESS: AccessRules = AccessRules::new(
+    ServiceCaller::Monitor,
+    &[
+        Rule::new("/v1/services/{name}/health", &[Gateway]),
+        Rule::new("/v1/services/{name}/environments/{env}/logs", &[Gateway]),
+    ],
+);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.configure(health::configure).configure(logs::configure);

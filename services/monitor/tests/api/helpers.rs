@@ -59,7 +59,10 @@ pub async fn spawn_with(settings: Settings) -> TestApp {
         address,
         settings,
         pool,
-        client: reqwest::Client::new(),
+        // The monitor's API is called by the gateway in production.
+        client: slipway_testkit::identity::client(
+            slipway_testkit::identity::ServiceCaller::Gateway,
+        ),
         producer,
         stop: Some(stop),
         task: Some(task),

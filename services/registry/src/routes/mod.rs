@@ -9,6 +9,34 @@ mod services;
 
 use actix_web::web;
 use slipway_http::Problem;
+use slipway_runtime::ServiceCaller::{Deployer, Gateway};
+use slipway_runtime::{AccessRules, Rule, ServiceCaller};
+
+/// Who may call which route (deny by default: a route missing here is refused to everyone).
+/// The gateway forwards people's requests after authorising their token, and its edge router
+/// follows discovery; the deployer reads the releases and environments it runs, and is the one
+/// service that may read decrypted config.
+pub const ACCESS: AccessRules = AccessRules::new(
+    ServiceCaller::Registry,
+    &[
+        Rule::new("/v1/services", &[Gateway]),
+        Rule::new("/v1/services/{name}", &[Gateway]),
+        Rule::new("/v1/services/{name}/releases", &[Gateway]),
+        Rule::new(
+            "/v1/services/{name}/releases/{number}",
+            &[Gateway, Deployer],
+        ),
+        Rule::new("/v1/services/{name}/environments", &[Gateway, Deployer]),
+        Rule::new("/v1/services/{name}/environments/{env}", &[Gateway]),
+        Rule::new("/v1/services/{name}/environments/{env}/config", &[Gateway]),
+        Rule::new("/v1/services/{name}/instances", &[Gateway]),
+        Rule::new("/v1/discovery", &[Gateway]),
+        Rule::new(
+            "/internal/v1/services/{name}/environments/{env}/config/{version}",
+            &[Deployer],
+        ),
+    ],
+);
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.configure(services::configure)

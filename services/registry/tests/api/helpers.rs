@@ -42,7 +42,10 @@ pub async fn spawn_app_with(discovery: DiscoverySettings) -> TestApp {
         address,
         settings: base,
         pool,
-        client: reqwest::Client::new(),
+        // The registry's API is called by the gateway in production.
+        client: slipway_testkit::identity::client(
+            slipway_testkit::identity::ServiceCaller::Gateway,
+        ),
         _stop: stop,
     }
 }

@@ -4,8 +4,9 @@ use serde_json::{Value, json};
 
 use crate::helpers::{TestApp, spawn_app};
 
+/// As the deployer, the one service allowed to read decrypted config.
 async fn internal(app: &TestApp, path: &str) -> reqwest::Response {
-    app.client
+    slipway_testkit::identity::client(slipway_testkit::identity::ServiceCaller::Deployer)
         .get(format!("{}/internal/v1/services/{path}", app.address))
         .send()
         .await

@@ -4,6 +4,7 @@
 
 mod discovery;
 mod helpers;
+mod identity;
 mod instances;
 mod internal;
 mod releases;

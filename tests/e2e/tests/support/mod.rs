@@ -164,8 +164,13 @@ impl Stack {
             .open(self.logs.join(format!("{service}.log")))
             .unwrap();
         let role = &self.db_roles[service];
+        // Each service its own credential, knowing the others' by their hashes (the Stack's
+        // credentials are random per test process, as scripts/up generates them per machine).
+        let identity =
+            slipway_testkit::identity::env(service.parse().expect("SERVICES are service names"));
         let child = Command::new(binary)
             .envs(&self.env)
+            .envs(identity)
             // As deployed: its own role, which owns its schema only.
             .env("SLIPWAY_DATABASE__USERNAME", &role.username)
             .env(
