@@ -189,4 +189,37 @@ mod tests {
             );
         }
     }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Where a redirect would send the probe. A connection made to it waits in its backlog,
+        // so a non-blocking accept afterwards tells whether anyone came.
+        let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        elsewhere.set_nonblocking(true).unwrap();
+        let target = elsewhere.local_addr().unwrap();
+        let instance = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = instance.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let (mut stream, _) = instance.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = stream.read(&mut buf).await;
+            let answer = format!(
+                "HTTP/1.1 302 Found\r\nlocation: http://{target}/latest\r\n\
+                 content-length: 0\r\nconnection: close\r\n\r\n"
+            );
+            let _ = stream.write_all(answer.as_bytes()).await;
+        });
+        let result = probe(&client().unwrap(), &address, &HealthCheck::default()).await;
+        assert_eq!(
+            (result.outcome, result.detail.as_str()),
+            (Outcome::Success, "HTTP 302")
+        );
+        let came = elsewhere.accept();
+        assert!(
+            came.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+            "the redirect was followed: {came:?}"
+        );
+    }
 }

@@ -5,11 +5,11 @@
 //! that a deployer started later can tell the instance's process from an unrelated one that got
 //! the same pid.
 //!
-//! The environment is cleared: an instance gets its image's `Env`, the release's config, its
-//! port, `PATH` (from the settings), `HOME` (its private directory) and the markers the target
-//! finds it by (`SLIPWAY_INSTANCE`, `SLIPWAY_TARGET_SCOPE`, beside `SLIPWAY_SERVICE`,
-//! `SLIPWAY_ENVIRONMENT` and `SLIPWAY_RELEASE`), which nothing else can override. Nothing of
-//! the deployer's own environment (database passwords, keys) is passed on.
+//! The environment is cleared: an instance gets `PATH` (from the settings) and `HOME` (its
+//! private directory) unless its image's `Env` or the release's config say otherwise, then those,
+//! its port, and the markers the target finds it by (`SLIPWAY_INSTANCE`, `SLIPWAY_TARGET_SCOPE`,
+//! beside `SLIPWAY_SERVICE`, `SLIPWAY_ENVIRONMENT` and `SLIPWAY_RELEASE`), which nothing else can
+//! override. Nothing of the deployer's own environment (database passwords, keys) is passed on.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -44,7 +44,7 @@ pub(crate) struct LaunchPlan {
     program: PathBuf,
     args: Vec<String>,
     cwd: PathBuf,
-    /// The image's and the release's variables, `PATH` and `HOME`.
+    /// `PATH`, `HOME`, the image's and the release's variables.
     env: BTreeMap<String, String>,
     /// Set last, after the port: the target finds its instances by them.
     markers: BTreeMap<&'static str, String>,
@@ -109,15 +109,17 @@ impl LaunchPlan {
             program.to_owned()
         };
 
-        let mut env = BTreeMap::new();
+        // `PATH` and `HOME` first: the image and the release's config may set their own.
+        let mut env = BTreeMap::from([
+            ("PATH".to_owned(), settings.path.clone()),
+            ("HOME".to_owned(), dirs.home.to_string_lossy().into_owned()),
+        ]);
         for entry in image.env.iter().flatten() {
             if let Some((k, v)) = entry.split_once('=') {
                 env.insert(k.to_owned(), v.to_owned());
             }
         }
         env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        env.insert("PATH".to_owned(), settings.path.clone());
-        env.insert("HOME".to_owned(), dirs.home.to_string_lossy().into_owned());
         let markers = BTreeMap::from([
             ("SLIPWAY_SERVICE", spec.service_name.clone()),
             ("SLIPWAY_ENVIRONMENT", spec.environment.clone()),
