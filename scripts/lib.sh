@@ -275,6 +275,16 @@ as_pg() {
   fi
 }
 
+# The process target's work directory for the checkout at $1 (releases, instances' homes and
+# output): outside the checkout and its .slipway/ (which holds the admin token and the secrets
+# key), one per checkout so that two stacks never adopt or reap each other's instances.
+# SLIPWAY_INSTANCES_DIR overrides it.
+instances_dir() {
+  local key
+  key=$(printf '%s' "$1" | sha256sum | cut -c1-16)
+  printf '%s\n' "${SLIPWAY_INSTANCES_DIR:-/var/tmp/slipway-instances-$key}"
+}
+
 # Absolute path of PATH with its parent's symlinks resolved but PATH itself kept as is (it may be
 # our own symlink, see pg_home). Works for paths that do not exist (yet).
 abs_path() {

@@ -6,6 +6,8 @@
 //!   headers, the JSON data as the record value, the service id as the record key).
 //! - [`cdevents`]: CDEvents v0.5.1 payloads for the events the CD Foundation defines.
 //! - [`slipway`]: slipway's own event types (reverse-DNS, versioned) where CDEvents has none.
+//! - [`inputs`]: user-given values that steer the platform (probe paths, run commands, env
+//!   names), as types that hold only valid ones.
 //! - [`deploy`]: deploy-and-run commands and facts (deployments, instances, traffic, health).
 //!
 //! The written catalog for outside consumers is `docs/events.md`; a test keeps the two in step.
@@ -16,6 +18,7 @@
 pub mod cdevents;
 pub mod deploy;
 pub mod envelope;
+pub mod inputs;
 pub mod slipway;
 pub mod topics;
 

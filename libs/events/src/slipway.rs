@@ -4,9 +4,10 @@
 //! A field may be added within a version; removing or changing one makes a new version.
 
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use slipway_ids::{BuildId, ServiceId};
 
+pub use crate::inputs::{Command, EnvName, InvalidInput, ProbePath};
 use crate::{EventData, Topic};
 
 /// The `source` attribute of events each service publishes.
@@ -74,25 +75,46 @@ impl EventData for BuildRequested {
     const TOPIC: Topic = Topic::Commands;
 }
 
-/// How an instance of a release is started (from the service's `slipway.toml`).
+/// How an instance of a release is started (from the service's `slipway.toml`). Every field is
+/// parsed into a type that holds only valid values, so `slipway.toml` (read by the builder) and
+/// every event carrying a run spec refuse the same inputs, with errors naming the field.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunSpec {
-    /// Program and arguments, run in the unpacked image's `/app`.
-    pub command: Vec<String>,
-    /// The environment variable the instance reads its port from.
-    #[serde(default = "default_port_env")]
-    pub port_env: String,
-    /// The HTTP path health checks probe.
-    #[serde(default = "default_health_path")]
-    pub health_path: String,
+    /// Program and arguments, run in the unpacked image's `/app`. Never empty.
+    #[serde(deserialize_with = "run_command")]
+    pub command: Command,
+    /// The environment variable the instance reads its port from. Not a `SLIPWAY_` name: those
+    /// are the platform's.
+    #[serde(default = "default_port_env", deserialize_with = "run_port_env")]
+    pub port_env: EnvName,
+    /// The HTTP path health checks probe, on the instance's own address.
+    #[serde(default, deserialize_with = "run_health_path")]
+    pub health_path: ProbePath,
 }
 
-fn default_port_env() -> String {
-    "PORT".into()
+fn default_port_env() -> EnvName {
+    EnvName::parse("PORT").unwrap_or_else(|_| unreachable!("`PORT` is a valid name"))
 }
 
-fn default_health_path() -> String {
-    "/healthz".into()
+fn run_command<'de, D: Deserializer<'de>>(d: D) -> Result<Command, D::Error> {
+    let args = Vec::<String>::deserialize(d)?;
+    Command::new(args).map_err(|e| serde::de::Error::custom(format!("run.command: {e}")))
+}
+
+fn run_port_env<'de, D: Deserializer<'de>>(d: D) -> Result<EnvName, D::Error> {
+    let raw = String::deserialize(d)?;
+    let fail = |why: String| serde::de::Error::custom(format!("run.port_env: {why}"));
+    let name = EnvName::parse(&raw).map_err(|e| fail(e.to_string()))?;
+    if name.starts_with("SLIPWAY_") {
+        return Err(fail(format!(
+            "`{name}`: names starting with `SLIPWAY_` are reserved for the platform"
+        )));
+    }
+    Ok(name)
+}
+
+fn run_health_path<'de, D: Deserializer<'de>>(d: D) -> Result<ProbePath, D::Error> {
+    ProbePath::named("run.health_path", d)
 }
 
 /// A release was made (registry): an immutable, numbered pairing of an artifact with the config
@@ -122,4 +144,55 @@ pub struct ReleaseCreated {
 impl EventData for ReleaseCreated {
     const TYPE: &'static str = "dev.slipway.release.created.v1";
     const TOPIC: Topic = Topic::Services;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_specs_keep_their_wire_format_and_refuse_bad_fields_by_name() {
+        let wire = serde_json::json!({
+            "command": ["python3", "app.py"], "port_env": "HTTP_PORT", "health_path": "/ready"
+        });
+        let run: RunSpec = serde_json::from_value(wire.clone()).unwrap();
+        assert_eq!(run.command.program(), "python3");
+        assert_eq!(run.port_env, "HTTP_PORT");
+        assert_eq!(run.health_path, "/ready");
+        assert_eq!(serde_json::to_value(&run).unwrap(), wire);
+        let defaults: RunSpec =
+            serde_json::from_value(serde_json::json!({"command": ["./app"]})).unwrap();
+        assert_eq!(
+            (defaults.port_env.as_str(), defaults.health_path.as_str()),
+            ("PORT", "/healthz")
+        );
+
+        for (field, value, named) in [
+            (
+                "health_path",
+                serde_json::json!("@169.254.169.254/latest"),
+                "run.health_path",
+            ),
+            (
+                "health_path",
+                serde_json::json!("//evil/x"),
+                "run.health_path",
+            ),
+            ("command", serde_json::json!([]), "run.command"),
+            ("command", serde_json::json!([""]), "run.command"),
+            ("port_env", serde_json::json!("PO RT"), "run.port_env"),
+            (
+                "port_env",
+                serde_json::json!("SLIPWAY_INSTANCE"),
+                "run.port_env",
+            ),
+        ] {
+            let mut body = serde_json::json!({"command": ["./app"]});
+            body[field] = value;
+            let err = serde_json::from_value::<RunSpec>(body)
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with(named), "{field}: {err}");
+        }
+    }
 }

@@ -10,9 +10,10 @@ use slipway_runtime::{Access, BaseSettings, Running, Runtime, StartError};
 use tokio::sync::mpsc;
 
 use crate::consumers::{Commands, HealthVerdicts};
+use crate::db::uids::PgUids;
 use crate::engine::{DeploySettings, Engine, Fleet};
 use crate::registry::RegistryClient;
-use crate::target::process::{ProcessSettings, ProcessTarget};
+use crate::target::process::{ProcessSettings, ProcessTarget, Users, running_as_root};
 use crate::target::{Target, TargetError};
 
 /// Where the registry's API is.
@@ -49,6 +50,23 @@ pub enum DeployerStartError {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Who the process target runs instances as: one uid per service when the deployer is root,
+/// else the deployer's own user, said loudly since nothing then separates them.
+fn instance_users(pool: &sqlx::PgPool, process: &ProcessSettings) -> Users {
+    if running_as_root() {
+        tracing::info!(uid_range = %process.uid_range,
+            "process target: each service's instances run as their own uid");
+        return Users::PerService(Arc::new(PgUids::new(pool.clone(), process.uid_range)));
+    }
+    tracing::warn!(
+        "process target: the deployer does not run as root, so every instance runs as the \
+         deployer's own user: instances are NOT isolated from the deployer or from each other \
+         (each can read the others' files and environments, secrets included). Run the \
+         deployer as root for one uid per service (`process.uid_range`)"
+    );
+    Users::Shared
+}
+
 pub struct Application {
     running: Running,
 }
@@ -57,8 +75,9 @@ impl Application {
     pub async fn build(settings: Settings) -> Result<Self, DeployerStartError> {
         let mut runtime = Runtime::build("deployer", &settings.base, &MIGRATOR).await?;
         let (events, mut target_events) = mpsc::unbounded_channel();
+        let users = instance_users(&runtime.pool, &settings.process);
         let target: Arc<dyn Target> =
-            Arc::new(ProcessTarget::new(settings.process.clone(), events)?);
+            Arc::new(ProcessTarget::new(settings.process.clone(), events, users)?);
         let registry = RegistryClient::new(
             &settings.upstreams.registry,
             &settings.base.identity.credential,

@@ -20,9 +20,9 @@ use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
 use oci_client::manifest::OciImageManifest;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
-use slipway_deployer::target::process::{ProcessSettings, ProcessTarget, scope_processes};
+use slipway_deployer::target::process::{ProcessSettings, ProcessTarget, Users, scope_processes};
 use slipway_deployer::target::{InstanceSpec, Known, Placement, Target, TargetEvent};
-use slipway_events::slipway::RunSpec;
+use slipway_events::slipway::{Command, RunSpec};
 use slipway_ids::ServiceId;
 use slipway_testkit::wait_until;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
@@ -136,9 +136,9 @@ fn spec(image: &str, command: Option<&[&str]>) -> InstanceSpec {
         release: 3,
         image: image.into(),
         run: command.map(|c| RunSpec {
-            command: c.iter().map(|s| s.to_string()).collect(),
-            port_env: "PORT".into(),
-            health_path: "/".into(),
+            command: Command::new(c.iter().map(|s| s.to_string()).collect()).unwrap(),
+            port_env: "PORT".parse().unwrap(),
+            health_path: "/".parse().unwrap(),
         }),
         env: BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
     }
@@ -272,7 +272,7 @@ async fn an_instance_serves_logs_restarts_after_a_kill_and_stops() {
     let image = push_image().await;
     let (settings, cleanup) = workdir();
     let (tx, rx) = unbounded_channel();
-    let target = ProcessTarget::new(settings, tx).unwrap();
+    let target = ProcessTarget::new(settings, tx, Users::Shared).unwrap();
     let mut events = Events::new(rx);
     assert_eq!(target.kind(), "process");
 
@@ -385,7 +385,7 @@ async fn one_digest_is_pulled_once() {
     let image = push_image().await;
     let (settings, cleanup) = workdir();
     let (tx, _rx) = unbounded_channel();
-    let target = ProcessTarget::new(settings, tx).unwrap();
+    let target = ProcessTarget::new(settings, tx, Users::Shared).unwrap();
 
     let (a, b) = (spec(&image, None), spec(&image, None));
     let (ids, started) = (
@@ -420,7 +420,7 @@ async fn a_crashing_instance_backs_off_into_a_crash_loop_without_spinning() {
     settings.crash_loop_restarts = 4;
     settings.crash_loop_window_seconds = 30;
     let (tx, rx) = unbounded_channel();
-    let target = ProcessTarget::new(settings, tx).unwrap();
+    let target = ProcessTarget::new(settings, tx, Users::Shared).unwrap();
     let mut events = Events::new(rx);
 
     let spec = spec(&image, Some(&["sh", "-c", "echo boom; exit 3"]));
@@ -496,7 +496,7 @@ async fn a_new_target_adopts_known_instances_kills_orphans_and_reports_the_dead(
     let image = push_image().await;
     let (settings, cleanup) = workdir();
     let (tx, _old_events) = unbounded_channel();
-    let before = ProcessTarget::new(settings.clone(), tx).unwrap();
+    let before = ProcessTarget::new(settings.clone(), tx, Users::Shared).unwrap();
     let (keep, dead, orphan) = (spec(&image, None), spec(&image, None), spec(&image, None));
     let keep_at = before.start(keep.clone()).await.unwrap();
     let dead_at = before.start(dead.clone()).await.unwrap();
@@ -514,7 +514,7 @@ async fn a_new_target_adopts_known_instances_kills_orphans_and_reports_the_dead(
     assert!(wait_until(Duration::from_secs(5), || async { !alive(pid(&dead_at)) }).await);
 
     let (tx, rx) = unbounded_channel();
-    let after = ProcessTarget::new(settings, tx).unwrap();
+    let after = ProcessTarget::new(settings, tx, Users::Shared).unwrap();
     let mut events = Events::new(rx);
     let known = |spec: &InstanceSpec, placement: &Placement| Known {
         spec: spec.clone(),
@@ -581,7 +581,7 @@ async fn a_stop_kills_a_group_that_ignores_sigterm_after_the_grace() {
     let image = push_image().await;
     let (settings, cleanup) = workdir();
     let (tx, rx) = unbounded_channel();
-    let target = ProcessTarget::new(settings, tx).unwrap();
+    let target = ProcessTarget::new(settings, tx, Users::Shared).unwrap();
     let mut events = Events::new(rx);
 
     // The shell ignores SIGTERM and keeps a child (`sleep`) in its group.

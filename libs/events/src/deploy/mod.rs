@@ -21,6 +21,7 @@ use crate::{EventData, Topic};
 
 mod spec;
 
+pub use crate::inputs::ProbePath;
 pub use spec::{CanaryStep, HealthCheck, ProbeKind, Strategy};
 
 // ---------------------------------------------------------------------------------------------

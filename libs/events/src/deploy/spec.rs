@@ -1,7 +1,9 @@
 //! Strategies and health checks: shared by the gateway (validation) and the deployer
 //! (execution), carried in deploy commands and instance facts.
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::inputs::ProbePath;
 
 /// How a release replaces the one running.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -124,9 +126,9 @@ pub struct HealthCheck {
     /// `http` (GET `path`, healthy on 2xx/3xx) or `tcp` (connect).
     #[serde(default = "http_kind")]
     pub kind: ProbeKind,
-    /// The HTTP path, for `http` probes.
-    #[serde(default = "healthz")]
-    pub path: String,
+    /// The HTTP path (and query), for `http` probes: always on the instance's own address.
+    #[serde(default, deserialize_with = "health_check_path")]
+    pub path: ProbePath,
     #[serde(default = "interval_ms")]
     pub interval_ms: u32,
     #[serde(default = "timeout_ms")]
@@ -153,8 +155,8 @@ pub enum ProbeKind {
 fn http_kind() -> ProbeKind {
     ProbeKind::Http
 }
-fn healthz() -> String {
-    "/healthz".into()
+fn health_check_path<'de, D: Deserializer<'de>>(d: D) -> Result<ProbePath, D::Error> {
+    ProbePath::named("health_check.path", d)
 }
 fn interval_ms() -> u32 {
     1000
@@ -173,7 +175,7 @@ impl Default for HealthCheck {
     fn default() -> Self {
         Self {
             kind: ProbeKind::Http,
-            path: healthz(),
+            path: ProbePath::default(),
             interval_ms: interval_ms(),
             timeout_ms: timeout_ms(),
             failure_threshold: three(),
@@ -200,9 +202,6 @@ impl HealthCheck {
         }
         if self.grace_seconds > 3600 {
             return Err(("health_check.grace_seconds", "must be at most 3600".into()));
-        }
-        if self.kind == ProbeKind::Http && !self.path.starts_with('/') {
-            return Err(("health_check.path", "must start with `/`".into()));
         }
         Ok(())
     }
@@ -280,5 +279,24 @@ mod tests {
             ..HealthCheck::default()
         };
         assert_eq!(bad.validate().unwrap_err().0, "health_check.interval_ms");
+    }
+
+    #[test]
+    fn health_check_paths_are_parsed_and_named_in_errors() {
+        let h: HealthCheck =
+            serde_json::from_value(serde_json::json!({"path": "/ready?deep=1"})).unwrap();
+        assert_eq!(h.path, "/ready?deep=1");
+        assert_eq!(serde_json::to_value(&h).unwrap()["path"], "/ready?deep=1");
+        for bad in [
+            "@169.254.169.254/latest",
+            "//evil/x",
+            "/x y",
+            "http://evil/",
+        ] {
+            let err = serde_json::from_value::<HealthCheck>(serde_json::json!({"path": bad}))
+                .unwrap_err()
+                .to_string();
+            assert!(err.starts_with("health_check.path: "), "{bad}: {err}");
+        }
     }
 }

@@ -293,9 +293,7 @@ impl Engine {
             .health_check
             .as_ref()
             .map(|h| h.0.clone())
-            .unwrap_or_else(|| {
-                self.default_check(info.run.as_ref().map(|r| r.health_path.as_str()))
-            });
+            .unwrap_or_else(|| self.default_check(info.run.as_ref().map(|r| &r.health_path)));
         let to = Set {
             release,
             config_version,

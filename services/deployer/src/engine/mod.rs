@@ -19,7 +19,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use slipway_events::deploy::HealthCheck;
+use slipway_events::deploy::{HealthCheck, ProbePath};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -87,9 +87,9 @@ impl Engine {
     }
 
     /// The health check instances get when neither the request nor the environment names one.
-    fn default_check(&self, health_path: Option<&str>) -> HealthCheck {
+    fn default_check(&self, health_path: Option<&ProbePath>) -> HealthCheck {
         HealthCheck {
-            path: health_path.unwrap_or("/healthz").to_owned(),
+            path: health_path.cloned().unwrap_or_default(),
             ..HealthCheck::default()
         }
     }

@@ -1,25 +1,33 @@
 //! The process target: instances as supervised local processes. It needs nothing installed
 //! beyond what the services themselves run with, which makes it the embedded default.
 //!
-//! Layout of the work directory (`[process] workdir`):
-//! - `releases/<service>/<digest-hex>/`: an image unpacked once per digest (`app/` and the
-//!   image config); see [`artifact`].
+//! Layout of the work directory (`[process] workdir`, outside the platform's own state):
+//! - `releases/<service>/<digest-hex>/`: an image unpacked once per digest and service (`app/`
+//!   and the image config); see [`artifact`].
 //! - `instances/<id>/`: `stdout.log`, `stderr.log` (kept after a stop) and `instance.json`
-//!   (the current run: pid, port, start time; removed on stop).
+//!   (the current run: pid, port, start time; removed on stop). The deployer's bookkeeping:
+//!   instances write their output through descriptors and never see these files.
+//! - `homes/<id>/`: the instance's private directory and `HOME` (removed on stop).
 //!
-//! Instances are started in their own process group with `SLIPWAY_TARGET_SCOPE=<workdir>` and
-//! `SLIPWAY_INSTANCE=<id>` in their environment and write to files, so they outlive the
-//! deployer and are found again by the next one ([`Target::recover`], [`scope_processes`]).
+//! Run as root, each service's instances get their own uid and the files above are owned so
+//! that no service reads another's ([`users`]); otherwise every instance runs as the deployer's
+//! user (a warning at start-up says so).
+//!
+//! Instances are started in their own process group with a cleared environment: the release's
+//! config, the port, `PATH` (a setting), `HOME`, and `SLIPWAY_TARGET_SCOPE=<workdir>` and
+//! `SLIPWAY_INSTANCE=<id>`, which let them outlive the deployer and be found again by the next
+//! one ([`Target::recover`], [`scope_processes`]).
 //!
 //! Modules: [`artifact`] (pull and unpack), [`launch`] (command, environment, spawn),
 //! [`supervisor`] (wait, restart with backoff, stop), [`logs`] (output tailing), [`scan`]
-//! (`/proc`).
+//! (`/proc`), [`users`] (uids and ownership).
 
 mod artifact;
 mod launch;
 mod logs;
 mod scan;
 mod supervisor;
+mod users;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -37,6 +45,7 @@ use self::artifact::Artifacts;
 use self::launch::LaunchPlan;
 pub use self::scan::scope_processes;
 use self::supervisor::{Handle, Run, Supervisor};
+pub use self::users::{UidRange, UidSource, Users, running_as_root};
 use super::{InstanceSpec, Known, Placement, Target, TargetError, TargetEvent};
 
 /// Section `[process]` of the deployer's settings.
@@ -45,6 +54,12 @@ pub struct ProcessSettings {
     /// Where releases are unpacked and instances keep their output. Also the scope that tells
     /// this target's processes from any other's.
     pub workdir: PathBuf,
+    /// The uids services' instances get when the deployer runs as root (one per service).
+    #[serde(default = "default_uid_range")]
+    pub uid_range: UidRange,
+    /// `PATH` in instances' environment (nothing else of the deployer's environment is passed).
+    #[serde(default = "default_path")]
+    pub path: String,
     /// The address instances listen on (given their port in `PORT`).
     #[serde(default = "default_bind_host")]
     pub bind_host: String,
@@ -71,6 +86,12 @@ pub struct ProcessSettings {
     pub log_batch_ms: u64,
 }
 
+fn default_uid_range() -> UidRange {
+    UidRange::new(61000, 61999).unwrap_or_else(|_| unreachable!("a valid range"))
+}
+fn default_path() -> String {
+    "/usr/local/bin:/usr/bin:/bin".into()
+}
 fn default_bind_host() -> String {
     "127.0.0.1".into()
 }
@@ -101,6 +122,8 @@ impl ProcessSettings {
     pub fn new(workdir: impl Into<PathBuf>) -> Self {
         Self {
             workdir: workdir.into(),
+            uid_range: default_uid_range(),
+            path: default_path(),
             bind_host: default_bind_host(),
             registry_insecure: true,
             restart_initial_ms: default_restart_initial_ms(),
@@ -136,6 +159,7 @@ pub(crate) struct Context {
     scope: PathBuf,
     events: UnboundedSender<TargetEvent>,
     artifacts: Artifacts,
+    users: Users,
 }
 
 impl Context {
@@ -143,19 +167,55 @@ impl Context {
         self.scope.join("instances").join(id.to_string())
     }
 
+    fn home_dir(&self, id: Uuid) -> PathBuf {
+        self.scope.join("homes").join(id.to_string())
+    }
+
+    /// The uid `spec`'s service runs as, if not the deployer's.
+    async fn user(&self, spec: &InstanceSpec) -> Result<Option<u32>, TargetError> {
+        match &self.users {
+            Users::Shared => Ok(None),
+            Users::PerService(source) => {
+                source
+                    .uid_for(spec.service_id)
+                    .await
+                    .map(Some)
+                    .map_err(|e| {
+                        TargetError::Start(format!("no uid for `{}`: {e}", spec.service_name))
+                    })
+            }
+        }
+    }
+
     /// Fetches the artifact (cached) and works out how to run `spec`.
     async fn plan(&self, spec: &InstanceSpec) -> Result<LaunchPlan, TargetError> {
+        let user = self.user(spec).await?;
         let release = self
             .artifacts
-            .ensure(&spec.service_name, &spec.image)
+            .ensure(&spec.service_name, &spec.image, user)
             .await?;
         LaunchPlan::new(
             spec,
             &release,
-            self.instance_dir(spec.instance_id),
-            &self.settings.bind_host,
-            &self.scope,
+            launch::Dirs {
+                output: self.instance_dir(spec.instance_id),
+                home: self.home_dir(spec.instance_id),
+                scope: &self.scope,
+            },
+            user,
+            &self.settings,
         )
+    }
+
+    /// Forgets a run stopped on purpose: its record and private directory (output stays).
+    fn forget(&self, id: Uuid) {
+        launch::remove_record(&self.instance_dir(id));
+        let home = self.home_dir(id);
+        if let Err(e) = std::fs::remove_dir_all(&home)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %home.display(), error = %e, "cannot remove the instance's home");
+        }
     }
 }
 
@@ -169,15 +229,35 @@ pub struct ProcessTarget {
 }
 
 impl ProcessTarget {
-    /// A target working in `settings.workdir` (created if missing), reporting on `events`.
+    /// A target working in `settings.workdir` (created if missing), reporting on `events`,
+    /// running instances as `users` ([`Users::PerService`] needs root).
     pub fn new(
         settings: ProcessSettings,
         events: UnboundedSender<TargetEvent>,
+        users: Users,
     ) -> Result<Self, TargetError> {
-        for sub in ["releases", "instances"] {
-            std::fs::create_dir_all(settings.workdir.join(sub))?;
-        }
+        std::fs::create_dir_all(&settings.workdir)?;
         let scope = settings.workdir.canonicalize()?;
+        let isolated = matches!(users, Users::PerService(_));
+        if isolated {
+            if !running_as_root() {
+                return Err(TargetError::Start(
+                    "one user per service needs the deployer to run as root".into(),
+                ));
+            }
+            users::check_workdir(&scope)?;
+        }
+        // Isolated, others may pass through the shared directories but list none of them;
+        // otherwise only the deployer's user (which every instance shares) gets in at all.
+        let passable = if isolated { 0o711 } else { 0o700 };
+        users::dir_with(&scope, passable, None)?;
+        for (sub, mode) in [
+            ("releases", passable),
+            ("homes", passable),
+            ("instances", 0o700),
+        ] {
+            users::dir_with(&scope.join(sub), mode, None)?;
+        }
         let artifacts = Artifacts::new(scope.join("releases"), settings.registry_insecure);
         Ok(Self {
             ctx: Arc::new(Context {
@@ -185,6 +265,7 @@ impl ProcessTarget {
                 scope,
                 events,
                 artifacts,
+                users,
             }),
             instances: Mutex::new(HashMap::new()),
             detach: CancellationToken::new(),

@@ -150,9 +150,21 @@ fn typed<T: DeserializeOwned>(
 ) -> Result<Option<T>, Problem> {
     match value {
         None | Some(serde_json::Value::Null) => Ok(None),
-        Some(v) => serde_json::from_value(v)
-            .map(Some)
-            .map_err(|e| Problem::validation(field, e.to_string())),
+        Some(v) => serde_json::from_value(v).map(Some).map_err(|e| {
+            // A contract type that names the inner field (`health_check.path: ...`) gets it
+            // as the problem's field.
+            let message = e.to_string();
+            match message.split_once(": ") {
+                Some((inner, why))
+                    if inner
+                        .strip_prefix(field)
+                        .is_some_and(|r| r.starts_with('.')) =>
+                {
+                    Problem::validation(inner, why)
+                }
+                _ => Problem::validation(field, message),
+            }
+        }),
     }
 }
 

@@ -291,6 +291,20 @@ async fn invalid_deploys_are_refused_naming_the_problem_and_leave_nothing() {
             422,
             "health_check.interval_ms",
         ),
+        // A path that would name another host (the cloud metadata service) when pasted after
+        // the instance's address.
+        (
+            DEPLOYMENTS,
+            json!({"release": 2, "health_check": {"path": "@169.254.169.254/latest"}}),
+            422,
+            "health_check.path",
+        ),
+        (
+            DEPLOYMENTS,
+            json!({"release": 2, "health_check": {"path": "//169.254.169.254/latest"}}),
+            422,
+            "health_check.path",
+        ),
         (
             DEPLOYMENTS,
             json!({"release": 2, "health_check": {"kind": "udp"}}),

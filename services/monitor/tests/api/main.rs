@@ -7,3 +7,4 @@ mod backend;
 mod health;
 mod helpers;
 mod logs;
+mod probe_paths;

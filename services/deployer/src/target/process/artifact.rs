@@ -1,9 +1,14 @@
 //! Artifacts: an image pulled by digest from the OCI registry and unpacked once per digest under
 //! `<workdir>/releases/<service>/<digest-hex>/`.
 //!
-//! Invariant: a release directory exists only when it is complete. Layers are unpacked into a
-//! temporary directory beside it and renamed into place, so a deployer that dies mid-unpack
-//! leaves a `.tmp-*` directory behind, never a half release that a later start would run.
+//! Invariant: a release directory exists only when it is complete (and, for a service with its
+//! own uid, owned by it). Layers are unpacked into a temporary directory beside it and renamed
+//! into place, so a deployer that dies mid-unpack leaves a `.tmp-*` directory behind, never a
+//! half release that a later start would run.
+//!
+//! With an owner, `releases/<service>/` and the release directory are `root:<gid>` 0750 (only
+//! that service's instances get in), the unpacked files the owner's, and the image config the
+//! deployer's alone (it decides what runs, so the instance must not rewrite it).
 
 use std::collections::HashMap;
 use std::io::Read;
@@ -18,6 +23,7 @@ use oci_client::{Client, Reference};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use super::users;
 use crate::target::TargetError;
 
 /// The image config file kept beside `app/` in a release directory: its presence marks a
@@ -89,8 +95,13 @@ impl Artifacts {
     }
 
     /// The unpacked release of `image` (`host:port/repository@sha256:<hex>`), pulled if not
-    /// cached yet.
-    pub async fn ensure(&self, service_name: &str, image: &str) -> Result<Release, TargetError> {
+    /// cached yet, readable by `owner` (a uid, = gid) alone when given.
+    pub async fn ensure(
+        &self,
+        service_name: &str,
+        image: &str,
+        owner: Option<u32>,
+    ) -> Result<Release, TargetError> {
         let fail = |reason: String| TargetError::Artifact {
             image: image.to_owned(),
             reason,
@@ -101,21 +112,41 @@ impl Artifacts {
         let reference: Reference = image
             .parse()
             .map_err(|e: oci_client::ParseError| fail(format!("invalid reference: {e}")))?;
-        let dir = self.releases.join(path_component(service_name)).join(&hex);
+        let service_dir = self.releases.join(path_component(service_name));
+        let dir = service_dir.join(&hex);
 
         let lock = {
             let mut locks = self.locks.lock().unwrap_or_else(PoisonError::into_inner);
             locks.entry(hex.clone()).or_default().clone()
         };
         let _pulling = lock.lock().await;
+        let mode = if owner.is_some() { 0o750 } else { 0o700 };
+        let group = owner.map(|gid| (0, gid));
+        users::dir_with(&service_dir, mode, group).map_err(|e| fail(e.to_string()))?;
         if let Some(release) = read_release(&dir).map_err(|e| fail(e.to_string()))? {
+            // Unpacked for another uid (before the deployer ran as root, or for an earlier
+            // service of that name): given to this one before it runs.
+            if let Some(uid) = owner
+                && users::group_of(&dir) != Some(uid)
+            {
+                let target = dir.clone();
+                tokio::task::spawn_blocking(move || give(&target, uid))
+                    .await
+                    .map_err(|e| fail(format!("re-owning stopped: {e}")))?
+                    .map_err(fail)?;
+            }
             return Ok(release);
         }
         self.pulls.fetch_add(1, Ordering::Relaxed);
-        self.pull(&reference, &dir).await.map_err(fail)
+        self.pull(&reference, &dir, owner).await.map_err(fail)
     }
 
-    async fn pull(&self, reference: &Reference, dir: &Path) -> Result<Release, String> {
+    async fn pull(
+        &self,
+        reference: &Reference,
+        dir: &Path,
+        owner: Option<u32>,
+    ) -> Result<Release, String> {
         let auth = RegistryAuth::Anonymous;
         // The client checks the manifest against the reference's digest and the config blob
         // against the manifest.
@@ -151,7 +182,7 @@ impl Artifacts {
         }
 
         let target = dir.to_owned();
-        tokio::task::spawn_blocking(move || install(&target, &layers, &config_text))
+        tokio::task::spawn_blocking(move || install(&target, &layers, &config_text, owner))
             .await
             .map_err(|e| format!("unpacking stopped: {e}"))??;
         Ok(Release {
@@ -202,8 +233,21 @@ fn read_release(dir: &Path) -> std::io::Result<Option<Release>> {
     }))
 }
 
-/// Unpacks `layers` into a temporary directory beside `dir`, then renames it to `dir`.
-fn install(dir: &Path, layers: &[(Vec<u8>, bool)], config: &str) -> Result<(), String> {
+/// Gives an unpacked release to `uid`: its files, and the directory to its group (0750).
+fn give(dir: &Path, uid: u32) -> Result<(), String> {
+    let failed = |e: std::io::Error| format!("cannot give {} to uid {uid}: {e}", dir.display());
+    users::own_tree(dir, uid, &[CONFIG_FILE]).map_err(failed)?;
+    users::dir_with(dir, 0o750, Some((0, uid))).map_err(failed)
+}
+
+/// Unpacks `layers` into a temporary directory beside `dir`, gives it to `owner`, then renames
+/// it to `dir`.
+fn install(
+    dir: &Path,
+    layers: &[(Vec<u8>, bool)],
+    config: &str,
+    owner: Option<u32>,
+) -> Result<(), String> {
     let parent = dir
         .parent()
         .ok_or_else(|| format!("{} has no parent", dir.display()))?;
@@ -221,6 +265,10 @@ fn install(dir: &Path, layers: &[(Vec<u8>, bool)], config: &str) -> Result<(), S
         }
         std::fs::write(tmp.join(CONFIG_FILE), config)
             .map_err(|e| format!("cannot write the image config: {e}"))?;
+        match owner {
+            Some(uid) => give(&tmp, uid)?,
+            None => users::dir_with(&tmp, 0o700, None).map_err(|e| e.to_string())?,
+        }
         match std::fs::rename(&tmp, dir) {
             Ok(()) => Ok(()),
             // Another deployer on the same workdir finished first: its copy is as good.

@@ -4,10 +4,16 @@
 //! Each run is recorded in `<workdir>/instances/<id>/instance.json` (pid, port, start time) so
 //! that a deployer started later can tell the instance's process from an unrelated one that got
 //! the same pid.
+//!
+//! The environment is cleared: an instance gets `PATH` (from the settings) and `HOME` (its
+//! private directory) unless its image's `Env` or the release's config say otherwise, then those,
+//! its port, and the markers the target finds it by (`SLIPWAY_INSTANCE`, `SLIPWAY_TARGET_SCOPE`,
+//! beside `SLIPWAY_SERVICE`, `SLIPWAY_ENVIRONMENT` and `SLIPWAY_RELEASE`), which nothing else can
+//! override. Nothing of the deployer's own environment (database passwords, keys) is passed on.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::net::{IpAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 
@@ -17,12 +23,20 @@ use tokio::process::Child;
 
 use super::artifact::Release;
 use super::logs::{STDERR, STDOUT};
-use super::scan;
+use super::{ProcessSettings, scan, users};
 use crate::target::{InstanceSpec, Placement, TargetError};
 
 const RECORD: &str = "instance.json";
-/// Variables handed down from the deployer's own environment; everything else is cleared.
-const INHERITED: [&str; 3] = ["PATH", "HOME", "LANG"];
+
+/// Where an instance's files go.
+pub(crate) struct Dirs<'a> {
+    /// Output files and the run record (the deployer's).
+    pub output: PathBuf,
+    /// The instance's private directory, its `HOME`.
+    pub home: PathBuf,
+    /// The canonical workdir.
+    pub scope: &'a Path,
+}
 
 /// How to run an instance, fixed for its lifetime (restarts reuse it with a new port).
 #[derive(Debug, Clone)]
@@ -30,12 +44,18 @@ pub(crate) struct LaunchPlan {
     program: PathBuf,
     args: Vec<String>,
     cwd: PathBuf,
-    /// Everything but the port variable.
+    /// `PATH`, `HOME`, the image's and the release's variables.
     env: BTreeMap<String, String>,
+    /// Set last, after the port: the target finds its instances by them.
+    markers: BTreeMap<&'static str, String>,
     port_env: String,
     bind_host: String,
     /// `<workdir>/instances/<id>`: output files and the run record.
     pub dir: PathBuf,
+    /// `<workdir>/homes/<id>`: the instance's own directory.
+    home: PathBuf,
+    /// The service's uid (= gid), when it is not the deployer's.
+    user: Option<u32>,
 }
 
 impl LaunchPlan {
@@ -43,13 +63,13 @@ impl LaunchPlan {
     pub fn new(
         spec: &InstanceSpec,
         release: &Release,
-        dir: PathBuf,
-        bind_host: &str,
-        scope: &Path,
+        dirs: Dirs<'_>,
+        user: Option<u32>,
+        settings: &ProcessSettings,
     ) -> Result<Self, TargetError> {
         let image = release.config.config.clone().unwrap_or_default();
         let command = match &spec.run {
-            Some(run) if !run.command.is_empty() => run.command.clone(),
+            Some(run) => run.command.to_vec(),
             _ => {
                 let mut command = image.entrypoint.clone().unwrap_or_default();
                 command.extend(image.cmd.clone().unwrap_or_default());
@@ -89,38 +109,42 @@ impl LaunchPlan {
             program.to_owned()
         };
 
-        let mut env = BTreeMap::new();
-        for name in INHERITED {
-            if let Ok(value) = std::env::var(name) {
-                env.insert(name.to_owned(), value);
-            }
-        }
+        // `PATH` and `HOME` first: the image and the release's config may set their own.
+        let mut env = BTreeMap::from([
+            ("PATH".to_owned(), settings.path.clone()),
+            ("HOME".to_owned(), dirs.home.to_string_lossy().into_owned()),
+        ]);
         for entry in image.env.iter().flatten() {
             if let Some((k, v)) = entry.split_once('=') {
                 env.insert(k.to_owned(), v.to_owned());
             }
         }
         env.extend(spec.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let fixed = [
+        let markers = BTreeMap::from([
             ("SLIPWAY_SERVICE", spec.service_name.clone()),
             ("SLIPWAY_ENVIRONMENT", spec.environment.clone()),
             ("SLIPWAY_RELEASE", format!("v{}", spec.release)),
             ("SLIPWAY_INSTANCE", spec.instance_id.to_string()),
-            ("SLIPWAY_TARGET_SCOPE", scope.to_string_lossy().into_owned()),
-        ];
-        env.extend(fixed.map(|(k, v)| (k.to_owned(), v)));
+            (
+                "SLIPWAY_TARGET_SCOPE",
+                dirs.scope.to_string_lossy().into_owned(),
+            ),
+        ]);
 
         Ok(Self {
             program,
             args: args.to_vec(),
             cwd,
             env,
+            markers,
             port_env: spec
                 .run
                 .as_ref()
-                .map_or_else(|| "PORT".to_owned(), |r| r.port_env.clone()),
-            bind_host: bind_host.to_owned(),
-            dir,
+                .map_or_else(|| "PORT".to_owned(), |r| r.port_env.to_string()),
+            bind_host: settings.bind_host.clone(),
+            dir: dirs.output,
+            home: dirs.home,
+            user,
         })
     }
 }
@@ -143,10 +167,13 @@ pub(crate) struct RunRecord {
     pub started_at: DateTime<Utc>,
 }
 
-/// Starts one run: a free port, output appended to the instance's files, its own process group.
+/// Starts one run: a free port, output appended to the instance's files, its own process group,
+/// the service's user.
 pub(crate) fn launch(plan: &LaunchPlan) -> Result<Launched, TargetError> {
-    let port = free_port(&plan.bind_host)?;
-    std::fs::create_dir_all(&plan.dir)?;
+    let address = free_address(&plan.bind_host)?;
+    let port = address.port();
+    users::dir_with(&plan.dir, 0o700, None)?;
+    users::dir_with(&plan.home, 0o700, plan.user.map(|uid| (uid, uid)))?;
     let output = |name: &str| {
         OpenOptions::new()
             .create(true)
@@ -160,6 +187,7 @@ pub(crate) fn launch(plan: &LaunchPlan) -> Result<Launched, TargetError> {
         .env_clear()
         .envs(&plan.env)
         .env(&plan.port_env, port.to_string())
+        .envs(&plan.markers)
         .stdin(Stdio::null())
         .stdout(Stdio::from(output(STDOUT)?))
         .stderr(Stdio::from(output(STDERR)?))
@@ -167,6 +195,11 @@ pub(crate) fn launch(plan: &LaunchPlan) -> Result<Launched, TargetError> {
         // terminal's or the deployer's signals.
         .process_group(0)
         .kill_on_drop(false);
+    if let Some(uid) = plan.user {
+        // Supplementary groups are dropped too: with a uid set, std clears them (setgroups)
+        // before switching, so the instance keeps none of root's.
+        command.uid(uid).gid(uid);
+    }
     let child = command.spawn().map_err(|e| {
         TargetError::Start(format!(
             "cannot run `{}` in {}: {e}",
@@ -189,7 +222,7 @@ pub(crate) fn launch(plan: &LaunchPlan) -> Result<Launched, TargetError> {
         child,
         pid,
         placement: Placement {
-            address: address(&plan.bind_host, port),
+            address: address.to_string(),
             port,
             pid: Some(pid),
         },
@@ -211,19 +244,12 @@ pub(crate) fn remove_record(dir: &Path) {
     }
 }
 
-/// A port nobody listens on right now. The listener is dropped before the instance binds it:
-/// another process could take it in between, which shows up as a crash and a restart on
-/// another port.
-fn free_port(host: &str) -> Result<u16, TargetError> {
+/// An address (IP and port) nobody listens on right now. The listener is dropped before the
+/// instance binds it: another process could take it in between, which shows up as a crash and a
+/// restart on another port. A host name is resolved here, so the address the instance is
+/// announced at is always `IP:port` (the monitor probes nothing else).
+fn free_address(host: &str) -> Result<SocketAddr, TargetError> {
     let listener = TcpListener::bind((host, 0))
         .map_err(|e| TargetError::Start(format!("cannot find a free port on {host}: {e}")))?;
-    Ok(listener.local_addr()?.port())
-}
-
-/// `host:port`, with brackets around an IPv6 address.
-pub(crate) fn address(host: &str, port: u16) -> String {
-    match host.parse::<IpAddr>() {
-        Ok(IpAddr::V6(_)) => format!("[{host}]:{port}"),
-        _ => format!("{host}:{port}"),
-    }
+    Ok(listener.local_addr()?)
 }

@@ -237,7 +237,7 @@ impl Supervisor {
                     if let Ok(grace) = order {
                         run.terminate(grace).await;
                         tail.lock().await.finish();
-                        launch::remove_record(&self.ctx.instance_dir(id));
+                        self.ctx.forget(id);
                     }
                     return;
                 }
@@ -268,7 +268,7 @@ impl Supervisor {
                 None => {}
                 Some(Order::Stop) => {
                     // Nothing runs during the backoff: stopping is forgetting.
-                    launch::remove_record(&self.ctx.instance_dir(id));
+                    self.ctx.forget(id);
                     return;
                 }
                 Some(Order::Detach) => return,
