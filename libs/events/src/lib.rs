@@ -7,6 +7,7 @@
 //! - [`cdevents`]: CDEvents v0.5.1 payloads for the events the CD Foundation defines.
 //! - [`slipway`]: slipway's own event types (reverse-DNS, versioned) where CDEvents has none.
 //! - [`deploy`]: deploy-and-run commands and facts (deployments, instances, traffic, health).
+//! - [`trust`]: the owning service of every event type and the bytes its signature covers.
 //!
 //! The written catalog for outside consumers is `docs/events.md`; a test keeps the two in step.
 //!
@@ -18,9 +19,11 @@ pub mod deploy;
 pub mod envelope;
 pub mod slipway;
 pub mod topics;
+pub mod trust;
 
 pub use envelope::{CloudEvent, EnvelopeError};
 pub use topics::{Topic, Topics};
+pub use trust::{SIGNATURE_HEADER, Service};
 
 /// A typed event payload: its CloudEvents `type` and the topic it is published on.
 pub trait EventData: serde::Serialize + serde::de::DeserializeOwned {

@@ -15,6 +15,8 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a panic is the failure report
 
 pub mod git;
+pub mod oci;
+pub mod signing;
 
 use std::time::Duration;
 
@@ -106,7 +108,8 @@ where
     }
 }
 
-/// Settings for a service under test: port 0, a fresh database with `schema`, own topics.
+/// Settings for a service under test: port 0, a fresh database with `schema`, own topics, the
+/// signing key of the service named `schema` ([`signing`]).
 pub async fn base_settings(schema: &str) -> slipway_runtime::BaseSettings {
     slipway_runtime::BaseSettings {
         http: slipway_settings::HttpSettings {
@@ -120,16 +123,18 @@ pub async fn base_settings(schema: &str) -> slipway_runtime::BaseSettings {
             log_format: "json".into(),
             otlp_endpoint: None,
         },
+        signing: signing::settings(schema),
     }
 }
 
-/// The same database and broker as `base`, for another service (its own schema).
+/// The same database and broker as `base`, for another service (its own schema and key).
 pub fn sibling(
     base: &slipway_runtime::BaseSettings,
     schema: &str,
 ) -> slipway_runtime::BaseSettings {
     let mut other = base.clone();
     other.database.schema = schema.to_owned();
+    other.signing = signing::settings(schema);
     other
 }
 

@@ -78,6 +78,23 @@ fn docker_compose_defines_the_platform() {
                 "docker-compose.yml: `{name}` does not set {variable}"
             );
         }
+        // Signing keys: its own seed and every public key, each required, never a default.
+        let own = format!("${{SLIPWAY_SIGNING_KEY_{}:?", name.to_uppercase());
+        let key = environment["SLIPWAY_SIGNING__KEY"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            key.starts_with(&own),
+            "docker-compose.yml: `{name}` signs with {key:?}"
+        );
+        for peer in SERVICES {
+            let variable = format!("SLIPWAY_SIGNING__PEERS__{}", peer.to_uppercase());
+            let value = environment[variable.as_str()].as_str().unwrap_or_default();
+            assert!(
+                value.starts_with(&format!("${{SLIPWAY_SIGNING_PUB_{}:?", peer.to_uppercase())),
+                "docker-compose.yml: `{name}` has {variable} = {value:?}"
+            );
+        }
         for dependency in ["kafka", "postgres"] {
             assert_eq!(
                 service["depends_on"][dependency]["condition"].as_str(),
@@ -129,6 +146,16 @@ fn docker_compose_config_accepts_the_file() {
         .arg("-f")
         .arg(&file)
         .args(["config", "-q"])
+        // The signing keys have no default: the file refuses to render without them.
+        .envs(SERVICES.iter().flat_map(|s| {
+            ["KEY", "PUB"].map(|kind| {
+                let value = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+                (
+                    format!("SLIPWAY_SIGNING_{kind}_{}", s.to_uppercase()),
+                    value,
+                )
+            })
+        }))
         .current_dir(repo_root())
         .output()
     {
@@ -147,4 +174,25 @@ fn docker_compose_config_accepts_the_file() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+#[test]
+fn docker_compose_refuses_to_run_without_signing_keys() {
+    let mut command = Command::new("docker-compose");
+    command
+        .arg("-f")
+        .arg(compose_file())
+        .args(["config", "-q"])
+        .current_dir(repo_root());
+    for s in SERVICES {
+        for kind in ["KEY", "PUB"] {
+            command.env_remove(format!("SLIPWAY_SIGNING_{kind}_{}", s.to_uppercase()));
+        }
+    }
+    let output = command
+        .output()
+        .expect("docker-compose runs (see the test above)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "rendered without signing keys");
+    assert!(stderr.contains("scripts/signing-keys"), "{stderr}");
 }

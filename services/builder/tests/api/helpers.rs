@@ -36,6 +36,7 @@ pub async fn spawn_app() -> TestApp {
             address: slipway_testkit::oci_registry(),
             insecure: true,
             repository_prefix: format!("t{}/", slipway_testkit::unique()),
+            auth: Default::default(),
         },
     };
     let app = Application::build(settings).await.expect("builder starts");
@@ -46,7 +47,7 @@ pub async fn spawn_app() -> TestApp {
     }));
     TestApp {
         address,
-        producer: EventProducer::new(&base.kafka).unwrap(),
+        producer: slipway_testkit::signing::producer(&base.kafka),
         kafka: base.kafka,
         client: reqwest::Client::new(),
         _stop: stop,

@@ -4,3 +4,4 @@
 
 mod builds;
 mod helpers;
+mod registry_auth;

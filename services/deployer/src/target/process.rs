@@ -39,6 +39,9 @@ pub use self::scan::scope_processes;
 use self::supervisor::{Handle, Run, Supervisor};
 use super::{InstanceSpec, Known, Placement, Target, TargetError, TargetEvent};
 
+/// The settings section of the registry login, as named in errors.
+pub const REGISTRY_AUTH: &str = "process.registry_auth";
+
 /// Section `[process]` of the deployer's settings.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ProcessSettings {
@@ -51,6 +54,9 @@ pub struct ProcessSettings {
     /// Plain HTTP to the OCI registry (a registry on loopback or a trusted network).
     #[serde(default = "default_true")]
     pub registry_insecure: bool,
+    /// Login to the OCI registry (section `[process.registry_auth]`): anonymous, basic or bearer.
+    #[serde(default)]
+    pub registry_auth: slipway_settings::RegistryAuthSettings,
     /// First restart delay after a crash; doubles with each crash in a row.
     #[serde(default = "default_restart_initial_ms")]
     pub restart_initial_ms: u64,
@@ -103,6 +109,7 @@ impl ProcessSettings {
             workdir: workdir.into(),
             bind_host: default_bind_host(),
             registry_insecure: true,
+            registry_auth: Default::default(),
             restart_initial_ms: default_restart_initial_ms(),
             restart_max_ms: default_restart_max_ms(),
             crash_loop_restarts: default_crash_loop_restarts(),
@@ -177,8 +184,12 @@ impl ProcessTarget {
         for sub in ["releases", "instances"] {
             std::fs::create_dir_all(settings.workdir.join(sub))?;
         }
+        let login = settings
+            .registry_auth
+            .login(REGISTRY_AUTH)
+            .map_err(|e| TargetError::Start(e.to_string()))?;
         let scope = settings.workdir.canonicalize()?;
-        let artifacts = Artifacts::new(scope.join("releases"), settings.registry_insecure);
+        let artifacts = Artifacts::new(scope.join("releases"), settings.registry_insecure, login);
         Ok(Self {
             ctx: Arc::new(Context {
                 settings,
