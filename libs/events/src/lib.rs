@@ -9,6 +9,7 @@
 //! - [`inputs`]: user-given values that steer the platform (probe paths, run commands, env
 //!   names), as types that hold only valid ones.
 //! - [`deploy`]: deploy-and-run commands and facts (deployments, instances, traffic, health).
+//! - [`trust`]: the owning service of every event type and the bytes its signature covers.
 //!
 //! The written catalog for outside consumers is `docs/events.md`; a test keeps the two in step.
 //!
@@ -21,9 +22,11 @@ pub mod envelope;
 pub mod inputs;
 pub mod slipway;
 pub mod topics;
+pub mod trust;
 
 pub use envelope::{CloudEvent, EnvelopeError};
 pub use topics::{Topic, Topics};
+pub use trust::{SIGNATURE_HEADER, Service};
 
 /// A typed event payload: its CloudEvents `type` and the topic it is published on.
 pub trait EventData: serde::Serialize + serde::de::DeserializeOwned {

@@ -45,3 +45,33 @@ fn the_catalog_names_every_type_and_topic() {
         "docs/events.md does not mention: {missing:?}"
     );
 }
+
+#[test]
+fn the_catalog_names_each_types_owner_as_its_producer() {
+    // The owner table decides whose signature a consumer accepts; the catalog tells outside
+    // teams the same thing in its "producer" column.
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/events.md");
+    let catalog = std::fs::read_to_string(path).expect("docs/events.md exists");
+    let mut rows = 0;
+    for line in catalog.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // | `type` | `topic` | producer | status |
+        let [_, ty, topic, producer, _, _] = cells.as_slice() else {
+            continue;
+        };
+        let (Some(ty), true) = (
+            ty.strip_prefix('`').and_then(|t| t.strip_suffix('`')),
+            topic.starts_with("`slipway."),
+        ) else {
+            continue;
+        };
+        rows += 1;
+        let owner = slipway_events::trust::owner(ty)
+            .unwrap_or_else(|| panic!("{ty} is in the catalog but has no owner"));
+        assert_eq!(*producer, owner.name(), "{ty}");
+    }
+    assert!(
+        rows >= 30,
+        "found only {rows} rows of the event types table"
+    );
+}

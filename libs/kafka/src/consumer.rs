@@ -6,6 +6,10 @@
 //! offset is stored only once its message was handled or dead-lettered, so a crash at any point
 //! redelivers, never skips. Handlers make redelivery harmless by recording event ids in an inbox
 //! in the same transaction as their effect (see `slipway-outbox`).
+//!
+//! Before any handler sees an event its signature and its signer's ownership of its type are
+//! checked ([`crate::signing`]); a record failing that is dead-lettered with the reason, never
+//! handed to the handler and never retried.
 
 use std::collections::HashMap;
 
@@ -17,7 +21,8 @@ use slipway_events::{CloudEvent, Topic};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::record::event_of;
+use crate::record::{event_of, verify};
+use crate::signing::Verifier;
 use crate::{EventProducer, KafkaSettings};
 
 /// What a handler did with an event.
@@ -97,8 +102,9 @@ impl ConsumerMetrics {
         let consumed = IntCounterVec::new(
             Opts::new(
                 "events_consumed_total",
-                "Events consumed, by consumer group, topic, CloudEvents type (`other` for \
-                 ignored ones) and outcome (applied, duplicate, ignored, dead_lettered)",
+                "Events consumed, by consumer group, topic, CloudEvents type and outcome \
+                 (applied, duplicate, ignored, dead_lettered, rejected: unsigned or not its \
+                 owner's, dead-lettered too)",
             ),
             &["group", "topic", "type", "outcome"],
         )?;
@@ -115,10 +121,12 @@ pub struct ConsumerRunner<H> {
     handler: H,
     dead_letters: EventProducer,
     metrics: ConsumerMetrics,
+    verifier: Verifier,
 }
 
 impl<H: Handler> ConsumerRunner<H> {
-    /// `group` is the consumer group id (one per service and purpose, e.g. `slipway-builder`).
+    /// `group` is the consumer group id (one per service and purpose, e.g. `slipway-builder`);
+    /// `verifier` decides which records reach `handler`.
     pub fn new(
         settings: KafkaSettings,
         group: impl Into<String>,
@@ -126,6 +134,7 @@ impl<H: Handler> ConsumerRunner<H> {
         handler: H,
         dead_letters: EventProducer,
         metrics: ConsumerMetrics,
+        verifier: Verifier,
     ) -> Self {
         Self {
             settings,
@@ -134,6 +143,7 @@ impl<H: Handler> ConsumerRunner<H> {
             handler,
             dead_letters,
             metrics,
+            verifier,
         }
     }
 
@@ -246,6 +256,25 @@ impl<H: Handler> ConsumerRunner<H> {
                 return Ok(Some(("invalid".into(), "dead_lettered")));
             }
         };
+        if let Err(rejection) = verify(&self.verifier, message) {
+            let reason = format!("rejected: {rejection}");
+            tracing::warn!(
+                group = %self.group,
+                topic = message.topic(),
+                event.id = %event.id,
+                event.r#type = %event.ty,
+                event.source = %event.source,
+                reason = %reason,
+                "dead-lettering an event that is not its owner's"
+            );
+            self.dead_letter(message, &reason, 0).await?;
+            // Anyone can write any type on the broker: only known types become metric labels.
+            let label = match slipway_events::trust::owner(&event.ty) {
+                Some(_) => event.ty,
+                None => "unknown".to_owned(),
+            };
+            return Ok(Some((label, "rejected")));
+        }
         let span = tracing::info_span!(
             "consume",
             group = %self.group,

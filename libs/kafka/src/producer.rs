@@ -3,15 +3,18 @@
 //! `enable.idempotence=true` implies `acks=all` and bounded in-flight requests, so a retried
 //! send neither duplicates nor reorders records within a partition. Sends wait for the broker's
 //! acknowledgement: callers (the outbox relay) mark an event published only after that.
+//! Every event is signed ([`crate::signing`]) with the key of the service it names as source.
 
 use std::time::Duration;
 
+use rdkafka::message::Header;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
-use slipway_events::{CloudEvent, Topic, Topics};
+use slipway_events::{CloudEvent, SIGNATURE_HEADER, Topic, Topics};
 
 use crate::KafkaSettings;
 use crate::record::headers;
+use crate::signing::{SignError, Signer};
 
 /// Why an event was not published.
 #[derive(Debug, thiserror::Error)]
@@ -26,17 +29,26 @@ pub enum PublishError {
         #[source]
         source: rdkafka::error::KafkaError,
     },
+    #[error("not publishing {event_type} {event_id}: {source}")]
+    Sign {
+        event_type: String,
+        event_id: String,
+        #[source]
+        source: SignError,
+    },
 }
 
-/// Publishes CloudEvents with the service id as key.
+/// Publishes signed CloudEvents with the service id as key.
 #[derive(Clone)]
 pub struct EventProducer {
     producer: FutureProducer,
     topics: Topics,
+    signer: Signer,
 }
 
 impl EventProducer {
-    pub fn new(settings: &KafkaSettings) -> Result<Self, PublishError> {
+    /// A producer signing with `signer` (a service's own key: [`crate::signing::Keys`]).
+    pub fn new(settings: &KafkaSettings, signer: Signer) -> Result<Self, PublishError> {
         let producer: FutureProducer = settings
             .client_config()
             .set("enable.idempotence", "true")
@@ -48,6 +60,7 @@ impl EventProducer {
         Ok(Self {
             producer,
             topics: settings.topics(),
+            signer,
         })
     }
 
@@ -58,12 +71,24 @@ impl EventProducer {
         event: &CloudEvent,
     ) -> Result<(i32, i64), PublishError> {
         let topic = self.topics.name(topic);
+        let signature = self
+            .signer
+            .sign(event)
+            .map_err(|source| PublishError::Sign {
+                event_type: event.ty.clone(),
+                event_id: event.id.to_string(),
+                source,
+            })?;
         let key = event.key.to_string();
         let body = event.body();
-        let record = FutureRecord::to(&topic)
-            .key(&key)
-            .payload(&body)
-            .headers(headers(event));
+        let record =
+            FutureRecord::to(&topic)
+                .key(&key)
+                .payload(&body)
+                .headers(headers(event).insert(Header {
+                    key: SIGNATURE_HEADER,
+                    value: Some(signature.as_bytes()),
+                }));
         self.producer
             .send(record, Timeout::After(Duration::from_secs(30)))
             .await

@@ -3,8 +3,89 @@
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
+use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use slipway_events::Topics;
+
+/// How clients talk to the brokers (librdkafka's `security.protocol`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecurityProtocol {
+    /// No TLS, no authentication: a broker reachable only by the platform.
+    #[default]
+    Plaintext,
+    /// TLS, no authentication.
+    Ssl,
+    /// SASL authentication without TLS (the password is protected only by SCRAM).
+    SaslPlaintext,
+    /// SASL authentication over TLS.
+    SaslSsl,
+}
+
+impl SecurityProtocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            SecurityProtocol::Plaintext => "plaintext",
+            SecurityProtocol::Ssl => "ssl",
+            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
+            SecurityProtocol::SaslSsl => "sasl_ssl",
+        }
+    }
+
+    fn sasl(self) -> bool {
+        matches!(
+            self,
+            SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl
+        )
+    }
+
+    fn tls(self) -> bool {
+        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
+    }
+}
+
+/// The SASL mechanism (librdkafka's `sasl.mechanisms`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum SaslMechanism {
+    #[default]
+    #[serde(rename = "SCRAM-SHA-512", alias = "scram-sha-512")]
+    ScramSha512,
+    #[serde(rename = "SCRAM-SHA-256", alias = "scram-sha-256")]
+    ScramSha256,
+    /// The password travels as is: only over `sasl_ssl`.
+    #[serde(rename = "PLAIN", alias = "plain")]
+    Plain,
+}
+
+impl SaslMechanism {
+    fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::Plain => "PLAIN",
+        }
+    }
+}
+
+/// Why the `[kafka]` security settings do not fit together (reported before anything binds).
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KafkaSettingsError {
+    #[error("kafka.security_protocol = {0} needs kafka.sasl_username and kafka.sasl_password")]
+    MissingCredentials(&'static str),
+    #[error(
+        "kafka.sasl_username is set but kafka.security_protocol = {0} sends no credentials: use \
+         sasl_plaintext or sasl_ssl"
+    )]
+    UnusedCredentials(&'static str),
+    #[error(
+        "kafka.sasl_mechanism = PLAIN sends the password in clear: use security_protocol sasl_ssl"
+    )]
+    PlainWithoutTls,
+    #[error("kafka.ssl_ca_file is set but kafka.security_protocol = {0} uses no TLS")]
+    UnusedCaFile(&'static str),
+    #[error("kafka.ssl_ca_file `{0}` cannot be read")]
+    CaFile(String),
+}
 
 /// Broker and topic settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -41,6 +122,26 @@ pub struct KafkaSettings {
     /// Use static membership at all (`false`: classic dynamic membership).
     #[serde(default = "default_static_membership")]
     pub static_membership: bool,
+    /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
+    #[serde(default)]
+    pub security_protocol: SecurityProtocol,
+    /// `SCRAM-SHA-512` (default), `SCRAM-SHA-256` or `PLAIN`; used by the `sasl_*` protocols.
+    #[serde(default)]
+    pub sasl_mechanism: SaslMechanism,
+    /// The SASL user; required by the `sasl_*` protocols.
+    #[serde(default)]
+    pub sasl_username: String,
+    /// The SASL password (`SLIPWAY_KAFKA__SASL_PASSWORD`); never logged.
+    #[serde(default = "no_password")]
+    pub sasl_password: SecretString,
+    /// PEM file of the CA that signed the brokers' certificates, for `ssl`/`sasl_ssl`; empty:
+    /// the system's CAs.
+    #[serde(default)]
+    pub ssl_ca_file: String,
+}
+
+fn no_password() -> SecretString {
+    SecretString::from(String::new())
 }
 
 fn default_static_membership() -> bool {
@@ -76,7 +177,35 @@ impl KafkaSettings {
             fetch_wait_ms: default_fetch_wait_ms(),
             instance_id: String::new(),
             static_membership: default_static_membership(),
+            security_protocol: SecurityProtocol::default(),
+            sasl_mechanism: SaslMechanism::default(),
+            sasl_username: String::new(),
+            sasl_password: no_password(),
+            ssl_ca_file: String::new(),
         }
+    }
+
+    /// Checks that the security settings fit together and the CA file is readable.
+    pub fn validate(&self) -> Result<(), KafkaSettingsError> {
+        let protocol = self.security_protocol;
+        if protocol.sasl() {
+            if self.sasl_username.is_empty() || self.sasl_password.expose_secret().is_empty() {
+                return Err(KafkaSettingsError::MissingCredentials(protocol.as_str()));
+            }
+            if self.sasl_mechanism == SaslMechanism::Plain && !protocol.tls() {
+                return Err(KafkaSettingsError::PlainWithoutTls);
+            }
+        } else if !self.sasl_username.is_empty() {
+            return Err(KafkaSettingsError::UnusedCredentials(protocol.as_str()));
+        }
+        if !self.ssl_ca_file.is_empty() {
+            if !protocol.tls() {
+                return Err(KafkaSettingsError::UnusedCaFile(protocol.as_str()));
+            }
+            std::fs::File::open(&self.ssl_ca_file)
+                .map_err(|_| KafkaSettingsError::CaFile(self.ssl_ca_file.clone()))?;
+        }
+        Ok(())
     }
 
     /// The `group.instance.id` of this process in `group`, when static membership is on.
@@ -104,13 +233,23 @@ impl KafkaSettings {
         Topics::new(self.topic_prefix.clone())
     }
 
-    /// Common client configuration.
+    /// Common client configuration (producer, consumer and admin client alike).
     pub fn client_config(&self) -> ClientConfig {
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", &self.bootstrap_servers)
             .set("socket.keepalive.enable", "true")
-            .set("log_level", "4");
+            .set("log_level", "4")
+            .set("security.protocol", self.security_protocol.as_str());
+        if self.security_protocol.sasl() {
+            config
+                .set("sasl.mechanisms", self.sasl_mechanism.as_str())
+                .set("sasl.username", &self.sasl_username)
+                .set("sasl.password", self.sasl_password.expose_secret());
+        }
+        if self.security_protocol.tls() && !self.ssl_ca_file.is_empty() {
+            config.set("ssl.ca.location", &self.ssl_ca_file);
+        }
         config
     }
 
@@ -132,5 +271,92 @@ mod tests {
         assert_eq!(s.backoff(2), Duration::from_millis(400));
         assert_eq!(s.backoff(3), Duration::from_millis(800));
         assert_eq!(s.backoff(40), Duration::from_secs(30));
+    }
+
+    fn sasl(protocol: SecurityProtocol) -> KafkaSettings {
+        KafkaSettings {
+            security_protocol: protocol,
+            sasl_username: "slipway".into(),
+            sasl_password: SecretString::from("s3cret".to_owned()),
+            ..KafkaSettings::new("b:9093")
+        }
+    }
+
+    #[test]
+    fn plaintext_sets_no_credentials() {
+        let config = KafkaSettings::new("b:9092").client_config();
+        assert_eq!(config.get("security.protocol"), Some("plaintext"));
+        assert_eq!(config.get("sasl.username"), None);
+        assert_eq!(config.get("ssl.ca.location"), None);
+        assert_eq!(KafkaSettings::new("b:9092").validate(), Ok(()));
+    }
+
+    #[test]
+    fn sasl_ssl_maps_to_librdkafka_properties() {
+        let mut s = sasl(SecurityProtocol::SaslSsl);
+        s.sasl_mechanism = SaslMechanism::ScramSha256;
+        s.ssl_ca_file = "/etc/ssl/certs/ca-certificates.crt".into();
+        let config = s.client_config();
+        assert_eq!(config.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(config.get("sasl.mechanisms"), Some("SCRAM-SHA-256"));
+        assert_eq!(config.get("sasl.username"), Some("slipway"));
+        assert_eq!(config.get("sasl.password"), Some("s3cret"));
+        assert_eq!(
+            config.get("ssl.ca.location"),
+            Some("/etc/ssl/certs/ca-certificates.crt")
+        );
+        let plain = sasl(SecurityProtocol::SaslPlaintext).client_config();
+        assert_eq!(plain.get("security.protocol"), Some("sasl_plaintext"));
+        assert_eq!(plain.get("sasl.mechanisms"), Some("SCRAM-SHA-512"));
+        assert_eq!(plain.get("ssl.ca.location"), None);
+        // The password never shows in debug output.
+        assert!(!format!("{s:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn mismatched_security_settings_are_refused() {
+        let mut s = sasl(SecurityProtocol::SaslSsl);
+        s.sasl_username.clear();
+        assert!(
+            s.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("sasl_username")
+        );
+        let mut s = sasl(SecurityProtocol::SaslPlaintext);
+        s.sasl_mechanism = SaslMechanism::Plain;
+        assert_eq!(s.validate(), Err(KafkaSettingsError::PlainWithoutTls));
+        let s = sasl(SecurityProtocol::Plaintext);
+        assert!(matches!(
+            s.validate(),
+            Err(KafkaSettingsError::UnusedCredentials("plaintext"))
+        ));
+        let mut s = KafkaSettings::new("b:9092");
+        s.ssl_ca_file = "/nowhere/ca.pem".into();
+        assert!(matches!(
+            s.validate(),
+            Err(KafkaSettingsError::UnusedCaFile(_))
+        ));
+        s.security_protocol = SecurityProtocol::Ssl;
+        assert_eq!(
+            s.validate(),
+            Err(KafkaSettingsError::CaFile("/nowhere/ca.pem".into()))
+        );
+    }
+
+    #[test]
+    fn settings_read_from_text() {
+        #[derive(Deserialize)]
+        struct K {
+            kafka: KafkaSettings,
+        }
+        let k: K = toml::from_str(
+            "[kafka]\nbootstrap_servers = \"b:9093\"\nsecurity_protocol = \"sasl_ssl\"\n\
+             sasl_mechanism = \"SCRAM-SHA-256\"\nsasl_username = \"u\"\nsasl_password = \"p\"\n",
+        )
+        .unwrap();
+        assert_eq!(k.kafka.security_protocol, SecurityProtocol::SaslSsl);
+        assert_eq!(k.kafka.sasl_mechanism, SaslMechanism::ScramSha256);
+        assert_eq!(k.kafka.validate(), Ok(()));
     }
 }

@@ -8,11 +8,11 @@ use std::time::Duration;
 use anyhow::anyhow;
 use rdkafka::Message;
 use rdkafka::message::Headers;
-use slipway_events::slipway::ServiceCreated;
+use slipway_events::slipway::{ServiceCreated, sources};
 use slipway_events::{CloudEvent, Topic};
 use slipway_ids::{EventId, ServiceId};
 use slipway_kafka::consumer::ConsumerMetrics;
-use slipway_kafka::{ConsumerRunner, EventProducer, Handled, Handler, HandlerError, KafkaSettings};
+use slipway_kafka::{ConsumerRunner, Handled, Handler, HandlerError, KafkaSettings};
 use slipway_testkit::{kafka_settings, plain_consumer, wait_until};
 use tokio_util::sync::CancellationToken;
 
@@ -24,7 +24,7 @@ fn event(name: &str) -> CloudEvent {
         branch: "main".into(),
         created_at: chrono::Utc::now(),
     };
-    CloudEvent::new("/slipway/test", data.service_id, Some(name.into()), &data).unwrap()
+    CloudEvent::new(sources::REGISTRY, data.service_id, Some(name.into()), &data).unwrap()
 }
 
 /// Records events; fails the ones whose subject says so.
@@ -66,7 +66,7 @@ fn spawn_runner(
     group: &str,
     handler: Recorder,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
-    let producer = EventProducer::new(settings).unwrap();
+    let producer = slipway_testkit::signing::producer(settings);
     let metrics = ConsumerMetrics::register(&prometheus::Registry::new()).unwrap();
     let runner = ConsumerRunner::new(
         settings.clone(),
@@ -75,6 +75,7 @@ fn spawn_runner(
         handler,
         producer,
         metrics,
+        slipway_testkit::signing::verifier(),
     );
     let cancel = CancellationToken::new();
     let token = cancel.clone();
@@ -102,7 +103,7 @@ async fn produced_events_arrive_with_their_envelope_and_in_order_per_key() {
     slipway_kafka::admin::ensure_topics(&settings)
         .await
         .unwrap();
-    let producer = EventProducer::new(&settings).unwrap();
+    let producer = slipway_testkit::signing::producer(&settings);
     producer.ping().await.unwrap();
 
     let key = ServiceId::new();
@@ -144,6 +145,7 @@ async fn produced_events_arrive_with_their_envelope_and_in_order_per_key() {
         );
         assert_eq!(get("content-type").as_deref(), Some("application/json"));
         assert!(get("traceparent").is_some());
+        assert!(get("ce_slipwaysig").is_some(), "signed: {headers:?}");
         assert_eq!(m.key(), Some(key.to_string().as_bytes()));
         received.push(get("ce_id").unwrap());
     }
@@ -157,7 +159,7 @@ async fn retries_then_dead_letters_with_the_reason_and_moves_on() {
     slipway_kafka::admin::ensure_topics(&settings)
         .await
         .unwrap();
-    let producer = EventProducer::new(&settings).unwrap();
+    let producer = slipway_testkit::signing::producer(&settings);
     let key = ServiceId::new();
     for name in ["ok-1", "flaky-2", "poison-3", "broken-4", "ok-5"] {
         let mut e = event(name);

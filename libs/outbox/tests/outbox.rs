@@ -7,12 +7,13 @@ use std::time::Duration;
 use futures::FutureExt;
 use rdkafka::Message;
 use rdkafka::message::Headers;
-use slipway_events::slipway::ServiceCreated;
+use slipway_events::slipway::{ServiceCreated, sources};
 use slipway_events::{CloudEvent, Topic};
 use slipway_ids::ServiceId;
-use slipway_kafka::{EventProducer, Handled};
+use slipway_kafka::signing::Service;
+use slipway_kafka::{EventProducer, Handled, Keys};
 use slipway_outbox::{Relay, RelayMetrics};
-use slipway_testkit::{fresh_database, kafka_settings, plain_consumer};
+use slipway_testkit::{fresh_database, kafka_settings, plain_consumer, signing};
 use sqlx::PgPool;
 
 static NO_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate::Migrator::DEFAULT;
@@ -33,7 +34,13 @@ fn event(name: &str, key: ServiceId) -> CloudEvent {
         branch: "main".into(),
         created_at: chrono::Utc::now(),
     };
-    CloudEvent::new("/slipway/test", key, Some(name.into()), &data).unwrap()
+    CloudEvent::new(sources::REGISTRY, key, Some(name.into()), &data).unwrap()
+}
+
+/// The registry's producer: it signs with the registry's key only, as in the service.
+fn producer(settings: &slipway_kafka::KafkaSettings) -> EventProducer {
+    let keys = Keys::from_settings(&signing::settings("registry"), "registry").unwrap();
+    EventProducer::new(settings, keys.signer).unwrap()
 }
 
 async fn pending(pool: &PgPool) -> i64 {
@@ -50,7 +57,7 @@ async fn committed_events_are_published_in_order_and_rolled_back_ones_never() {
     slipway_kafka::admin::ensure_topics(&settings)
         .await
         .unwrap();
-    let producer = EventProducer::new(&settings).unwrap();
+    let producer = producer(&settings);
     let key = ServiceId::new();
 
     let mut committed = Vec::new();
@@ -86,6 +93,11 @@ async fn committed_events_are_published_in_order_and_rolled_back_ones_never() {
             .await
             .expect("published")
             .unwrap();
+        assert_eq!(
+            slipway_kafka::record::verify(&signing::verifier(), &m),
+            Ok(Service::Registry),
+            "relayed events carry the registry's signature"
+        );
         let id = m
             .headers()
             .unwrap()
@@ -108,7 +120,7 @@ async fn the_relay_wakes_on_notify_and_stops_on_cancel() {
     slipway_kafka::admin::ensure_topics(&settings)
         .await
         .unwrap();
-    let producer = EventProducer::new(&settings).unwrap();
+    let producer = producer(&settings);
     let metrics = RelayMetrics::register(&prometheus::Registry::new()).unwrap();
     let relay = Relay::new(pool.clone(), producer, metrics);
     let cancel = tokio_util::sync::CancellationToken::new();
@@ -185,7 +197,7 @@ async fn the_inbox_applies_each_event_once() {
 async fn old_published_rows_and_old_inbox_records_are_pruned() {
     let pool = pool().await;
     let settings = kafka_settings();
-    let producer = EventProducer::new(&settings).unwrap();
+    let producer = producer(&settings);
     let metrics = RelayMetrics::register(&prometheus::Registry::new()).unwrap();
     let relay = Relay::new(pool.clone(), producer, metrics);
     let key = ServiceId::new();

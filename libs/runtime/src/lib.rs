@@ -20,6 +20,7 @@ use slipway_events::Topic;
 use slipway_http::{Lifecycle, Metrics, Readiness, ReadinessCheck, ops, problem};
 pub use slipway_identity::{AccessRules, Credential, IdentitySettings, Rule, ServiceCaller};
 use slipway_kafka::consumer::ConsumerMetrics;
+use slipway_kafka::signing::{Keys, SigningError, SigningSettings, Verifier};
 use slipway_kafka::{ConsumerRunner, EventProducer, Handler, KafkaSettings};
 use slipway_outbox::{Relay, RelayMetrics};
 use slipway_settings::{DatabaseSettings, HttpSettings};
@@ -31,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 pub use identity::Access;
 
 /// The settings every service has (sections `[http]`, `[database]`, `[kafka]`, `[telemetry]`,
-/// `[identity]`).
+/// `[identity]`, `[signing]`).
 #[derive(Debug, Clone, Deserialize)]
 pub struct BaseSettings {
     pub http: HttpSettings,
@@ -41,11 +42,18 @@ pub struct BaseSettings {
     /// This service's credential and the services allowed to call it (parsed on load: an
     /// empty credential or a malformed hash stops the process before anything is bound).
     pub identity: IdentitySettings,
+    /// Absent section: no key, which start-up refuses with the variable to set.
+    #[serde(default)]
+    pub signing: SigningSettings,
 }
 
 /// Why a service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error(transparent)]
+    Signing(#[from] SigningError),
+    #[error(transparent)]
+    Kafka(#[from] slipway_kafka::settings::KafkaSettingsError),
     #[error("cannot bind {address}: {source}")]
     Bind {
         address: String,
@@ -80,6 +88,7 @@ pub struct Runtime {
     listener: TcpListener,
     readiness: Readiness,
     consumer_metrics: ConsumerMetrics,
+    verifier: Verifier,
     tasks: Vec<(&'static str, BoxedTask)>,
 }
 
@@ -117,6 +126,9 @@ impl Runtime {
         base: &BaseSettings,
         migrator: &Migrator,
     ) -> Result<Self, StartError> {
+        // Keys first: a service that cannot sign or verify must not even bind.
+        let keys = Keys::from_settings(&base.signing, name)?;
+        base.kafka.validate()?;
         let address = base.http.address();
         let listener = TcpListener::bind(&address).map_err(|source| StartError::Bind {
             address: address.clone(),
@@ -126,7 +138,7 @@ impl Runtime {
         slipway_outbox::migrate(&pool)
             .await
             .map_err(StartError::Outbox)?;
-        let producer = EventProducer::new(&base.kafka)?;
+        let producer = EventProducer::new(&base.kafka, keys.signer)?;
         slipway_kafka::admin::ensure_topics(&base.kafka).await?;
 
         let metrics = Metrics::new(name);
@@ -160,6 +172,7 @@ impl Runtime {
             listener,
             readiness,
             consumer_metrics,
+            verifier: keys.verifier,
             tasks: Vec::new(),
         })
     }
@@ -194,6 +207,7 @@ impl Runtime {
             handler,
             self.producer.clone(),
             self.consumer_metrics.clone(),
+            self.verifier.clone(),
         );
         let cancel = self.cancel.clone();
         self.tasks.push((

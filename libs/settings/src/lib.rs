@@ -9,8 +9,10 @@
 //! process with one clear line instead of failing later.
 
 mod database;
+mod registry_auth;
 
 pub use database::{DatabaseError, DatabaseSettings};
+pub use registry_auth::{RegistryAuthError, RegistryAuthSettings, RegistryLogin};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 

@@ -19,8 +19,10 @@
 #![allow(clippy::expect_used, clippy::unwrap_used)] // test support: a panic is the failure report
 
 pub mod git;
-pub mod roles;
 pub mod identity;
+pub mod oci;
+pub mod roles;
+pub mod signing;
 
 use std::time::Duration;
 
@@ -138,7 +140,7 @@ fn service_of(schema: &str) -> identity::ServiceCaller {
 }
 
 /// Settings for a service under test: port 0, a fresh database with `schema`, own topics,
-/// and the identity of the service `schema` names.
+/// the identity and the signing key of the service `schema` names ([`signing`]).
 pub async fn base_settings(schema: &str) -> slipway_runtime::BaseSettings {
     slipway_runtime::BaseSettings {
         identity: identity::settings(service_of(schema)),
@@ -153,10 +155,11 @@ pub async fn base_settings(schema: &str) -> slipway_runtime::BaseSettings {
             log_format: "json".into(),
             otlp_endpoint: None,
         },
+        signing: signing::settings(schema),
     }
 }
 
-/// The same database and broker as `base`, for another service (its own schema).
+/// The same database and broker as `base`, for another service (its own schema and key).
 pub fn sibling(
     base: &slipway_runtime::BaseSettings,
     schema: &str,
@@ -164,6 +167,7 @@ pub fn sibling(
     let mut other = base.clone();
     other.database.schema = schema.to_owned();
     other.identity = identity::settings(service_of(schema));
+    other.signing = signing::settings(schema);
     other
 }
 

@@ -27,12 +27,23 @@ impl Settings {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Why the builder could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuilderStartError {
+    #[error(transparent)]
+    Runtime(#[from] StartError),
+    #[error(transparent)]
+    RegistryAuth(#[from] slipway_settings::RegistryAuthError),
+}
+
 pub struct Application {
     running: Running,
 }
 
 impl Application {
-    pub async fn build(settings: Settings) -> Result<Self, StartError> {
+    pub async fn build(settings: Settings) -> Result<Self, BuilderStartError> {
+        // Checked before anything binds: bad credentials settings stop the process at once.
+        settings.registry.oci_auth()?;
         let mut runtime = Runtime::build("builder", &settings.base, &MIGRATOR).await?;
         let wake = Arc::new(Notify::new());
         let handler = Events {

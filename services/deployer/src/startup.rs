@@ -46,6 +46,8 @@ pub enum DeployerStartError {
     Target(#[from] TargetError),
     #[error("invalid registry URL: {0}")]
     Registry(#[from] reqwest::Error),
+    #[error(transparent)]
+    RegistryAuth(#[from] slipway_settings::RegistryAuthError),
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
@@ -73,6 +75,11 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, DeployerStartError> {
+        // Checked before anything binds: bad credentials settings stop the process at once.
+        settings
+            .process
+            .registry_auth
+            .login(crate::target::process::REGISTRY_AUTH)?;
         let mut runtime = Runtime::build("deployer", &settings.base, &MIGRATOR).await?;
         let (events, mut target_events) = mpsc::unbounded_channel();
         let users = instance_users(&runtime.pool, &settings.process);

@@ -80,6 +80,23 @@ fn docker_compose_defines_the_platform() {
                 "docker-compose.yml: `{name}` does not set {variable}"
             );
         }
+        // Signing keys: its own seed and every public key, each required, never a default.
+        let own = format!("${{SLIPWAY_SIGNING_KEY_{}:?", name.to_uppercase());
+        let key = environment["SLIPWAY_SIGNING__KEY"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(
+            key.starts_with(&own),
+            "docker-compose.yml: `{name}` signs with {key:?}"
+        );
+        for peer in SERVICES {
+            let variable = format!("SLIPWAY_SIGNING__PEERS__{}", peer.to_uppercase());
+            let value = environment[variable.as_str()].as_str().unwrap_or_default();
+            assert!(
+                value.starts_with(&format!("${{SLIPWAY_SIGNING_PUB_{}:?", peer.to_uppercase())),
+                "docker-compose.yml: `{name}` has {variable} = {value:?}"
+            );
+        }
         for dependency in ["kafka", "postgres"] {
             assert_eq!(
                 service["depends_on"][dependency]["condition"].as_str(),
@@ -155,6 +172,15 @@ fn compose_config(set: &[&str]) -> std::process::Output {
     }
     for variable in set {
         command.env(variable, "set-by-the-test");
+    }
+    // The signing keys have no default either (their own test below).
+    for s in SERVICES {
+        for kind in ["KEY", "PUB"] {
+            command.env(
+                format!("SLIPWAY_SIGNING_{kind}_{}", s.to_uppercase()),
+                "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            );
+        }
     }
     match command.output() {
         Ok(output) => output,
@@ -345,4 +371,28 @@ fn keys_printed_in_the_repository_are_refused_by_the_services() {
             );
         }
     }
+}
+
+#[test]
+fn docker_compose_refuses_to_run_without_signing_keys() {
+    let mut command = Command::new("docker-compose");
+    command
+        .arg("-f")
+        .arg(compose_file())
+        .args(["config", "-q"])
+        .current_dir(repo_root());
+    for variable in REQUIRED {
+        command.env(variable, "set-by-the-test");
+    }
+    for s in SERVICES {
+        for kind in ["KEY", "PUB"] {
+            command.env_remove(format!("SLIPWAY_SIGNING_{kind}_{}", s.to_uppercase()));
+        }
+    }
+    let output = command
+        .output()
+        .expect("docker-compose runs (see the test above)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "rendered without signing keys");
+    assert!(stderr.contains("scripts/signing-keys"), "{stderr}");
 }

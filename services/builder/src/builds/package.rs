@@ -30,6 +30,26 @@ pub struct RegistrySettings {
     /// Repositories are `<prefix><service>`; e.g. `slipway/`.
     #[serde(default)]
     pub repository_prefix: String,
+    /// Login (section `[registry.auth]`): anonymous, basic or bearer.
+    #[serde(default)]
+    pub auth: slipway_settings::RegistryAuthSettings,
+}
+
+/// The settings section of the registry login, as named in errors.
+pub const REGISTRY_AUTH: &str = "registry.auth";
+
+impl RegistrySettings {
+    /// The oci-client login of `[registry.auth]` (also checked at start-up).
+    pub fn oci_auth(&self) -> Result<RegistryAuth, slipway_settings::RegistryAuthError> {
+        use slipway_settings::RegistryLogin;
+        Ok(match self.auth.login(REGISTRY_AUTH)? {
+            RegistryLogin::Anonymous => RegistryAuth::Anonymous,
+            RegistryLogin::Basic { username, password } => {
+                RegistryAuth::Basic(username.to_owned(), password.to_owned())
+            }
+            RegistryLogin::Bearer(token) => RegistryAuth::Bearer(token.to_owned()),
+        })
+    }
 }
 
 /// The port an image exposes, given to instances in `port_env`.
@@ -191,18 +211,16 @@ pub async fn package_and_push(
         registry: registry.address.clone(),
         reason: e.to_string(),
     };
+    let auth = registry.oci_auth().map_err(|e| PackageError::Push {
+        registry: registry.address.clone(),
+        reason: e.to_string(),
+    })?;
     client
-        .push(
-            &reference,
-            &layers,
-            config,
-            &RegistryAuth::Anonymous,
-            Some(manifest),
-        )
+        .push(&reference, &layers, config, &auth, Some(manifest))
         .await
         .map_err(push_err)?;
     let digest = client
-        .fetch_manifest_digest(&reference, &RegistryAuth::Anonymous)
+        .fetch_manifest_digest(&reference, &auth)
         .await
         .map_err(push_err)?;
     let hex = digest.trim_start_matches("sha256:");

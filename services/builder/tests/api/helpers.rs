@@ -38,6 +38,7 @@ pub async fn spawn_app() -> TestApp {
             address: slipway_testkit::oci_registry(),
             insecure: true,
             repository_prefix: format!("t{}/", slipway_testkit::unique()),
+            auth: Default::default(),
         },
     };
     let app = Application::build(settings).await.expect("builder starts");
@@ -48,7 +49,7 @@ pub async fn spawn_app() -> TestApp {
     }));
     TestApp {
         address,
-        producer: EventProducer::new(&base.kafka).unwrap(),
+        producer: slipway_testkit::signing::producer(&base.kafka),
         database: base.database.clone(),
         kafka: base.kafka,
         // The builder's API is called by the gateway in production.

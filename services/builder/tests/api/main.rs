@@ -5,3 +5,4 @@
 mod builds;
 mod helpers;
 mod reuse;
+mod registry_auth;

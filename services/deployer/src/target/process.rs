@@ -48,6 +48,9 @@ use self::supervisor::{Handle, Run, Supervisor};
 pub use self::users::{UidRange, UidSource, Users, running_as_root};
 use super::{InstanceSpec, Known, Placement, Target, TargetError, TargetEvent};
 
+/// The settings section of the registry login, as named in errors.
+pub const REGISTRY_AUTH: &str = "process.registry_auth";
+
 /// Section `[process]` of the deployer's settings.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ProcessSettings {
@@ -66,6 +69,9 @@ pub struct ProcessSettings {
     /// Plain HTTP to the OCI registry (a registry on loopback or a trusted network).
     #[serde(default = "default_true")]
     pub registry_insecure: bool,
+    /// Login to the OCI registry (section `[process.registry_auth]`): anonymous, basic or bearer.
+    #[serde(default)]
+    pub registry_auth: slipway_settings::RegistryAuthSettings,
     /// First restart delay after a crash; doubles with each crash in a row.
     #[serde(default = "default_restart_initial_ms")]
     pub restart_initial_ms: u64,
@@ -126,6 +132,7 @@ impl ProcessSettings {
             path: default_path(),
             bind_host: default_bind_host(),
             registry_insecure: true,
+            registry_auth: Default::default(),
             restart_initial_ms: default_restart_initial_ms(),
             restart_max_ms: default_restart_max_ms(),
             crash_loop_restarts: default_crash_loop_restarts(),
@@ -258,7 +265,11 @@ impl ProcessTarget {
         ] {
             users::dir_with(&scope.join(sub), mode, None)?;
         }
-        let artifacts = Artifacts::new(scope.join("releases"), settings.registry_insecure);
+        let login = settings
+            .registry_auth
+            .login(REGISTRY_AUTH)
+            .map_err(|e| TargetError::Start(e.to_string()))?;
+        let artifacts = Artifacts::new(scope.join("releases"), settings.registry_insecure, login);
         Ok(Self {
             ctx: Arc::new(Context {
                 settings,

@@ -80,7 +80,7 @@ pub async fn spawn_app() -> TestApp {
     tokio::spawn(app.run_until(async move {
         let _ = stopped.await;
     }));
-    let producer = EventProducer::new(&base.kafka).unwrap();
+    let producer = slipway_testkit::signing::producer(&base.kafka);
     TestApp {
         address,
         settings: base,

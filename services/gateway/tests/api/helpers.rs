@@ -59,6 +59,7 @@ pub async fn spawn_with(registry_up: bool) -> TestApp {
                 address: slipway_testkit::oci_registry(),
                 insecure: true,
                 repository_prefix: format!("t{}/", slipway_testkit::unique()),
+                auth: Default::default(),
             },
         };
         let builder = slipway_builder::Application::build(builder_settings)

@@ -54,7 +54,7 @@ pub async fn spawn_with(settings: Settings) -> TestApp {
     let pool = sqlx::PgPool::connect_with(settings.base.database.connect_options())
         .await
         .unwrap();
-    let producer = EventProducer::new(&settings.base.kafka).unwrap();
+    let producer = slipway_testkit::signing::producer(&settings.base.kafka);
     TestApp {
         address,
         settings,

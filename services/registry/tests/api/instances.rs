@@ -32,7 +32,7 @@ impl Facts {
         assert_eq!(res.status(), 201);
         let service: Value = res.json().await.unwrap();
         Self {
-            producer: EventProducer::new(&app.settings.kafka).unwrap(),
+            producer: slipway_testkit::signing::producer(&app.settings.kafka),
             service_id: service["id"].as_str().unwrap().parse().unwrap(),
             service: name.to_owned(),
         }

@@ -6,7 +6,6 @@ use serde_json::{Value, json};
 use slipway_events::Topic;
 use slipway_events::cdevents::CdEvent;
 use slipway_ids::BuildId;
-use slipway_kafka::EventProducer;
 use slipway_testkit::{next_of_type, plain_consumer};
 
 use crate::helpers::{TestApp, spawn_app};
@@ -170,7 +169,7 @@ async fn published_artifacts_become_numbered_immutable_releases() {
         .unwrap();
     let service_id = service["id"].as_str().unwrap();
 
-    let producer = EventProducer::new(&app.settings.kafka).unwrap();
+    let producer = slipway_testkit::signing::producer(&app.settings.kafka);
     let first = published(service_id, BuildId::new(), &"a".repeat(64));
     producer.publish(Topic::Builds, &first).await.unwrap();
     producer.publish(Topic::Builds, &first).await.unwrap(); // redelivered: still one release

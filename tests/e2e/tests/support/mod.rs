@@ -178,6 +178,8 @@ impl Stack {
                 slipway_testkit::password(role),
             )
             .env("SLIPWAY_HTTP__PORT", self.ports[service].to_string())
+            // Its own Ed25519 seed and every service's public key (made once per test process).
+            .envs(slipway_testkit::signing::env(service))
             .stdout(Stdio::from(log.try_clone().unwrap()))
             .stderr(Stdio::from(log))
             .kill_on_drop(true)

@@ -22,6 +22,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use slipway_settings::RegistryLogin;
 
 use super::users;
 use crate::target::TargetError;
@@ -65,6 +66,8 @@ pub(crate) struct Release {
 pub(crate) struct Artifacts {
     releases: PathBuf,
     client: Client,
+    /// The registry login (its Debug output redacts the secret).
+    auth: RegistryAuth,
     /// One async lock per digest: concurrent starts of one release pull it once; starts of
     /// different releases do not wait for each other.
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -73,7 +76,7 @@ pub(crate) struct Artifacts {
 }
 
 impl Artifacts {
-    pub fn new(releases: PathBuf, insecure: bool) -> Self {
+    pub fn new(releases: PathBuf, insecure: bool, login: RegistryLogin<'_>) -> Self {
         let client = Client::new(ClientConfig {
             protocol: if insecure {
                 ClientProtocol::Http
@@ -82,9 +85,17 @@ impl Artifacts {
             },
             ..Default::default()
         });
+        let auth = match login {
+            RegistryLogin::Anonymous => RegistryAuth::Anonymous,
+            RegistryLogin::Basic { username, password } => {
+                RegistryAuth::Basic(username.to_owned(), password.to_owned())
+            }
+            RegistryLogin::Bearer(token) => RegistryAuth::Bearer(token.to_owned()),
+        };
         Self {
             releases,
             client,
+            auth,
             locks: Mutex::new(HashMap::new()),
             pulls: AtomicU64::new(0),
         }
@@ -147,12 +158,11 @@ impl Artifacts {
         dir: &Path,
         owner: Option<u32>,
     ) -> Result<Release, String> {
-        let auth = RegistryAuth::Anonymous;
         // The client checks the manifest against the reference's digest and the config blob
         // against the manifest.
         let (manifest, _, config_text) = self
             .client
-            .pull_manifest_and_config(reference, &auth)
+            .pull_manifest_and_config(reference, &self.auth)
             .await
             .map_err(|e| format!("pulling the manifest failed: {e}"))?;
         let config: ImageConfig = serde_json::from_str(&config_text)
