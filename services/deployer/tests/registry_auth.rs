@@ -15,9 +15,9 @@ use oci_client::manifest::OciImageManifest;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use secrecy::SecretString;
-use slipway_deployer::target::process::{ProcessSettings, ProcessTarget, scope_processes};
+use slipway_deployer::target::process::{ProcessSettings, ProcessTarget, Users, scope_processes};
 use slipway_deployer::target::{InstanceSpec, Target, TargetError};
-use slipway_events::slipway::RunSpec;
+use slipway_events::slipway::{Command, RunSpec};
 use slipway_ids::ServiceId;
 use slipway_settings::RegistryAuthSettings;
 use slipway_testkit::oci::AuthRegistry;
@@ -78,9 +78,9 @@ fn spec(image: &str) -> InstanceSpec {
         release: 1,
         image: image.into(),
         run: Some(RunSpec {
-            command: vec!["sleep".into(), "30".into()],
-            port_env: "PORT".into(),
-            health_path: "/".into(),
+            command: Command::new(vec!["sleep".into(), "30".into()]).unwrap(),
+            port_env: "PORT".parse().unwrap(),
+            health_path: "/".parse().unwrap(),
         }),
         env: BTreeMap::new(),
     }
@@ -102,7 +102,7 @@ fn target(auth: RegistryAuthSettings) -> (ProcessTarget, Guard) {
     let mut settings = ProcessSettings::new(dir.canonicalize().unwrap());
     settings.registry_auth = auth;
     let (tx, rx) = unbounded_channel();
-    let target = ProcessTarget::new(settings, tx).unwrap();
+    let target = ProcessTarget::new(settings, tx, Users::Shared).unwrap();
     let guard = Guard(target.scope().to_owned(), rx);
     (target, guard)
 }
