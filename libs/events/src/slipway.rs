@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use slipway_ids::{BuildId, ServiceId};
+use slipway_ids::{BuildId, ProjectName, ServiceId};
 
 use crate::{EventData, Topic};
 
@@ -25,6 +25,9 @@ pub struct ServiceCreated {
     pub service_id: ServiceId,
     /// Its unique name, a DNS label.
     pub name: String,
+    /// The project it belongs to; absent in events from before projects, which mean `default`.
+    #[serde(default)]
+    pub project: ProjectName,
     /// The git repository builds are fetched from, if any.
     pub repository: Option<String>,
     /// The branch whose pushes trigger builds.

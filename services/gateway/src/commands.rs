@@ -7,7 +7,7 @@ use slipway_events::deploy::{DeployCancelRequested, DeployKind, DeployRequested}
 use slipway_events::slipway::{BuildRequested, BuildTrigger, sources};
 use slipway_events::{CloudEvent, EventData};
 use slipway_http::Problem;
-use slipway_ids::{BuildId, ServiceId};
+use slipway_ids::{BuildId, ProjectName, ServiceId};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -18,6 +18,8 @@ use crate::routes::internal;
 pub struct ServiceRef {
     pub id: ServiceId,
     pub name: String,
+    /// The project the service belongs to: what the caller's role is checked in.
+    pub project: ProjectName,
     pub repository: Option<String>,
     pub branch: String,
 }

@@ -199,6 +199,7 @@ impl TestApp {
         let data = ServiceCreated {
             service_id: id,
             name: name.to_owned(),
+            project: Default::default(),
             repository: None,
             branch: "main".into(),
             created_at: Utc::now(),

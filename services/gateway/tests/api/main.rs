@@ -2,11 +2,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
+mod access;
 mod auth;
 mod deployment_reads;
 mod deployments;
 mod edge;
 mod helpers;
+mod projects;
 mod services;
 mod stand_in;
 mod webhooks;
