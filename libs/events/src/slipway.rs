@@ -59,6 +59,10 @@ pub struct BuildRequested {
     pub build_id: BuildId,
     pub service_id: ServiceId,
     pub service_name: String,
+    /// The service's project, as the gateway checked it; absent in commands from before
+    /// projects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<ProjectName>,
     /// Where to fetch from (absent for uploads).
     pub repository: Option<String>,
     /// The ref to build, e.g. `refs/heads/main`.

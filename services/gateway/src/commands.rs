@@ -38,6 +38,7 @@ pub async fn request_build(
         build_id,
         service_id: service.id,
         service_name: service.name.clone(),
+        project: Some(service.project.clone()),
         repository: service.repository.clone(),
         git_ref,
         commit,
@@ -165,12 +166,14 @@ pub async fn deployment_operation(
 pub async fn request_cancel(
     pool: &PgPool,
     deployment: &DeploymentOperation,
+    project: ProjectName,
     actor: &str,
 ) -> Result<Uuid, Problem> {
     let cancel_id = Uuid::new_v4();
     let data = DeployCancelRequested {
         deployment_id: deployment.id,
         service_id: deployment.service_id,
+        project: Some(project),
         actor: Some(actor.to_owned()),
         requested_at: Utc::now(),
     };

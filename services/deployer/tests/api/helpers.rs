@@ -102,6 +102,7 @@ pub fn request(
         kind,
         service_id,
         service_name: service.to_owned(),
+        project: None,
         environment: environment.to_owned(),
         release,
         strategy: Strategy::default(),

@@ -236,6 +236,7 @@ fn command(
         kind,
         service_id: service.id,
         service_name: service.name.clone(),
+        project: Some(service.project.clone()),
         environment: environment.name.clone(),
         release: None,
         strategy: Strategy::default(),
@@ -379,6 +380,7 @@ async fn scale(
 /// `POST /v1/deployments/{id}/cancel`.
 async fn cancel(
     caller: Caller,
+    scoped: Scoped,
     pool: web::Data<PgPool>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, Problem> {
@@ -386,7 +388,7 @@ async fn cancel(
     let deployment = commands::deployment_operation(&pool, id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no deployment {id}")))?;
-    commands::request_cancel(&pool, &deployment, &caller.token_name).await?;
+    commands::request_cancel(&pool, &deployment, scoped.project()?, &caller.token_name).await?;
     let url = format!("/v1/deployments/{id}");
     Ok(HttpResponse::Accepted()
         .insert_header(("location", url.clone()))
