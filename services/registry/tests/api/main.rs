@@ -6,5 +6,6 @@ mod discovery;
 mod helpers;
 mod instances;
 mod internal;
+mod projects;
 mod releases;
 mod services;
