@@ -227,6 +227,7 @@ mod tests {
         let data = ServiceCreated {
             service_id: ServiceId::new(),
             name: "hello".into(),
+            project: Default::default(),
             repository: Some("https://git.example/hello.git".into()),
             branch: "main".into(),
             created_at: Utc::now(),

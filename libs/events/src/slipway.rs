@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
-use slipway_ids::{BuildId, ServiceId};
+use slipway_ids::{BuildId, ProjectName, ServiceId};
 
 pub use crate::inputs::{Command, EnvName, InvalidInput, ProbePath};
 use crate::{EventData, Topic};
@@ -26,6 +26,9 @@ pub struct ServiceCreated {
     pub service_id: ServiceId,
     /// Its unique name, a DNS label.
     pub name: String,
+    /// The project it belongs to; absent in events from before projects, which mean `default`.
+    #[serde(default)]
+    pub project: ProjectName,
     /// The git repository builds are fetched from, if any.
     pub repository: Option<String>,
     /// The branch whose pushes trigger builds.
@@ -57,6 +60,10 @@ pub struct BuildRequested {
     pub build_id: BuildId,
     pub service_id: ServiceId,
     pub service_name: String,
+    /// The service's project, as the gateway checked it; absent in commands from before
+    /// projects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<ProjectName>,
     /// Where to fetch from (absent for uploads).
     pub repository: Option<String>,
     /// The ref to build, e.g. `refs/heads/main`.

@@ -3,9 +3,14 @@
 //! Every id that crosses a function, an HTTP or a Kafka boundary is one of these newtypes, so a
 //! service id can never be passed where an event id is expected. All are UUIDs; new ones are
 //! version 7 (time-ordered), which keeps B-tree inserts cheap and lets ids sort by creation.
+//! Projects are named, not numbered ([`ProjectName`]): people type them in requests.
 
 use std::fmt;
 use std::str::FromStr;
+
+mod project;
+
+pub use project::{DEFAULT_PROJECT, InvalidProjectName, ProjectName};
 
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {

@@ -20,6 +20,7 @@ fn event(name: &str) -> CloudEvent {
     let data = ServiceCreated {
         service_id: ServiceId::new(),
         name: name.into(),
+        project: Default::default(),
         repository: None,
         branch: "main".into(),
         created_at: chrono::Utc::now(),

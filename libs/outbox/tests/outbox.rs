@@ -30,6 +30,7 @@ fn event(name: &str, key: ServiceId) -> CloudEvent {
     let data = ServiceCreated {
         service_id: key,
         name: name.into(),
+        project: Default::default(),
         repository: None,
         branch: "main".into(),
         created_at: chrono::Utc::now(),

@@ -1,7 +1,7 @@
 //! A service's own copy of the registry's services, kept from "service created" events.
 //!
 //! Builder, deployer and monitor each keep one (in a table of their schema with the columns
-//! `service_id`, `name`, `repository`, `branch`, `updated_at`), so they never read the
+//! `service_id`, `name`, `project`, `repository`, `branch`, `updated_at`), so they never read the
 //! registry's tables nor ask it per event.
 
 use futures::FutureExt;
@@ -38,9 +38,10 @@ impl Handler for ServiceCatalog {
             .data_as()
             .map_err(|e| HandlerError::Permanent(e.into()))?;
         let sql = format!(
-            "INSERT INTO {} (service_id, name, repository, branch) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (service_id) DO UPDATE SET name = EXCLUDED.name, \
-             repository = EXCLUDED.repository, branch = EXCLUDED.branch, updated_at = now()",
+            "INSERT INTO {} (service_id, name, project, repository, branch) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (service_id) DO UPDATE SET \
+             name = EXCLUDED.name, project = EXCLUDED.project, repository = EXCLUDED.repository, \
+             branch = EXCLUDED.branch, updated_at = now()",
             self.table
         );
         slipway_outbox::inbox::apply_once(&self.pool, self.consumer, event, move |tx| {
@@ -48,6 +49,7 @@ impl Handler for ServiceCatalog {
                 sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(data.service_id)
                     .bind(&data.name)
+                    .bind(&data.project)
                     .bind(&data.repository)
                     .bind(&data.branch)
                     .execute(tx)

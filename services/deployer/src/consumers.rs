@@ -105,6 +105,7 @@ impl Commands {
                         kind: DeployKind::Deploy,
                         service_id: data.service_id,
                         service_name: data.service_name.clone(),
+                        project: None,
                         environment: policy.environment.clone(),
                         release: Some(data.number),
                         strategy: policy.strategy.0.clone(),

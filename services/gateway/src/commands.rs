@@ -7,7 +7,7 @@ use slipway_events::deploy::{DeployCancelRequested, DeployKind, DeployRequested}
 use slipway_events::slipway::{BuildRequested, BuildTrigger, sources};
 use slipway_events::{CloudEvent, EventData};
 use slipway_http::Problem;
-use slipway_ids::{BuildId, ServiceId};
+use slipway_ids::{BuildId, ProjectName, ServiceId};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
@@ -18,6 +18,8 @@ use crate::routes::internal;
 pub struct ServiceRef {
     pub id: ServiceId,
     pub name: String,
+    /// The project the service belongs to: what the caller's role is checked in.
+    pub project: ProjectName,
     pub repository: Option<String>,
     pub branch: String,
 }
@@ -52,6 +54,7 @@ pub async fn request_build_in(
         build_id,
         service_id: service.id,
         service_name: service.name.clone(),
+        project: Some(service.project.clone()),
         repository: service.repository.clone(),
         git_ref,
         commit,
@@ -176,12 +179,14 @@ pub async fn deployment_operation(
 pub async fn request_cancel(
     pool: &PgPool,
     deployment: &DeploymentOperation,
+    project: ProjectName,
     actor: &str,
 ) -> Result<Uuid, Problem> {
     let cancel_id = Uuid::new_v4();
     let data = DeployCancelRequested {
         deployment_id: deployment.id,
         service_id: deployment.service_id,
+        project: Some(project),
         actor: Some(actor.to_owned()),
         requested_at: Utc::now(),
     };

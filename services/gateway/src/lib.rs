@@ -1,10 +1,12 @@
 //! The gateway is slipway's one door: every person and outside system calls its REST API. It
-//! owns API tokens and their roles, webhook secrets and the audit log; it forwards reads to the
-//! services that own the data and turns long-running requests into command events.
+//! owns projects, API tokens and their roles in projects, webhook secrets and the audit log; it
+//! checks every request against the project of what it touches, forwards reads to the services
+//! that own the data and turns long-running requests into command events.
 //!
 //! Layout:
-//! - `auth/`: tokens (generation, hashing, bootstrap of the first admin), roles, the
-//!   [`auth::Caller`] extractor that authenticates a request.
+//! - `auth/`: tokens (generation, hashing, bootstrap of the first platform admin), roles per
+//!   project, the rule table saying what each route needs and the guard enforcing it.
+//! - `projects.rs`: projects and the grants of roles in them.
 //! - `audit.rs`: middleware writing every mutating call to the audit log.
 //! - `commands.rs`: accepted requests become command events (operation row + outbox).
 //! - `deliveries.rs`: webhook deliveries already handled (replays produce nothing).
@@ -16,6 +18,7 @@ pub mod audit;
 pub mod auth;
 pub mod commands;
 pub mod deliveries;
+pub mod projects;
 pub mod routes;
 pub mod startup;
 pub mod upstream;

@@ -14,7 +14,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use slipway_ids::ServiceId;
+use slipway_ids::{ProjectName, ServiceId};
 use uuid::Uuid;
 
 use crate::{EventData, Topic};
@@ -50,6 +50,10 @@ pub struct DeployRequested {
     pub kind: DeployKind,
     pub service_id: ServiceId,
     pub service_name: String,
+    /// The service's project, as the gateway checked it; absent in commands from before
+    /// projects and in those the deployer makes itself (auto-deploy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<ProjectName>,
     pub environment: String,
     /// The release number (`Deploy`: required; `Rollback`: optional; `Scale`: absent).
     pub release: Option<i32>,
@@ -80,6 +84,10 @@ impl EventData for DeployRequested {
 pub struct DeployCancelRequested {
     pub deployment_id: Uuid,
     pub service_id: ServiceId,
+    /// The service's project, as the gateway checked it; absent in commands from before
+    /// projects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub project: Option<ProjectName>,
     pub actor: Option<String>,
     pub requested_at: DateTime<Utc>,
 }

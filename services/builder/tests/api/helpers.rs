@@ -89,6 +89,7 @@ impl TestApp {
             build_id: BuildId::new(),
             service_id: service,
             service_name: "hello".into(),
+            project: None,
             repository: Some(repository.into()),
             git_ref: "refs/heads/main".into(),
             commit: commit.map(str::to_owned),

@@ -179,6 +179,7 @@ async fn a_deployment_queued_behind_another_can_be_cancelled_before_it_starts() 
     let cancel = DeployCancelRequested {
         deployment_id: second.deployment_id,
         service_id: service,
+        project: None,
         actor: Some("api-test".into()),
         requested_at: Utc::now(),
     };

@@ -106,6 +106,7 @@ pub fn request(
         kind,
         service_id,
         service_name: service.to_owned(),
+        project: None,
         environment: environment.to_owned(),
         release,
         strategy: Strategy::default(),
@@ -203,6 +204,7 @@ impl TestApp {
         let data = ServiceCreated {
             service_id: id,
             name: name.to_owned(),
+            project: Default::default(),
             repository: None,
             branch: "main".into(),
             created_at: Utc::now(),

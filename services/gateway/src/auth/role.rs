@@ -3,7 +3,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// A token's role. Declared in increasing order of power; `Ord` follows it.
+/// A token's role in a project. Declared in increasing order of power; `Ord` follows it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
@@ -11,7 +11,7 @@ pub enum Role {
     Viewer,
     /// Also creates services, starts builds, deploys, rolls back, scales.
     Deployer,
-    /// Also manages tokens and reads the audit log.
+    /// Also grants roles in the project and reads its audit log.
     Admin,
 }
 

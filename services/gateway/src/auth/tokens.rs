@@ -6,7 +6,9 @@ use sha2::{Digest, Sha256};
 use slipway_ids::TokenId;
 use sqlx::{PgConnection, PgPool};
 
-use super::Role;
+use slipway_ids::ProjectName;
+
+use super::{Caller, Role};
 
 /// The prefix of every token, so leaked tokens are easy to scan for.
 pub const PREFIX: &str = "slw_";
@@ -28,50 +30,89 @@ pub fn hash(token: &str) -> String {
 pub struct TokenInfo {
     pub id: TokenId,
     pub name: String,
-    pub role: String,
+    /// May act in every project, and manage projects and tokens.
+    pub platform_admin: bool,
+    /// Its role per project, by project name.
+    pub grants: sqlx::types::Json<Vec<GrantInfo>>,
     pub created_at: DateTime<Utc>,
     pub revoked_at: Option<DateTime<Utc>>,
 }
 
-/// The token a request presented, when valid and not revoked.
-pub async fn lookup(
-    pool: &PgPool,
-    token: &str,
-) -> Result<Option<(TokenId, String, Role)>, sqlx::Error> {
-    let row: Option<(TokenId, String, String)> = sqlx::query_as(
-        "SELECT id, name, role FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL",
-    )
-    .bind(hash(token))
-    .fetch_optional(pool)
-    .await?;
-    Ok(row.and_then(|(id, name, role)| role.parse().ok().map(|r| (id, name, r))))
+/// One of a token's grants.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct GrantInfo {
+    pub project: ProjectName,
+    pub role: Role,
 }
 
-/// Stores a new token's hash.
+/// The columns of [`TokenInfo`], for `api_tokens t`.
+const INFO: &str = "t.id, t.name, t.platform_admin, t.created_at, t.revoked_at, \
+     COALESCE((SELECT json_agg(json_build_object('project', g.project, 'role', g.role) \
+     ORDER BY g.project) FROM grants g WHERE g.token_id = t.id), '[]') AS grants";
+
+/// A token joined with one of its grants (none: `NULL`s).
+type LookupRow = (TokenId, String, bool, Option<ProjectName>, Option<String>);
+
+/// The caller a request's token stands for, when the token is valid and not revoked.
+pub async fn lookup(pool: &PgPool, token: &str) -> Result<Option<Caller>, sqlx::Error> {
+    let rows: Vec<LookupRow> = sqlx::query_as(
+        "SELECT t.id, t.name, t.platform_admin, g.project, g.role FROM api_tokens t \
+         LEFT JOIN grants g ON g.token_id = t.id \
+         WHERE t.token_hash = $1 AND t.revoked_at IS NULL",
+    )
+    .bind(hash(token))
+    .fetch_all(pool)
+    .await?;
+    let Some((token_id, token_name, platform_admin, _, _)) = rows.first().cloned() else {
+        return Ok(None);
+    };
+    let grants = rows
+        .into_iter()
+        .filter_map(|(_, _, _, project, role)| Some((project?, role?.parse().ok()?)))
+        .collect();
+    Ok(Some(Caller {
+        token_id,
+        token_name,
+        platform_admin,
+        grants,
+    }))
+}
+
+/// Stores a new token's hash (with no grants yet).
 pub async fn insert(
     conn: &mut PgConnection,
     name: &str,
-    role: Role,
+    platform_admin: bool,
     token: &str,
     created_by: Option<TokenId>,
 ) -> Result<TokenInfo, sqlx::Error> {
-    sqlx::query_as(
-        "INSERT INTO api_tokens (id, name, role, token_hash, created_by) VALUES ($1, $2, $3, $4, $5) \
-         RETURNING id, name, role, created_at, revoked_at",
-    )
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "WITH t AS (INSERT INTO api_tokens (id, name, platform_admin, token_hash, created_by) \
+         VALUES ($1, $2, $3, $4, $5) RETURNING *) SELECT {INFO} FROM t"
+    )))
     .bind(TokenId::new())
     .bind(name)
-    .bind(role.as_str())
+    .bind(platform_admin)
     .bind(hash(token))
     .bind(created_by)
     .fetch_one(conn)
     .await
 }
 
+/// One token as listed.
+pub async fn get(conn: &mut PgConnection, id: TokenId) -> Result<Option<TokenInfo>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {INFO} FROM api_tokens t WHERE t.id = $1"
+    )))
+    .bind(id)
+    .fetch_optional(conn)
+    .await
+}
+
 pub async fn list(pool: &PgPool) -> Result<Vec<TokenInfo>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT id, name, role, created_at, revoked_at FROM api_tokens ORDER BY created_at",
-    )
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {INFO} FROM api_tokens t ORDER BY t.created_at"
+    )))
     .fetch_all(pool)
     .await
 }
@@ -105,7 +146,7 @@ pub struct Bootstrapped {
     pub generated: bool,
 }
 
-/// Creates an admin token if no live admin token exists (first start). Replicas starting
+/// Creates a platform admin token if no live one exists (first start). Replicas starting
 /// together serialise on an advisory lock, so exactly one token is made.
 ///
 /// The configured token is never stored twice: when it exists already nothing is inserted, and
@@ -144,7 +185,7 @@ pub async fn bootstrap_admin(
         }
     }
     let admins: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM api_tokens WHERE role = 'admin' AND revoked_at IS NULL",
+        "SELECT count(*) FROM api_tokens WHERE platform_admin AND revoked_at IS NULL",
     )
     .fetch_one(&mut *tx)
     .await?;
@@ -155,7 +196,7 @@ pub async fn bootstrap_admin(
         Some(t) => (t, false),
         None => (generate().map_err(BootstrapError::Random)?, true),
     };
-    insert(&mut tx, "bootstrap admin", Role::Admin, &token, None).await?;
+    insert(&mut tx, "bootstrap admin", true, &token, None).await?;
     tx.commit().await?;
     tracing::info!(generated, "first admin token created");
     Ok(Some(Bootstrapped { token, generated }))

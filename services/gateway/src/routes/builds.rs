@@ -9,7 +9,7 @@ use slipway_http::Problem;
 use slipway_ids::BuildId;
 use sqlx::PgPool;
 
-use crate::auth::{Caller, Role};
+use crate::auth::{Caller, Scoped};
 use crate::commands;
 use crate::upstream::{Upstream, Upstreams};
 
@@ -42,12 +42,10 @@ pub(crate) async fn requested(
 
 /// `GET /v1/builds/{id}`.
 async fn get(
-    caller: Caller,
     pool: web::Data<PgPool>,
     upstreams: web::Data<Upstreams>,
     id: web::Path<BuildId>,
 ) -> Result<HttpResponse, Problem> {
-    caller.require(Role::Viewer)?;
     let answer = upstreams
         .call(
             Upstream::Builder,
@@ -71,13 +69,11 @@ struct ListQuery {
 
 /// `GET /v1/services/{name}/builds`: newest first.
 async fn list(
-    caller: Caller,
+    scoped: Scoped,
     upstreams: web::Data<Upstreams>,
-    name: web::Path<String>,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, Problem> {
-    caller.require(Role::Viewer)?;
-    let service = upstreams.service(&name).await?;
+    let service = scoped.service()?;
     let limit = query.limit.unwrap_or(50);
     let path = format!("/v1/builds?service={}&limit={limit}", service.name);
     upstreams
@@ -88,12 +84,10 @@ async fn list(
 
 /// `POST /v1/builds/{id}/cancel`.
 async fn cancel(
-    caller: Caller,
     pool: web::Data<PgPool>,
     upstreams: web::Data<Upstreams>,
     id: web::Path<BuildId>,
 ) -> Result<HttpResponse, Problem> {
-    caller.require(Role::Deployer)?;
     let answer = upstreams
         .call(
             Upstream::Builder,
@@ -152,12 +146,10 @@ fn full_ref(r: &str) -> Result<String, Problem> {
 
 async fn create(
     caller: Caller,
+    scoped: Scoped,
     pool: web::Data<PgPool>,
-    upstreams: web::Data<Upstreams>,
-    name: web::Path<String>,
     body: web::Json<CreateBuild>,
 ) -> Result<HttpResponse, Problem> {
-    caller.require(Role::Deployer)?;
     let body = body.into_inner();
     if let Some(c) = &body.commit
         && !valid_commit(c)
@@ -167,7 +159,7 @@ async fn create(
             "must be 40 or 64 lowercase hex digits",
         ));
     }
-    let service = upstreams.service(&name).await?;
+    let service = scoped.service()?;
     if service.repository.is_none() {
         return Err(Problem::conflict(format!(
             "service `{}` has no repository to build from; upload the source instead",

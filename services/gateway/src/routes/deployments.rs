@@ -24,7 +24,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 use super::releases::safe_path;
-use crate::auth::{Caller, Role};
+use crate::auth::{Caller, Scoped};
 use crate::commands::{self, ServiceRef};
 use crate::upstream::{Upstream, Upstreams, bad_upstream};
 
@@ -187,14 +187,15 @@ fn check_env(env: &str) -> Result<(), Problem> {
     }
 }
 
-/// The service and environment a request targets, both checked with the registry.
+/// The service (resolved by the access guard) and environment a request targets, both
+/// checked with the registry.
 async fn target(
     upstreams: &Upstreams,
-    name: &str,
+    scoped: &Scoped,
     env: &str,
 ) -> Result<(ServiceRef, EnvironmentRef), Problem> {
     check_env(env)?;
-    let service = upstreams.service(name).await?;
+    let service = scoped.service()?;
     let answer = upstreams
         .registry(
             reqwest::Method::GET,
@@ -247,6 +248,7 @@ fn command(
         kind,
         service_id: service.id,
         service_name: service.name.clone(),
+        project: Some(service.project.clone()),
         environment: environment.name.clone(),
         release: None,
         strategy: Strategy::default(),
@@ -277,13 +279,13 @@ async fn accept(pool: &PgPool, data: DeployRequested) -> Result<HttpResponse, Pr
 /// `POST /v1/services/{name}/environments/{env}/deployments`.
 async fn deploy(
     caller: Caller,
+    scoped: Scoped,
     pool: web::Data<PgPool>,
     upstreams: web::Data<Upstreams>,
     path: web::Path<(String, String)>,
     body: web::Json<DeployBody>,
 ) -> Result<HttpResponse, Problem> {
-    caller.require(Role::Deployer)?;
-    let (name, env) = path.into_inner();
+    let (_, env) = path.into_inner();
     let body = body.into_inner();
     // Everything the body alone can tell, before asking the registry anything.
     let release = release_number(&body.release)?;
@@ -305,7 +307,7 @@ async fn deploy(
         return Err(Problem::validation("config_version", "must be at least 1"));
     }
 
-    let (service, environment) = target(&upstreams, &name, &env).await?;
+    let (service, environment) = target(&upstreams, &scoped, &env).await?;
     check_release(&upstreams, &service.name, release).await?;
     // Only a version the environment has: the deployer would otherwise fail the deployment late.
     let config_version = match body.config_version {
@@ -339,13 +341,13 @@ async fn deploy(
 /// read by hand (an absent body is not an error, a malformed one is).
 async fn rollback(
     caller: Caller,
+    scoped: Scoped,
     pool: web::Data<PgPool>,
     upstreams: web::Data<Upstreams>,
     path: web::Path<(String, String)>,
     body: web::Bytes,
 ) -> Result<HttpResponse, Problem> {
-    caller.require(Role::Deployer)?;
-    let (name, env) = path.into_inner();
+    let (_, env) = path.into_inner();
     let body: RollbackBody = if body.iter().all(u8::is_ascii_whitespace) {
         RollbackBody::default()
     } else {
@@ -361,7 +363,7 @@ async fn rollback(
         None | Some(serde_json::Value::Null) => None,
         Some(v) => Some(release_number(&v)?),
     };
-    let (service, environment) = target(&upstreams, &name, &env).await?;
+    let (service, environment) = target(&upstreams, &scoped, &env).await?;
     if let Some(n) = release {
         check_release(&upstreams, &service.name, n).await?;
     }
@@ -373,15 +375,15 @@ async fn rollback(
 /// `PUT /v1/services/{name}/environments/{env}/scale`.
 async fn scale(
     caller: Caller,
+    scoped: Scoped,
     pool: web::Data<PgPool>,
     upstreams: web::Data<Upstreams>,
     path: web::Path<(String, String)>,
     body: web::Json<ScaleBody>,
 ) -> Result<HttpResponse, Problem> {
-    caller.require(Role::Deployer)?;
-    let (name, env) = path.into_inner();
+    let (_, env) = path.into_inner();
     let replicas = in_range("replicas", body.replicas, 0..=MAX_REPLICAS)?;
-    let (service, environment) = target(&upstreams, &name, &env).await?;
+    let (service, environment) = target(&upstreams, &scoped, &env).await?;
     let mut data = command(DeployKind::Scale, &service, &environment, &caller);
     data.replicas = Some(replicas);
     accept(&pool, data).await
@@ -390,15 +392,15 @@ async fn scale(
 /// `POST /v1/deployments/{id}/cancel`.
 async fn cancel(
     caller: Caller,
+    scoped: Scoped,
     pool: web::Data<PgPool>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, Problem> {
-    caller.require(Role::Deployer)?;
     let id = id.into_inner();
     let deployment = commands::deployment_operation(&pool, id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no deployment {id}")))?;
-    commands::request_cancel(&pool, &deployment, &caller.token_name).await?;
+    commands::request_cancel(&pool, &deployment, scoped.project()?, &caller.token_name).await?;
     let url = format!("/v1/deployments/{id}");
     Ok(HttpResponse::Accepted()
         .insert_header(("location", url.clone()))
@@ -407,12 +409,10 @@ async fn cancel(
 
 /// `GET /v1/deployments/{id}`: the deployer's answer, or `requested` while the command waits.
 async fn get(
-    caller: Caller,
     pool: web::Data<PgPool>,
     upstreams: web::Data<Upstreams>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, Problem> {
-    caller.require(Role::Viewer)?;
     let id = id.into_inner();
     let answer = upstreams
         .call(
@@ -439,12 +439,10 @@ async fn get(
 
 /// Forwards a read to `upstream` under the same path and query.
 async fn forward(
-    caller: &Caller,
     req: &HttpRequest,
     upstreams: &Upstreams,
     upstream: Upstream,
 ) -> Result<HttpResponse, Problem> {
-    caller.require(Role::Viewer)?;
     let path = safe_path(req)?;
     upstreams
         .call(upstream, reqwest::Method::GET, &path, None)
@@ -454,22 +452,19 @@ async fn forward(
 
 /// Deployments of an environment and its desired state: the deployer's.
 async fn deployer_read(
-    caller: Caller,
     req: HttpRequest,
     upstreams: web::Data<Upstreams>,
 ) -> Result<HttpResponse, Problem> {
-    forward(&caller, &req, &upstreams, Upstream::Deployer).await
+    forward(&req, &upstreams, Upstream::Deployer).await
 }
 
 /// `PUT .../policy {"auto_deploy": true, "strategy": {...}}`: whether new releases deploy
 /// themselves to the environment (the deployer's, which validates it).
 async fn put_policy(
-    caller: Caller,
     req: HttpRequest,
     upstreams: web::Data<Upstreams>,
     body: web::Json<serde_json::Value>,
 ) -> Result<HttpResponse, Problem> {
-    caller.require(Role::Deployer)?;
     let path = safe_path(&req)?;
     let body = body.into_inner();
     upstreams
@@ -480,21 +475,18 @@ async fn put_policy(
 
 /// Health verdicts and instance logs: the monitor's.
 async fn monitor_read(
-    caller: Caller,
     req: HttpRequest,
     upstreams: web::Data<Upstreams>,
 ) -> Result<HttpResponse, Problem> {
-    forward(&caller, &req, &upstreams, Upstream::Monitor).await
+    forward(&req, &upstreams, Upstream::Monitor).await
 }
 
 /// `GET /v1/services/{name}/instances[?environment=&index=&wait=]`: the registry's, as a
 /// blocking query that may hold its answer for `wait`; the gateway waits that long plus slack.
 async fn instances(
-    caller: Caller,
     req: HttpRequest,
     upstreams: web::Data<Upstreams>,
 ) -> Result<HttpResponse, Problem> {
-    caller.require(Role::Viewer)?;
     let path = safe_path(&req)?;
     let wait = url::form_urlencoded::parse(req.query_string().as_bytes())
         .find(|(k, _)| k == "wait")

@@ -1,10 +1,12 @@
-//! The public REST API (`/v1/...`). Every route authenticates its caller; the audit middleware
-//! records every mutating call.
+//! The public REST API (`/v1/...`). The access guard authorises every request by the rule
+//! table (`auth/rules.rs`) before a handler runs; the audit middleware, around it, records
+//! every mutating call, refusals included.
 
 mod admin;
 mod build_logs;
 pub(crate) mod builds;
 mod deployments;
+mod projects;
 mod releases;
 mod services;
 mod sources;
@@ -15,6 +17,7 @@ use actix_web::{middleware, web};
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/v1")
+            .wrap(middleware::from_fn(crate::auth::guard::guard))
             .wrap(middleware::from_fn(crate::audit::record))
             .configure(services::configure)
             .configure(builds::configure)
@@ -23,6 +26,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(deployments::configure)
             .configure(sources::configure)
             .configure(webhooks::configure)
+            .configure(projects::configure)
             .configure(admin::configure),
     );
 }

@@ -8,7 +8,8 @@ use slipway_ids::ServiceId;
 use sqlx::PgPool;
 
 use super::internal;
-use crate::auth::{Caller, Role, tokens};
+use crate::auth::{Caller, Scoped, tokens};
+use crate::projects;
 use crate::upstream::Upstreams;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -29,20 +30,33 @@ struct CreateService {
     branch: Option<String>,
     /// The secret git webhooks are signed with; generated when absent.
     webhook_secret: Option<String>,
+    /// The project it belongs to (default `default`); read by the access guard, which checks
+    /// the caller's `deployer` role there.
+    #[allow(dead_code)]
+    project: Option<String>,
 }
 
 /// Creates the service in the registry and keeps its webhook secret. The secret is stored in
 /// the same transaction that waits for the registry: if the registry refuses (409, 422) or
 /// cannot be reached, the secret is rolled back and nothing remains.
 async fn create(
-    caller: Caller,
+    scoped: Scoped,
     pool: web::Data<PgPool>,
     upstreams: web::Data<Upstreams>,
     sealer: web::Data<slipway_secrets::SecretBox>,
     body: web::Json<CreateService>,
 ) -> Result<HttpResponse, Problem> {
-    caller.require(Role::Deployer)?;
     let body = body.into_inner();
+    let project = scoped.project()?;
+    let mut conn = pool.acquire().await.map_err(|e| internal("acquire", e))?;
+    if projects::get(&mut conn, &project)
+        .await
+        .map_err(|e| internal("get project", e))?
+        .is_none()
+    {
+        return Err(Problem::not_found(format!("no project named `{project}`")));
+    }
+    drop(conn);
     let (secret, generated) = match body.webhook_secret {
         Some(s) if !(16..=256).contains(&s.len()) => {
             return Err(Problem::validation(
@@ -68,6 +82,7 @@ async fn create(
     let request = serde_json::json!({
         "id": id,
         "name": body.name,
+        "project": project,
         "repository": body.repository,
         "branch": body.branch,
     });
@@ -94,19 +109,29 @@ async fn create(
         .json(service))
 }
 
-/// `GET /v1/services[?after=&limit=]`.
+/// `GET /v1/services[?after=&limit=&repository=]`: only services of the projects the token
+/// has a role in (all, for platform admins); the registry filters, so pages stay full.
 async fn list(
     caller: Caller,
     upstreams: web::Data<Upstreams>,
     req: HttpRequest,
 ) -> Result<HttpResponse, Problem> {
-    caller.require(Role::Viewer)?;
-    let query = req.query_string();
-    let path = if query.is_empty() {
-        "/v1/services".to_owned()
-    } else {
-        format!("/v1/services?{query}")
-    };
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for (key, value) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
+        // The filter is the gateway's to set, never the client's.
+        if key != "project" {
+            query.append_pair(&key, &value);
+        }
+    }
+    if let Some(visible) = caller.visible_projects() {
+        if visible.is_empty() {
+            return Ok(HttpResponse::Ok().json(serde_json::json!({ "items": [], "next": null })));
+        }
+        for project in visible {
+            query.append_pair("project", project.as_str());
+        }
+    }
+    let path = format!("/v1/services?{}", query.finish());
     upstreams
         .registry(reqwest::Method::GET, &path, None)
         .await?
@@ -115,11 +140,9 @@ async fn list(
 
 /// `GET /v1/services/{name}`.
 async fn get(
-    caller: Caller,
     upstreams: web::Data<Upstreams>,
     name: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
-    caller.require(Role::Viewer)?;
     // Names are DNS labels; anything else cannot exist, and must not reach the URL unescaped.
     if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
         return Err(Problem::not_found(format!("no service named `{name}`")));

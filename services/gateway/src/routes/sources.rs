@@ -8,7 +8,7 @@ use slipway_events::slipway::BuildTrigger;
 use slipway_http::Problem;
 use sqlx::PgPool;
 
-use crate::auth::{Caller, Role};
+use crate::auth::{Caller, Scoped};
 use crate::commands;
 use crate::upstream::{Upstream, Upstreams};
 
@@ -21,13 +21,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 
 async fn upload(
     caller: Caller,
+    scoped: Scoped,
     pool: web::Data<PgPool>,
     upstreams: web::Data<Upstreams>,
-    name: web::Path<String>,
     mut payload: web::Payload,
 ) -> Result<HttpResponse, Problem> {
-    caller.require(Role::Deployer)?;
-    let service = upstreams.service(&name).await?;
+    let service = scoped.service()?;
     let mut body = Vec::new();
     while let Some(chunk) = payload.next().await {
         let chunk =

@@ -92,7 +92,10 @@ async fn roles_gate_what_a_token_may_do() {
             .iter()
             .all(|t| t.get("token").is_none() && t.get("token_hash").is_none())
     );
-    let viewer_id = listed.iter().find(|t| t["role"] == "viewer").unwrap()["id"]
+    let viewer_id = listed
+        .iter()
+        .find(|t| t["grants"] == json!([{"project": "default", "role": "viewer"}]))
+        .unwrap()["id"]
         .as_str()
         .unwrap();
     let res = app
@@ -181,7 +184,8 @@ async fn every_mutation_is_audited_including_refusals() {
             )
         })
         .collect();
-    // Newest first: anonymous 401, viewer 403, admin 201, token creation 201. No GETs.
+    // Newest first: anonymous 401, viewer 403, admin 201, token creation 201. No GETs. The
+    // role is the one the call acted with: the viewer's in `default`, or platform admin.
     assert_eq!(entries.len(), 4, "{entries:?}");
     assert_eq!(
         entries[0],
@@ -202,7 +206,7 @@ async fn every_mutation_is_audited_including_refusals() {
             "POST".into(),
             "/v1/services".into(),
             201,
-            Some("admin".into())
+            Some("platform-admin".into())
         )
     );
     assert_eq!(
@@ -211,7 +215,7 @@ async fn every_mutation_is_audited_including_refusals() {
             "POST".into(),
             "/v1/tokens".into(),
             201,
-            Some("admin".into())
+            Some("platform-admin".into())
         )
     );
 }

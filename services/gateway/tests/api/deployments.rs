@@ -32,7 +32,7 @@ pub(crate) async fn setup() -> Setup {
         "GET",
         "/v1/services/web",
         200,
-        json!({"id": SERVICE_ID, "name": "web", "repository": null, "branch": "main"}),
+        json!({"id": SERVICE_ID, "name": "web", "project": "default", "repository": null, "branch": "main"}),
     );
     registry.answer(
         "GET",
@@ -160,6 +160,7 @@ async fn a_valid_deploy_becomes_exactly_one_command_and_reads_as_requested() {
     assert_eq!(data["kind"], "deploy");
     assert_eq!(data["service_id"], SERVICE_ID);
     assert_eq!(data["service_name"], "web");
+    assert_eq!(data["project"], "default", "commands name the project");
     assert_eq!(data["environment"], "prod");
     assert_eq!(data["release"], 2);
     assert_eq!(
@@ -534,6 +535,7 @@ async fn cancel_needs_a_deployment_the_gateway_accepted() {
     assert_eq!(subject.as_deref(), Some(id.as_str()));
     assert_eq!(data["deployment_id"], id);
     assert_eq!(data["service_id"], SERVICE_ID);
+    assert_eq!(data["project"], "default");
     assert_eq!(data["actor"], "bootstrap admin");
     let cancels: Option<uuid::Uuid> =
         sqlx::query_scalar("SELECT cancels FROM operations WHERE kind = 'cancel'")

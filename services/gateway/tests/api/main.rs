@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
+mod access;
 mod auth;
 mod bootstrap;
 mod deployment_reads;
@@ -10,6 +11,7 @@ mod edge;
 mod helpers;
 mod metrics;
 mod identity;
+mod projects;
 mod services;
 mod stand_in;
 mod webhook_replay;

@@ -1,6 +1,6 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use slipway_ids::ServiceId;
+use slipway_ids::{ProjectName, ServiceId};
 use sqlx::{PgConnection, PgPool};
 
 use crate::domain::NewService;
@@ -10,6 +10,8 @@ use crate::domain::NewService;
 pub struct Service {
     pub id: ServiceId,
     pub name: String,
+    /// The project it belongs to (the gateway checks callers' roles there).
+    pub project: ProjectName,
     pub repository: Option<String>,
     pub branch: String,
     pub created_at: DateTime<Utc>,
@@ -28,11 +30,12 @@ pub enum InsertError {
 
 pub async fn insert(conn: &mut PgConnection, new: &NewService) -> Result<Service, InsertError> {
     sqlx::query_as(
-        "INSERT INTO services (id, name, repository, repository_key, branch) \
-         VALUES ($1, $2, $3, $4, $5) RETURNING id, name, repository, branch, created_at",
+        "INSERT INTO services (id, name, project, repository, repository_key, branch) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id, name, project, repository, branch, created_at",
     )
     .bind(new.id)
     .bind(new.name.as_str())
+    .bind(&new.project)
     .bind(new.repository.as_ref().map(|r| r.as_str()))
     .bind(new.repository.as_ref().map(|r| r.key()))
     .bind(new.branch.as_str())
@@ -51,10 +54,12 @@ pub async fn insert(conn: &mut PgConnection, new: &NewService) -> Result<Service
 }
 
 pub async fn by_name(pool: &PgPool, name: &str) -> Result<Option<Service>, sqlx::Error> {
-    sqlx::query_as("SELECT id, name, repository, branch, created_at FROM services WHERE name = $1")
-        .bind(name)
-        .fetch_optional(pool)
-        .await
+    sqlx::query_as(
+        "SELECT id, name, project, repository, branch, created_at FROM services WHERE name = $1",
+    )
+    .bind(name)
+    .fetch_optional(pool)
+    .await
 }
 
 /// Which services to list.
@@ -64,6 +69,8 @@ pub struct Filter<'a> {
     pub after: Option<&'a str>,
     /// Only services whose repository has this key (see `Repository::key`).
     pub repository_key: Option<String>,
+    /// Only services of these projects (the gateway's view of what the caller may see).
+    pub projects: Option<Vec<ProjectName>>,
 }
 
 /// Services ordered by name.
@@ -73,13 +80,14 @@ pub async fn list(
     limit: i64,
 ) -> Result<Vec<Service>, sqlx::Error> {
     sqlx::query_as(
-        "SELECT id, name, repository, branch, created_at FROM services \
+        "SELECT id, name, project, repository, branch, created_at FROM services \
          WHERE ($1::text IS NULL OR name > $1) AND ($2::text IS NULL OR repository_key = $2) \
-         ORDER BY name LIMIT $3",
+         AND ($4::text[] IS NULL OR project = ANY($4)) ORDER BY name LIMIT $3",
     )
     .bind(filter.after)
     .bind(filter.repository_key.as_deref())
     .bind(limit)
+    .bind(filter.projects.as_deref())
     .fetch_all(pool)
     .await
 }

@@ -1,5 +1,5 @@
 use serde::Deserialize;
-use slipway_ids::ServiceId;
+use slipway_ids::{ProjectName, ServiceId};
 
 use super::Invalid;
 
@@ -159,6 +159,9 @@ pub struct NewServiceRequest {
     /// Set by the gateway, which keys the webhook secret by it; generated when absent.
     pub id: Option<ServiceId>,
     pub name: String,
+    /// Set by the gateway, which checked the caller may create services there; default
+    /// `default`.
+    pub project: Option<String>,
     pub repository: Option<String>,
     pub branch: Option<String>,
 }
@@ -168,6 +171,7 @@ pub struct NewServiceRequest {
 pub struct NewService {
     pub id: ServiceId,
     pub name: ServiceName,
+    pub project: ProjectName,
     pub repository: Option<Repository>,
     pub branch: Branch,
 }
@@ -179,6 +183,12 @@ impl TryFrom<NewServiceRequest> for NewService {
         Ok(Self {
             id: req.id.unwrap_or_default(),
             name: ServiceName::parse(&req.name)?,
+            project: match req.project.as_deref() {
+                None => ProjectName::default_project(),
+                Some(p) => {
+                    ProjectName::parse(p).map_err(|e| Invalid::new("project", e.to_string()))?
+                }
+            },
             repository: req
                 .repository
                 .as_deref()
@@ -275,10 +285,12 @@ mod tests {
         let req = NewServiceRequest {
             id: None,
             name: "hello".into(),
+            project: None,
             repository: None,
             branch: None,
         };
         let new = NewService::try_from(req).unwrap();
         assert_eq!(new.branch.as_str(), "main");
+        assert_eq!(new.project, ProjectName::default_project());
     }
 }

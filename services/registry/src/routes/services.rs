@@ -1,11 +1,12 @@
 //! `/v1/services`: create, list, get.
 
-use actix_web::{HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use slipway_events::CloudEvent;
 use slipway_events::EventData;
 use slipway_events::slipway::{ServiceCreated, sources};
 use slipway_http::Problem;
+use slipway_ids::ProjectName;
 use sqlx::PgPool;
 
 use super::internal;
@@ -34,6 +35,7 @@ async fn create(
     let data = ServiceCreated {
         service_id: service.id,
         name: service.name.clone(),
+        project: service.project.clone(),
         repository: service.repository.clone(),
         branch: service.branch.clone(),
         created_at: service.created_at,
@@ -69,8 +71,10 @@ struct ListQuery {
     repository: Option<String>,
 }
 
+/// `GET /v1/services[?after=&limit=&repository=&project=...]`; `project` may repeat.
 async fn list(
     pool: web::Data<PgPool>,
+    req: HttpRequest,
     query: web::Query<ListQuery>,
 ) -> Result<HttpResponse, Problem> {
     let limit = query.limit.unwrap_or(100);
@@ -80,6 +84,7 @@ async fn list(
     let filter = services::Filter {
         after: query.after.as_deref(),
         repository_key: query.repository.as_deref().map(repository_key),
+        projects: projects(&req)?,
     };
     let items = services::list(&pool, &filter, limit)
         .await
@@ -96,4 +101,15 @@ async fn get(pool: web::Data<PgPool>, name: web::Path<String>) -> Result<HttpRes
         Ok(None) => Err(Problem::not_found(format!("no service named `{name}`"))),
         Err(e) => Err(internal("get service", e)),
     }
+}
+
+/// The `project` filters of a list query; `None` when there are none (every project).
+fn projects(req: &HttpRequest) -> Result<Option<Vec<ProjectName>>, Problem> {
+    let projects = url::form_urlencoded::parse(req.query_string().as_bytes())
+        .filter(|(key, _)| key == "project")
+        .map(|(_, value)| {
+            ProjectName::parse(&value).map_err(|e| Problem::validation("project", e.to_string()))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((!projects.is_empty()).then_some(projects))
 }

@@ -7,5 +7,6 @@ mod helpers;
 mod identity;
 mod instances;
 mod internal;
+mod projects;
 mod releases;
 mod services;
