@@ -7,6 +7,8 @@
 //! - [`cdevents`]: CDEvents v0.5.1 payloads for the events the CD Foundation defines.
 //! - [`slipway`]: slipway's own event types (reverse-DNS, versioned) where CDEvents has none.
 //! - [`deploy`]: deploy-and-run commands and facts (deployments, instances, traffic, health).
+//! - [`repository`]: the rule for repository URLs in events (no credentials; local ones only
+//!   where an operator allows them).
 //!
 //! The written catalog for outside consumers is `docs/events.md`; a test keeps the two in step.
 //!
@@ -16,6 +18,7 @@
 pub mod cdevents;
 pub mod deploy;
 pub mod envelope;
+pub mod repository;
 pub mod slipway;
 pub mod topics;
 

@@ -28,6 +28,7 @@ pub async fn spawn_with(registry_up: bool) -> TestApp {
             secrets: slipway_registry::startup::SecretSettings {
                 key: slipway_testkit::secrets_key().into(),
             },
+            services: Default::default(),
         };
         let registry = slipway_registry::Application::build(registry_settings)
             .await
