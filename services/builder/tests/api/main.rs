@@ -3,4 +3,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
 mod builds;
+mod clone_credentials;
 mod helpers;
+mod sandbox;

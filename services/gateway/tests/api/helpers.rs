@@ -55,12 +55,19 @@ pub async fn spawn_with(registry_up: bool) -> TestApp {
                 max_parallel: 2,
                 step_timeout_seconds: 60,
                 reason_lines: 10,
+                path: "/usr/local/bin:/usr/bin:/bin".into(),
+                uid: 64900,
+                gid: 64900,
             },
             registry: slipway_builder::builds::package::RegistrySettings {
                 address: slipway_testkit::oci_registry(),
                 insecure: true,
                 repository_prefix: format!("t{}/", slipway_testkit::unique()),
             },
+            secrets: slipway_secrets::SecretSettings {
+                key: slipway_testkit::secrets_key().into(),
+            },
+            services: Default::default(),
         };
         let builder = slipway_builder::Application::build(builder_settings)
             .await
