@@ -4,6 +4,7 @@
 mod admin;
 mod build_logs;
 pub(crate) mod builds;
+mod clone_credentials;
 mod deployments;
 mod releases;
 mod services;
@@ -23,7 +24,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(deployments::configure)
             .configure(sources::configure)
             .configure(webhooks::configure)
-            .configure(admin::configure),
+            .configure(admin::configure)
+            .configure(clone_credentials::configure),
     );
 }
 

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
 mod auth;
+mod clone_credentials;
 mod deployment_reads;
 mod deployments;
 mod edge;
