@@ -88,13 +88,20 @@ impl Sandbox {
         if me == 0 && user.uid == 0 {
             return Err(SandboxError::RootBuildUser);
         }
+        let inside = |dir: &Path| {
+            project_above(dir).map(|found| SandboxError::InsideProject {
+                dir: dir.display().to_string(),
+                found: found.display().to_string(),
+            })
+        };
+        // Before creating anything, and again once links are resolved.
+        if let Some(refused) = inside(&std::path::absolute(root).map_err(io(root))?) {
+            return Err(refused);
+        }
         std::fs::create_dir_all(root).map_err(io(root))?;
         let root = root.canonicalize().map_err(io(root))?;
-        if let Some(found) = project_above(&root) {
-            return Err(SandboxError::InsideProject {
-                dir: root.display().to_string(),
-                found: found.display().to_string(),
-            });
+        if let Some(refused) = inside(&root) {
+            return Err(refused);
         }
         let meta = std::fs::metadata(&root).map_err(io(&root))?;
         let owner = std::os::unix::fs::MetadataExt::uid(&meta);
