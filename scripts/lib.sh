@@ -16,6 +16,12 @@
 # /var/tmp rather than /tmp: it survives reboots on Debian, so `scripts/up` keeps its data.
 SLIPWAY_PG_ROOT="${SLIPWAY_PG_ROOT:-/var/tmp/slipway-pg}"
 
+# Where the builder of scripts/up runs builds for the checkout at $1: outside it (cargo would
+# find its Cargo.toml above them; .slipway/ holds the admin token), one dir per checkout.
+builds_dir() {
+  printf '%s\n' "${SLIPWAY_BUILDS_DIR:-/var/tmp/slipway-builds/$(printf '%s' "$1" | cksum | cut -d' ' -f1)}"
+}
+
 # Tansu version known to work with rdkafka 0.39 (see shared ARCHITECTURE.md).
 SLIPWAY_TANSU_VERSION="0.6.0"
 
@@ -67,7 +73,10 @@ deb_installed() {
 # is a warning, not an error.
 ensure_build_deps() {
   local pkg missing=()
-  for pkg in build-essential pkg-config zlib1g-dev libssl-dev curl python3; do
+  # cargo (Debian's, in /usr/bin): what Cargo projects without slipway.toml build with. As root
+  # the builder runs builds as an unprivileged uid, which cannot reach rustup's toolchain under
+  # /root; the workspace itself still builds with rustup's pinned one (ensure_cargo).
+  for pkg in build-essential pkg-config zlib1g-dev libssl-dev curl python3 cargo; do
     deb_installed "$pkg" || missing+=("$pkg")
   done
   if ((${#missing[@]} > 0)); then
@@ -91,11 +100,13 @@ ensure_bench_deps() {
   command -v wrk >/dev/null 2>&1 || apt_install wrk || log "warning: could not install wrk; the edge bench will skip"
 }
 
-# cargo comes from rustup, which this machine cannot download; the best we can do is find an
-# existing install that is missing from PATH (non-login shells in CI often do not source ~/.cargo/env).
+# The workspace builds with rustup's cargo (the pinned toolchain of rust-toolchain.toml), which
+# this machine cannot download; find an existing install and put it first in PATH, ahead of
+# Debian's /usr/bin/cargo (too old for the workspace; there for builds, see ensure_build_deps).
+# Non-login shells in CI often do not source ~/.cargo/env.
 ensure_cargo() {
   local cargo_bin="${CARGO_HOME:-${HOME:?}/.cargo}/bin"
-  if ! command -v cargo >/dev/null 2>&1 && [[ -x $cargo_bin/cargo ]]; then
+  if [[ -x $cargo_bin/cargo ]]; then
     PATH="$cargo_bin:$PATH"
     export PATH
   fi

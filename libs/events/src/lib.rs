@@ -10,6 +10,8 @@
 //!   names), as types that hold only valid ones.
 //! - [`deploy`]: deploy-and-run commands and facts (deployments, instances, traffic, health).
 //! - [`trust`]: the owning service of every event type and the bytes its signature covers.
+//! - [`repository`]: the rule for repository URLs in events (no credentials; local ones only
+//!   where an operator allows them).
 //!
 //! The written catalog for outside consumers is `docs/events.md`; a test keeps the two in step.
 //!
@@ -20,6 +22,7 @@ pub mod cdevents;
 pub mod deploy;
 pub mod envelope;
 pub mod inputs;
+pub mod repository;
 pub mod slipway;
 pub mod topics;
 pub mod trust;

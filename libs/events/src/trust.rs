@@ -299,6 +299,7 @@ mod tests {
         let data = ServiceCreated {
             service_id: slipway_ids::ServiceId::new(),
             name: "hello".into(),
+            project: slipway_ids::ProjectName::default(),
             repository: None,
             branch: "main".into(),
             created_at: chrono::Utc::now(),

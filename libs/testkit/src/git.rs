@@ -61,9 +61,13 @@ impl Repo {
         repo
     }
 
-    /// Writes `file`, commits and pushes; returns the new commit id.
+    /// Writes `file` (its folders made as needed), commits and pushes; returns the new commit.
     pub fn change(&self, file: &str, text: &str) -> String {
-        std::fs::write(self.work.join(file), text).expect("write");
+        let path = self.work.join(file);
+        if let Some(folder) = path.parent() {
+            std::fs::create_dir_all(folder).expect("create folders");
+        }
+        std::fs::write(path, text).expect("write");
         self.commit(&format!("change {file}"))
     }
 

@@ -5,15 +5,18 @@
 //! and publishing it is the next step of this service (not built yet).
 //!
 //! Layout:
-//! - `builds/`: build state and queries (`mod.rs`), the worker, fetching, the recipe, running a
-//!   step, output lines.
+//! - `builds/`: build state and queries (`mod.rs`), the worker, the sandbox builds run in
+//!   (work dir, environment, build user), getting the source and fetching, the recipe, running
+//!   a step, output lines.
+//! - `credentials.rs`: per-service clone credentials (token or deploy key), sealed at rest.
 //! - `consumers/`: one handler per event it reacts to.
-//! - `routes/`: the internal HTTP API (builds, logs, cancel).
+//! - `routes/`: the internal HTTP API (builds, logs, cancel, uploads, clone credentials).
 //! - `startup.rs`: settings and [`Application`].
 
 pub mod builds;
 pub mod consumers;
+pub mod credentials;
 pub mod routes;
 mod startup;
 
-pub use startup::{Application, Settings};
+pub use startup::{Application, BuilderStartError, SecretSettings, ServiceSettings, Settings};

@@ -5,10 +5,13 @@ use std::sync::Arc;
 use serde::Deserialize;
 use slipway_events::Topic;
 use slipway_runtime::{Access, BaseSettings, Running, Runtime, StartError};
+use slipway_secrets::SecretBox;
+pub use slipway_secrets::SecretSettings;
 use tokio::sync::Notify;
 
 use crate::builds::package::RegistrySettings;
-use crate::builds::worker::{BuildSettings, Worker};
+use crate::builds::sandbox::SandboxError;
+use crate::builds::worker::{BuildSettings, Context, Worker};
 use crate::consumers::{BuildRequests, Events, ServiceCatalog};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -17,6 +20,31 @@ pub struct Settings {
     pub base: BaseSettings,
     pub builds: BuildSettings,
     pub registry: RegistrySettings,
+    /// Seals clone credentials at rest.
+    pub secrets: SecretSettings,
+    #[serde(default)]
+    pub services: ServiceSettings,
+}
+
+/// Settings of section `[services]` (the same name and meaning as the registry's).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ServiceSettings {
+    /// Fetch from `file://` URLs and local paths (one machine only: scripts/up turns it on).
+    #[serde(default)]
+    pub allow_local_repositories: bool,
+}
+
+/// Why the builder could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuilderStartError {
+    #[error(transparent)]
+    Runtime(#[from] StartError),
+    #[error(transparent)]
+    Secrets(#[from] slipway_secrets::SecretError),
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    RegistryAuth(#[from] slipway_settings::RegistryAuthError),
 }
 
 impl Settings {
@@ -27,23 +55,17 @@ impl Settings {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// Why the builder could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum BuilderStartError {
-    #[error(transparent)]
-    Runtime(#[from] StartError),
-    #[error(transparent)]
-    RegistryAuth(#[from] slipway_settings::RegistryAuthError),
-}
-
 pub struct Application {
     running: Running,
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, BuilderStartError> {
-        // Checked before anything binds: bad credentials settings stop the process at once.
+        // Checked before anything binds: bad credentials settings, a bad key or work dir stop
+        // the process at once.
         settings.registry.oci_auth()?;
+        let sealer = SecretBox::from_settings(&settings.secrets)?;
+        let sandbox = settings.builds.sandbox()?;
         let mut runtime = Runtime::build("builder", &settings.base, &MIGRATOR).await?;
         let wake = Arc::new(Notify::new());
         let handler = Events {
@@ -56,17 +78,22 @@ impl Application {
         };
         runtime.consume("events", &[Topic::Services, Topic::Commands], handler);
         runtime.relay_outbox()?;
-        let worker = Worker::new(
-            runtime.pool.clone(),
-            settings.builds.clone(),
-            settings.registry.clone(),
-            wake,
-        );
+        let ctx = Context {
+            pool: runtime.pool.clone(),
+            settings: settings.builds.clone(),
+            registry: settings.registry.clone(),
+            sandbox,
+            sealer: sealer.clone(),
+            allow_local: settings.services.allow_local_repositories,
+        };
+        let worker = Worker::new(ctx, wake);
         let cancel = runtime.cancel.clone();
         runtime.spawn("build worker", worker.run(cancel));
         let pool = actix_web::web::Data::new(runtime.pool.clone());
+        let sealer = actix_web::web::Data::new(sealer);
         let running = runtime.start(Access::Services(crate::routes::ACCESS), move |cfg| {
             cfg.app_data(pool.clone())
+                .app_data(sealer.clone())
                 .configure(crate::routes::configure);
         })?;
         Ok(Self { running })

@@ -14,6 +14,18 @@ pub struct Settings {
     #[serde(flatten)]
     pub base: BaseSettings,
     pub secrets: SecretSettings,
+    #[serde(default)]
+    pub services: ServiceSettings,
+}
+
+/// Settings of section `[services]`: what a service may be created with.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ServiceSettings {
+    /// Accept `file://` URLs and local paths as repositories: for one machine, where teams try
+    /// Slipway with a repository on disk (scripts/up turns it on). Off in shared installs: a
+    /// local path lets a service build any repository the builder can read.
+    #[serde(default)]
+    pub allow_local_repositories: bool,
 }
 
 impl Settings {
@@ -84,10 +96,12 @@ impl Application {
         );
         let pool = actix_web::web::Data::new(runtime.pool.clone());
         let sealer = actix_web::web::Data::new(sealer);
+        let services = actix_web::web::Data::new(settings.services.clone());
         let index = actix_web::web::Data::new(IndexWatch(index_receiver));
         let running = runtime.start(Access::Services(crate::routes::ACCESS), move |cfg| {
             cfg.app_data(pool.clone())
                 .app_data(sealer.clone())
+                .app_data(services.clone())
                 .app_data(index.clone())
                 .configure(crate::routes::configure);
         })?;

@@ -8,6 +8,8 @@ pub mod archive;
 pub mod fetch;
 pub mod logs;
 pub mod package;
+pub mod sandbox;
+pub mod source;
 pub mod spec;
 pub mod step;
 pub mod worker;
@@ -25,6 +27,8 @@ pub struct Build {
     pub id: BuildId,
     pub service_id: ServiceId,
     pub service_name: String,
+    /// Shown redacted (a request from before credentials in URLs were refused may hold one).
+    #[serde(serialize_with = "redacted")]
     pub repository: Option<String>,
     pub git_ref: String,
     pub commit_requested: Option<String>,
@@ -48,6 +52,12 @@ pub struct Build {
     pub queued_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+fn redacted<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    url.as_deref()
+        .map(slipway_events::repository::redact)
+        .serialize(s)
 }
 
 const COLUMNS: &str = "id, service_id, service_name, repository, git_ref, commit_requested, \
@@ -95,7 +105,10 @@ async fn announce_artifact(
         "digest": packaged.digest,
         "run": packaged.run,
     });
-    let change_source = build.repository.clone().unwrap_or_else(|| "upload".into());
+    let change_source = build
+        .repository
+        .as_deref()
+        .map_or_else(|| "upload".into(), slipway_events::repository::redact);
     for event in [
         CdEvent::artifact_packaged(sources::BUILDER, &packaged.purl, &commit, &change_source),
         CdEvent::artifact_published(sources::BUILDER, &packaged.purl),
@@ -264,6 +277,54 @@ pub struct Ending {
     pub commit_built: Option<String>,
     /// The image, when the build succeeded.
     pub packaged: Option<package::Packaged>,
+}
+
+/// A build that failed at `step`.
+pub fn failed(
+    step: &str,
+    exit_code: Option<i32>,
+    reason: String,
+    commit: Option<String>,
+) -> Ending {
+    Ending {
+        status: "failed",
+        step: Some(step.to_owned()),
+        exit_code,
+        reason: Some(reason),
+        commit_built: commit,
+        packaged: None,
+    }
+}
+
+/// A build cancelled during `step`.
+pub fn cancelled(step: &str) -> Ending {
+    Ending {
+        status: "cancelled",
+        step: Some(step.to_owned()),
+        exit_code: None,
+        reason: Some(format!("cancelled during {step}")),
+        commit_built: None,
+        packaged: None,
+    }
+}
+
+/// The exit code of a command that failed.
+pub fn exit_code(outcome: &step::Outcome) -> Option<i32> {
+    match outcome {
+        step::Outcome::Failed(code) => *code,
+        _ => None,
+    }
+}
+
+/// What happened to `what`, for a failed build's reason.
+pub fn describe(outcome: &step::Outcome, what: &str, timeout: std::time::Duration) -> String {
+    match outcome {
+        step::Outcome::Failed(Some(code)) => format!("{what} exited with code {code}"),
+        step::Outcome::Failed(None) => format!("{what} was killed by a signal"),
+        step::Outcome::TimedOut => format!("{what} did not finish within {}s", timeout.as_secs()),
+        step::Outcome::Cancelled => format!("{what} was cancelled"),
+        step::Outcome::Succeeded => format!("{what} succeeded"),
+    }
 }
 
 /// Stores the end of a build and announces `build.finished`.

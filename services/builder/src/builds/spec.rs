@@ -27,6 +27,7 @@ pub struct Step {
 
 /// How instances are started (used by packaging, the registry's releases and the deployer).
 pub use slipway_events::slipway::RunSpec;
+use slipway_events::slipway::Command;
 
 /// Why no recipe could be found.
 #[derive(Debug, thiserror::Error)]
@@ -44,14 +45,43 @@ impl BuildSpec {
     /// Reads `slipway.toml` in `source`, or detects the project kind.
     pub fn load(source: &Path) -> Result<(Self, &'static str), SpecError> {
         let file = source.join("slipway.toml");
-        if file.exists() {
-            let text =
-                std::fs::read_to_string(&file).map_err(|e| SpecError::Invalid(e.to_string()))?;
+        if file.symlink_metadata().is_ok() {
+            let text = read_regular(&file).map_err(|e| SpecError::Invalid(e.to_string()))?;
             let spec: BuildSpec =
                 toml::from_str(&text).map_err(|e| SpecError::Invalid(e.to_string()))?;
             return Ok((spec, "slipway.toml"));
         }
         Self::detect(source).ok_or(SpecError::Unknown)
+    }
+
+    /// Cargo: the tests, then a release build; with a `Cargo.lock`, exactly its versions. One
+    /// binary is packaged alone and is the run command; otherwise all of `target/release`.
+    fn cargo(source: &Path) -> Self {
+        let locked = if source.join("Cargo.lock").exists() {
+            " --locked"
+        } else {
+            ""
+        };
+        let bin = cargo_binary(source);
+        let package = match &bin {
+            Some(bin) => format!("target/release/{bin}"),
+            None => "target/release".to_owned(),
+        };
+        let mut spec = Self::simple(
+            &format!("cargo test{locked}"),
+            &format!("cargo build --release{locked}"),
+            &[&package],
+        );
+        spec.run = bin.and_then(|bin| {
+            // A Cargo binary name is a valid command word; should one ever not be, the
+            // release simply has no run spec rather than a bad one.
+            Some(RunSpec {
+                command: Command::new(vec![format!("./target/release/{bin}")]).ok()?,
+                port_env: "PORT".parse().ok()?,
+                health_path: "/healthz".parse().ok()?,
+            })
+        });
+        spec
     }
 
     fn simple(test: &str, build: &str, package: &[&str]) -> Self {
@@ -71,14 +101,7 @@ impl BuildSpec {
     fn detect(source: &Path) -> Option<(Self, &'static str)> {
         let has = |f: &str| source.join(f).exists();
         if has("Cargo.toml") {
-            return Some((
-                Self::simple(
-                    "cargo test --locked",
-                    "cargo build --release --locked",
-                    &["target/release"],
-                ),
-                "cargo",
-            ));
+            return Some((Self::cargo(source), "cargo"));
         }
         if has("go.mod") {
             return Some((
@@ -106,6 +129,41 @@ impl BuildSpec {
         }
         None
     }
+}
+
+/// The text of a regular file of the checkout. A symlink is refused: the checkout is the
+/// team's, and the builder must not be made to read (and quote in an error) a file of its own.
+fn read_regular(path: &Path) -> std::io::Result<String> {
+    let meta = path.symlink_metadata()?;
+    if !meta.is_file() || meta.len() > 1024 * 1024 {
+        return Err(std::io::Error::other(format!(
+            "{} must be a regular file of at most 1 MiB (not a link)",
+            path.file_name().unwrap_or_default().to_string_lossy()
+        )));
+    }
+    std::fs::read_to_string(path)
+}
+
+/// The one binary a Cargo package builds: its single `[[bin]]`, or the package itself when it
+/// has `src/main.rs`. `None` for a workspace, a library or several binaries.
+fn cargo_binary(source: &Path) -> Option<String> {
+    let text = read_regular(&source.join("Cargo.toml")).ok()?;
+    let manifest: toml::Table = toml::from_str(&text).ok()?;
+    let bins = manifest.get("bin").and_then(|b| b.as_array());
+    let name = match bins {
+        Some(bins) if bins.len() == 1 => bins[0].get("name")?.as_str()?,
+        Some(_) => return None,
+        None if source.join("src/main.rs").is_file() => {
+            manifest.get("package")?.get("name")?.as_str()?
+        }
+        None => return None,
+    };
+    // It becomes a path in the image and the run command.
+    let plain = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'));
+    plain.then(|| name.to_owned())
 }
 
 #[cfg(test)]
@@ -160,6 +218,42 @@ mod tests {
             BuildSpec::load(&dir_with(&[("README", "")])),
             Err(SpecError::Unknown)
         ));
+    }
+
+    #[test]
+    fn a_cargo_binary_is_tested_built_packaged_and_run() {
+        let dir = dir_with(&[(
+            "Cargo.toml",
+            "[package]\nname = \"hello-rs\"\nversion = \"0.1.0\"\nedition = \"2021\"\n",
+        )]);
+        std::fs::create_dir_all(dir.join("src")).unwrap();
+        std::fs::write(dir.join("src/main.rs"), "fn main() {}").unwrap();
+        let (spec, _) = BuildSpec::load(&dir).unwrap();
+        assert_eq!(
+            spec.test.command, "cargo test",
+            "no Cargo.lock: not --locked"
+        );
+        assert_eq!(spec.build.command, "cargo build --release");
+        assert_eq!(spec.build.package, ["target/release/hello-rs"]);
+        assert_eq!(*spec.run.unwrap().command, ["./target/release/hello-rs"]);
+        std::fs::write(dir.join("Cargo.lock"), "").unwrap();
+        let (spec, _) = BuildSpec::load(&dir).unwrap();
+        assert_eq!(spec.test.command, "cargo test --locked");
+        // A library (or a workspace) packages the whole release dir and has no run command.
+        let lib = dir_with(&[("Cargo.toml", "[package]\nname = \"x\"\n")]);
+        let (spec, _) = BuildSpec::load(&lib).unwrap();
+        assert_eq!(spec.build.package, ["target/release"]);
+        assert!(spec.run.is_none());
+    }
+
+    #[test]
+    fn a_recipe_that_is_a_link_is_refused() {
+        let secret = dir_with(&[("secret", "[test]\ncommand = \"do-not-quote-me\"\n")]);
+        let dir = dir_with(&[]);
+        std::os::unix::fs::symlink(secret.join("secret"), dir.join("slipway.toml")).unwrap();
+        let err = BuildSpec::load(&dir).unwrap_err();
+        assert!(err.to_string().contains("not a link"), "{err}");
+        assert!(!err.to_string().contains("do-not-quote-me"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Running one command of a build: its own process group (so a timeout or a cancel stops every
 //! process it started), output read line by line from both streams as it comes, a deadline,
-//! and cancellation.
+//! and cancellation. The command starts from an empty environment (only what the invocation
+//! lists) and, when a build user is given, as that uid and gid with no supplementary groups.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -14,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::logs::{LogWriter, Stream};
+use super::sandbox::BuildUser;
 
 /// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,7 +48,10 @@ pub struct Invocation<'a> {
     pub program: &'a str,
     pub args: Vec<String>,
     pub cwd: &'a Path,
+    /// The whole environment: nothing of the builder's own is passed on.
     pub env: Vec<(String, String)>,
+    /// Run as this user (the builder is root); `None`: as the builder.
+    pub user: Option<BuildUser>,
     pub timeout: Duration,
 }
 
@@ -60,11 +65,17 @@ pub async fn run(
         .chain(inv.args.iter().cloned())
         .collect::<Vec<_>>()
         .join(" ");
-    let mut child = Command::new(inv.program)
+    let mut command = Command::new(inv.program);
+    command
         .args(&inv.args)
         .current_dir(inv.cwd)
-        .envs(inv.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .env("GIT_TERMINAL_PROMPT", "0")
+        .env_clear()
+        .envs(inv.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    if let Some(user) = inv.user {
+        // std calls setgroups(0) before setuid when the parent is root: no groups are kept.
+        command.uid(user.uid).gid(user.gid);
+    }
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -1,75 +1,104 @@
 //! The build worker: takes queued builds in order, runs at most `max_parallel` at once, and
 //! runs each through fetch → test (the gate) → build → package (an OCI image, pushed).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use slipway_ids::BuildId;
+use slipway_secrets::SecretBox;
 use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::fetch::{self, Fetched};
 use super::logs::{LogWriter, Stream};
 use super::package::{self, RegistrySettings};
+use super::sandbox::{BuildDir, BuildUser, Sandbox, SandboxError};
+use super::source::{self, Sources};
 use super::spec::BuildSpec;
 use super::step::{self, Invocation, Outcome};
-use super::{Build, Ending};
+use super::{Build, Ending, cancelled, describe, exit_code, failed};
 
 /// Settings of section `[builds]`.
 #[derive(Debug, Clone, Deserialize)]
 pub struct BuildSettings {
-    /// Work and cache directories live here; empty: the system temp dir.
+    /// Work and cache directories live here; empty: `slipway-builds` in the system temp dir.
+    /// Must not be inside a project (see `sandbox::PROJECT_FILES`).
     pub workdir: String,
     pub max_parallel: usize,
     pub step_timeout_seconds: u64,
     /// Output lines quoted in a failed build's reason.
     pub reason_lines: usize,
+    /// `PATH` of build commands (nothing else of the builder's environment reaches them).
+    #[serde(default = "default_path")]
+    pub path: String,
+    /// The uid and gid build commands run as when the builder is root; no passwd entry needed.
+    #[serde(default = "default_id")]
+    pub uid: u32,
+    #[serde(default = "default_id")]
+    pub gid: u32,
+}
+
+fn default_path() -> String {
+    "/usr/local/bin:/usr/bin:/bin".into()
+}
+
+fn default_id() -> u32 {
+    64900
 }
 
 impl BuildSettings {
     fn root(&self) -> PathBuf {
         if self.workdir.is_empty() {
-            std::env::temp_dir().join("slipway-builder")
+            std::env::temp_dir().join("slipway-builds")
         } else {
             PathBuf::from(&self.workdir)
         }
     }
+
+    /// Checks the work dir and decides who builds run as; done before the builder starts.
+    pub fn sandbox(&self) -> Result<Sandbox, SandboxError> {
+        let user = BuildUser {
+            uid: self.uid,
+            gid: self.gid,
+        };
+        Sandbox::prepare(&self.root(), &self.path, user)
+    }
+}
+
+/// What every build job shares.
+#[derive(Clone)]
+pub struct Context {
+    pub pool: PgPool,
+    pub settings: BuildSettings,
+    pub registry: RegistrySettings,
+    pub sandbox: Sandbox,
+    /// Opens clone credentials.
+    pub sealer: SecretBox,
+    /// `[services] allow_local_repositories`.
+    pub allow_local: bool,
 }
 
 /// Runs queued builds until cancelled.
 pub struct Worker {
-    pool: PgPool,
-    settings: BuildSettings,
-    registry: RegistrySettings,
+    ctx: Context,
     /// Poked when a build is queued, so it starts without waiting for the next poll.
     wake: Arc<Notify>,
 }
 
 impl Worker {
-    pub fn new(
-        pool: PgPool,
-        settings: BuildSettings,
-        registry: RegistrySettings,
-        wake: Arc<Notify>,
-    ) -> Self {
-        Self {
-            pool,
-            settings,
-            registry,
-            wake,
-        }
+    pub fn new(ctx: Context, wake: Arc<Notify>) -> Self {
+        Self { ctx, wake }
     }
 
     pub async fn run(self, cancel: CancellationToken) -> Result<(), sqlx::Error> {
-        let requeued = super::requeue_interrupted(&self.pool).await?;
+        let requeued = super::requeue_interrupted(&self.ctx.pool).await?;
         if requeued > 0 {
             tracing::warn!(requeued, "builds interrupted by a restart are queued again");
         }
-        let slots = Arc::new(Semaphore::new(self.settings.max_parallel.max(1)));
+        let slots = Arc::new(Semaphore::new(self.ctx.settings.max_parallel.max(1)));
         let mut running = tokio::task::JoinSet::new();
         loop {
             let permit = tokio::select! {
@@ -79,7 +108,7 @@ impl Worker {
                     Err(_) => break,
                 },
             };
-            let next = match super::claim_next(&self.pool).await {
+            let next = match super::claim_next(&self.ctx.pool).await {
                 Ok(next) => next,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot claim a build");
@@ -88,11 +117,7 @@ impl Worker {
             };
             match next {
                 Some(build) => {
-                    let job = Job {
-                        pool: self.pool.clone(),
-                        settings: self.settings.clone(),
-                        registry: self.registry.clone(),
-                    };
+                    let job = Job(self.ctx.clone());
                     let cancel = cancel.child_token();
                     running.spawn(async move {
                         let id = build.id;
@@ -119,22 +144,7 @@ impl Worker {
     }
 }
 
-struct Job {
-    pool: PgPool,
-    settings: BuildSettings,
-    registry: RegistrySettings,
-}
-
-fn failed(step: &str, exit_code: Option<i32>, reason: String, commit: Option<String>) -> Ending {
-    Ending {
-        status: "failed",
-        step: Some(step.to_owned()),
-        exit_code,
-        reason: Some(reason),
-        commit_built: commit,
-        packaged: None,
-    }
-}
+struct Job(Context);
 
 impl Job {
     async fn execute(self, build: Build, shutdown: CancellationToken) -> Result<(), sqlx::Error> {
@@ -142,25 +152,30 @@ impl Job {
         let span = tracing::info_span!("build", build.id = %id, service = %build.service_name);
         // A cancel request (flag in the database) or shutdown stops the running step.
         let cancel = shutdown.child_token();
-        let watcher = tokio::spawn(watch_cancel(self.pool.clone(), id, cancel.clone()));
-        let dir = self.settings.root().join("builds").join(id.to_string());
-        let result = self.pipeline(&build, &dir, &cancel).instrument(span).await;
+        let watcher = tokio::spawn(watch_cancel(self.0.pool.clone(), id, cancel.clone()));
+        let result = match self.0.sandbox.build_dir(&id.to_string()) {
+            Ok(dir) => {
+                let result = self.pipeline(&build, &dir, &cancel).instrument(span).await;
+                if let Err(e) = tokio::fs::remove_dir_all(&dir.root).await
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(build.id = %id, error = %e, "cannot remove the build directory");
+                }
+                result
+            }
+            Err(e) => Err(step::StepError::Wait(e)),
+        };
         watcher.abort();
-        if let Err(e) = tokio::fs::remove_dir_all(&dir).await
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            tracing::warn!(build.id = %id, error = %e, "cannot remove the build directory");
-        }
         let ending = match result {
             Ok(ending) => ending,
             Err(e) => failed("internal", None, format!("the builder failed: {e}"), None),
         };
         if shutdown.is_cancelled() && ending.status == "cancelled" {
             // Not the user's cancel: the builder is stopping. Queue it again for the next start.
-            super::requeue(&self.pool, id).await?;
+            super::requeue(&self.0.pool, id).await?;
             return Ok(());
         }
-        let done = super::finish(&self.pool, id, ending).await?;
+        let done = super::finish(&self.0.pool, id, ending).await?;
         tracing::info!(build.id = %id, status = %done.status, step = ?done.step, "build finished");
         Ok(())
     }
@@ -168,12 +183,13 @@ impl Job {
     async fn pipeline(
         &self,
         build: &Build,
-        dir: &Path,
+        dir: &BuildDir,
         cancel: &CancellationToken,
     ) -> Result<Ending, step::StepError> {
-        let timeout = Duration::from_secs(self.settings.step_timeout_seconds);
+        let ctx = &self.0;
+        let timeout = Duration::from_secs(ctx.settings.step_timeout_seconds);
         let mut logs =
-            LogWriter::open(self.pool.clone(), build.id, self.settings.reason_lines).await?;
+            LogWriter::open(ctx.pool.clone(), build.id, ctx.settings.reason_lines).await?;
         let reason_of = |what: String, logs: &LogWriter| {
             let tail = logs.tail();
             if tail.is_empty() {
@@ -182,78 +198,23 @@ impl Job {
                 format!("{what}; last lines of output:\n{}", tail.join("\n"))
             }
         };
-        std::fs::create_dir_all(dir).map_err(step::StepError::Wait)?;
 
-        // Fetch (or unpack the upload).
-        let commit = if let Some(upload) = build.upload_id {
-            match super::upload(&self.pool, upload).await? {
-                Some((bytes, sha)) => {
-                    logs.line(
-                        "fetch",
-                        Stream::Slipway,
-                        &format!("unpacking upload {upload} (sha256 {sha})"),
-                    )
-                    .await?;
-                    let target = dir.to_owned();
-                    let unpacked = tokio::task::spawn_blocking(move || {
-                        super::archive::inspect(
-                            &bytes,
-                            super::archive::Limits::default(),
-                            Some(&target),
-                        )
-                    })
-                    .await
-                    .map_err(|e| step::StepError::Wait(std::io::Error::other(e)))?;
-                    if let Err(e) = unpacked {
-                        return Ok(failed(
-                            "fetch",
-                            None,
-                            format!("the upload cannot be unpacked: {e}"),
-                            None,
-                        ));
-                    }
-                    format!("upload-{sha}")
-                }
-                None => {
-                    return Ok(failed(
-                        "fetch",
-                        None,
-                        format!("upload {upload} is gone"),
-                        None,
-                    ));
-                }
-            }
-        } else {
-            let Some(repository) = build.repository.as_deref() else {
-                return Ok(failed(
-                    "fetch",
-                    None,
-                    "the build has no repository to fetch".into(),
-                    None,
-                ));
-            };
-            let fetched = fetch::fetch(
-                dir,
-                repository,
-                &build.git_ref,
-                build.commit_requested.as_deref(),
-                &mut logs,
-                cancel,
-                timeout,
-            )
-            .await?;
-            match fetched {
-                Fetched::Commit(sha) => sha,
-                Fetched::Failed(Outcome::Cancelled, _) => return Ok(cancelled("fetch")),
-                Fetched::Failed(outcome, what) => {
-                    let reason = reason_of(describe(&outcome, &what, timeout), &logs);
-                    return Ok(failed("fetch", exit_code(&outcome), reason, None));
-                }
-            }
+        // Fetch (or unpack the upload); the checkout then belongs to the build user.
+        let sources = Sources {
+            pool: &ctx.pool,
+            sandbox: &ctx.sandbox,
+            sealer: &ctx.sealer,
+            allow_local: ctx.allow_local,
+            timeout,
         };
+        let commit = match source::obtain(&sources, build, dir, &mut logs, cancel).await? {
+            Ok(commit) => commit,
+            Err(ending) => return Ok(ending),
+        };
+        let src = dir.src.as_path();
 
         // Recipe.
-        let spec = match BuildSpec::load(dir) {
+        let spec = match BuildSpec::load(src) {
             Ok((spec, from)) => {
                 logs.line(
                     "spec",
@@ -270,9 +231,17 @@ impl Job {
             }
         };
 
-        // Test gate, then build.
-        let cache = self.settings.root().join("cache").join(&build.service_name);
-        std::fs::create_dir_all(&cache).map_err(step::StepError::Wait)?;
+        // Test gate, then build: as the build user, in a cleared environment.
+        let cache = ctx
+            .sandbox
+            .cache_dir(&build.service_name)
+            .map_err(step::StepError::Wait)?;
+        let mut env = dir.base_env();
+        env.extend([
+            ("SLIPWAY_BUILD_ID".into(), build.id.to_string()),
+            ("SLIPWAY_COMMIT".into(), commit.clone()),
+            ("SLIPWAY_CACHE_DIR".into(), cache.display().to_string()),
+        ]);
         for (name, command) in [("test", &spec.test.command), ("build", &spec.build.command)] {
             if command.trim().is_empty() {
                 logs.line(
@@ -283,7 +252,7 @@ impl Job {
                 .await?;
                 continue;
             }
-            super::set_step(&self.pool, build.id, name).await?;
+            super::set_step(&ctx.pool, build.id, name).await?;
             logs.clear_tail();
             logs.line(name, Stream::Slipway, &format!("$ {command}"))
                 .await?;
@@ -291,12 +260,9 @@ impl Job {
                 step: name,
                 program: "sh",
                 args: vec!["-c".into(), command.clone()],
-                cwd: dir,
-                env: vec![
-                    ("SLIPWAY_BUILD_ID".into(), build.id.to_string()),
-                    ("SLIPWAY_COMMIT".into(), commit.clone()),
-                    ("SLIPWAY_CACHE_DIR".into(), cache.display().to_string()),
-                ],
+                cwd: src,
+                env: env.clone(),
+                user: ctx.sandbox.user(),
                 timeout,
             };
             match step::run(inv, &mut logs, cancel).await? {
@@ -318,17 +284,17 @@ impl Job {
         }
 
         // Package and push.
-        super::set_step(&self.pool, build.id, "package").await?;
-        let pushing = format!("packaging and pushing to {}", self.registry.address);
+        super::set_step(&ctx.pool, build.id, "package").await?;
+        let pushing = format!("packaging and pushing to {}", ctx.registry.address);
         logs.line("package", Stream::Slipway, &pushing).await?;
         let tag = format!("build-{}", build.id);
         let pushed = package::package_and_push(
-            dir,
+            src,
             &spec,
             &build.service_name,
             &commit,
             &tag,
-            &self.registry,
+            &ctx.registry,
         )
         .await;
         let packaged = match pushed {
@@ -353,34 +319,6 @@ impl Job {
             commit_built: Some(commit),
             packaged: Some(packaged),
         })
-    }
-}
-
-fn cancelled(step: &str) -> Ending {
-    Ending {
-        status: "cancelled",
-        step: Some(step.to_owned()),
-        exit_code: None,
-        reason: Some(format!("cancelled during {step}")),
-        commit_built: None,
-        packaged: None,
-    }
-}
-
-fn exit_code(outcome: &Outcome) -> Option<i32> {
-    match outcome {
-        Outcome::Failed(code) => *code,
-        _ => None,
-    }
-}
-
-fn describe(outcome: &Outcome, what: &str, timeout: Duration) -> String {
-    match outcome {
-        Outcome::Failed(Some(code)) => format!("{what} exited with code {code}"),
-        Outcome::Failed(None) => format!("{what} was killed by a signal"),
-        Outcome::TimedOut => format!("{what} did not finish within {}s", timeout.as_secs()),
-        Outcome::Cancelled => format!("{what} was cancelled"),
-        Outcome::Succeeded => format!("{what} succeeded"),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The builder's internal HTTP API (called by the gateway, which authenticates users).
 
 mod builds;
+mod credentials;
 pub mod sources;
 
 use actix_web::web;
@@ -21,7 +22,8 @@ pub const ACCESS: AccessRules = AccessRules::new(
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.configure(builds::configure)
-        .configure(sources::configure);
+        .configure(sources::configure)
+        .configure(credentials::configure);
 }
 
 /// Logs an unexpected error and answers a sanitised 500.

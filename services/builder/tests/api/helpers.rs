@@ -3,12 +3,15 @@ use std::time::Duration;
 use serde_json::Value;
 use slipway_builder::builds::package::RegistrySettings;
 use slipway_builder::builds::worker::BuildSettings;
-use slipway_builder::{Application, Settings};
+use slipway_builder::{Application, SecretSettings, ServiceSettings, Settings};
 use slipway_events::slipway::{BuildRequested, BuildTrigger, sources};
 use slipway_events::{CloudEvent, EventData};
 use slipway_ids::{BuildId, ServiceId};
 use slipway_kafka::{EventProducer, KafkaSettings};
 use tokio::sync::oneshot;
+
+/// The uid builds run as when the tests run as root.
+pub const BUILD_UID: u32 = 64900;
 
 pub struct TestApp {
     pub address: String,
@@ -21,6 +24,11 @@ pub struct TestApp {
 }
 
 pub async fn spawn_app() -> TestApp {
+    spawn_app_with(true).await
+}
+
+/// A builder; `allow_local`: its `[services] allow_local_repositories`.
+pub async fn spawn_app_with(allow_local: bool) -> TestApp {
     let base = slipway_testkit::base_settings("builder").await;
     let workdir = std::env::temp_dir().join(format!(
         "slipway-builder-test-{}",
@@ -33,12 +41,22 @@ pub async fn spawn_app() -> TestApp {
             max_parallel: 2,
             step_timeout_seconds: 60,
             reason_lines: 10,
+            path: "/usr/local/bin:/usr/bin:/bin".into(),
+            uid: BUILD_UID,
+            gid: BUILD_UID,
         },
         registry: RegistrySettings {
             address: slipway_testkit::oci_registry(),
             insecure: true,
             repository_prefix: format!("t{}/", slipway_testkit::unique()),
             auth: Default::default(),
+        },
+        secrets: SecretSettings {
+            key: slipway_testkit::secrets_key().into(),
+        },
+        // The test repositories are `file://` bare repositories.
+        services: ServiceSettings {
+            allow_local_repositories: allow_local,
         },
     };
     let app = Application::build(settings).await.expect("builder starts");
@@ -115,6 +133,10 @@ impl TestApp {
                 .unwrap();
         }
         data.build_id
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
     }
 
     pub async fn build(&self, id: BuildId) -> Option<Value> {

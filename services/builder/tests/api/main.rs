@@ -3,6 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
 mod builds;
+mod clone_credentials;
 mod helpers;
 mod reuse;
 mod registry_auth;
+mod sandbox;

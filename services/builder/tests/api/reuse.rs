@@ -85,6 +85,7 @@ fn requested(service: ServiceId, repository: &str, commit: &str) -> BuildRequest
         build_id: BuildId::new(),
         service_id: service,
         service_name: "race".into(),
+        project: None,
         repository: Some(repository.into()),
         git_ref: "refs/heads/main".into(),
         commit: Some(commit.into()),

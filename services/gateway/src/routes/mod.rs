@@ -5,6 +5,7 @@
 mod admin;
 mod build_logs;
 pub(crate) mod builds;
+mod clone_credentials;
 mod deployments;
 mod projects;
 mod releases;
@@ -27,7 +28,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(sources::configure)
             .configure(webhooks::configure)
             .configure(projects::configure)
-            .configure(admin::configure),
+            .configure(admin::configure)
+            .configure(clone_credentials::configure),
     );
 }
 

@@ -162,7 +162,16 @@ impl Fixture {
         for side in [Side::Own, Side::Other] {
             let name = service(side);
             let base = format!("/v1/services/{name}");
-            let svc = json!({"id": uuid::Uuid::now_v7(), "name": name, "project": side.project(),
+            let id = uuid::Uuid::now_v7();
+            for method in ["PUT", "DELETE"] {
+                builder.answer(
+                    method,
+                    &format!("/v1/services/{id}/clone-credential"),
+                    200,
+                    ok.clone(),
+                );
+            }
+            let svc = json!({"id": id, "name": name, "project": side.project(),
                              "repository": "https://git.example/web.git", "branch": "main"});
             registry.answer("GET", &base, 200, svc);
             for path in [
@@ -355,6 +364,9 @@ impl Fixture {
                 json!({"name": format!("s{unique}"), "project": side.project()}),
             )),
             ("POST", "/v1/services/{name}/builds") => Some(Body::Json(json!({}))),
+            ("PUT", "/v1/services/{name}/clone-credential") => {
+                Some(Body::Json(json!({"token": "a-clone-token"})))
+            }
             ("POST", "/v1/services/{name}/sources") => Some(Body::Bytes(vec![0x1f, 0x8b, 0, 0])),
             ("POST", "/v1/services/{name}/environments/{env}/deployments") => {
                 Some(Body::Json(json!({"release": 1})))

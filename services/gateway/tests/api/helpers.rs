@@ -28,6 +28,7 @@ pub async fn spawn_with(registry_up: bool) -> TestApp {
             secrets: slipway_registry::startup::SecretSettings {
                 key: slipway_testkit::secrets_key().into(),
             },
+            services: Default::default(),
         };
         let registry = slipway_registry::Application::build(registry_settings)
             .await
@@ -54,6 +55,9 @@ pub async fn spawn_with(registry_up: bool) -> TestApp {
                 max_parallel: 2,
                 step_timeout_seconds: 60,
                 reason_lines: 10,
+                path: "/usr/local/bin:/usr/bin:/bin".into(),
+                uid: 64900,
+                gid: 64900,
             },
             registry: slipway_builder::builds::package::RegistrySettings {
                 address: slipway_testkit::oci_registry(),
@@ -61,6 +65,10 @@ pub async fn spawn_with(registry_up: bool) -> TestApp {
                 repository_prefix: format!("t{}/", slipway_testkit::unique()),
                 auth: Default::default(),
             },
+            secrets: slipway_secrets::SecretSettings {
+                key: slipway_testkit::secrets_key().into(),
+            },
+            services: Default::default(),
         };
         let builder = slipway_builder::Application::build(builder_settings)
             .await

@@ -21,6 +21,7 @@ async fn an_upstream_refusing_the_gateway_credential_is_a_502() {
         secrets: slipway_registry::startup::SecretSettings {
             key: slipway_testkit::secrets_key().into(),
         },
+        services: Default::default(),
     })
     .await
     .expect("registry starts");

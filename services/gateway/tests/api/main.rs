@@ -5,6 +5,7 @@
 mod access;
 mod auth;
 mod bootstrap;
+mod clone_credentials;
 mod deployment_reads;
 mod deployments;
 mod edge;

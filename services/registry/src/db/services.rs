@@ -12,9 +12,18 @@ pub struct Service {
     pub name: String,
     /// The project it belongs to (the gateway checks callers' roles there).
     pub project: ProjectName,
+    /// Shown redacted: a URL stored before credentials in URLs were refused may still hold one,
+    /// and every reader (viewers, the gateway's build requests, events) gets this form.
+    #[serde(serialize_with = "redacted")]
     pub repository: Option<String>,
     pub branch: String,
     pub created_at: DateTime<Utc>,
+}
+
+fn redacted<S: serde::Serializer>(url: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    url.as_deref()
+        .map(slipway_events::repository::redact)
+        .serialize(s)
 }
 
 /// Why an insert failed.

@@ -39,38 +39,17 @@ impl ServiceName {
     }
 }
 
-/// A git repository URL: `https://`, `http://`, `ssh://`, `git://` or `file://`, or the
-/// scp-like `user@host:path` form git accepts.
+/// A git repository URL: `https://`, `http://`, `ssh://`, `git://`, or the scp-like
+/// `git@host:path` form git accepts; never with credentials in it (see
+/// [`slipway_events::repository::check`]). `file://` URLs and local paths only where the
+/// operator allows local repositories.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Repository(String);
 
 impl Repository {
-    pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        let bad = |m: String| Invalid::new("repository", m);
-        if raw.len() > 2048 {
-            return Err(bad("must be at most 2048 characters".into()));
-        }
-        if let Some((user_host, path)) = raw.split_once(':')
-            && user_host.contains('@')
-            && !user_host.contains('/')
-            && !path.starts_with("//")
-            && !path.is_empty()
-        {
-            return Ok(Self(raw.to_owned())); // scp-like: git@host:owner/repo.git
-        }
-        let url = url::Url::parse(raw).map_err(|e| bad(format!("not a URL ({e})")))?;
-        match url.scheme() {
-            "https" | "http" | "ssh" | "git" | "file" => {}
-            other => return Err(bad(format!("scheme `{other}` is not a git transport"))),
-        }
-        if url.scheme() != "file" && url.host_str().is_none_or(str::is_empty) {
-            return Err(bad("has no host".into()));
-        }
-        if url.password().is_some() {
-            return Err(bad(
-                "must not embed a password; give credentials as a secret instead".into(),
-            ));
-        }
+    pub fn parse(raw: &str, allow_local: bool) -> Result<Self, Invalid> {
+        slipway_events::repository::check(raw, allow_local)
+            .map_err(|e| Invalid::new("repository", e.to_string()))?;
         Ok(Self(raw.to_owned()))
     }
 
@@ -176,10 +155,9 @@ pub struct NewService {
     pub branch: Branch,
 }
 
-impl TryFrom<NewServiceRequest> for NewService {
-    type Error = Invalid;
-
-    fn try_from(req: NewServiceRequest) -> Result<Self, Invalid> {
+impl NewService {
+    /// Validates `req`; `allow_local`: the operator's `[services] allow_local_repositories`.
+    pub fn parse(req: NewServiceRequest, allow_local: bool) -> Result<Self, Invalid> {
         Ok(Self {
             id: req.id.unwrap_or_default(),
             name: ServiceName::parse(&req.name)?,
@@ -192,7 +170,7 @@ impl TryFrom<NewServiceRequest> for NewService {
             repository: req
                 .repository
                 .as_deref()
-                .map(Repository::parse)
+                .map(|r| Repository::parse(r, allow_local))
                 .transpose()?,
             branch: Branch::parse(req.branch.as_deref().unwrap_or("main"))?,
         })
@@ -229,17 +207,36 @@ mod tests {
             "https://github.com/acme/hello.git",
             "ssh://git@git.example:2222/acme/hello.git",
             "git@github.com:acme/hello.git",
-            "file:///srv/git/hello.git",
         ] {
-            assert!(Repository::parse(ok).is_ok(), "{ok}");
+            assert!(Repository::parse(ok, false).is_ok(), "{ok}");
         }
         for bad in [
             "not a url",
             "ftp://x/y",
             "https://user:pw@github.com/acme/x.git",
+            "https://ghp_abcdefabcdefabcdefabcdefabcdefabcdef@github.com/acme/x.git",
             "https://",
         ] {
-            assert!(Repository::parse(bad).is_err(), "{bad}");
+            let err = Repository::parse(bad, true).unwrap_err();
+            assert_eq!(err.field, "repository", "{bad}");
+            assert!(
+                !err.message.contains("ghp_"),
+                "never echoed: {}",
+                err.message
+            );
+        }
+    }
+
+    #[test]
+    fn local_repositories_need_the_operator_setting() {
+        for local in ["file:///srv/git/hello.git", "/srv/git/hello.git"] {
+            let err = Repository::parse(local, false).unwrap_err();
+            assert!(
+                err.message.contains("allow_local_repositories"),
+                "{}",
+                err.message
+            );
+            assert!(Repository::parse(local, true).is_ok(), "{local}");
         }
     }
 
@@ -289,7 +286,7 @@ mod tests {
             repository: None,
             branch: None,
         };
-        let new = NewService::try_from(req).unwrap();
+        let new = NewService::parse(req, false).unwrap();
         assert_eq!(new.branch.as_str(), "main");
         assert_eq!(new.project, ProjectName::default_project());
     }

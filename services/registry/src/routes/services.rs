@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use super::internal;
 use crate::db::services::{self, InsertError};
 use crate::domain::{NewService, NewServiceRequest, repository_key};
+use crate::startup::ServiceSettings;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/services", web::post().to(create))
@@ -22,9 +23,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Stores the service and its "service created" event in one transaction.
 async fn create(
     pool: web::Data<PgPool>,
+    settings: web::Data<ServiceSettings>,
     body: web::Json<NewServiceRequest>,
 ) -> Result<HttpResponse, Problem> {
-    let new = NewService::try_from(body.into_inner())
+    let new = NewService::parse(body.into_inner(), settings.allow_local_repositories)
         .map_err(|e| Problem::validation(e.field, e.message))?;
 
     let mut tx = pool.begin().await.map_err(|e| internal("begin", e))?;

@@ -25,6 +25,7 @@ pub async fn spawn_app_with(discovery: DiscoverySettings) -> TestApp {
             secrets: slipway_registry::startup::SecretSettings {
                 key: slipway_testkit::secrets_key().into(),
             },
+            services: Default::default(),
         },
         discovery,
     )

@@ -64,6 +64,27 @@ async fn invalid_and_duplicate_services_are_refused_and_leave_nothing_behind() {
             422,
             Some("repository"),
         ),
+        (
+            json!({"name": "ok", "repository": "https://ghp_s3cr3tt0ken@github.com/acme/x.git"}),
+            422,
+            Some("repository"),
+        ),
+        (
+            json!({"name": "ok", "repository": "https://user:hunter2@github.com/acme/x.git"}),
+            422,
+            Some("repository"),
+        ),
+        // Local repositories need `[services] allow_local_repositories`, off here.
+        (
+            json!({"name": "ok", "repository": "file:///srv/git/x.git"}),
+            422,
+            Some("repository"),
+        ),
+        (
+            json!({"name": "ok", "repository": "/srv/git/x.git"}),
+            422,
+            Some("repository"),
+        ),
         (json!({"name": "ok", "branch": "a..b"}), 422, Some("branch")),
         (json!({"name": "ok", "colour": "blue"}), 422, None),
         (json!({"nom": "ok"}), 422, None),
@@ -73,6 +94,9 @@ async fn invalid_and_duplicate_services_are_refused_and_leave_nothing_behind() {
         assert_eq!(res.status(), status, "{body}");
         assert_eq!(res.headers()["content-type"], "application/problem+json");
         let problem: Value = res.json().await.unwrap();
+        for secret in ["s3cr3t", "hunter2"] {
+            assert!(!problem.to_string().contains(secret), "echoed: {problem}");
+        }
         assert_eq!(problem["status"], status);
         assert!(!problem["detail"].as_str().unwrap().is_empty());
         if let Some(field) = field {

@@ -104,6 +104,11 @@ impl Stack {
             "SLIPWAY_SECRETS__KEY".to_owned(),
             slipway_testkit::secrets_key(),
         );
+        // The tests' repositories are `file://` bare repositories (registry and builder).
+        env.insert(
+            "SLIPWAY_SERVICES__ALLOW_LOCAL_REPOSITORIES".to_owned(),
+            "true".to_owned(),
+        );
         env.insert(
             "SLIPWAY_UPSTREAMS__DEPLOYER".to_owned(),
             format!("http://127.0.0.1:{}", ports["deployer"]),
