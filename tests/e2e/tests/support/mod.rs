@@ -282,6 +282,41 @@ impl Stack {
         self.wait_ready(service).await;
     }
 
+    /// The port `service` listens on.
+    pub fn port(&self, service: &str) -> u16 {
+        self.ports[service]
+    }
+
+    /// The stack's own directory (logs, state): the platform's, never an instance's.
+    pub fn state_dir(&self) -> &Path {
+        &self.logs
+    }
+
+    /// Where `service` logs.
+    pub fn log_file(&self, service: &str) -> PathBuf {
+        self.logs.join(format!("{service}.log"))
+    }
+
+    /// PostgreSQL as an attacker would aim at it: address, database, and every role name the
+    /// stack uses (plus the superuser's).
+    pub fn postgres_target(&self) -> Value {
+        let mut users: Vec<String> = self
+            .env
+            .iter()
+            .filter(|(k, _)| k.ends_with("DATABASE__USERNAME"))
+            .map(|(_, v)| v.clone())
+            .collect();
+        users.push("postgres".to_owned());
+        users.sort();
+        users.dedup();
+        serde_json::json!({
+            "host": self.env["SLIPWAY_DATABASE__HOST"],
+            "port": self.env["SLIPWAY_DATABASE__PORT"].parse::<u16>().unwrap(),
+            "database": self.env["SLIPWAY_DATABASE__DATABASE"],
+            "users": users,
+        })
+    }
+
     pub fn topic(&self, base: &str) -> String {
         format!("{}{base}", self.prefix)
     }
