@@ -13,7 +13,7 @@ CREATE TABLE service_uids (
 -- never fails: a health path that is not a plain path on the instance (`@host/...`, `//host`,
 -- whitespace, ...) becomes the default `/healthz`; a run spec without a command is dropped (the
 -- image's own command runs, as it did).
-CREATE FUNCTION pg_temp.probe_path_ok(path JSONB) RETURNS BOOLEAN LANGUAGE SQL IMMUTABLE AS $$
+CREATE FUNCTION probe_path_ok(path JSONB) RETURNS BOOLEAN LANGUAGE SQL IMMUTABLE AS $$
     SELECT path IS NULL OR (jsonb_typeof(path) = 'string'
         AND length(path #>> '{}') <= 1024
         -- `/`, then printable ASCII; not `//`, no `@`, `#` or `\`.
@@ -22,13 +22,17 @@ CREATE FUNCTION pg_temp.probe_path_ok(path JSONB) RETURNS BOOLEAN LANGUAGE SQL I
 $$;
 
 UPDATE deployments SET health_check = jsonb_set(health_check, '{path}', '"/healthz"')
-    WHERE health_check IS NOT NULL AND NOT pg_temp.probe_path_ok(health_check -> 'path');
+    WHERE health_check IS NOT NULL AND NOT probe_path_ok(health_check -> 'path');
 UPDATE environment_state SET health_check = jsonb_set(health_check, '{path}', '"/healthz"')
-    WHERE health_check IS NOT NULL AND NOT pg_temp.probe_path_ok(health_check -> 'path');
+    WHERE health_check IS NOT NULL AND NOT probe_path_ok(health_check -> 'path');
 UPDATE instances SET health_check = jsonb_set(health_check, '{path}', '"/healthz"')
-    WHERE NOT pg_temp.probe_path_ok(health_check -> 'path');
+    WHERE NOT probe_path_ok(health_check -> 'path');
 UPDATE instances SET run = NULL
     WHERE run IS NOT NULL AND (jsonb_typeof(run -> 'command') IS DISTINCT FROM 'array'
         OR jsonb_array_length(run -> 'command') = 0 OR (run -> 'command' ->> 0) = '');
 UPDATE instances SET run = jsonb_set(run, '{health_path}', '"/healthz"')
-    WHERE run IS NOT NULL AND NOT pg_temp.probe_path_ok(run -> 'health_path');
+    WHERE run IS NOT NULL AND NOT probe_path_ok(run -> 'health_path');
+
+-- A helper of this migration only (in the service's own schema: its role may not create
+-- temporary objects).
+DROP FUNCTION probe_path_ok(JSONB);

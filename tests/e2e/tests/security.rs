@@ -412,7 +412,7 @@ async fn forged_events_are_refused(stack: &Stack) {
     let id_of = |name: &str| {
         services
             .as_array()
-            .or(services["services"].as_array())
+            .or(services["items"].as_array())
             .unwrap()
             .iter()
             .find(|s| s["name"] == name)

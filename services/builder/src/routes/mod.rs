@@ -17,6 +17,7 @@ pub const ACCESS: AccessRules = AccessRules::new(
         Rule::new("/v1/builds/{id}/logs", &[Gateway]),
         Rule::new("/v1/builds/{id}/cancel", &[Gateway]),
         Rule::new("/v1/sources", &[Gateway]),
+        Rule::new("/v1/services/{id}/clone-credential", &[Gateway]),
     ],
 );
 

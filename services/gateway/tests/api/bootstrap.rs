@@ -56,7 +56,7 @@ async fn a_revoked_bootstrap_token_stays_revoked_across_restarts() {
     let app = start_gateway(base, nowhere(), Vec::new()).await;
     assert_eq!(list_tokens(&app).await.status(), 401, "still revoked");
     let rows: Vec<(String, bool)> = sqlx::query_as(
-        "SELECT token_hash, revoked_at IS NOT NULL FROM api_tokens WHERE role = 'admin' \
+        "SELECT token_hash, revoked_at IS NOT NULL FROM api_tokens WHERE platform_admin \
          ORDER BY created_at",
     )
     .fetch_all(&app.pool)

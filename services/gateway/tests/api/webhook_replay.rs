@@ -184,7 +184,9 @@ async fn delivery_ids_are_forgotten_after_the_retention() {
     let pruned = slipway_gateway::deliveries::prune(&app.pool, chrono::Duration::days(7))
         .await
         .unwrap();
-    assert_eq!(pruned, 1);
+    // The gateway's own pruner also runs at start and may have taken the old row first, so
+    // the count is 0 or 1; what must hold is which rows remain.
+    assert!(pruned <= 1, "pruned {pruned}");
     let left: Vec<String> = sqlx::query_scalar("SELECT delivery_id FROM webhook_deliveries")
         .fetch_all(&app.pool)
         .await

@@ -54,8 +54,15 @@ impl Stack {
         let db_roles = slipway_testkit::roles::service_roles(&db).await;
         let kafka = slipway_testkit::kafka_settings();
         let admin_token = format!("slw_{}", slipway_testkit::unique().repeat(6));
+        // The stack's own state (its logs) is the platform's: owner only, as scripts/up keeps
+        // .slipway/. Builds and instances get directories of their own beside it, outside it.
         let logs = std::env::temp_dir().join(format!("slipway-e2e-{}", slipway_testkit::unique()));
         std::fs::create_dir_all(&logs).unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&logs, std::fs::Permissions::from_mode(0o700)).unwrap();
+        }
+        let outside = |what: &str| PathBuf::from(format!("{}-{what}", logs.display()));
 
         let mut env = HashMap::new();
         for (k, v) in [
@@ -89,7 +96,7 @@ impl Stack {
         );
         env.insert(
             "SLIPWAY_BUILDS__WORKDIR".to_owned(),
-            logs.join("builds").display().to_string(),
+            outside("builds").display().to_string(),
         );
         env.insert(
             "SLIPWAY_REGISTRY__ADDRESS".to_owned(),
@@ -117,7 +124,7 @@ impl Stack {
             "SLIPWAY_UPSTREAMS__MONITOR".to_owned(),
             format!("http://127.0.0.1:{}", ports["monitor"]),
         );
-        let instances = logs.join("deployer");
+        let instances = outside("instances");
         std::fs::create_dir_all(&instances).unwrap();
         let scope = instances.canonicalize().unwrap();
         env.insert(
@@ -300,12 +307,7 @@ impl Stack {
     /// PostgreSQL as an attacker would aim at it: address, database, and every role name the
     /// stack uses (plus the superuser's).
     pub fn postgres_target(&self) -> Value {
-        let mut users: Vec<String> = self
-            .env
-            .iter()
-            .filter(|(k, _)| k.ends_with("DATABASE__USERNAME"))
-            .map(|(_, v)| v.clone())
-            .collect();
+        let mut users: Vec<String> = self.db_roles.values().map(|r| r.username.clone()).collect();
         users.push("postgres".to_owned());
         users.sort();
         users.dedup();
