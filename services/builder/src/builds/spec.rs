@@ -25,9 +25,9 @@ pub struct Step {
     pub package: Vec<String>,
 }
 
+use slipway_events::slipway::Command;
 /// How instances are started (used by packaging, the registry's releases and the deployer).
 pub use slipway_events::slipway::RunSpec;
-use slipway_events::slipway::Command;
 
 /// Why no recipe could be found.
 #[derive(Debug, thiserror::Error)]

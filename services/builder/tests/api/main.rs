@@ -5,6 +5,6 @@
 mod builds;
 mod clone_credentials;
 mod helpers;
-mod reuse;
 mod registry_auth;
+mod reuse;
 mod sandbox;

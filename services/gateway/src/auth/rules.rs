@@ -90,8 +90,16 @@ pub const RULES: &[Rule] = &[
     // sources.rs
     rule("POST", "/v1/services/{name}/sources", service(Deployer)),
     // clone_credentials.rs: write-only; the builder keeps it sealed.
-    rule("PUT", "/v1/services/{name}/clone-credential", service(Deployer)),
-    rule("DELETE", "/v1/services/{name}/clone-credential", service(Deployer)),
+    rule(
+        "PUT",
+        "/v1/services/{name}/clone-credential",
+        service(Deployer),
+    ),
+    rule(
+        "DELETE",
+        "/v1/services/{name}/clone-credential",
+        service(Deployer),
+    ),
     // releases.rs
     rule("GET", "/v1/services/{name}/releases", service(Viewer)),
     rule("GET", "/v1/services/{name}/releases/{n}", service(Viewer)),
