@@ -340,6 +340,7 @@ impl CdEvent {
             subject,
             time: self.timestamp,
             key,
+            project: None,
             traceparent: None,
             tracestate: None,
             data: self.to_json(),

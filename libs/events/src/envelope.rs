@@ -7,7 +7,7 @@
 //! `tracestate` headers so one trace spans every hop.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use slipway_ids::{EventId, ServiceId};
+use slipway_ids::{EventId, ProjectName, ServiceId};
 
 use crate::EventData;
 
@@ -15,6 +15,9 @@ use crate::EventData;
 pub const SPEC_VERSION: &str = "1.0";
 /// The `content-type` of every event body.
 pub const CONTENT_TYPE: &str = "application/json";
+/// The header of the `slipwayproject` extension attribute: the project of the service the
+/// event concerns, so consumers can filter and attribute events without a catalog of their own.
+pub const PROJECT_HEADER: &str = "ce_slipwayproject";
 
 /// Why a record could not be read as a slipway CloudEvent.
 #[derive(Debug, thiserror::Error)]
@@ -59,6 +62,9 @@ pub struct CloudEvent {
     pub time: DateTime<Utc>,
     /// The Kafka record key: the id of the service the event concerns.
     pub key: ServiceId,
+    /// `slipwayproject`: the project of that service, when the producer knows it (never
+    /// guessed: absent rather than wrong).
+    pub project: Option<ProjectName>,
     /// W3C `traceparent` of the span that produced the event, when tracing is on.
     pub traceparent: Option<String>,
     /// W3C `tracestate` accompanying `traceparent`.
@@ -82,10 +88,16 @@ impl CloudEvent {
             subject,
             time: Utc::now(),
             key,
+            project: None,
             traceparent: None,
             tracestate: None,
             data: serde_json::to_value(data)?,
         })
+    }
+
+    /// The same event naming the project of its service (`None` leaves it unnamed).
+    pub fn with_project(self, project: Option<ProjectName>) -> Self {
+        Self { project, ..self }
     }
 
     /// The typed data of an event, checking its type first.
@@ -117,6 +129,9 @@ impl CloudEvent {
         ];
         if let Some(subject) = &self.subject {
             headers.push(("ce_subject", subject.clone()));
+        }
+        if let Some(project) = &self.project {
+            headers.push((PROJECT_HEADER, project.to_string()));
         }
         if let Some(tp) = &self.traceparent {
             headers.push(("traceparent", tp.clone()));
@@ -204,6 +219,16 @@ impl CloudEvent {
             }
             _ => serde_json::Value::Null,
         };
+        let project = take(PROJECT_HEADER)
+            .map(|text| {
+                text.parse::<ProjectName>()
+                    .map_err(|e| EnvelopeError::InvalidHeader {
+                        name: PROJECT_HEADER,
+                        value: text.clone(),
+                        reason: e.to_string(),
+                    })
+            })
+            .transpose()?;
         Ok(Self {
             id,
             source,
@@ -211,6 +236,7 @@ impl CloudEvent {
             subject: take("ce_subject"),
             time,
             key,
+            project,
             traceparent: take("traceparent"),
             tracestate: take("tracestate"),
             data,
@@ -265,6 +291,54 @@ mod tests {
                 ..back
             },
             ev
+        );
+    }
+
+    fn read(
+        headers: &[(&'static str, String)],
+        key: &str,
+        body: &[u8],
+    ) -> Result<CloudEvent, EnvelopeError> {
+        CloudEvent::from_record(
+            Some(key.as_bytes()),
+            headers.iter().map(|(n, v)| (*n, Some(v.as_bytes()))),
+            Some(body),
+        )
+    }
+
+    #[test]
+    fn the_project_travels_when_known_and_only_then() {
+        let absent = sample();
+        let (key, headers, body) = record(&absent);
+        assert!(headers.iter().all(|(n, _)| *n != PROJECT_HEADER));
+        assert_eq!(read(&headers, &key, &body).unwrap().project, None);
+
+        let payments = ProjectName::parse("payments").unwrap();
+        let present = sample().with_project(Some(payments.clone()));
+        let (key, headers, body) = record(&present);
+        assert!(headers.contains(&(PROJECT_HEADER, "payments".to_owned())));
+        assert_eq!(read(&headers, &key, &body).unwrap().project, Some(payments));
+
+        let bad: Vec<_> = headers
+            .into_iter()
+            .map(|(n, v)| {
+                if n == PROJECT_HEADER {
+                    (n, "../etc".to_owned())
+                } else {
+                    (n, v)
+                }
+            })
+            .collect();
+        let err = read(&bad, &key, &body).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                EnvelopeError::InvalidHeader {
+                    name: PROJECT_HEADER,
+                    ..
+                }
+            ),
+            "{err}"
         );
     }
 

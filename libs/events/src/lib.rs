@@ -27,7 +27,7 @@ pub mod slipway;
 pub mod topics;
 pub mod trust;
 
-pub use envelope::{CloudEvent, EnvelopeError};
+pub use envelope::{CloudEvent, EnvelopeError, PROJECT_HEADER};
 pub use topics::{Topic, Topics};
 pub use trust::{SIGNATURE_HEADER, Service};
 

@@ -150,6 +150,8 @@ pub struct Signed<'a> {
     /// The record key (the service id): signed too, so a signed event cannot be re-keyed.
     pub key: Option<&'a str>,
     pub body: &'a [u8],
+    /// `ce_slipwayproject`, the one extension attribute signed besides the core ones.
+    pub project: Option<&'a str>,
 }
 
 /// The byte string a signature covers: a domain tag, then `ce_id`, `ce_source`, `ce_type`,
@@ -157,6 +159,10 @@ pub struct Signed<'a> {
 /// present, by its length (u32, big-endian) and its UTF-8 bytes, then the body's length (u64,
 /// big-endian) and the body. Lengths make it unambiguous: no choice of values makes two
 /// different records sign the same bytes.
+///
+/// `ce_slipwayproject`, when present, follows the body in the same presence/length/text form.
+/// When absent nothing follows, so events signed before the attribute existed (and events
+/// without it) still verify; the body's length prefix keeps the two cases apart.
 pub fn canonical(signed: &Signed<'_>) -> Vec<u8> {
     let mut out = Vec::with_capacity(DOMAIN.len() + 160 + signed.body.len());
     out.extend_from_slice(DOMAIN);
@@ -170,18 +176,24 @@ pub fn canonical(signed: &Signed<'_>) -> Vec<u8> {
     ] {
         match field {
             None => out.push(0),
-            Some(text) => {
-                out.push(1);
-                // Header values are far below 4 GiB; saturating keeps this total anyway.
-                let len = u32::try_from(text.len()).unwrap_or(u32::MAX);
-                out.extend_from_slice(&len.to_be_bytes());
-                out.extend_from_slice(text.as_bytes());
-            }
+            Some(text) => push_text(&mut out, text),
         }
     }
     out.extend_from_slice(&(signed.body.len() as u64).to_be_bytes());
     out.extend_from_slice(signed.body);
+    if let Some(project) = signed.project {
+        push_text(&mut out, project);
+    }
     out
+}
+
+/// A present field: 1, its length (u32, big-endian), its UTF-8 bytes.
+fn push_text(out: &mut Vec<u8>, text: &str) {
+    out.push(1);
+    // Header values are far below 4 GiB; saturating keeps this total anyway.
+    let len = u32::try_from(text.len()).unwrap_or(u32::MAX);
+    out.extend_from_slice(&len.to_be_bytes());
+    out.extend_from_slice(text.as_bytes());
 }
 
 impl CloudEvent {
@@ -191,6 +203,7 @@ impl CloudEvent {
         let time = self.time.to_rfc3339_opts(SecondsFormat::Micros, true);
         let key = self.key.to_string();
         let body = self.body();
+        let project = self.project.as_ref().map(|p| p.to_string());
         canonical(&Signed {
             id: &id,
             source: &self.source,
@@ -199,6 +212,7 @@ impl CloudEvent {
             time: &time,
             key: Some(&key),
             body: &body,
+            project: project.as_deref(),
         })
     }
 }
@@ -216,6 +230,7 @@ mod tests {
             time: "2026-01-01T00:00:00.000000Z",
             key: Some("0190a1b2-0000-7000-8000-0000000000aa"),
             body: br#"{"name":"hello"}"#,
+            project: None,
         }
     }
 
@@ -266,6 +281,14 @@ mod tests {
                 body: br#"{"name":"hellp"}"#,
                 ..sample()
             },
+            Signed {
+                project: Some("payments"),
+                ..sample()
+            },
+            Signed {
+                project: Some("billing"),
+                ..sample()
+            },
         ];
         let mut seen = vec![base];
         for v in variants {
@@ -276,6 +299,28 @@ mod tests {
             );
             seen.push(bytes);
         }
+    }
+
+    #[test]
+    fn without_a_project_the_bytes_are_those_of_before() {
+        // The layout before `ce_slipwayproject` existed: signatures made then still verify.
+        let bytes = canonical(&sample());
+        assert!(bytes.ends_with(br#"{"name":"hello"}"#));
+        let with = canonical(&Signed {
+            project: Some("payments"),
+            ..sample()
+        });
+        assert!(with.starts_with(&bytes));
+        assert_eq!(&with[bytes.len()..], b"\x01\x00\x00\x00\x08payments");
+        // A body that ends like a project suffix still differs: the body length says where
+        // the body stops.
+        let mut body = br#"{"name":"hello"}"#.to_vec();
+        body.extend_from_slice(b"\x01\x00\x00\x00\x08payments");
+        let shifted = canonical(&Signed {
+            body: &body,
+            ..sample()
+        });
+        assert_ne!(shifted, with);
     }
 
     #[test]
@@ -310,7 +355,8 @@ mod tests {
             Some("hello".into()),
             &data,
         )
-        .unwrap();
+        .unwrap()
+        .with_project(Some(data.project.clone()));
         let headers: std::collections::HashMap<_, _> = ev.headers().into_iter().collect();
         let body = ev.body();
         let key = ev.key.to_string();
@@ -322,7 +368,9 @@ mod tests {
             time: &headers["ce_time"],
             key: Some(&key),
             body: &body,
+            project: headers.get(crate::PROJECT_HEADER).map(String::as_str),
         });
+        assert!(headers.contains_key(crate::PROJECT_HEADER));
         assert_eq!(ev.canonical_bytes(), expected);
     }
 

@@ -3,7 +3,7 @@
 use rdkafka::Message;
 use rdkafka::message::{BorrowedMessage, Header, Headers, OwnedHeaders};
 use slipway_events::trust::Signed;
-use slipway_events::{CloudEvent, EnvelopeError, SIGNATURE_HEADER, Service};
+use slipway_events::{CloudEvent, EnvelopeError, PROJECT_HEADER, SIGNATURE_HEADER, Service};
 
 use crate::signing::{Rejection, Verifier};
 
@@ -58,6 +58,7 @@ pub fn verify(verifier: &Verifier, message: &BorrowedMessage<'_>) -> Result<Serv
         time: text("ce_time")?.unwrap_or_default(),
         key: message.key().and_then(|k| std::str::from_utf8(k).ok()),
         body: message.payload().unwrap_or_default(),
+        project: text(PROJECT_HEADER)?,
     };
     verifier.check(&signed, one(SIGNATURE_HEADER)?)
 }

@@ -253,7 +253,7 @@ mod tests {
     use super::*;
     use slipway_events::deploy::{DeployRequested, InstanceStarted};
     use slipway_events::{EventData, slipway::sources};
-    use slipway_ids::ServiceId;
+    use slipway_ids::{ProjectName, ServiceId};
 
     fn seed(n: u8) -> String {
         STANDARD.encode([n; 32])
@@ -281,6 +281,7 @@ mod tests {
             subject: Some("hello".into()),
             time: chrono::Utc::now(),
             key: ServiceId::new(),
+            project: None,
             traceparent: None,
             tracestate: None,
             data: serde_json::json!({"x": 1}),
@@ -292,6 +293,7 @@ mod tests {
         let time = ev.time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let key = ev.key.to_string();
         let body = ev.body();
+        let project = ev.project.as_ref().map(|p| p.to_string());
         let signed = Signed {
             id: &id,
             source: &ev.source,
@@ -300,6 +302,7 @@ mod tests {
             time: &time,
             key: Some(&key),
             body: &body,
+            project: project.as_deref(),
         };
         v.check(&signed, sig.map(str::as_bytes))
     }
@@ -359,6 +362,26 @@ mod tests {
             check(&keys.verifier, &altered, Some(&sig)),
             Err(Rejection::BadSignature(Service::Deployer))
         );
+        // The project is signed too: naming another one, or dropping it, breaks the signature.
+        let payments = ev
+            .clone()
+            .with_project(Some(ProjectName::parse("payments").unwrap()));
+        let sig = deployer.signer.sign(&payments).unwrap();
+        assert_eq!(
+            check(&keys.verifier, &payments, Some(&sig)),
+            Ok(Service::Deployer)
+        );
+        for altered in [
+            payments
+                .clone()
+                .with_project(Some(ProjectName::parse("billing").unwrap())),
+            payments.clone().with_project(None),
+        ] {
+            assert_eq!(
+                check(&keys.verifier, &altered, Some(&sig)),
+                Err(Rejection::BadSignature(Service::Deployer))
+            );
+        }
         let unknown = event("/elsewhere", InstanceStarted::TYPE);
         assert!(matches!(
             check(&keys.verifier, &unknown, Some(&sig)),

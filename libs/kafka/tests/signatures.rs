@@ -38,6 +38,7 @@ fn event(source: &str, ty: &str, key: ServiceId) -> CloudEvent {
         subject: Some("hello".into()),
         time: chrono::Utc::now(),
         key,
+        project: None,
         traceparent: None,
         tracestate: None,
         // What a forger wants applied: the registry's internal port as an instance address.

@@ -38,6 +38,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     published_at TIMESTAMPTZ
 );
+-- Added after the table: the project of the event's service (`ce_slipwayproject`), if known.
+ALTER TABLE outbox ADD COLUMN IF NOT EXISTS project TEXT;
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE published_at IS NULL;
 CREATE TABLE IF NOT EXISTS inbox (
     consumer    TEXT NOT NULL,
@@ -68,7 +70,8 @@ pub async fn enqueue(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO outbox (event_id, topic, event_key, event_type, source, subject, time, \
-         traceparent, tracestate, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+         traceparent, tracestate, data, project) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(event.id)
     .bind(topic.base())
@@ -80,6 +83,7 @@ pub async fn enqueue(
     .bind(&event.traceparent)
     .bind(&event.tracestate)
     .bind(&event.data)
+    .bind(&event.project)
     .execute(&mut *conn)
     .await?;
     sqlx::query("SELECT pg_notify($1, '')")

@@ -10,7 +10,7 @@ use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use prometheus::{IntCounter, Registry};
 use slipway_events::{CloudEvent, Topic};
-use slipway_ids::{EventId, ServiceId};
+use slipway_ids::{EventId, ProjectName, ServiceId};
 use slipway_kafka::EventProducer;
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
@@ -51,6 +51,7 @@ struct Row {
     traceparent: Option<String>,
     tracestate: Option<String>,
     data: serde_json::Value,
+    project: Option<ProjectName>,
 }
 
 /// Why a relay pass failed (it is retried after a pause).
@@ -186,7 +187,7 @@ impl Relay {
         }
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT seq, event_id, topic, event_key, event_type, source, subject, time, \
-             traceparent, tracestate, data FROM outbox WHERE published_at IS NULL \
+             traceparent, tracestate, data, project FROM outbox WHERE published_at IS NULL \
              ORDER BY seq LIMIT $1",
         )
         .bind(self.batch)
@@ -230,6 +231,7 @@ impl Relay {
             subject: row.subject,
             time: row.time,
             key: row.event_key,
+            project: row.project,
             traceparent: row.traceparent,
             tracestate: row.tracestate,
             data: row.data,
