@@ -7,8 +7,9 @@
 use futures::FutureExt;
 use slipway_events::slipway::ServiceCreated;
 use slipway_events::{CloudEvent, EventData};
+use slipway_ids::{ProjectName, ServiceId};
 use slipway_kafka::{Handled, Handler, HandlerError};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 /// Upserts each created service into `table`; other event types are left to other handlers.
 pub struct ServiceCatalog {
@@ -60,4 +61,19 @@ impl Handler for ServiceCatalog {
         })
         .await
     }
+}
+
+/// The project of `service_id` in the catalog `table` (same contract as [`ServiceCatalog`]'s),
+/// read in the caller's transaction so an event enqueued there names the project the service
+/// had at that moment; `None` for a service the catalog has not heard of (never guessed).
+pub async fn project_of(
+    conn: &mut PgConnection,
+    table: &'static str,
+    service_id: ServiceId,
+) -> Result<Option<ProjectName>, sqlx::Error> {
+    let sql = format!("SELECT project FROM {table} WHERE service_id = $1");
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        .bind(service_id)
+        .fetch_optional(conn)
+        .await
 }

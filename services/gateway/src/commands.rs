@@ -62,7 +62,8 @@ pub async fn request_build_in(
         trigger: trigger.clone(),
         requested_at: Utc::now(),
     };
-    let event = command_event(service.id, build_id.to_string(), &data)?;
+    let event =
+        command_event(service.id, build_id.to_string(), &data)?.with_project(data.project.clone());
     sqlx::query(
         "INSERT INTO operations (id, kind, service_id, service_name, requested_by, trigger) \
          VALUES ($1, 'build', $2, $3, $4, $5)",
@@ -116,7 +117,8 @@ pub fn kind_name(kind: DeployKind) -> &'static str {
 /// Records the deployment (`operations` row of its kind) and enqueues
 /// `dev.slipway.deploy.requested.v1`, keyed by the service, with the deployment id as subject.
 pub async fn request_deploy(pool: &PgPool, data: &DeployRequested) -> Result<(), Problem> {
-    let event = command_event(data.service_id, data.deployment_id.to_string(), data)?;
+    let event = command_event(data.service_id, data.deployment_id.to_string(), data)?
+        .with_project(data.project.clone());
     let mut tx = pool.begin().await.map_err(|e| internal("begin", e))?;
     sqlx::query(
         "INSERT INTO operations \
@@ -190,7 +192,8 @@ pub async fn request_cancel(
         actor: Some(actor.to_owned()),
         requested_at: Utc::now(),
     };
-    let event = command_event(deployment.service_id, deployment.id.to_string(), &data)?;
+    let event = command_event(deployment.service_id, deployment.id.to_string(), &data)?
+        .with_project(data.project.clone());
     let mut tx = pool.begin().await.map_err(|e| internal("begin", e))?;
     sqlx::query(
         "INSERT INTO operations \

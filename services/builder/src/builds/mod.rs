@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use slipway_events::cdevents::CdEvent;
 use slipway_events::slipway::{BuildRequested, sources};
-use slipway_ids::{BuildId, ServiceId};
+use slipway_ids::{BuildId, ProjectName, ServiceId};
 use sqlx::{PgConnection, PgPool};
 
 /// A build as stored and shown.
@@ -85,7 +85,16 @@ async fn announce(
         .with_subject_source(sources::BUILDER)
         .with_custom_data(custom)
         .into_cloud_event(build.service_id, Some(build.id.to_string()));
-    slipway_outbox::enqueue(conn, topic, &event).await
+    let project = project_of(conn, build.service_id).await?;
+    slipway_outbox::enqueue(conn, topic, &event.with_project(project)).await
+}
+
+/// The project of the build's service, from the builder's catalog (`build_sources`).
+async fn project_of(
+    conn: &mut PgConnection,
+    service_id: ServiceId,
+) -> Result<Option<ProjectName>, sqlx::Error> {
+    slipway_runtime::catalog::project_of(conn, "build_sources", service_id).await
 }
 
 /// `artifact.packaged` and `artifact.published`: what the registry makes a release of. Their
@@ -109,6 +118,7 @@ async fn announce_artifact(
         .repository
         .as_deref()
         .map_or_else(|| "upload".into(), slipway_events::repository::redact);
+    let project = project_of(conn, build.service_id).await?;
     for event in [
         CdEvent::artifact_packaged(sources::BUILDER, &packaged.purl, &commit, &change_source),
         CdEvent::artifact_published(sources::BUILDER, &packaged.purl),
@@ -116,7 +126,8 @@ async fn announce_artifact(
         let topic = event.kind().topic();
         let event = event
             .with_custom_data(custom.clone())
-            .into_cloud_event(build.service_id, Some(build.service_name.clone()));
+            .into_cloud_event(build.service_id, Some(build.service_name.clone()))
+            .with_project(project.clone());
         slipway_outbox::enqueue(conn, topic, &event).await?;
     }
     Ok(())

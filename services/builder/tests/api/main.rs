@@ -5,6 +5,7 @@
 mod builds;
 mod clone_credentials;
 mod helpers;
+mod projects;
 mod registry_auth;
 mod reuse;
 mod sandbox;

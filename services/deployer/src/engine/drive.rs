@@ -9,7 +9,7 @@ use slipway_events::deploy::{
 use slipway_events::slipway::sources;
 use uuid::Uuid;
 
-use super::fleet::{Owner, announce};
+use super::fleet::{Owner, announce, project_of};
 use super::plan::{self, Current, Gate, Set, Step};
 use super::{Engine, EngineError};
 use crate::db::deployments::{self, Deployment};
@@ -687,10 +687,13 @@ impl Engine {
                 "reason": final_reason,
             }));
             let topic = event.kind().topic();
+            let project = project_of(&mut tx, d.service_id).await?;
             slipway_outbox::enqueue(
                 &mut tx,
                 topic,
-                &event.into_cloud_event(d.service_id, Some(d.service_name.clone())),
+                &event
+                    .into_cloud_event(d.service_id, Some(d.service_name.clone()))
+                    .with_project(project),
             )
             .await?;
         }

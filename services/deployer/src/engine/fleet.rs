@@ -13,7 +13,7 @@ use slipway_events::deploy::{
 };
 use slipway_events::slipway::sources;
 use slipway_events::{CloudEvent, EventData};
-use slipway_ids::ServiceId;
+use slipway_ids::{ProjectName, ServiceId};
 use slipway_kafka::EventProducer;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -54,9 +54,18 @@ pub async fn announce<D: EventData>(
     subject: String,
     data: &D,
 ) -> Result<(), EngineError> {
-    let event = CloudEvent::new(sources::DEPLOYER, key, Some(subject), data)?;
+    let project = project_of(conn, key).await?;
+    let event = CloudEvent::new(sources::DEPLOYER, key, Some(subject), data)?.with_project(project);
     slipway_outbox::enqueue(conn, D::TOPIC, &event).await?;
     Ok(())
+}
+
+/// The project of `service_id`, from the deployer's catalog (`deploy_targets`).
+pub async fn project_of(
+    conn: &mut sqlx::PgConnection,
+    service_id: ServiceId,
+) -> Result<Option<ProjectName>, sqlx::Error> {
+    slipway_runtime::catalog::project_of(conn, "deploy_targets", service_id).await
 }
 
 impl Fleet {
@@ -312,6 +321,7 @@ impl Fleet {
                 let Some(row) = instances::get(&mut conn, instance_id).await? else {
                     return Ok(());
                 };
+                let project = project_of(&mut conn, row.service_id).await?;
                 drop(conn);
                 // Output is best effort and high volume: published directly, not through the
                 // outbox. The monitor stores each (instance, seq) once.
@@ -325,7 +335,8 @@ impl Fleet {
                     row.service_id,
                     Some(row.id.to_string()),
                     &data,
-                )?;
+                )?
+                .with_project(project);
                 if let Err(e) = self.producer.publish(InstanceLogs::TOPIC, &event).await {
                     tracing::warn!(error = %e, "instance output not published");
                 }

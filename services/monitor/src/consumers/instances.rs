@@ -23,7 +23,7 @@ use slipway_kafka::{Handled, Handler, HandlerError};
 use sqlx::PgPool;
 
 use crate::db::{self, probes};
-use crate::health::{Probers, health_changed};
+use crate::health::{Probers, health_changed, project_of};
 
 /// The inbox name of this handler.
 const CONSUMER: &str = "monitor.health";
@@ -77,6 +77,9 @@ impl InstanceEvents {
             let mut ce = health_changed(&probe, Health::Unhealthy, &data.exit)
                 .map_err(|e| HandlerError::Permanent(e.into()))?;
             (ce.traceparent, ce.tracestate) = (event.traceparent.clone(), event.tracestate.clone());
+            ce.project = project_of(&mut tx, data.instance.service_id)
+                .await
+                .map_err(retry)?;
             slipway_outbox::enqueue(&mut tx, InstanceHealthChanged::TOPIC, &ce)
                 .await
                 .map_err(retry)?;

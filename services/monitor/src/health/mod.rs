@@ -13,4 +13,4 @@ pub mod machine;
 pub mod probe;
 mod prober;
 
-pub use prober::{Probers, health_changed};
+pub use prober::{Probers, health_changed, project_of};

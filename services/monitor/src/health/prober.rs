@@ -8,6 +8,7 @@ use chrono::Utc;
 use slipway_events::deploy::{Health, InstanceHealthChanged};
 use slipway_events::slipway::sources;
 use slipway_events::{CloudEvent, EventData};
+use slipway_ids::{ProjectName, ServiceId};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -205,10 +206,20 @@ async fn record(
     if !written {
         return Ok(false);
     }
-    let event = health_changed(probe, next.health, &result.detail)?;
+    let project = project_of(&mut tx, probe.instance.service_id).await?;
+    let event = health_changed(probe, next.health, &result.detail)?.with_project(project);
     slipway_outbox::enqueue(&mut tx, InstanceHealthChanged::TOPIC, &event).await?;
     tx.commit().await?;
     Ok(true)
+}
+
+/// The project of `service_id`, from the monitor's catalog (`watched_services`), for the
+/// verdicts it announces.
+pub async fn project_of(
+    conn: &mut sqlx::PgConnection,
+    service_id: ServiceId,
+) -> Result<Option<ProjectName>, sqlx::Error> {
+    slipway_runtime::catalog::project_of(conn, "watched_services", service_id).await
 }
 
 /// The `InstanceHealthChanged` announcing `health` for `probe`'s incarnation.

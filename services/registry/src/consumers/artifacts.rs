@@ -6,7 +6,7 @@ use serde::Deserialize;
 use slipway_events::cdevents::CdEventKind;
 use slipway_events::slipway::{ReleaseCreated, RunSpec, sources};
 use slipway_events::{CloudEvent, EventData};
-use slipway_ids::{BuildId, ServiceId};
+use slipway_ids::{BuildId, ProjectName, ServiceId};
 use slipway_kafka::{Handled, Handler, HandlerError};
 use sqlx::PgPool;
 
@@ -51,11 +51,12 @@ impl Handler for ReleaseMaker {
         let trace = (event.traceparent.clone(), event.tracestate.clone());
         slipway_outbox::inbox::apply_once(&self.pool, CONSUMER, event, move |tx| {
             async move {
-                let name: Option<String> = sqlx::query_scalar("SELECT name FROM services WHERE id = $1")
-                    .bind(published.service_id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                let Some(name) = name else {
+                let found: Option<(String, ProjectName)> =
+                    sqlx::query_as("SELECT name, project FROM services WHERE id = $1")
+                        .bind(published.service_id)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                let Some((name, project)) = found else {
                     // Not a service of this registry (deleted, or another installation's).
                     tracing::warn!(service.id = %published.service_id, "artifact for an unknown service; no release");
                     return Ok(());
@@ -97,6 +98,7 @@ impl Handler for ReleaseMaker {
                 let mut ce = CloudEvent::new(sources::REGISTRY, release.service_id, Some(subject), &data)
                     .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
                 (ce.traceparent, ce.tracestate) = trace;
+                ce.project = Some(project);
                 slipway_outbox::enqueue(&mut *tx, ReleaseCreated::TOPIC, &ce).await?;
                 tracing::info!(service = %name, release = %release.version(), "release created");
                 Ok(())

@@ -62,6 +62,17 @@ pub async fn insert(conn: &mut PgConnection, new: &NewService) -> Result<Service
     })
 }
 
+/// The project of service `id`, read in the caller's transaction (for the events it enqueues).
+pub async fn project_of(
+    conn: &mut PgConnection,
+    id: ServiceId,
+) -> Result<Option<ProjectName>, sqlx::Error> {
+    sqlx::query_scalar("SELECT project FROM services WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+}
+
 pub async fn by_name(pool: &PgPool, name: &str) -> Result<Option<Service>, sqlx::Error> {
     sqlx::query_as(
         "SELECT id, name, project, repository, branch, created_at FROM services WHERE name = $1",

@@ -98,10 +98,15 @@ async fn put_environment(
     }
     .with_custom_data(serde_json::json!({ "service": name, "target": target }));
     let topic = event.kind().topic();
+    let project = crate::db::services::project_of(&mut tx, service)
+        .await
+        .map_err(|e| internal("read service project", e))?;
     slipway_outbox::enqueue(
         &mut tx,
         topic,
-        &event.into_cloud_event(service, Some(subject)),
+        &event
+            .into_cloud_event(service, Some(subject))
+            .with_project(project),
     )
     .await
     .map_err(|e| internal("enqueue event", e))?;

@@ -52,6 +52,7 @@ async fn create(
     let trace = slipway_telemetry::current_context();
     event.traceparent = trace.get("traceparent").cloned();
     event.tracestate = trace.get("tracestate").cloned();
+    event.project = Some(service.project.clone());
     slipway_outbox::enqueue(&mut tx, ServiceCreated::TOPIC, &event)
         .await
         .map_err(|e| internal("enqueue event", e))?;
