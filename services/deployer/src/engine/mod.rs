@@ -14,6 +14,7 @@
 mod drive;
 pub mod fleet;
 pub mod plan;
+mod steps;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,181 @@
+//! Executing one step of a plan: scaling a release set (start, drain, stop, wait for health),
+//! routing weights, and pause gates. `drive.rs` decides which step runs and what follows it.
+
+use chrono::Utc;
+use slipway_events::deploy::{Strategy, TrafficChanged};
+
+use super::drive::{Outcome, owner};
+use super::fleet::announce;
+use super::plan::{Gate, Set, Step};
+use super::{Engine, EngineError};
+use crate::db::deployments::Deployment;
+use crate::db::instances::{self, Instance};
+use crate::db::state;
+
+impl Engine {
+    pub(super) async fn execute(
+        &self,
+        d: &Deployment,
+        step: &Step,
+    ) -> Result<Outcome, EngineError> {
+        match step {
+            Step::Scale { set, count } => self.scale(d, *set, *count as usize).await,
+            Step::Route { weights } => {
+                let mut tx = self.fleet.pool.begin().await?;
+                state::set_weights(
+                    &mut tx,
+                    d.service_id,
+                    &d.service_name,
+                    &d.environment,
+                    weights,
+                )
+                .await?;
+                let data = TrafficChanged {
+                    service_id: d.service_id,
+                    service_name: d.service_name.clone(),
+                    environment: d.environment.clone(),
+                    deployment_id: Some(d.id),
+                    weights: weights.clone(),
+                    at: Utc::now(),
+                };
+                let subject = format!("{}/{}", d.service_name, d.environment);
+                announce(&mut tx, d.service_id, subject, &data).await?;
+                tx.commit().await?;
+                Ok(Outcome::Done)
+            }
+            Step::Pause { seconds, gates } => {
+                for gate in gates {
+                    if let Some(failure) = self.check_gate(d, gate).await? {
+                        return Ok(failure);
+                    }
+                }
+                let since = d.step_started_at.unwrap_or_else(Utc::now);
+                let left = since + chrono::Duration::seconds(i64::from(*seconds)) - Utc::now();
+                if left <= chrono::Duration::zero() {
+                    Ok(Outcome::Done)
+                } else {
+                    Ok(Outcome::Wait(format!("{} s left", left.num_seconds())))
+                }
+            }
+        }
+    }
+
+    /// The health gate: every instance of the release up, healthy, not crash-looping.
+    async fn check_gate(
+        &self,
+        d: &Deployment,
+        gate: &Gate,
+    ) -> Result<Option<Outcome>, EngineError> {
+        let Gate::Health { release } = gate;
+        let rows =
+            instances::of_release(&self.fleet.pool, d.service_id, &d.environment, *release).await?;
+        let bad = rows
+            .iter()
+            .find(|i| i.crash_loop || i.state == "down" || i.health == "unhealthy");
+        Ok(bad.map(|i| {
+            Outcome::Fail(
+                "health",
+                format!(
+                    "instance {} of v{release} is {} ({}: {})",
+                    i.id,
+                    if i.crash_loop {
+                        "crash-looping"
+                    } else {
+                        &i.health
+                    },
+                    i.health_check.0.describe(),
+                    i.health_detail
+                        .as_deref()
+                        .or(i.last_exit.as_deref())
+                        .unwrap_or("no detail")
+                ),
+            )
+        }))
+    }
+
+    async fn scale(&self, d: &Deployment, set: Set, count: usize) -> Result<Outcome, EngineError> {
+        let fleet = &self.fleet;
+        let rows =
+            instances::of_release(&fleet.pool, d.service_id, &d.environment, set.release).await?;
+        let (leaving, live): (Vec<Instance>, Vec<Instance>) = rows
+            .into_iter()
+            .partition(|i| i.state == "draining" || i.state == "stopping");
+        let why = if Some(set.release) == d.release {
+            "scaled down".to_owned()
+        } else {
+            format!("replaced by v{}", d.release.unwrap_or_default())
+        };
+        // Blue-green may ask for its own drain period for the old set.
+        let drain = match &d.strategy.0 {
+            Strategy::BlueGreen {
+                drain_seconds: Some(s),
+            } => Some(std::time::Duration::from_secs(u64::from(*s))),
+            _ => None,
+        };
+        if !leaving.is_empty() {
+            fleet.retire_many(&leaving, &why, drain).await?;
+            return Ok(Outcome::Wait("instances draining".into()));
+        }
+        if live.len() < count {
+            let check = d
+                .health_check
+                .as_ref()
+                .map(|h| h.0.clone())
+                .unwrap_or_default();
+            fleet
+                .start_many(&owner(d), set, &check, count - live.len())
+                .await?;
+            return Ok(Outcome::Wait("instances starting".into()));
+        }
+        if live.len() > count {
+            // Retire the least useful first: down, then unhealthy, then the newest.
+            let mut extras = live;
+            extras.sort_by_key(|i| {
+                (
+                    i.state != "down",
+                    i.health != "unhealthy",
+                    std::cmp::Reverse(i.created_at),
+                )
+            });
+            extras.truncate(extras.len() - count);
+            fleet.retire_many(&extras, &why, drain).await?;
+            return Ok(Outcome::Wait("instances stopping".into()));
+        }
+        if let Some(i) = live.iter().find(|i| i.crash_loop) {
+            return Ok(Outcome::Fail(
+                "crash_loop",
+                format!(
+                    "instance {} of v{} is crash-looping: {}",
+                    i.id,
+                    set.release,
+                    i.last_exit.as_deref().unwrap_or("exited")
+                ),
+            ));
+        }
+        let healthy = live
+            .iter()
+            .filter(|i| i.state == "running" && i.health == "healthy")
+            .count();
+        if healthy >= count {
+            return Ok(Outcome::Done);
+        }
+        let waiting: Vec<String> = live
+            .iter()
+            .filter(|i| !(i.state == "running" && i.health == "healthy"))
+            .map(|i| {
+                format!(
+                    "instance {} is {} ({}: {})",
+                    i.id,
+                    i.health,
+                    i.health_check.0.describe(),
+                    i.health_detail.as_deref().unwrap_or("no result yet")
+                )
+            })
+            .collect();
+        Ok(Outcome::Wait(format!(
+            "{healthy} of {count} instances of v{} healthy; {}",
+            set.release,
+            waiting.join("; ")
+        )))
+    }
+}
