@@ -9,8 +9,10 @@ use std::fmt;
 use std::str::FromStr;
 
 mod project;
+mod replica;
 
 pub use project::{DEFAULT_PROJECT, InvalidProjectName, ProjectName};
+pub use replica::ReplicaId;
 
 macro_rules! uuid_id {
     ($(#[$doc:meta])* $name:ident) => {
