@@ -54,7 +54,11 @@ pub async fn spawn_with(registry_up: bool) -> TestApp {
                     .to_string(),
                 max_parallel: 2,
                 step_timeout_seconds: 60,
+                fetch_timeout_seconds: 60,
                 reason_lines: 10,
+                max_line_bytes: 16 * 1024,
+                max_log_bytes: 8 * 1024 * 1024,
+                lease_ttl_ms: 15_000,
                 path: "/usr/local/bin:/usr/bin:/bin".into(),
                 uid: 64900,
                 gid: 64900,
@@ -64,11 +68,14 @@ pub async fn spawn_with(registry_up: bool) -> TestApp {
                 insecure: true,
                 repository_prefix: format!("t{}/", slipway_testkit::unique()),
                 auth: Default::default(),
+                push_timeout_seconds: 60,
             },
             secrets: slipway_secrets::SecretSettings {
                 key: slipway_testkit::secrets_key().into(),
             },
             services: Default::default(),
+            retention: Default::default(),
+            replica: None,
         };
         let builder = slipway_builder::Application::build(builder_settings)
             .await
