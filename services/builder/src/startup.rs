@@ -62,7 +62,8 @@ impl Settings {
     }
 }
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The builder's migrations (tests prepare a database with them, without a running builder).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub struct Application {
     running: Running,

@@ -26,9 +26,10 @@ pub fn with_tail(what: String, tail: &[String]) -> String {
         reason.push('\n');
         reason.push_str(&cut(line, REASON_LINE_BYTES));
     }
-    // Over the bound (many lines, a long `what`): keep the end, where the failure is.
+    // Over the bound (many lines, a long `what`): keep the end, where the failure is, after
+    // the start of `what` (at most 32 bytes and its marker: within the 128 left free).
     if reason.len() > MAX_REASON_BYTES {
-        let mut start = reason.len() - MAX_REASON_BYTES + 64;
+        let mut start = reason.len() - MAX_REASON_BYTES + 128;
         while !reason.is_char_boundary(start) {
             start += 1;
         }

@@ -164,13 +164,13 @@ pub(super) async fn release(
     .map(|_| ())
 }
 
-/// Running builds whose lease ran out (their replica is gone) go back to the queue. Builds a
-/// live replica holds (lease not expired) are left alone.
+/// Running builds without a lease (left by a builder from before leases) go back to the
+/// queue. Builds a replica holds are left alone, live or not: one whose lease ran out is taken
+/// over by [`claim_next`], which records whose it was.
 pub async fn requeue_interrupted(pool: &PgPool) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE builds SET status = 'queued', step = NULL, started_at = NULL, \
-         lease_owner = NULL, lease_expires_at = NULL \
-         WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < now())",
+        "UPDATE builds SET status = 'queued', step = NULL, started_at = NULL \
+         WHERE status = 'running' AND lease_owner IS NULL",
     )
     .execute(pool)
     .await?;

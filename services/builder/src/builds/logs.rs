@@ -96,7 +96,8 @@ impl LogWriter {
             if self.limits.tail_lines > 0 {
                 self.tail.push_back(text.clone());
             }
-            if self.kept_bytes + text.len() > self.limits.max_log_bytes {
+            // Sticky: once over, later (even short) lines are dropped too, keeping order.
+            if self.marker.is_some() || self.kept_bytes + text.len() > self.limits.max_log_bytes {
                 self.dropped.lines += 1;
                 self.dropped.bytes += text.len() as u64;
                 if self.marker.is_none() {

@@ -22,12 +22,29 @@ fn prefix(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// `text`, or its first `max` bytes and the marker when it is longer.
+/// `text` without the marker it ends with (a line cut before), and that marker.
+fn split_marker(text: &str) -> (&str, Option<&str>) {
+    if let Some(at) = text.rfind("… [line truncated: ") {
+        let tail = &text[at..];
+        let digits = tail
+            .strip_prefix("… [line truncated: ")
+            .and_then(|r| r.strip_suffix(" bytes]"));
+        if digits.is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())) {
+            return (&text[..at], Some(tail));
+        }
+    }
+    (text, None)
+}
+
+/// `text`, or its first `max` bytes and the marker when it is longer. A line cut before keeps
+/// its first marker: the size it tells is the size of what the command printed.
 pub fn cut(text: &str, max: usize) -> Cow<'_, str> {
     if text.len() <= max {
-        Cow::Borrowed(text)
-    } else {
-        Cow::Owned(format!("{}{}", prefix(text, max), marker(text.len())))
+        return Cow::Borrowed(text);
+    }
+    match split_marker(text) {
+        (body, Some(first)) => Cow::Owned(format!("{}{first}", prefix(body, max))),
+        (_, None) => Cow::Owned(format!("{}{}", prefix(text, max), marker(text.len()))),
     }
 }
 
@@ -145,6 +162,14 @@ mod tests {
             format!("yyyyyyyy{}", marker(4_096_000))
         );
         assert_eq!(cutter.finish(), None);
+    }
+
+    #[test]
+    fn cutting_again_keeps_the_first_size() {
+        let once = cut(&"z".repeat(5000), 100).into_owned();
+        assert_eq!(cut(&once, 10), format!("zzzzzzzzzz{}", marker(5000)));
+        let fake = format!("{}… [line truncated: many bytes]", "w".repeat(50));
+        assert!(cut(&fake, 10).ends_with(&marker(fake.len())));
     }
 
     #[test]

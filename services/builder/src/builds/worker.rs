@@ -143,7 +143,7 @@ impl Worker {
     pub async fn run(self, cancel: CancellationToken) -> Result<(), sqlx::Error> {
         let requeued = super::requeue_interrupted(&self.ctx.pool).await?;
         if requeued > 0 {
-            tracing::warn!(requeued, "builds of replicas that are gone are queued again");
+            tracing::warn!(requeued, "builds interrupted before leases existed are queued again");
         }
         let ttl = self.ctx.settings.lease_ttl();
         let slots = Arc::new(Semaphore::new(self.ctx.settings.max_parallel.max(1)));

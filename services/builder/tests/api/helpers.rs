@@ -15,8 +15,6 @@ pub const BUILD_UID: u32 = 64900;
 
 pub struct TestApp {
     pub address: String,
-    /// The settings it runs with (another replica of it shares their database and broker).
-    pub settings: Settings,
     pub kafka: KafkaSettings,
     /// The builder's database settings (its schema), for tests that read or race it directly.
     pub database: slipway_settings::DatabaseSettings,
@@ -164,7 +162,6 @@ impl TestApp {
             client: slipway_testkit::identity::client(
                 slipway_testkit::identity::ServiceCaller::Gateway,
             ),
-            settings,
             _stop: stop,
         }
     }
