@@ -93,7 +93,12 @@ impl Application {
         let cancel = runtime.cancel.clone();
         runtime.spawn(
             "retention",
-            retention::run(runtime.pool.clone(), settings.retention.clone(), metrics, cancel),
+            retention::run(
+                runtime.pool.clone(),
+                settings.retention.clone(),
+                metrics,
+                cancel,
+            ),
         );
         let ctx = Context {
             pool: runtime.pool.clone(),

@@ -146,7 +146,10 @@ mod tests {
     #[test]
     fn reasons_are_bounded_whatever_the_output() {
         let huge = "x".repeat(2_000_000);
-        let reason = with_tail("the test command failed".into(), &[huge.clone(), "last".into()]);
+        let reason = with_tail(
+            "the test command failed".into(),
+            &[huge.clone(), "last".into()],
+        );
         assert!(reason.len() < REASON_LINE_BYTES + 200, "{}", reason.len());
         assert!(reason.contains("[line truncated: 2000000 bytes]"));
         assert!(reason.ends_with("\nlast"));

@@ -230,13 +230,7 @@ impl Lost {
 /// Renews `lease` every `ttl / 3` until it is lost, then sets `lost` and cancels `stop`. A
 /// replica that cannot reach the database for a whole ttl fences itself the same way: by then
 /// another replica may have taken the build over.
-pub async fn keep(
-    pool: PgPool,
-    lease: Lease,
-    ttl: Duration,
-    lost: Lost,
-    stop: CancellationToken,
-) {
+pub async fn keep(pool: PgPool, lease: Lease, ttl: Duration, lost: Lost, stop: CancellationToken) {
     let every = (ttl / 3).max(Duration::from_millis(10));
     let mut renewed = Instant::now();
     loop {

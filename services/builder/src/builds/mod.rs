@@ -154,4 +154,3 @@ async fn announce_artifact(
     }
     Ok(())
 }
-

@@ -136,15 +136,9 @@ mod tests {
 
     #[test]
     fn long_lines_are_cut_and_say_how_long_they_were() {
-        let long = vec![b'x'; 100];
+        let long = [b'x'; 100];
         let out = lines(10, &[&long[..40], &long[40..], b"\nok\n"]);
-        assert_eq!(
-            out,
-            [
-                format!("xxxxxxxxxx{}", marker(100)),
-                "ok".to_owned()
-            ]
-        );
+        assert_eq!(out, [format!("xxxxxxxxxx{}", marker(100)), "ok".to_owned()]);
     }
 
     #[test]

@@ -153,7 +153,8 @@ impl Sandbox {
             let entry = entry?;
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            let same_build = name == id || name.strip_prefix(id).is_some_and(|r| r.starts_with('.'));
+            let same_build =
+                name == id || name.strip_prefix(id).is_some_and(|r| r.starts_with('.'));
             if same_build {
                 match std::fs::remove_dir_all(entry.path()) {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),

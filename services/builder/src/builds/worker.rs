@@ -143,7 +143,10 @@ impl Worker {
     pub async fn run(self, cancel: CancellationToken) -> Result<(), sqlx::Error> {
         let requeued = super::requeue_interrupted(&self.ctx.pool).await?;
         if requeued > 0 {
-            tracing::warn!(requeued, "builds interrupted before leases existed are queued again");
+            tracing::warn!(
+                requeued,
+                "builds interrupted before leases existed are queued again"
+            );
         }
         let ttl = self.ctx.settings.lease_ttl();
         let slots = Arc::new(Semaphore::new(self.ctx.settings.max_parallel.max(1)));
@@ -195,7 +198,11 @@ impl Worker {
 struct Job(Context);
 
 impl Job {
-    async fn execute(self, claimed: Claimed, shutdown: CancellationToken) -> Result<(), LeaseError> {
+    async fn execute(
+        self,
+        claimed: Claimed,
+        shutdown: CancellationToken,
+    ) -> Result<(), LeaseError> {
         let Claimed {
             build,
             lease,

@@ -69,7 +69,10 @@ async fn a_two_megabyte_line_is_cut_and_the_build_still_ends_with_a_small_event(
     assert_eq!(build["exit_code"], 3);
     let reason = build["reason"].as_str().unwrap();
     assert!(reason.contains("exited with code 3"), "{reason}");
-    assert!(reason.contains("[line truncated: 2000000 bytes]"), "{reason}");
+    assert!(
+        reason.contains("[line truncated: 2000000 bytes]"),
+        "{reason}"
+    );
     assert!(reason.ends_with("the-last-line"), "{reason}");
     assert!(reason.len() <= 64 * 1024, "{}", reason.len());
 
@@ -78,7 +81,11 @@ async fn a_two_megabyte_line_is_cut_and_the_build_still_ends_with_a_small_event(
         logs.contains("… [line truncated: 2000000 bytes]"),
         "the cut is visible"
     );
-    assert!(longest_line(&logs) <= MAX_LINE + 64, "{}", longest_line(&logs));
+    assert!(
+        longest_line(&logs) <= MAX_LINE + 64,
+        "{}",
+        longest_line(&logs)
+    );
     assert!(logs.contains("the-last-line"));
 
     let (size, body) = finished_record(&app, id).await;
@@ -153,12 +160,13 @@ async fn output_past_the_log_limit_is_counted_not_kept() {
     .unwrap();
     assert!(kept <= 64 * 1024, "{kept} bytes kept");
     assert_eq!(markers, 1, "one marker line");
-    let marker: String =
-        sqlx::query_scalar("SELECT line FROM build_logs WHERE build_id = $1 AND line LIKE '… [log limit%'")
-            .bind(id)
-            .fetch_one(&pool)
-            .await
-            .unwrap();
+    let marker: String = sqlx::query_scalar(
+        "SELECT line FROM build_logs WHERE build_id = $1 AND line LIKE '… [log limit%'",
+    )
+    .bind(id)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
     // 5001 lines of output (the last is `done`), of which about 650 fit.
     let dropped: u64 = marker
         .split_once("reached: ")
@@ -167,5 +175,8 @@ async fn output_past_the_log_limit_is_counted_not_kept() {
         .unwrap();
     assert!((4000..5001).contains(&dropped), "{marker}");
     let logs = app.log_text(id).await;
-    assert!(logs.contains("build succeeded"), "narration is kept past the limit");
+    assert!(
+        logs.contains("build succeeded"),
+        "narration is kept past the limit"
+    );
 }

@@ -152,10 +152,7 @@ async fn an_expired_lease_is_taken_over_and_the_stale_owner_is_fenced() {
     assert_eq!(finished_events(&pool, req.build_id).await, 1);
     assert_eq!(
         claims(&pool, req.build_id).await,
-        [
-            (1, a.to_string(), false),
-            (2, b.to_string(), true)
-        ]
+        [(1, a.to_string(), false), (2, b.to_string(), true)]
     );
     let ordered: bool = sqlx::query_scalar(
         "SELECT c2.claimed_at >= c1.renewed_at + interval '400 milliseconds' \
@@ -189,10 +186,7 @@ async fn a_builder_stopping_gives_its_build_back_at_once() {
     assert!(second.taken_from.is_none());
     assert_eq!(
         claims(&pool, req.build_id).await,
-        [
-            (1, a.to_string(), true),
-            (2, b.to_string(), false)
-        ]
+        [(1, a.to_string(), true), (2, b.to_string(), false)]
     );
 }
 
@@ -202,7 +196,8 @@ async fn a_builder_stopping_gives_its_build_back_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_builder_loses_its_build_to_another_replica() {
     let marker = format!("1318.{}", rand_digits());
-    let flag = std::env::temp_dir().join(format!("slipway-lease-flag-{}", slipway_testkit::unique()));
+    let flag =
+        std::env::temp_dir().join(format!("slipway-lease-flag-{}", slipway_testkit::unique()));
     let repo = Repo::from_dir(&example_dir("hello-python"));
     // The first attempt waits (A's); once the flag exists, an attempt passes at once (B's).
     let commit = repo.change(
@@ -242,12 +237,14 @@ async fn a_frozen_builder_loses_its_build_to_another_replica() {
     assert_eq!(build["lease_epoch"], 2, "{build}");
     let logs = b.log_text(id).await;
     assert!(logs.contains("second attempt"), "{logs}");
-    assert!(logs.contains("takes this build over from builder-a"), "{logs}");
+    assert!(
+        logs.contains("takes this build over from builder-a"),
+        "{logs}"
+    );
 
     drop(thaw);
     assert!(
-        slipway_testkit::wait_until(Duration::from_secs(30), || async { !sleeping().await })
-            .await,
+        slipway_testkit::wait_until(Duration::from_secs(30), || async { !sleeping().await }).await,
         "A, thawed, stops its step"
     );
     let rows = claims(&pool, id).await;
@@ -264,7 +261,12 @@ async fn a_frozen_builder_loses_its_build_to_another_replica() {
     assert_eq!(finished_events(&pool, id).await, 1);
     let now: Value = b.build(id).await.unwrap();
     assert_eq!(now["status"], "succeeded");
-    assert!(now["lease_owner"].as_str().unwrap().starts_with("builder-b"));
+    assert!(
+        now["lease_owner"]
+            .as_str()
+            .unwrap()
+            .starts_with("builder-b")
+    );
     let _ = std::fs::remove_file(&flag);
 }
 

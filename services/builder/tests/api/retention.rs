@@ -28,12 +28,14 @@ async fn upload(pool: &PgPool, days: i32) -> uuid::Uuid {
     let (id, _) = builds::store_upload(pool, "kept", b"not really a tarball", 1)
         .await
         .unwrap();
-    sqlx::query("UPDATE source_uploads SET created_at = now() - make_interval(days => $2) WHERE id = $1")
-        .bind(id)
-        .bind(days)
-        .execute(pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "UPDATE source_uploads SET created_at = now() - make_interval(days => $2) WHERE id = $1",
+    )
+    .bind(id)
+    .bind(days)
+    .execute(pool)
+    .await
+    .unwrap();
     id
 }
 
@@ -96,7 +98,10 @@ async fn old_uploads_and_log_lines_are_pruned_in_batches() {
         build_logs_days: 0,
         interval_seconds: 60,
     };
-    assert_eq!(prune_once(&pool, &forever, &metrics).await.unwrap(), Pruned::default());
+    assert_eq!(
+        prune_once(&pool, &forever, &metrics).await.unwrap(),
+        Pruned::default()
+    );
 
     let settings = RetentionSettings {
         uploads_days: 30,
@@ -130,7 +135,10 @@ async fn old_uploads_and_log_lines_are_pruned_in_batches() {
     assert!(builds::get(&pool, queued).await.unwrap().is_some());
 
     // Nothing left to prune: a second pass (another replica's) deletes nothing.
-    assert_eq!(prune_once(&pool, &settings, &metrics).await.unwrap(), Pruned::default());
+    assert_eq!(
+        prune_once(&pool, &settings, &metrics).await.unwrap(),
+        Pruned::default()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
