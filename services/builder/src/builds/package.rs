@@ -112,10 +112,8 @@ struct Cancellable<W> {
 impl<W: Write> Write for Cancellable<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         if self.cancel.is_cancelled() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::Interrupted,
-                "cancelled",
-            ));
+            // Not `Interrupted`: `write_all` retries those forever.
+            return Err(std::io::Error::other("cancelled"));
         }
         self.inner.write(buf)
     }

@@ -286,3 +286,21 @@ impl TestApp {
             .join("\n")
     }
 }
+
+/// A server that accepts connections and never answers (a hung registry or git server): its
+/// `host:port`, and the connections it holds open (so the test can see it was reached).
+pub async fn hanging_server() -> (
+    String,
+    std::sync::Arc<tokio::sync::Mutex<Vec<tokio::net::TcpStream>>>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let held = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = listener.accept().await {
+            keep.lock().await.push(conn); // read nothing, answer nothing, never close
+        }
+    });
+    (address, held)
+}

@@ -12,3 +12,4 @@ mod registry_auth;
 mod retention;
 mod reuse;
 mod sandbox;
+mod timeouts;

@@ -101,15 +101,7 @@ async fn pushes_with_the_configured_login_and_names_a_refusal() {
 /// at once when the build is cancelled, instead of hanging the build.
 #[tokio::test]
 async fn a_hanging_registry_times_out_and_a_cancel_stops_the_push() {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap().to_string();
-    let held = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
-    let keep = held.clone();
-    tokio::spawn(async move {
-        while let Ok((conn, _)) = listener.accept().await {
-            keep.lock().await.push(conn); // read nothing, answer nothing, never close
-        }
-    });
+    let (address, held) = crate::helpers::hanging_server().await;
     let source = source();
     let mut hanging = settings(&address, "", "");
     hanging.push_timeout_seconds = 2;
