@@ -39,6 +39,7 @@ pub fn with_tail(what: String, tail: &[String]) -> String {
 }
 
 /// How a build ended.
+#[derive(Debug, Clone)]
 pub struct Ending {
     pub status: &'static str,
     pub step: Option<String>,

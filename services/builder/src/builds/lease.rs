@@ -227,25 +227,34 @@ impl Lost {
     }
 }
 
-/// Renews `lease` every `ttl / 3` until it is lost, then sets `lost` and cancels `stop`. A
-/// replica that cannot reach the database for a whole ttl fences itself the same way: by then
+/// Renews `lease` every `ttl / 3` until it is lost, then sets `lost` and cancels `on_loss`
+/// (the build's steps). It runs until aborted: the job aborts it once the build is recorded,
+/// so the lease holds while a cancelled build still winds down. A replica that cannot reach
+/// the database (or gets no answer) for a whole ttl fences itself the same way: by then
 /// another replica may have taken the build over.
-pub async fn keep(pool: PgPool, lease: Lease, ttl: Duration, lost: Lost, stop: CancellationToken) {
+pub async fn keep(
+    pool: PgPool,
+    lease: Lease,
+    ttl: Duration,
+    lost: Lost,
+    on_loss: CancellationToken,
+) {
     let every = (ttl / 3).max(Duration::from_millis(10));
     let mut renewed = Instant::now();
     loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        let gone = match renew(&pool, &lease, ttl).await {
-            Ok(true) => {
+        tokio::time::sleep(every).await;
+        let gone = match tokio::time::timeout(every, renew(&pool, &lease, ttl)).await {
+            Ok(Ok(true)) => {
                 renewed = Instant::now();
                 false
             }
-            Ok(false) => true,
-            Err(e) => {
+            Ok(Ok(false)) => true,
+            Ok(Err(e)) => {
                 tracing::warn!(build.id = %lease.build, error = %e, "cannot renew the build's lease");
+                renewed.elapsed() >= ttl
+            }
+            Err(_) => {
+                tracing::warn!(build.id = %lease.build, "renewing the build's lease timed out");
                 renewed.elapsed() >= ttl
             }
         };
@@ -256,7 +265,7 @@ pub async fn keep(pool: PgPool, lease: Lease, ttl: Duration, lost: Lost, stop: C
                 "the build's lease is lost; stopping it without publishing"
             );
             lost.0.store(true, Ordering::SeqCst);
-            stop.cancel();
+            on_loss.cancel();
             return;
         }
     }

@@ -240,7 +240,6 @@ impl Job {
             Err(e) => Err(step::StepError::Wait(e)),
         };
         watcher.abort();
-        keeper.abort();
         let ending = match result {
             _ if lost.is_lost() => Err(LeaseError::Lost),
             Err(step::StepError::Lease(LeaseError::Lost)) => Err(LeaseError::Lost),
@@ -254,15 +253,9 @@ impl Job {
         };
         let recorded = match ending {
             Err(lost) => Err(lost),
-            // Not the user's cancel: the builder is stopping. Queue it again for another
-            // replica (or the next start), releasing the lease.
-            Ok(end) if shutdown.is_cancelled() && end.status == "cancelled" => {
-                super::requeue(&self.0.pool, &lease).await
-            }
-            Ok(end) => super::finish(&self.0.pool, &lease, end).await.map(|done| {
-                tracing::info!(build.id = %id, status = %done.status, step = ?done.step, "build finished");
-            }),
+            Ok(end) => self.record(&lease, end, &shutdown, &lost).await,
         };
+        keeper.abort();
         match recorded {
             Err(LeaseError::Lost) => {
                 tracing::warn!(
@@ -273,6 +266,38 @@ impl Job {
                 Ok(())
             }
             other => other,
+        }
+    }
+
+    /// Stores how the build ended (or, when the builder is stopping and the build was cut
+    /// short, queues it again for another replica, releasing the lease). A database that is
+    /// away is waited for while the lease holds (the keeper renews it meanwhile); once it is
+    /// lost the build is another replica's to run again.
+    async fn record(
+        &self,
+        lease: &Lease,
+        end: Ending,
+        shutdown: &CancellationToken,
+        lost: &Lost,
+    ) -> Result<(), LeaseError> {
+        let requeue = shutdown.is_cancelled() && end.status == "cancelled";
+        loop {
+            let tried = if requeue {
+                super::requeue(&self.0.pool, lease).await
+            } else {
+                super::finish(&self.0.pool, lease, end.clone())
+                    .await
+                    .map(|done| {
+                        tracing::info!(build.id = %done.id, status = %done.status, step = ?done.step, "build finished");
+                    })
+            };
+            match tried {
+                Err(LeaseError::Database(e)) if !lost.is_lost() && !shutdown.is_cancelled() => {
+                    tracing::warn!(build.id = %lease.build(), error = %e, "cannot record the build's end yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                other => return other,
+            }
         }
     }
 
