@@ -374,6 +374,20 @@ mod tests {
     }
 
     #[test]
+    fn a_cancel_stops_a_layer_mid_write() {
+        let cancel = CancellationToken::new();
+        let mut out = Cancellable {
+            inner: Vec::new(),
+            cancel: cancel.clone(),
+        };
+        out.write_all(&[1; 4096]).unwrap();
+        cancel.cancel();
+        let err = out.write_all(&[2; 4096]).unwrap_err();
+        assert_eq!(err.to_string(), "cancelled");
+        assert_eq!(out.inner.len(), 4096, "nothing written after the cancel");
+    }
+
+    #[test]
     fn layers_are_reproducible() {
         let dir = std::env::temp_dir().join(format!("slipway-layer-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
