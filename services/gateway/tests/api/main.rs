@@ -12,6 +12,7 @@ mod deployments;
 mod edge;
 mod helpers;
 mod identity;
+mod layering;
 mod lossy_proxy;
 mod metrics;
 mod projects;

@@ -106,7 +106,7 @@ async fn rows_past_their_retention_are_pruned_in_batches_and_younger_ones_kept()
     let pruned = retention::prune_all(&app.pool, &policy, None).await;
     // At least 5 audit entries, the old cancel, 1 creation and 1 delivery (the deploy the
     // cancel pointed at may wait for the next pass); batches of 2 took several statements.
-    assert!(pruned >= 5 + 1 + 1 + 1, "pruned {pruned}");
+    assert!(pruned >= 8, "pruned {pruned}");
     retention::prune_all(&app.pool, &policy, None).await;
 
     assert_eq!(app.count("audit_log").await, audit_before + 3);
