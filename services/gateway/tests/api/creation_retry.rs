@@ -4,7 +4,11 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::{TestApp, problem, spawn_app, spawn_with_registry_behind};
+use slipway_gateway::startup::UpstreamSettings;
+
+use crate::helpers::{
+    TestApp, problem, spawn_app, spawn_with_registry_behind, start_gateway_with, start_registry,
+};
 use crate::lossy_proxy::LossyProxy;
 use crate::webhooks::{REPO, github_as, sign};
 
@@ -235,4 +239,50 @@ async fn a_rotated_secret_replaces_the_old_one_at_once() {
     .await
     .unwrap();
     assert_eq!(refused, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_cut_short_is_completed_through_another_gateway() {
+    // Two gateways on one database, as after a restart or behind a load balancer: what the
+    // first one started is in the database, not in its memory.
+    let base = slipway_testkit::base_settings("gateway").await;
+    let mut stops = Vec::new();
+    let registry = start_registry(&base, &mut stops).await;
+    let proxy = LossyProxy::start(&registry, "POST /v1/services ").await;
+    let upstreams = || UpstreamSettings {
+        registry: proxy.url.clone(),
+        builder: "http://127.0.0.1:9".to_owned(),
+        deployer: "http://127.0.0.1:9".to_owned(),
+        monitor: "http://127.0.0.1:9".to_owned(),
+        timeout_seconds: 5,
+        connect_timeout_seconds: 3,
+    };
+    let key = slipway_testkit::secrets_key();
+    let first = start_gateway_with(
+        base.clone(),
+        upstreams(),
+        Vec::new(),
+        Default::default(),
+        key.clone(),
+    )
+    .await;
+    let body =
+        json!({"name": "web", "repository": REPO, "webhook_secret": "given-secret-0123456789"});
+    problem(
+        create(&first, &first.admin_token, Some("k"), &body).await,
+        503,
+    )
+    .await;
+    drop(first);
+
+    let second = start_gateway_with(base, upstreams(), stops, Default::default(), key).await;
+    let res = create(&second, &second.admin_token, Some("k"), &body).await;
+    let status = res.status();
+    let created: Value = res.json().await.unwrap();
+    assert_eq!(status, 201, "{created}");
+    assert_eq!(created["webhook_secret"], "given-secret-0123456789");
+    assert_eq!(
+        push_signed_with(&second, "given-secret-0123456789", &commit(1)).await,
+        202
+    );
 }

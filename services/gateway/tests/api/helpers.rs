@@ -80,7 +80,7 @@ pub async fn spawn_with(registry_up: bool) -> TestApp {
 }
 
 /// Starts a real registry on `base`'s database; its URL. `stops` keeps it up.
-async fn start_registry(
+pub async fn start_registry(
     base: &slipway_runtime::BaseSettings,
     stops: &mut Vec<oneshot::Sender<()>>,
 ) -> String {
@@ -148,15 +148,18 @@ pub async fn start_gateway(
     upstreams: UpstreamSettings,
     stops: Vec<oneshot::Sender<()>>,
 ) -> TestApp {
-    start_gateway_with(base, upstreams, stops, Default::default()).await
+    let key = slipway_testkit::secrets_key();
+    start_gateway_with(base, upstreams, stops, Default::default(), key).await
 }
 
-/// [`start_gateway`] with `retention` settings.
+/// [`start_gateway`] with `retention` settings, sealing webhook secrets with `secrets_key`
+/// (two gateways on one database share it, as replicas do).
 pub async fn start_gateway_with(
     base: slipway_runtime::BaseSettings,
     upstreams: UpstreamSettings,
     mut stops: Vec<oneshot::Sender<()>>,
     retention: slipway_gateway::retention::RetentionSettings,
+    secrets_key: String,
 ) -> TestApp {
     let admin_token = format!("slw_{}", "a1".repeat(32));
     let settings = Settings {
@@ -166,7 +169,7 @@ pub async fn start_gateway_with(
             bootstrap_token: SecretString::from(admin_token.clone()),
         },
         secrets: slipway_secrets::SecretSettings {
-            key: slipway_testkit::secrets_key().into(),
+            key: secrets_key.into(),
         },
         edge: slipway_edge::EdgeSettings::default(),
         webhooks: Default::default(),

@@ -22,7 +22,8 @@ async fn gateway(settings: RetentionSettings) -> TestApp {
         timeout_seconds: 2,
         connect_timeout_seconds: 1,
     };
-    start_gateway_with(base, upstreams, Vec::new(), settings).await
+    let key = slipway_testkit::secrets_key();
+    start_gateway_with(base, upstreams, Vec::new(), settings, key).await
 }
 
 /// Hourly (the start-up pass runs before the test's rows exist), tiny batches.
