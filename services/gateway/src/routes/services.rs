@@ -188,7 +188,8 @@ async fn earlier(
         (false, Some(_)) => Err(Problem::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "idempotency-key-reused",
-            "this Idempotency-Key was already used for a different request; use a new key for              a new request",
+            "this Idempotency-Key was already used for a different request; use a new key for \
+             a new request",
         )),
         // Another body than the unfinished one: a request of its own.
         (false, None) => Ok(None),
@@ -239,12 +240,7 @@ async fn register(
             abandon().await?;
             return Err(failed.problem);
         }
-        Err(mut failed) => {
-            failed.problem.detail.push_str(
-                " (the creation is kept: send the same request again, with the same                  Idempotency-Key if it had one, to complete it)",
-            );
-            return Err(failed.problem);
-        }
+        Err(failed) => return Err(kept(failed.problem)),
     };
     match answer.status {
         StatusCode::CREATED => answer.parse().map(Registered::Done),
@@ -263,12 +259,24 @@ async fn register(
             Err(problem) => Err(problem),
         },
         // A failing registry may have stored the service before failing: keep the creation.
-        status if status.is_server_error() => answer.into_response().map(Registered::Refused),
+        status if status.is_server_error() => answer
+            .into_response()
+            .map_err(kept)
+            .map(Registered::Refused),
         _ => {
             abandon().await?;
             answer.into_response().map(Registered::Refused)
         }
     }
+}
+
+/// `problem`, saying that the creation is kept for a retry to complete.
+fn kept(mut problem: Problem) -> Problem {
+    problem.detail.push_str(
+        " (the creation is kept: send the same request again, with the same Idempotency-Key \
+         if it had one, to complete it)",
+    );
+    problem
 }
 
 /// The 201 of a creation: the registry's service with the webhook secret (shown here only,

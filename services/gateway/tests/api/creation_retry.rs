@@ -7,9 +7,11 @@ use serde_json::{Value, json};
 use slipway_gateway::startup::UpstreamSettings;
 
 use crate::helpers::{
-    TestApp, problem, spawn_app, spawn_with_registry_behind, start_gateway_with, start_registry,
+    TestApp, problem, spawn_app, spawn_with_registry_behind, spawn_with_stand_ins,
+    start_gateway_with, start_registry,
 };
 use crate::lossy_proxy::LossyProxy;
+use crate::stand_in::StandIn;
 use crate::webhooks::{REPO, github_as, sign};
 
 /// A gateway whose registry loses the answer to the first `POST /v1/services`.
@@ -285,4 +287,49 @@ async fn a_create_cut_short_is_completed_through_another_gateway() {
         push_signed_with(&second, "given-secret-0123456789", &commit(1)).await,
         202
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_registry_keeps_the_creation_for_the_retry() {
+    let registry = StandIn::start().await;
+    let (deployer, monitor) = (StandIn::start().await, StandIn::start().await);
+    let failure = json!({"type": "https://slipway.dev/problems/internal", "title": "Internal",
+                         "status": 500, "detail": "the database went away"});
+    registry.answer("POST", "/v1/services", 500, failure);
+    let app = spawn_with_stand_ins(&registry, &deployer, &monitor).await;
+    let body = json!({"name": "web"});
+
+    let p = problem(create(&app, &app.admin_token, None, &body).await, 502).await;
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("the creation is kept"),
+        "{p}"
+    );
+    assert!(
+        !p["detail"].as_str().unwrap().contains("database"),
+        "the registry's detail is logged, not answered"
+    );
+
+    registry.answer(
+        "POST",
+        "/v1/services",
+        201,
+        json!({"id": uuid::Uuid::now_v7(), "name": "web", "project": "default",
+               "repository": null, "branch": "main", "created_at": "2026-12-01T10:00:00Z"}),
+    );
+    let res = create(&app, &app.admin_token, None, &body).await;
+    assert_eq!(res.status(), 201);
+    assert_eq!(
+        app.count("webhook_secrets").await,
+        1,
+        "the retry completed the kept creation instead of starting another"
+    );
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM service_creations WHERE completed_at IS NULL")
+            .fetch_one(&app.pool)
+            .await
+            .unwrap();
+    assert_eq!(pending, 0);
 }
