@@ -453,14 +453,22 @@ impl Engine {
             id: d.environment.clone(),
             source: Some(sources::REGISTRY.into()),
         };
+        // The artifacts name the CDEvent. A deployment still ends when they cannot be looked
+        // up (a release the registry forgot, or the registry unreachable past the deadline, say
+        // for a new owner whose cache is empty): without the CDEvent, never stuck.
         let purl_of = |release: Option<i32>| async move {
-            match release {
-                Some(r) => self
-                    .fleet
-                    .release(&d.service_name, r)
-                    .await
-                    .map(|i| Some(i.artifact_purl)),
-                None => Ok(None),
+            let Some(r) = release else {
+                return Ok(None);
+            };
+            match self.fleet.release(&d.service_name, r).await {
+                Ok(i) => Ok(Some(i.artifact_purl)),
+                Err(EngineError::Registry(RegistryError::NotFound(_))) => Ok(None),
+                Err(e) if past(d.step_deadline) => {
+                    tracing::warn!(deployment.id = %d.id, release = r, error = %e,
+                        "artifact unknown; the deployment ends without its CDEvent");
+                    Ok(None)
+                }
+                Err(e) => Err(e),
             }
         };
         let new_purl = purl_of(d.release).await?;

@@ -284,6 +284,7 @@ async fn two_deployers_on_one_database_drive_each_deployment_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_whose_owner_died_is_taken_over_and_still_ends_by_its_deadline() {
     let registry = Arc::new(StandInRegistry::start().await);
+    registry.add_release("leased", 1, &["staging"]);
     let base = slipway_testkit::base_settings("deployer").await;
     let pool = pool(&base).await;
     let id = queue(&pool, ServiceId::new(), "staging", 1).await;
