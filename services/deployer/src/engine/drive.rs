@@ -1,17 +1,16 @@
-//! Driving one deployment: one pass at a time it starts it (resolving the request, see
-//! `resolve.rs`), runs its current step (`steps.rs`), turns it back when a check fails or a
-//! deadline passes, and finishes it with its events. Every write is fenced on the driver's
-//! lease (`db::leases`).
+//! Driving one deployment: one pass at a time it starts it (`start.rs`), runs its current
+//! step (`steps.rs`), turns it back when a check fails or a deadline passes, and finishes it
+//! with its events. Every write is fenced on the driver's lease (`db::leases`).
 
 use chrono::{DateTime, Utc};
 use slipway_events::cdevents::{CdEvent, EnvironmentRef};
 use slipway_events::deploy::{
-    DeployKind, DeploymentFinished, DeploymentRef, DeploymentStarted, DeploymentStep, FailureReason,
+    DeployKind, DeploymentFinished, DeploymentRef, DeploymentStep, FailureReason,
 };
 use slipway_events::slipway::sources;
 
 use super::fleet::{Owner, announce, project_of};
-use super::resolve::{self, Facts, Failing, Refusal, Request, Resolved, WayBack};
+use super::resolve::{self, Failing, Request, WayBack};
 use super::{Engine, EngineError};
 use crate::db::deployments::{self, Deployment};
 use crate::db::leases::{FencedError, Lease};
@@ -42,7 +41,7 @@ pub(super) enum Outcome {
     Fail(&'static str, String),
 }
 
-fn reference(d: &Deployment) -> DeploymentRef {
+pub(super) fn reference(d: &Deployment) -> DeploymentRef {
     DeploymentRef {
         deployment_id: d.id,
         kind: DeployKind::from(d.kind),
@@ -63,7 +62,7 @@ pub(super) fn owner(d: &Deployment) -> Owner {
     }
 }
 
-fn request(d: &Deployment) -> Request<'_> {
+pub(super) fn request(d: &Deployment) -> Request<'_> {
     Request {
         kind: d.kind,
         release: d.requested_release,
@@ -101,12 +100,12 @@ fn verdict(e: EngineError) -> Result<Outcome, EngineError> {
     }
 }
 
-fn past(deadline: Option<DateTime<Utc>>) -> bool {
+pub(super) fn past(deadline: Option<DateTime<Utc>>) -> bool {
     deadline.is_some_and(|t| Utc::now() > t)
 }
 
 impl Engine {
-    fn deadline(&self, d: &Deployment, step: Option<&Step>) -> DateTime<Utc> {
+    pub(super) fn deadline(&self, d: &Deployment, step: Option<&Step>) -> DateTime<Utc> {
         let mut seconds = i64::from(d.step_timeout_seconds);
         if let Some(Step::Pause { seconds: s, .. }) = step {
             seconds += i64::from(*s);
@@ -226,161 +225,6 @@ impl Engine {
         }
     }
 
-    /// Looks up what resolving the request needs (what runs, the release, config versions)
-    /// and resolves it (`resolve.rs` decides). `Ok(Err(_))`: the request cannot be honoured.
-    /// Also answers what runs (a refused request reports it as still running).
-    async fn resolve(
-        &self,
-        d: &Deployment,
-    ) -> Result<(Option<Current>, Result<Resolved, Refusal>), EngineError> {
-        let pool = &self.fleet.pool;
-        let req = request(d);
-        let mut conn = pool.acquire().await?;
-        let current = state::get(&mut conn, d.service_id, &d.environment).await?;
-        let running = current.as_ref().and_then(|s| {
-            Some(Current {
-                set: crate::domain::Set {
-                    release: s.release?,
-                    config_version: s.config_version?,
-                },
-                replicas: s.replicas.max(0) as u32,
-            })
-        });
-        let previous = match (req.kind, req.release) {
-            (DeploymentKind::Rollback, None) => state::previous(
-                &mut conn,
-                d.service_id,
-                &d.environment,
-                running.map(|c| c.set.release),
-            )
-            .await?
-            .map(|(r, _)| r),
-            _ => None,
-        };
-        let release = match resolve::release(&req, running, previous) {
-            Ok(r) => r,
-            Err(refusal) => return Ok((running, Err(refusal))),
-        };
-        let info = match self.fleet.release(&d.service_name, release).await {
-            Ok(info) => info,
-            Err(EngineError::Registry(RegistryError::NotFound(m))) => {
-                return Ok((running, Err(Refusal::UnknownRelease(m))));
-            }
-            Err(e) => return Err(e),
-        };
-        let last_config = match req.kind {
-            DeploymentKind::Rollback => {
-                state::last_config_of(&mut conn, d.service_id, &d.environment, release).await?
-            }
-            _ => None,
-        };
-        drop(conn);
-        let mut facts = Facts {
-            running,
-            release,
-            health_path: info.run.as_ref().map(|r| &r.health_path),
-            recorded_config: info.config.get(&d.environment).copied(),
-            last_config,
-            latest_config: None,
-            default_replicas: self.settings.default_replicas,
-        };
-        if resolve::config_version(&req, &facts).is_none() {
-            facts.latest_config = match self
-                .fleet
-                .registry
-                .latest_config_version(&d.service_name, &d.environment)
-                .await
-            {
-                Ok(v) => Some(Ok(v)),
-                Err(RegistryError::NotFound(m)) => Some(Err(m)),
-                Err(e) => return Err(e.into()),
-            };
-        }
-        Ok((running, resolve::resolve(&req, &facts)))
-    }
-
-    /// Resolves what a queued deployment means now and starts it. A request that cannot be
-    /// honoured, or whose resolution keeps failing past its deadline, ends `failed`.
-    async fn begin(&self, d: &Deployment, lease: &Lease) -> Result<Progress, EngineError> {
-        let pool = &self.fleet.pool;
-        if d.step_deadline.is_none() {
-            let mut conn = pool.acquire().await?;
-            deployments::set_resolve_deadline(&mut conn, lease, self.deadline(d, None)).await?;
-        }
-        let resolved = match self.resolve(d).await {
-            Ok((_, Ok(r))) => r,
-            Ok((running, Err(refusal))) => {
-                self.metrics.step_failed("resolve", "request");
-                let running = running.map(|c| c.set.release);
-                self.finish(
-                    d,
-                    lease,
-                    DeploymentStatus::Failed,
-                    Some(refusal.reason()),
-                    running,
-                )
-                .await?;
-                return Ok(Progress::Ended);
-            }
-            Err(e) if past(d.step_deadline) => {
-                self.metrics.step_failed("resolve", "deadline");
-                let reason = FailureReason {
-                    step_index: 0,
-                    step: "resolve the request".into(),
-                    check: "deadline".into(),
-                    message: format!(
-                        "the request could not be resolved within {} s: {e}",
-                        d.step_timeout_seconds
-                    ),
-                };
-                self.finish(d, lease, DeploymentStatus::Failed, Some(reason), None)
-                    .await?;
-                return Ok(Progress::Ended);
-            }
-            Err(e) => return Err(e),
-        };
-        let Resolved {
-            to,
-            replicas,
-            health_check,
-            from,
-            plan,
-        } = resolved;
-        let mut tx = pool.begin().await?;
-        let started = deployments::start(
-            &mut tx,
-            lease,
-            &deployments::Start {
-                release: to.release,
-                config_version: to.config_version,
-                replicas: replicas as i32,
-                from: from.map(|c| (c.set.release, c.set.config_version, c.replicas as i32)),
-                plan: &plan,
-                health_check: &health_check,
-                deadline: self.deadline(d, plan.first()),
-            },
-        )
-        .await;
-        if let Err(FencedError::Database(sqlx::Error::Database(e))) = &started
-            && e.is_unique_violation()
-        {
-            // Another deployment of this environment became active first: stay queued.
-            return Ok(Progress::Yield);
-        }
-        started?;
-        let mut shown = reference(d);
-        shown.release = Some(to.release);
-        let data = DeploymentStarted {
-            deployment: shown,
-            steps: plan.iter().map(Step::describe).collect(),
-            at: Utc::now(),
-        };
-        announce(&mut tx, d.service_id, d.id.to_string(), &data).await?;
-        tx.commit().await?;
-        tracing::info!(deployment.id = %d.id, release = to.release, config_version = to.config_version, replicas, steps = plan.len(), "deployment started");
-        Ok(Progress::Moved)
-    }
-
     /// A gate failed, the deadline passed or a cancel came: turn back or end (`resolve.rs`
     /// decides which).
     async fn fail(
@@ -441,7 +285,7 @@ impl Engine {
     }
 
     /// Ends a deployment: its row, the desired state, the history, and the events.
-    async fn finish(
+    pub(super) async fn finish(
         &self,
         d: &Deployment,
         lease: &Lease,

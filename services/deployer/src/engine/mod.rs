@@ -6,8 +6,9 @@
 //! - [`plan`]: strategies turned into idempotent steps (pure).
 //! - `resolve.rs`: a request and what runs turned into a plan or a refusal, and the way back
 //!   of a failed deployment (pure).
-//! - `drive.rs`: one pass over a deployment: starting it, running its step, failing it,
-//!   finishing it (with its events).
+//! - `start.rs`: starting a queued deployment (looking up the facts `resolve.rs` needs).
+//! - `drive.rs`: one pass over a deployment: running its step, failing it, finishing it (with
+//!   its events).
 //! - `steps.rs`: executing one step (scale, route, pause gates).
 //! - `lease.rs`: keeping a claimed lease alive while its deployment is driven.
 //! - `metrics.rs`: outcomes, failed checks and takeovers.
@@ -26,6 +27,7 @@ mod lease;
 pub mod metrics;
 pub mod plan;
 mod resolve;
+mod start;
 mod steps;
 
 use std::collections::HashSet;
