@@ -147,6 +147,22 @@ pub async fn release(conn: &mut PgConnection, lease: &Lease) -> Result<(), Fence
     lease.fenced(done)
 }
 
+/// Checks inside the caller's transaction that `lease` is still held, and keeps it so (the
+/// row stays locked, so no takeover commits) until that transaction ends. For writes that are
+/// not themselves compare-and-set on the lease, such as the route step's weights.
+pub async fn fence(conn: &mut PgConnection, lease: &Lease) -> Result<(), FencedError> {
+    let done = sqlx::query(
+        "UPDATE deployments SET lease_epoch = lease_epoch \
+         WHERE id = $1 AND lease_owner = $2 AND lease_epoch = $3",
+    )
+    .bind(lease.deployment)
+    .bind(&lease.owner)
+    .bind(lease.epoch)
+    .execute(conn)
+    .await?;
+    lease.fenced(done)
+}
+
 /// One claim of the history.
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct Claim {

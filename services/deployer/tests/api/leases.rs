@@ -131,6 +131,9 @@ async fn a_stale_owner_is_refused_once_another_replica_took_the_lease_over() {
     let mut tx = pool.begin().await.unwrap();
     assert!(lost(deployments::start(&mut tx, &lease_a, &start).await));
     drop(tx);
+    let mut tx = pool.begin().await.unwrap();
+    assert!(lost(leases::fence(&mut tx, &lease_a).await));
+    drop(tx);
     let mut conn = pool.acquire().await.unwrap();
     let finish = deployments::finish(&mut conn, &lease_a, DeploymentStatus::Failed, None).await;
     assert!(lost(finish));
@@ -139,6 +142,7 @@ async fn a_stale_owner_is_refused_once_another_replica_took_the_lease_over() {
     assert_eq!(d.lease_owner.as_deref(), Some(b.as_str()));
 
     // B's writes go through, and its finish lets go of the lease.
+    leases::fence(&mut conn, &lease_b).await.unwrap();
     deployments::start(&mut conn, &lease_b, &start)
         .await
         .unwrap();
