@@ -382,3 +382,116 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .sum()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_driver_whose_lease_was_taken_stops_and_writes_nothing_more() {
+    let registry = Arc::new(StandInRegistry::start().await);
+    registry.add_release("leased", 1, &["staging"]);
+    let base = slipway_testkit::base_settings("deployer").await;
+    let pool = pool(&base).await;
+    let id = queue(&pool, ServiceId::new(), "staging", 1).await;
+    // Started at a long hold, then handed back: the deployer claims it at once.
+    let setup = ReplicaId::generate("setup");
+    let claimed = leases::claim(&pool, &setup, Duration::from_secs(60), &[], 10)
+        .await
+        .unwrap();
+    let lease = claimed[0].lease.clone();
+    let plan = [Step::Pause {
+        seconds: 3600,
+        gates: vec![],
+    }];
+    let check = HealthCheck::default();
+    let mut conn = pool.acquire().await.unwrap();
+    let start = Start {
+        release: 1,
+        config_version: 1,
+        replicas: 1,
+        from: None,
+        plan: &plan,
+        health_check: &check,
+        deadline: Utc::now() + chrono::Duration::hours(2),
+    };
+    deployments::start(&mut conn, &lease, &start).await.unwrap();
+    leases::release(&mut conn, &lease).await.unwrap();
+
+    let app = spawn_app_on(
+        base.clone(),
+        registry,
+        &[("SLIPWAY_DEPLOY__LEASE_TTL_MS", TTL_MS)],
+    )
+    .await;
+    let d = app
+        .deployment_when(id, |d| {
+            d["lease_epoch"] == 2 && d["lease_owner"].is_string()
+        })
+        .await;
+    let driver = d["lease_owner"].as_str().unwrap().to_owned();
+
+    // Another owner takes the lease (as a takeover would), and a cancel is asked for: a driver
+    // that still believed it held the deployment would turn it back now.
+    sqlx::query(
+        "UPDATE deployments SET lease_owner = 'thief', lease_epoch = 3, \
+         lease_expires_at = now() + interval '1 hour', cancel_requested = true WHERE id = $1",
+    )
+    .bind(id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO deployment_claims (deployment_id, epoch, owner) VALUES ($1, 3, 'thief')",
+    )
+    .bind(id)
+    .execute(&pool)
+    .await
+    .unwrap();
+    let events = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox WHERE subject = $1")
+            .bind(id.to_string())
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let before = events(pool.clone()).await;
+    // Its renewals are refused from now on: the driver's claim stops being renewed.
+    let renewed = |pool: PgPool| async move {
+        sqlx::query_scalar::<_, DateTime<Utc>>(
+            "SELECT renewed_at FROM deployment_claims WHERE deployment_id = $1 AND epoch = 2",
+        )
+        .bind(id)
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let last = renewed(pool.clone()).await;
+    let ttl = Duration::from_millis(TTL_MS.parse().unwrap());
+    let moved = wait_until(ttl * 2, || async { renewed(pool.clone()).await != last }).await;
+    assert!(!moved, "the stale owner kept renewing");
+    let d = deployments::get(&pool, id).await.unwrap().unwrap();
+    assert_eq!(d.status, DeploymentStatus::Progressing, "{d:?}");
+    assert!(
+        d.rollback_plan.0.is_empty(),
+        "the stale owner turned it back: {d:?}"
+    );
+    assert_eq!(
+        events(pool.clone()).await,
+        before,
+        "the stale owner published"
+    );
+
+    // The thief goes away without a word; after its lease expires the deployer takes the
+    // deployment over again and honours the cancel.
+    sqlx::query("UPDATE deployments SET lease_expires_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    let d = app.ended(id).await;
+    assert_eq!(d["status"], "cancelled", "{d}");
+    let claims = leases::history(&pool, id).await.unwrap();
+    let owners: Vec<&str> = claims.iter().map(|c| c.owner.as_str()).collect();
+    assert_eq!(
+        owners,
+        [setup.as_str(), &driver, "thief", &driver],
+        "{claims:?}"
+    );
+}
