@@ -1,6 +1,8 @@
 //! Driving one deployment: one pass at a time it starts it (`start.rs`), runs its current
 //! step (`steps.rs`), turns it back when a check fails or a deadline passes, and finishes it
-//! with its events. Every write is fenced on the driver's lease (`db::leases`).
+//! with its events. Every write to the deployment's row is compare-and-set on the driver's
+//! lease (`db::leases`), in the transaction that enqueues its events: a driver whose lease was
+//! taken over publishes nothing more.
 
 use chrono::{DateTime, Utc};
 use slipway_events::cdevents::{CdEvent, EnvironmentRef};

@@ -16,9 +16,11 @@
 //!
 //! A loop claims runnable deployments whose lease is free or expired (`db::leases`), waking on
 //! new commands, health verdicts and a short tick, and runs one task per claimed deployment.
-//! Every write of that task is compare-and-set on its lease: when another replica took the
+//! Every write of that task to the deployment is compare-and-set on its lease, and each pass
+//! starts by checking the lease (and pauses while renewals fail): when another replica took the
 //! deployment over (this one stopped renewing: it hung, or lost the database), the task stops
-//! and publishes nothing more. The new owner resumes at the stored step, as a restarted
+//! and publishes nothing more. (The route step's weights and the fleet's instance rows are not
+//! fenced in their own transactions yet; `db::leases::fence` is there for them.) The new owner resumes at the stored step, as a restarted
 //! deployer does (a restart is a new replica; a deployer stopped cleanly hands its leases back).
 
 mod drive;
