@@ -6,9 +6,12 @@
 //! - `status.rs`: deployment status and kind, instance state and health (stored as `TEXT`
 //!   with the values the migrations' `CHECK` constraints allow).
 //! - `step.rs`: plans' steps, sets and gates.
+//! - `check.rs`: which check failed a deployment.
 
+mod check;
 mod status;
 mod step;
 
+pub use check::Check;
 pub use status::{DeploymentKind, DeploymentStatus, InstanceHealth, InstanceState};
 pub use step::{Current, Gate, Set, Step};

@@ -17,7 +17,7 @@ use super::{Engine, EngineError};
 use crate::db::deployments::{self, Deployment};
 use crate::db::leases::{FencedError, Lease};
 use crate::db::state;
-use crate::domain::{Current, DeploymentKind, DeploymentStatus, Step};
+use crate::domain::{Check, Current, DeploymentKind, DeploymentStatus, Step};
 use crate::registry::RegistryError;
 use crate::target::TargetError;
 
@@ -40,7 +40,7 @@ pub(super) enum Outcome {
     /// Not yet; the text says what is awaited (shown if the deadline passes).
     Wait(String),
     /// A verdict: the check that failed and why.
-    Fail(&'static str, String),
+    Fail(Check, String),
 }
 
 pub(super) fn reference(d: &Deployment) -> DeploymentRef {
@@ -92,12 +92,12 @@ fn before(d: &Deployment) -> Option<Current> {
 /// Errors that are verdicts on the deployment rather than reasons to retry.
 fn verdict(e: EngineError) -> Result<Outcome, EngineError> {
     match e {
-        EngineError::Registry(RegistryError::NotFound(m)) => Ok(Outcome::Fail("release", m)),
+        EngineError::Registry(RegistryError::NotFound(m)) => Ok(Outcome::Fail(Check::Release, m)),
         EngineError::Target(TargetError::Artifact { image, reason }) => Ok(Outcome::Fail(
-            "artifact",
+            Check::Artifact,
             format!("cannot fetch {image}: {reason}"),
         )),
-        EngineError::Target(TargetError::Start(m)) => Ok(Outcome::Fail("start", m)),
+        EngineError::Target(TargetError::Start(m)) => Ok(Outcome::Fail(Check::Start, m)),
         other => Err(other),
     }
 }
@@ -136,7 +136,7 @@ impl Engine {
             let reason = FailureReason {
                 step_index: 0,
                 step: "wait for the deployment before it".into(),
-                check: "cancelled".into(),
+                check: Check::Cancelled.to_string(),
                 message: "cancelled on request before it started".into(),
             };
             self.finish(&d, lease, DeploymentStatus::Cancelled, Some(reason), None)
@@ -147,8 +147,8 @@ impl Engine {
             return self.begin(&d, lease).await;
         }
         if d.cancel_requested && d.status == DeploymentStatus::Progressing {
-            let reason = self.reason(&d, "cancelled", "cancelled on request".into());
-            self.fail(&d, lease, reason).await?;
+            self.fail(&d, lease, Check::Cancelled, "cancelled on request".into())
+                .await?;
             return Ok(Progress::Moved);
         }
         let plan = d.active_plan();
@@ -162,7 +162,7 @@ impl Engine {
             // A step that keeps failing (the registry or the target unreachable, say) is retried
             // until its deadline, then fails like any other: never stuck `progressing`.
             Err(e) if past(d.step_deadline) => Outcome::Fail(
-                "error",
+                Check::Error,
                 format!("the step kept failing until its deadline: {e}"),
             ),
             Err(e) => return Err(e),
@@ -199,21 +199,19 @@ impl Engine {
                         step.describe(),
                         d.step_timeout_seconds
                     );
-                    let reason = self.reason(&d, "deadline", message);
-                    self.fail(&d, lease, reason).await?;
+                    self.fail(&d, lease, Check::Deadline, message).await?;
                     return Ok(Progress::Moved);
                 }
                 Ok(Progress::Waiting)
             }
             Outcome::Fail(check, message) => {
-                let reason = self.reason(&d, check, message);
-                self.fail(&d, lease, reason).await?;
+                self.fail(&d, lease, check, message).await?;
                 Ok(Progress::Moved)
             }
         }
     }
 
-    fn reason(&self, d: &Deployment, check: &str, message: String) -> FailureReason {
+    fn reason(&self, d: &Deployment, check: Check, message: String) -> FailureReason {
         let index = d.step_index.max(0) as u32;
         FailureReason {
             step_index: index,
@@ -222,7 +220,7 @@ impl Engine {
                 .get(index as usize)
                 .map(Step::describe)
                 .unwrap_or_default(),
-            check: check.to_owned(),
+            check: check.to_string(),
             message,
         }
     }
@@ -233,16 +231,18 @@ impl Engine {
         &self,
         d: &Deployment,
         lease: &Lease,
-        reason: FailureReason,
+        check: Check,
+        message: String,
     ) -> Result<(), EngineError> {
-        tracing::warn!(deployment.id = %d.id, check = %reason.check, message = %reason.message, "deployment failed");
-        let cancelled = reason.check == "cancelled";
+        tracing::warn!(deployment.id = %d.id, %check, %message, "deployment failed");
+        let reason = self.reason(d, check, message);
+        let cancelled = check == Check::Cancelled;
         if !cancelled {
             let step = d
                 .active_plan()
                 .get(d.step_index.max(0) as usize)
                 .map_or("resolve", Step::label);
-            self.metrics.step_failed(step, &reason.check);
+            self.metrics.step_failed(step, check);
         }
         let failing = Failing {
             kind: d.kind,
@@ -276,7 +276,10 @@ impl Engine {
 
     /// The active plan ran to its end.
     async fn complete(&self, d: &Deployment, lease: &Lease) -> Result<(), EngineError> {
-        let cancelled = d.reason.as_ref().is_some_and(|r| r.0.check == "cancelled");
+        let cancelled = d
+            .reason
+            .as_ref()
+            .is_some_and(|r| Check::Cancelled.is(&r.0.check));
         let status = resolve::completed(d.status, cancelled, d.from_release.is_some());
         let running = if d.status == DeploymentStatus::RollingBack {
             d.from_release

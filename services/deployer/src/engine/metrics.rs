@@ -4,7 +4,7 @@
 
 use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 
-use crate::domain::{DeploymentKind, DeploymentStatus};
+use crate::domain::{Check, DeploymentKind, DeploymentStatus};
 
 #[derive(Clone)]
 pub struct EngineMetrics {
@@ -50,8 +50,11 @@ impl EngineMetrics {
             .inc();
     }
 
-    pub fn step_failed(&self, step: &str, check: &str) {
-        self.step_failures.with_label_values(&[step, check]).inc();
+    /// `step`: the kind of step (`Step::label`) or `resolve`.
+    pub fn step_failed(&self, step: &'static str, check: Check) {
+        self.step_failures
+            .with_label_values(&[step, check.as_str()])
+            .inc();
     }
 
     pub fn taken_over(&self) {

@@ -5,7 +5,7 @@
 use slipway_events::deploy::{FailureReason, HealthCheck, ProbePath, Strategy};
 
 use super::plan;
-use crate::domain::{Current, DeploymentKind, DeploymentStatus, Set, Step};
+use crate::domain::{Check, Current, DeploymentKind, DeploymentStatus, Set, Step};
 
 /// What a deployment asks for, as stored.
 #[derive(Debug, Clone, Copy)]
@@ -41,7 +41,7 @@ impl Refusal {
         FailureReason {
             step_index: 0,
             step: "resolve the request".into(),
-            check: "request".into(),
+            check: Check::Request.to_string(),
             message: self.to_string(),
         }
     }

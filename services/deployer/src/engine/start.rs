@@ -12,7 +12,7 @@ use super::{Engine, EngineError};
 use crate::db::deployments::{self, Deployment};
 use crate::db::leases::{FencedError, Lease};
 use crate::db::state;
-use crate::domain::{Current, DeploymentKind, DeploymentStatus, Set, Step};
+use crate::domain::{Check, Current, DeploymentKind, DeploymentStatus, Set, Step};
 use crate::registry::RegistryError;
 
 impl Engine {
@@ -104,7 +104,7 @@ impl Engine {
         let resolved = match self.resolve(d).await {
             Ok((_, Ok(r))) => r,
             Ok((running, Err(refusal))) => {
-                self.metrics.step_failed("resolve", "request");
+                self.metrics.step_failed("resolve", Check::Request);
                 let running = running.map(|c| c.set.release);
                 self.finish(
                     d,
@@ -117,11 +117,11 @@ impl Engine {
                 return Ok(Progress::Ended);
             }
             Err(e) if past(d.step_deadline) => {
-                self.metrics.step_failed("resolve", "deadline");
+                self.metrics.step_failed("resolve", Check::Deadline);
                 let reason = FailureReason {
                     step_index: 0,
                     step: "resolve the request".into(),
-                    check: "deadline".into(),
+                    check: Check::Deadline.to_string(),
                     message: format!(
                         "the request could not be resolved within {} s: {e}",
                         d.step_timeout_seconds

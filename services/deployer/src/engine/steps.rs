@@ -10,8 +10,8 @@ use super::{Engine, EngineError};
 use crate::db::deployments::Deployment;
 use crate::db::instances::{self, Instance};
 use crate::db::state;
+use crate::domain::{Check, InstanceHealth, InstanceState};
 use crate::domain::{Gate, Set, Step};
-use crate::domain::{InstanceHealth, InstanceState};
 
 impl Engine {
     pub(super) async fn execute(
@@ -75,7 +75,7 @@ impl Engine {
         });
         Ok(bad.map(|i| {
             Outcome::Fail(
-                "health",
+                Check::Health,
                 format!(
                     "instance {} of v{release} is {} ({}: {})",
                     i.id,
@@ -143,7 +143,7 @@ impl Engine {
         }
         if let Some(i) = live.iter().find(|i| i.crash_loop) {
             return Ok(Outcome::Fail(
-                "crash_loop",
+                Check::CrashLoop,
                 format!(
                     "instance {} of v{} is crash-looping: {}",
                     i.id,
