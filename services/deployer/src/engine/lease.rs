@@ -81,3 +81,37 @@ impl Held {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use slipway_ids::ReplicaId;
+
+    fn lease() -> Lease {
+        Lease {
+            deployment: uuid::Uuid::now_v7(),
+            owner: ReplicaId::generate("deployer"),
+            epoch: 1,
+        }
+    }
+
+    #[test]
+    fn a_lease_is_trusted_for_two_thirds_of_its_ttl_and_never_once_lost() {
+        let ttl = Duration::from_secs(3);
+        let fresh = Held::new(lease(), ttl, Instant::now());
+        assert!(fresh.usable());
+        fresh.lost.cancel();
+        assert!(!fresh.usable(), "lost");
+
+        // Claimed (or last renewed) 2.5 s ago: the database may expire it in half a second,
+        // so the driver must not act on it any more.
+        let Some(then) = Instant::now().checked_sub(Duration::from_millis(2500)) else {
+            return;
+        };
+        assert!(!Held::new(lease(), ttl, then).usable());
+        let Some(recent) = Instant::now().checked_sub(Duration::from_millis(1500)) else {
+            return;
+        };
+        assert!(Held::new(lease(), ttl, recent).usable());
+    }
+}
