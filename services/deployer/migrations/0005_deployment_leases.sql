@@ -20,3 +20,7 @@ CREATE TABLE deployment_claims (
     released_at   TIMESTAMPTZ,
     PRIMARY KEY (deployment_id, epoch)
 );
+
+-- Every replica looks for claimable deployments about once a second: only the unfinished ones.
+CREATE INDEX deployments_unfinished ON deployments (created_at)
+    WHERE status IN ('queued', 'progressing', 'rolling_back');
