@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use futures::FutureExt;
 use slipway_events::deploy::{
-    DeployCancelRequested, DeployKind, DeployRequested, Health, InstanceHealthChanged,
+    DeployCancelRequested, DeployKind, DeployRequested, InstanceHealthChanged,
 };
 use slipway_events::slipway::ReleaseCreated;
 use slipway_events::{CloudEvent, EventData};
@@ -17,6 +17,7 @@ use tokio::sync::Notify;
 use uuid::Uuid;
 
 use crate::db::{deployments, instances, state};
+use crate::domain::InstanceHealth;
 
 /// Handles the command and services topics.
 pub struct Commands {
@@ -140,11 +141,7 @@ impl Handler for HealthVerdicts {
             return Ok(Handled::Ignored);
         }
         let data: InstanceHealthChanged = event.data_as().map_err(permanent)?;
-        let health = match data.health {
-            Health::Starting => "starting",
-            Health::Healthy => "healthy",
-            Health::Unhealthy => "unhealthy",
-        };
+        let health = InstanceHealth::from(data.health);
         let detail = data.detail.clone();
         // Verdicts are idempotent (last write for an incarnation wins): no inbox needed.
         let mut conn = self

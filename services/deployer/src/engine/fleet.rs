@@ -22,6 +22,7 @@ use uuid::Uuid;
 use super::EngineError;
 use super::plan::Set;
 use crate::db::instances::{self, Instance, NewInstance};
+use crate::domain::InstanceState;
 use crate::registry::{RegistryClient, ReleaseInfo};
 use crate::target::{InstanceSpec, Known, Target, TargetEvent};
 
@@ -223,9 +224,9 @@ impl Fleet {
         let mut tx = self.pool.begin().await?;
         let mut serving = false;
         for row in rows {
-            if row.state != "draining" && row.state != "stopping" {
-                serving |= row.state == "running";
-                instances::set_state(&mut tx, row.id, "draining").await?;
+            if !row.state.is_leaving() {
+                serving |= row.state == InstanceState::Running;
+                instances::set_state(&mut tx, row.id, InstanceState::Draining).await?;
                 let data = InstanceDraining {
                     instance: row.reference(),
                     at: Utc::now(),
@@ -245,7 +246,7 @@ impl Fleet {
     async fn stop_one(&self, row: &Instance, reason: &str) -> Result<(), EngineError> {
         {
             let mut conn = self.pool.acquire().await?;
-            instances::set_state(&mut conn, row.id, "stopping").await?;
+            instances::set_state(&mut conn, row.id, InstanceState::Stopping).await?;
         }
         self.target.stop(row.id, self.stop_grace).await?;
         let mut tx = self.pool.begin().await?;
@@ -351,8 +352,8 @@ impl Fleet {
         let rows = instances::all(&self.pool).await?;
         let mut known = Vec::new();
         for row in &rows {
-            match (row.state.as_str(), row.pid, row.port, &row.address) {
-                ("stopping", ..) => {}
+            match (row.state, row.pid, row.port, &row.address) {
+                (InstanceState::Stopping, ..) => {}
                 (_, Some(pid), Some(port), Some(address)) => known.push(Known {
                     spec: self.spec(row).await?,
                     placement: crate::target::Placement {
@@ -371,7 +372,7 @@ impl Fleet {
             }
         }
         let dead = self.target.recover(known).await?;
-        for row in rows.iter().filter(|r| r.state == "stopping") {
+        for row in rows.iter().filter(|r| r.state == InstanceState::Stopping) {
             self.stop_one(row, "stopped (resumed after a deployer restart)")
                 .await?;
         }

@@ -6,11 +6,12 @@ use slipway_events::deploy::{Strategy, TrafficChanged};
 
 use super::drive::{Outcome, owner};
 use super::fleet::announce;
-use super::plan::{Gate, Set, Step};
 use super::{Engine, EngineError};
 use crate::db::deployments::Deployment;
 use crate::db::instances::{self, Instance};
 use crate::db::state;
+use crate::domain::{Check, InstanceHealth, InstanceState};
+use crate::domain::{Gate, Set, Step};
 
 impl Engine {
     pub(super) async fn execute(
@@ -69,19 +70,19 @@ impl Engine {
         let Gate::Health { release } = gate;
         let rows =
             instances::of_release(&self.fleet.pool, d.service_id, &d.environment, *release).await?;
-        let bad = rows
-            .iter()
-            .find(|i| i.crash_loop || i.state == "down" || i.health == "unhealthy");
+        let bad = rows.iter().find(|i| {
+            i.crash_loop || i.state == InstanceState::Down || i.health == InstanceHealth::Unhealthy
+        });
         Ok(bad.map(|i| {
             Outcome::Fail(
-                "health",
+                Check::Health,
                 format!(
                     "instance {} of v{release} is {} ({}: {})",
                     i.id,
                     if i.crash_loop {
                         "crash-looping"
                     } else {
-                        &i.health
+                        i.health.as_str()
                     },
                     i.health_check.0.describe(),
                     i.health_detail
@@ -97,9 +98,8 @@ impl Engine {
         let fleet = &self.fleet;
         let rows =
             instances::of_release(&fleet.pool, d.service_id, &d.environment, set.release).await?;
-        let (leaving, live): (Vec<Instance>, Vec<Instance>) = rows
-            .into_iter()
-            .partition(|i| i.state == "draining" || i.state == "stopping");
+        let (leaving, live): (Vec<Instance>, Vec<Instance>) =
+            rows.into_iter().partition(|i| i.state.is_leaving());
         let why = if Some(set.release) == d.release {
             "scaled down".to_owned()
         } else {
@@ -132,8 +132,8 @@ impl Engine {
             let mut extras = live;
             extras.sort_by_key(|i| {
                 (
-                    i.state != "down",
-                    i.health != "unhealthy",
+                    i.state != InstanceState::Down,
+                    i.health != InstanceHealth::Unhealthy,
                     std::cmp::Reverse(i.created_at),
                 )
             });
@@ -143,7 +143,7 @@ impl Engine {
         }
         if let Some(i) = live.iter().find(|i| i.crash_loop) {
             return Ok(Outcome::Fail(
-                "crash_loop",
+                Check::CrashLoop,
                 format!(
                     "instance {} of v{} is crash-looping: {}",
                     i.id,
@@ -154,14 +154,14 @@ impl Engine {
         }
         let healthy = live
             .iter()
-            .filter(|i| i.state == "running" && i.health == "healthy")
+            .filter(|i| i.state == InstanceState::Running && i.health == InstanceHealth::Healthy)
             .count();
         if healthy >= count {
             return Ok(Outcome::Done);
         }
         let waiting: Vec<String> = live
             .iter()
-            .filter(|i| !(i.state == "running" && i.health == "healthy"))
+            .filter(|i| !(i.state == InstanceState::Running && i.health == InstanceHealth::Healthy))
             .map(|i| {
                 format!(
                     "instance {} is {} ({}: {})",

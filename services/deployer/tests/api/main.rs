@@ -6,6 +6,7 @@
 mod auto_deploy;
 mod commands;
 mod helpers;
+mod leases;
 mod policy;
 mod reads;
 mod stand_in;
