@@ -1,19 +1,19 @@
 //! The fleet: starting, retiring and recovering instances on the target, keeping their rows and
 //! announcing every change (started, draining, exited, stopped, heartbeats, output).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
 use futures::future::join_all;
 use slipway_events::deploy::{
-    HealthCheck, InstanceDraining, InstanceExited, InstanceLogs, InstanceStarted, InstanceStopped,
-    InstancesHeartbeat,
+    Health, HealthCheck, HeartbeatInstance, InstanceDraining, InstanceExited, InstanceLogs,
+    InstanceStarted, InstanceState, InstanceStopped, InstancesHeartbeat,
 };
 use slipway_events::slipway::sources;
 use slipway_events::{CloudEvent, EventData};
-use slipway_ids::{ProjectName, ServiceId};
+use slipway_ids::{ProjectName, ReplicaId, ServiceId};
 use slipway_kafka::EventProducer;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -45,6 +45,8 @@ pub struct Fleet {
     /// SIGTERM → SIGKILL grace.
     pub stop_grace: Duration,
     pub heartbeat: Duration,
+    /// This deployer process: the owner its heartbeats name.
+    pub replica: ReplicaId,
 }
 
 /// Adds `data` to the outbox in `conn`'s transaction.
@@ -87,6 +89,7 @@ impl Fleet {
             drain,
             stop_grace,
             heartbeat,
+            replica: ReplicaId::for_process("deployer"),
         }
     }
 
@@ -414,23 +417,37 @@ impl Fleet {
         }
     }
 
+    /// One round of heartbeats: per service and environment, the whole record of every
+    /// instance this replica supervises, so the registry can insert what it lost. Every
+    /// environment with a desired state gets one, even with no instance of ours there: an
+    /// empty list is how the registry learns that heartbeats go on without the instances it
+    /// still lists (it reaps only then, never when heartbeats stop arriving).
     async fn heartbeat_once(&self) -> Result<(), EngineError> {
         let rows = instances::all(&self.pool).await?;
-        let mut groups: HashMap<(ServiceId, String), (String, Vec<Uuid>)> = HashMap::new();
-        for row in rows {
+        let desired = crate::db::state::all(&self.pool).await?;
+        let mut groups: BTreeMap<(ServiceId, String), (String, Vec<HeartbeatInstance>)> =
+            BTreeMap::new();
+        for s in desired {
             groups
+                .entry((s.service_id, s.environment))
+                .or_insert_with(|| (s.service_name, Vec::new()));
+        }
+        for row in &rows {
+            let group = groups
                 .entry((row.service_id, row.environment.clone()))
-                .or_insert_with(|| (row.service_name.clone(), Vec::new()))
-                .1
-                .push(row.id);
+                .or_insert_with(|| (row.service_name.clone(), Vec::new()));
+            if let Some(record) = heartbeat_record(row) {
+                group.1.push(record);
+            }
         }
         let mut tx = self.pool.begin().await?;
-        for ((service_id, environment), (service_name, ids)) in groups {
+        for ((service_id, environment), (service_name, records)) in groups {
             let data = InstancesHeartbeat {
                 service_id,
                 service_name: service_name.clone(),
                 environment: environment.clone(),
-                instances: ids,
+                owner: self.replica.clone(),
+                instances: records,
                 interval_ms: self.heartbeat.as_millis() as u64,
                 at: Utc::now(),
             };
@@ -445,4 +462,35 @@ impl Fleet {
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// What a heartbeat says of `row`; `None` for an instance the registry must learn of from its
+/// own events only: one not started yet (no address) or being stopped, which a heartbeat must
+/// not (re)insert.
+fn heartbeat_record(row: &Instance) -> Option<HeartbeatInstance> {
+    let state = match row.state.as_str() {
+        "running" => InstanceState::Running,
+        "draining" => InstanceState::Draining,
+        "down" => InstanceState::Down,
+        _ => return None,
+    };
+    let address = row.address.clone()?;
+    let health = match row.health.as_str() {
+        "starting" => Some(Health::Starting),
+        "healthy" => Some(Health::Healthy),
+        "unhealthy" => Some(Health::Unhealthy),
+        _ => None,
+    };
+    Some(HeartbeatInstance {
+        instance_id: row.id,
+        release: row.release,
+        address,
+        target: row.target.clone(),
+        state,
+        health,
+        health_check: row.health_check.0.clone(),
+        detail: row.health_detail.clone().or_else(|| row.last_exit.clone()),
+        restarts: u32::try_from(row.restarts).unwrap_or(0),
+        started_at: row.created_at,
+    })
 }
