@@ -8,4 +8,5 @@ mod commands;
 mod helpers;
 mod policy;
 mod reads;
+mod routing;
 mod stand_in;
