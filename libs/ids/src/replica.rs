@@ -6,18 +6,8 @@ use std::fmt;
 /// says, such as a Kubernetes pod name). A restarted process is a new replica: a lease it held
 /// before the restart is not its own any more, so nothing held by a dead process is mistaken for
 /// a live one's.
-#[derive(
-    Debug,
-    Clone,
-    PartialEq,
-    Eq,
-    Hash,
-    PartialOrd,
-    Ord,
-    serde::Serialize,
-    serde::Deserialize,
-    sqlx::Type,
-)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(serde::Serialize, serde::Deserialize, sqlx::Type)]
 #[serde(transparent)]
 #[sqlx(transparent)]
 pub struct ReplicaId(String);

@@ -85,7 +85,10 @@ async fn environments(
     }
     let items: Vec<Value> = latest
         .into_iter()
-        .map(|(env, version)| json!({"name": env, "config_version": version}))
+        .map(|(env, version)| {
+            json!({"name": env, "target": "process", "config_version": version,
+                "created_at": chrono::Utc::now(), "updated_at": chrono::Utc::now()})
+        })
         .collect();
     HttpResponse::Ok().json(json!({ "items": items }))
 }
