@@ -494,3 +494,65 @@ fn heartbeat_record(row: &Instance) -> Option<HeartbeatInstance> {
         started_at: row.created_at,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn row(state: &str, health: &str, address: Option<&str>) -> Instance {
+        Instance {
+            id: Uuid::now_v7(),
+            service_id: ServiceId::new(),
+            service_name: "hello".into(),
+            environment: "prod".into(),
+            release: 2,
+            config_version: 1,
+            image: "img".into(),
+            run: None,
+            health_check: sqlx::types::Json(HealthCheck::default()),
+            target: "process".into(),
+            deployment_id: None,
+            address: address.map(str::to_owned),
+            port: None,
+            pid: None,
+            state: state.into(),
+            health: health.into(),
+            health_detail: None,
+            restarts: 3,
+            crash_loop: false,
+            last_exit: Some("exit code 1".into()),
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        }
+    }
+
+    #[test]
+    fn heartbeats_carry_placed_instances_whole_and_leave_out_starting_and_stopping_ones() {
+        let running = heartbeat_record(&row("running", "healthy", Some("127.0.0.1:4000"))).unwrap();
+        assert_eq!(
+            (
+                running.state,
+                running.health,
+                running.restarts,
+                running.release
+            ),
+            (InstanceState::Running, Some(Health::Healthy), 3, 2)
+        );
+        assert_eq!(running.address, "127.0.0.1:4000");
+        assert_eq!(running.detail.as_deref(), Some("exit code 1"));
+        let down = heartbeat_record(&row("down", "unhealthy", Some("127.0.0.1:4001"))).unwrap();
+        assert_eq!(down.state, InstanceState::Down);
+        for (state, address) in [
+            ("starting", None),
+            ("running", None),
+            ("stopping", Some("127.0.0.1:4002")),
+        ] {
+            assert!(
+                heartbeat_record(&row(state, "starting", address)).is_none(),
+                "{state} {address:?}"
+            );
+        }
+    }
+}
