@@ -51,8 +51,17 @@ async fn discovery_gives_weights_and_routes_only_to_running_healthy_instances() 
     // Weights alone make a route too (nothing started there yet).
     facts.traffic("staging", &[(2, 100)]).await;
 
+    // Traffic and instance facts travel on different topics, so either may be applied first:
+    // wait for the last of each (the exit is the last instance fact, all on one partition).
     let body = eventually(&app, "/v1/discovery", |b| {
-        route(b, "hello", "staging").is_some()
+        let exited = route(b, "hello", "prod").is_some_and(|p| {
+            p["instances"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|i| i["id"] == down.to_string() && i["state"] == "down")
+        });
+        exited && route(b, "hello", "staging").is_some()
     })
     .await;
     let prod = route(&body, "hello", "prod").unwrap();
