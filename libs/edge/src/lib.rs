@@ -161,7 +161,10 @@ impl Edge {
     }
 
     /// The same router under the id `router` (the gateway's replica id, when it has one, so
-    /// logs and the registry's router table name one process the same way).
+    /// logs and the registry's router table name one process the same way). Call it right
+    /// after [`Edge::new`]: once the router was cloned (its discovery task started) the id is
+    /// fixed and this changes nothing. Without it the id is `ReplicaId::for_process("gateway")`
+    /// (`SLIPWAY_REPLICA_ID`, else `gateway-<random>`).
     pub fn with_router_id(mut self, router: ReplicaId) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.router = router;
