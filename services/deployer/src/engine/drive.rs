@@ -157,7 +157,7 @@ impl Engine {
             self.complete(&d, lease).await?;
             return Ok(Progress::Ended);
         };
-        let outcome = match self.execute(&d, step).await.or_else(verdict) {
+        let outcome = match self.execute(&d, lease, step).await.or_else(verdict) {
             Ok(o) => o,
             // A step that keeps failing (the registry or the target unreachable, say) is retried
             // until its deadline, then fails like any other: never stuck `progressing`.

@@ -9,4 +9,5 @@ mod helpers;
 mod leases;
 mod policy;
 mod reads;
+mod routing;
 mod stand_in;
