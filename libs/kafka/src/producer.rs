@@ -53,7 +53,12 @@ impl EventProducer {
             .client_config()
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("message.timeout.ms", "30000")
+            .set(
+                "message.timeout.ms",
+                settings.message_timeout_ms.to_string(),
+            )
+            // The same bound the outbox checks at enqueue (`kafka.message_max_bytes`).
+            .set("message.max.bytes", settings.message_max_bytes.to_string())
             .set("linger.ms", "5")
             .create()
             .map_err(PublishError::Create)?;

@@ -12,6 +12,7 @@ pub mod sandbox;
 pub mod source;
 pub mod spec;
 pub mod step;
+pub mod trace;
 pub mod worker;
 
 use chrono::{DateTime, Utc};

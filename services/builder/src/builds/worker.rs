@@ -119,9 +119,12 @@ impl Worker {
                 Some(build) => {
                     let job = Job(self.ctx.clone());
                     let cancel = cancel.child_token();
+                    let pool = self.ctx.pool.clone();
                     running.spawn(async move {
                         let id = build.id;
-                        if let Err(e) = job.execute(build, cancel).await {
+                        // Continues the request's trace, so the build's events carry it on.
+                        let span = super::trace::span(&pool, id).await;
+                        if let Err(e) = job.execute(build, cancel).instrument(span).await {
                             tracing::error!(build.id = %id, error = %e, "build could not be recorded");
                         }
                         drop(permit);

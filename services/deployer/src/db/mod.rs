@@ -4,4 +4,5 @@
 pub mod deployments;
 pub mod instances;
 pub mod state;
+pub mod trace;
 pub mod uids;

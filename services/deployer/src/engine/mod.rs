@@ -23,6 +23,7 @@ use std::time::Duration;
 use slipway_events::deploy::{HealthCheck, ProbePath};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::db::deployments;
@@ -106,7 +107,9 @@ impl Engine {
                             let engine = self.clone();
                             let cancel = cancel.clone();
                             tokio::spawn(async move {
-                                engine.drive(d.id, cancel).await;
+                                // Continues the command's trace: the events it enqueues carry it.
+                                let span = crate::db::trace::span(&engine.fleet.pool, d.id).await;
+                                engine.drive(d.id, cancel).instrument(span).await;
                                 if let Ok(mut s) = engine.driving.lock() {
                                     s.remove(&d.id);
                                 }
