@@ -126,7 +126,8 @@ impl RelayError {
 /// Publishes a schema's outbox.
 pub struct Relay {
     pool: PgPool,
-    producer: EventProducer,
+    /// Replaced by a fresh one when it can no longer send (fenced after a broker hang).
+    producer: std::sync::Mutex<EventProducer>,
     metrics: RelayMetrics,
     /// Rows per transaction.
     batch: i64,
@@ -144,7 +145,7 @@ impl Relay {
     pub fn new(pool: PgPool, producer: EventProducer, metrics: RelayMetrics) -> Self {
         Self {
             pool,
-            producer,
+            producer: std::sync::Mutex::new(producer),
             metrics,
             batch: 100,
             poll: Duration::from_millis(500),
@@ -333,6 +334,20 @@ impl Relay {
         }
     }
 
+    /// Swaps a producer that can no longer send for a fresh one (the next pass uses it).
+    fn renew_producer(&self, stuck: &EventProducer, error: &rdkafka::error::KafkaError) {
+        match stuck.fresh() {
+            Ok(fresh) => {
+                tracing::warn!(error = %error, "the producer can no longer send; using a new one");
+                *self
+                    .producer
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot create a new producer"),
+        }
+    }
+
     async fn publish(&self, row: Row) -> Result<i64, RelayError> {
         let topic = Topic::ALL
             .into_iter()
@@ -350,7 +365,22 @@ impl Relay {
             tracestate: row.tracestate,
             data: row.data,
         };
-        let (partition, offset) = self.producer.publish(topic, &event).await?;
+        let producer = self
+            .producer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let (partition, offset) = match producer.publish(topic, &event).await {
+            Ok(done) => done,
+            Err(e) => {
+                if let slipway_kafka::PublishError::Send { source, .. } = &e
+                    && producer.is_stuck(source)
+                {
+                    self.renew_producer(&producer, source);
+                }
+                return Err(e.into());
+            }
+        };
         tracing::debug!(event.id = %event.id, event.r#type = %event.ty, partition, offset, "published");
         Ok(row.seq)
     }
