@@ -374,6 +374,19 @@ mod tests {
     }
 
     #[test]
+    fn the_record_limit_is_bounded_and_defaults_to_kafkas() {
+        let mut s = KafkaSettings::new("b:9092");
+        assert_eq!(s.message_max_bytes, 1_048_588);
+        assert_eq!(s.message_timeout_ms, 30_000);
+        s.message_max_bytes = 100;
+        assert_eq!(s.validate(), Err(KafkaSettingsError::MessageMaxBytes(100)));
+        s.message_max_bytes = 2_000_000_000;
+        assert!(s.validate().is_err());
+        s.message_max_bytes = 20_000;
+        assert_eq!(s.validate(), Ok(()));
+    }
+
+    #[test]
     fn settings_read_from_text() {
         #[derive(Deserialize)]
         struct K {
