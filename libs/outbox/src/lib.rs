@@ -15,7 +15,8 @@
 //!   lower limit, unknown topic, unsignable) is retried a few times, then moved to
 //!   `outbox_dead` ([`dead`]) with an ERROR log and `outbox_dead_lettered_total`; later rows of
 //!   its key are published after it, so the dead one is *skipped* and an admin may requeue it
-//!   ([`dead::requeue_dead`]). Transient failures (broker down) are retried without limit.
+//!   ([`dead::requeue_dead`]). Transient failures (broker down) are retried without limit; a
+//!   producer the broker fenced meanwhile (after sends timed out) is replaced by a fresh one.
 //! - **Trace context:** [`enqueue`] fills `traceparent`/`tracestate` from the current span when
 //!   the event has none, so one trace runs through every service a change passes.
 //!
