@@ -11,6 +11,10 @@
 //! its leases expire (`lease_ttl_ms`). A replica that stops on purpose releases its shards at
 //! once ([`Leases::release_all`]).
 //!
+//! The replica that consumes an instance's start is not always the one holding its shard: it
+//! `NOTIFY`s [`WAKE`] and every replica runs a round at once, so the holder starts probing
+//! without waiting for its next timed round.
+//!
 //! A replica that cannot renew (database unreachable) stops probing once its leases may have
 //! expired, so two replicas never both believe they own a shard for longer than a round.
 
@@ -20,11 +24,16 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use slipway_ids::ReplicaId;
 use sqlx::PgPool;
+use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::Probers;
 use crate::db::probes;
+
+/// The channel `NOTIFY`'d when an incarnation to probe is stored (by whichever replica
+/// consumed its start), waking the replicas' rounds.
+pub const WAKE: &str = "monitor_probes";
 
 /// Section `[shards]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -260,10 +269,38 @@ pub async fn run(
 ) -> Result<(), std::convert::Infallible> {
     let give_up = leases.ttl.saturating_sub(every);
     let mut renewed = Instant::now();
+    // Woken early when any replica stores a new incarnation, so this one (if it holds the
+    // shard) starts probing at once rather than at its next round. Without it: every round.
+    let mut listener = match PgListener::connect_with(&leases.pool).await {
+        Ok(mut l) => match l.listen(WAKE).await {
+            Ok(()) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for new instances; polling only");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for new instances; polling only");
+            None
+        }
+    };
     loop {
+        let woken = async {
+            match listener.as_mut() {
+                // An error (the connection is re-established on the next call) waits a round,
+                // so a database outage does not spin this loop.
+                Some(l) => {
+                    if l.recv().await.is_err() {
+                        tokio::time::sleep(every).await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = cancel.cancelled() => break,
             () = tokio::time::sleep(every) => {}
+            () = woken => {}
         }
         match reconcile_once(&leases, &probers).await {
             Ok(()) => renewed = Instant::now(),

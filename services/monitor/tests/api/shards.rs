@@ -222,3 +222,76 @@ async fn two_monitors_probe_disjoint_halves_and_one_takes_all_when_the_other_sto
     let _ = b.stop.send(());
     b.task.await.unwrap().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_instance_wakes_the_replica_holding_its_shard() {
+    let mut settings = test_settings().await;
+    // Timed rounds never come during the test: only the wake-ups of new instances move.
+    settings.shards = ShardSettings {
+        count: 16,
+        lease_ttl_ms: 200_000,
+        reconcile_ms: 60_000,
+    };
+    settings.base.kafka.instance_id = "a".into();
+    let a = replica(settings.clone(), "monitor-a").await;
+    let mut other = settings.clone();
+    other.base.kafka.instance_id = "b".into();
+    let b = replica(other, "monitor-b").await;
+    let pool = PgPool::connect_with(settings.base.database.connect_options())
+        .await
+        .unwrap();
+    let producer = slipway_testkit::signing::producer(&settings.base.kafka);
+    let service = ServiceId::new();
+    let mut all = BTreeSet::new();
+    let mut backends = Vec::new();
+    for _ in 0..4 {
+        let i = instance(service);
+        let backend = Backend::start(200).await;
+        let event = slipway_events::CloudEvent::new(
+            slipway_events::slipway::sources::DEPLOYER,
+            service,
+            Some(i.instance_id.to_string()),
+            &started(&i, &backend.address, fast_check(), 0),
+        )
+        .unwrap();
+        producer
+            .publish(slipway_events::Topic::Instances, &event)
+            .await
+            .unwrap();
+        backends.push(backend);
+        all.insert(i.instance_id);
+        assert!(
+            wait_until(Duration::from_secs(20), || async {
+                a.probing.instances().contains(&i.instance_id)
+                    || b.probing.instances().contains(&i.instance_id)
+            })
+            .await,
+            "instance {} is probed by someone",
+            i.instance_id
+        );
+    }
+    // The wake-ups also ran the rounds that split the shards (B started with none).
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            let owners = shards_of(&pool).await;
+            owners.len() == 2 && owners.values().all(|s| s.len() == 8)
+        })
+        .await,
+        "{:?}",
+        shards_of(&pool).await
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || async {
+            let (pa, pb) = (a.probing.instances(), b.probing.instances());
+            pa.is_disjoint(&pb) && pa.union(&pb).copied().collect::<BTreeSet<Uuid>>() == all
+        })
+        .await,
+        "disjoint and complete: a {:?}, b {:?}",
+        a.probing.instances(),
+        b.probing.instances()
+    );
+    for r in [a, b] {
+        let _ = r.stop.send(());
+        r.task.await.unwrap().unwrap();
+    }
+}
