@@ -16,7 +16,7 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::db::{deployments, instances, state};
+use crate::db::{deployments, instances, state, trace};
 use crate::domain::InstanceHealth;
 
 /// Handles the command and services topics.
@@ -38,13 +38,18 @@ impl Handler for Commands {
             DeployRequested::TYPE => {
                 let data: DeployRequested = event.data_as().map_err(permanent)?;
                 let timeout = self.default_timeout;
+                // The engine continues this trace when it drives the deployment.
+                let trace = trace::of_command(event);
                 slipway_outbox::inbox::apply_once(
                     &self.pool,
                     "deployer.commands",
                     event,
                     move |tx| {
-                        async move { deployments::insert(tx, &data, timeout).await.map(|_| ()) }
-                            .boxed()
+                        async move {
+                            deployments::insert(tx, &data, timeout).await?;
+                            trace::record(tx, data.deployment_id, trace.as_deref()).await
+                        }
+                        .boxed()
                     },
                 )
                 .await?
@@ -79,6 +84,8 @@ impl Commands {
     /// A new release deploys itself to every environment whose policy says so.
     async fn auto_deploy(&self, event: &CloudEvent) -> Result<Handled, HandlerError> {
         let data: ReleaseCreated = event.data_as().map_err(permanent)?;
+        // An auto-deploy continues the release's trace (the build's, the webhook's).
+        let trace = trace::of_command(event);
         slipway_outbox::inbox::apply_once(&self.pool, "deployer.auto-deploy", event, move |tx| {
             async move {
                 for policy in state::auto_deploy_policies(tx, data.service_id).await? {
@@ -119,6 +126,7 @@ impl Commands {
                         requested_at: Utc::now(),
                     };
                     deployments::insert(tx, &request, 120).await?;
+                    trace::record(tx, id, trace.as_deref()).await?;
                 }
                 Ok(())
             }

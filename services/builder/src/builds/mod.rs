@@ -23,6 +23,7 @@ pub mod source;
 pub mod spec;
 pub mod step;
 pub mod store;
+pub mod trace;
 pub mod worker;
 
 pub use ending::{Ending, cancelled, describe, exit_code, failed, finish};

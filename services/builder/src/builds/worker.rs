@@ -170,9 +170,12 @@ impl Worker {
                 Some(claimed) => {
                     let job = Job(self.ctx.clone());
                     let cancel = cancel.child_token();
+                    let pool = self.ctx.pool.clone();
                     running.spawn(async move {
                         let id = claimed.build.id;
-                        if let Err(e) = job.execute(claimed, cancel).await {
+                        // Continues the request's trace, so the build's events carry it on.
+                        let span = super::trace::span(&pool, id).await;
+                        if let Err(e) = job.execute(claimed, cancel).instrument(span).await {
                             tracing::error!(build.id = %id, error = %e, "build could not be recorded");
                         }
                         drop(permit);

@@ -6,4 +6,5 @@ pub mod deployments;
 pub mod instances;
 pub mod leases;
 pub mod state;
+pub mod trace;
 pub mod uids;

@@ -41,6 +41,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::db::leases::{self, FencedError};
@@ -165,7 +166,9 @@ impl Engine {
                         let engine = self.clone();
                         let cancel = cancel.clone();
                         drivers.spawn(async move {
-                            engine.drive(held, cancel).await;
+                            // Continues the command's trace: the events it enqueues carry it.
+                            let span = crate::db::trace::span(&engine.fleet.pool, id).await;
+                            engine.drive(held, cancel).instrument(span).await;
                             if let Ok(mut s) = engine.driving.lock() {
                                 s.remove(&id);
                             }
