@@ -260,8 +260,9 @@ async fn a_new_instance_wakes_the_replica_holding_its_shard() {
             .unwrap();
         backends.push(backend);
         all.insert(i.instance_id);
+        // The first one also waits for both consumers to join the group, slow on a busy machine.
         assert!(
-            wait_until(Duration::from_secs(20), || async {
+            wait_until(Duration::from_secs(60), || async {
                 a.probing.instances().contains(&i.instance_id)
                     || b.probing.instances().contains(&i.instance_id)
             })
