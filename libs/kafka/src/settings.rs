@@ -101,12 +101,16 @@ pub struct KafkaSettings {
     /// Replication factor of topics created at start-up.
     #[serde(default = "default_replication")]
     pub replication_factor: i32,
-    /// Attempts a consumer makes at one message before dead-lettering it.
-    #[serde(default = "default_attempts")]
-    pub max_attempts: u32,
-    /// First retry delay in milliseconds; doubles per attempt, capped at 30 s.
+    /// First delay before a consumer retries a message that failed for a transient reason
+    /// (database or broker unavailable, a timeout), in milliseconds; doubles per attempt up to
+    /// `retry_max_backoff_ms`. Such a message is retried without limit, never dead-lettered
+    /// (an outage is waited out); only permanent failures are dead-lettered. The former
+    /// `max_attempts` key is accepted and ignored.
     #[serde(default = "default_backoff_ms")]
     pub retry_backoff_ms: u64,
+    /// The longest delay between two retries of one message, in milliseconds.
+    #[serde(default = "default_max_backoff_ms")]
+    pub retry_max_backoff_ms: u64,
     /// Longest a consumer's fetch waits for data (`fetch.wait.max.ms`). Apache Kafka answers as
     /// soon as data arrives anyway; brokers that do not (Tansu) answer only after this wait, so
     /// it bounds event latency there. Lower means more idle fetch requests.
@@ -154,8 +158,8 @@ fn default_partitions() -> i32 {
 fn default_replication() -> i32 {
     1
 }
-fn default_attempts() -> u32 {
-    5
+fn default_max_backoff_ms() -> u64 {
+    30_000
 }
 fn default_backoff_ms() -> u64 {
     200
@@ -172,8 +176,8 @@ impl KafkaSettings {
             topic_prefix: String::new(),
             partitions: default_partitions(),
             replication_factor: default_replication(),
-            max_attempts: default_attempts(),
             retry_backoff_ms: default_backoff_ms(),
+            retry_max_backoff_ms: default_max_backoff_ms(),
             fetch_wait_ms: default_fetch_wait_ms(),
             instance_id: String::new(),
             static_membership: default_static_membership(),
@@ -256,7 +260,11 @@ impl KafkaSettings {
     /// The delay before attempt `attempt` (1-based) is retried.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let factor = 2u64.saturating_pow(attempt.saturating_sub(1));
-        Duration::from_millis(self.retry_backoff_ms.saturating_mul(factor).min(30_000))
+        Duration::from_millis(
+            self.retry_backoff_ms
+                .saturating_mul(factor)
+                .min(self.retry_max_backoff_ms.max(self.retry_backoff_ms)),
+        )
     }
 }
 
@@ -271,6 +279,10 @@ mod tests {
         assert_eq!(s.backoff(2), Duration::from_millis(400));
         assert_eq!(s.backoff(3), Duration::from_millis(800));
         assert_eq!(s.backoff(40), Duration::from_secs(30));
+        let mut s = s;
+        s.retry_max_backoff_ms = 500;
+        assert_eq!(s.backoff(3), Duration::from_millis(500));
+        assert_eq!(s.backoff(u32::MAX), Duration::from_millis(500));
     }
 
     fn sasl(protocol: SecurityProtocol) -> KafkaSettings {
@@ -358,5 +370,20 @@ mod tests {
         assert_eq!(k.kafka.security_protocol, SecurityProtocol::SaslSsl);
         assert_eq!(k.kafka.sasl_mechanism, SaslMechanism::ScramSha256);
         assert_eq!(k.kafka.validate(), Ok(()));
+    }
+
+    /// Settings files written for earlier versions still load: `max_attempts` is ignored.
+    #[test]
+    fn the_former_max_attempts_key_is_ignored() {
+        #[derive(Deserialize)]
+        struct K {
+            kafka: KafkaSettings,
+        }
+        let k: K = toml::from_str(
+            "[kafka]\nbootstrap_servers = \"b:9092\"\nmax_attempts = 5\nretry_backoff_ms = 100\n",
+        )
+        .unwrap();
+        assert_eq!(k.kafka.retry_backoff_ms, 100);
+        assert_eq!(k.kafka.retry_max_backoff_ms, 30_000);
     }
 }
