@@ -9,6 +9,7 @@
 //! - `projects.rs`: projects and the grants of roles in them.
 //! - `audit.rs`: middleware writing every mutating call to the audit log.
 //! - `commands.rs`: accepted requests become command events (operation row + outbox).
+//! - `dead_letters.rs`: records any consumer dead-lettered, kept for the admin API.
 //! - `deliveries.rs`: webhook deliveries already handled (replays produce nothing).
 //! - `upstream.rs`: the HTTP client for the internal APIs (registry, ...).
 //! - `routes/`: the public API, one file per resource.
@@ -17,6 +18,7 @@
 pub mod audit;
 pub mod auth;
 pub mod commands;
+pub mod dead_letters;
 pub mod deliveries;
 pub mod projects;
 pub mod routes;

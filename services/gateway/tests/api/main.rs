@@ -6,6 +6,7 @@ mod access;
 mod auth;
 mod bootstrap;
 mod clone_credentials;
+mod dead_letters;
 mod deployment_reads;
 mod deployments;
 mod edge;
