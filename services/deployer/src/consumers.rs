@@ -151,7 +151,7 @@ impl Handler for HealthVerdicts {
             .pool
             .acquire()
             .await
-            .map_err(|e| HandlerError::Retryable(e.into()))?;
+            .map_err(HandlerError::from_sqlx)?;
         instances::set_health(
             &mut conn,
             data.instance.instance_id,
@@ -160,7 +160,7 @@ impl Handler for HealthVerdicts {
             &detail,
         )
         .await
-        .map_err(|e| HandlerError::Retryable(e.into()))?;
+        .map_err(HandlerError::from_sqlx)?;
         self.wake.notify_one();
         self.nudge.notify_waiters();
         Ok(Handled::Applied)
