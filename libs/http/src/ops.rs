@@ -114,9 +114,11 @@ mod tests {
             .with(ReadinessCheck::new(
                 format!("consumer {}", "slipway-deployer-commands"),
                 || async {
-                    Err("consumer group slipway-deployer-commands: waiting out a database \
+                    Err(
+                        "consumer group slipway-deployer-commands: waiting out a database \
                          outage since 2026-12-01T10:00:00Z: pool timed out"
-                        .to_owned())
+                            .to_owned(),
+                    )
                 },
             ));
         let app = test::init_service(
@@ -132,7 +134,10 @@ mod tests {
         let body: serde_json::Value = test::read_body_json(res).await;
         assert_eq!(body["checks"][0]["ok"], true);
         assert_eq!(body["checks"][1]["error"], "no brokers");
-        assert_eq!(body["checks"][2]["name"], "consumer slipway-deployer-commands");
+        assert_eq!(
+            body["checks"][2]["name"],
+            "consumer slipway-deployer-commands"
+        );
         assert!(
             body["checks"][2]["error"]
                 .as_str()

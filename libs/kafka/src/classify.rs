@@ -72,7 +72,9 @@ mod tests {
             std::io::ErrorKind::ConnectionRefused,
             "refused"
         ))));
-        for code in ["08006", "08001", "57P01", "57P03", "57014", "53300", "40001", "40P01"] {
+        for code in [
+            "08006", "08001", "57P01", "57P03", "57014", "53300", "40001", "40P01",
+        ] {
             assert!(transient_sqlstate(code), "{code}");
         }
     }
@@ -82,7 +84,9 @@ mod tests {
         assert!(!transient(&sqlx::Error::RowNotFound));
         assert!(!transient(&sqlx::Error::ColumnNotFound("x".into())));
         // unique, foreign key, check, not null; invalid text, value too long; undefined table
-        for code in ["23505", "23503", "23514", "23502", "22P02", "22001", "42P01", "XX000"] {
+        for code in [
+            "23505", "23503", "23514", "23502", "22P02", "22001", "42P01", "XX000",
+        ] {
             assert!(!transient_sqlstate(code), "{code}");
         }
         assert!(matches!(

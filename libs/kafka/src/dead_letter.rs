@@ -234,7 +234,10 @@ mod tests {
         );
         let d = DeadLetter::from_record(&m);
         assert_eq!((d.dlq_partition, d.dlq_offset), (0, 7));
-        assert_eq!((d.topic.as_str(), d.partition, d.offset), ("t.slipway.services", 1, 42));
+        assert_eq!(
+            (d.topic.as_str(), d.partition, d.offset),
+            ("t.slipway.services", 1, 42)
+        );
         assert_eq!(d.reason, "rejected: bad");
         assert_eq!(d.group, "");
         assert_eq!(d.attempts, 0);

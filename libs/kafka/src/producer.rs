@@ -134,14 +134,15 @@ impl EventProducer {
         payload: Option<&[u8]>,
         headers: &[(String, Option<Vec<u8>>)],
     ) -> Result<(i32, i64), rdkafka::error::KafkaError> {
-        let headers = headers
-            .iter()
-            .fold(rdkafka::message::OwnedHeaders::new(), |h, (key, value)| {
-                h.insert(Header {
-                    key,
-                    value: value.as_deref(),
-                })
-            });
+        let headers =
+            headers
+                .iter()
+                .fold(rdkafka::message::OwnedHeaders::new(), |h, (key, value)| {
+                    h.insert(Header {
+                        key,
+                        value: value.as_deref(),
+                    })
+                });
         self.send_bytes(topic, key, payload, headers).await
     }
 

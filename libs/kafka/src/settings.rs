@@ -111,6 +111,13 @@ pub struct KafkaSettings {
     /// The longest delay between two retries of one message, in milliseconds.
     #[serde(default = "default_max_backoff_ms")]
     pub retry_max_backoff_ms: u64,
+    /// A consumer's group session (`session.timeout.ms`; heartbeats every fifteenth of it):
+    /// how long a member that stopped heartbeating keeps its partitions. A broker hang shorter
+    /// than this is ridden out without a rebalance; a dead member's partitions wait this long
+    /// for another member, unless it comes back under the same `instance_id` (static
+    /// membership) and takes them back at once.
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u32,
     /// Longest a consumer's fetch waits for data (`fetch.wait.max.ms`). Apache Kafka answers as
     /// soon as data arrives anyway; brokers that do not (Tansu) answer only after this wait, so
     /// it bounds event latency there. Lower means more idle fetch requests.
@@ -161,6 +168,9 @@ fn default_replication() -> i32 {
 fn default_max_backoff_ms() -> u64 {
     30_000
 }
+fn default_session_timeout_ms() -> u32 {
+    45_000
+}
 fn default_backoff_ms() -> u64 {
     200
 }
@@ -178,6 +188,7 @@ impl KafkaSettings {
             replication_factor: default_replication(),
             retry_backoff_ms: default_backoff_ms(),
             retry_max_backoff_ms: default_max_backoff_ms(),
+            session_timeout_ms: default_session_timeout_ms(),
             fetch_wait_ms: default_fetch_wait_ms(),
             instance_id: String::new(),
             static_membership: default_static_membership(),

@@ -56,8 +56,7 @@ impl Handler for Recorder {
                 "transient failure {attempt}"
             )));
         }
-        if subject.starts_with("blocked") && self.outage.load(std::sync::atomic::Ordering::SeqCst)
-        {
+        if subject.starts_with("blocked") && self.outage.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(HandlerError::Retryable(anyhow!("the dependency is down")));
         }
         self.seen.lock().unwrap().push((event.id, subject));
@@ -218,7 +217,11 @@ async fn an_outage_is_waited_out_with_the_partition_paused_and_poison_dead_lette
     // not even `ok-2` behind the blocked event.
     assert!(
         wait_until(Duration::from_secs(60), || async {
-            names(&recorder).iter().filter(|n| !n.starts_with("probe")).count() == 2
+            names(&recorder)
+                .iter()
+                .filter(|n| !n.starts_with("probe"))
+                .count()
+                == 2
         })
         .await,
         "applied: {:?}",
@@ -231,8 +234,7 @@ async fn an_outage_is_waited_out_with_the_partition_paused_and_poison_dead_lette
     assert_eq!(applied, ["flaky-3", "ok-5"]);
     assert!(
         wait_until(Duration::from_secs(10), || async {
-            recorder.attempts.lock().unwrap().values().any(|a| *a >= 3)
-                && status.check().is_err()
+            recorder.attempts.lock().unwrap().values().any(|a| *a >= 3) && status.check().is_err()
         })
         .await
     );
@@ -260,7 +262,11 @@ async fn an_outage_is_waited_out_with_the_partition_paused_and_poison_dead_lette
         .store(false, std::sync::atomic::Ordering::SeqCst);
     assert!(
         wait_until(Duration::from_secs(60), || async {
-            names(&recorder).iter().filter(|n| !n.starts_with("probe")).count() == 4
+            names(&recorder)
+                .iter()
+                .filter(|n| !n.starts_with("probe"))
+                .count()
+                == 4
         })
         .await,
         "applied: {:?}",

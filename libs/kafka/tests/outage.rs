@@ -41,7 +41,11 @@ fn spawn(
     group: &str,
     handler: impl Handler,
     registry: &prometheus::Registry,
-) -> (CancellationToken, tokio::task::JoinHandle<()>, ConsumerStatus) {
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+    ConsumerStatus,
+) {
     let producer = slipway_testkit::signing::producer(settings);
     let runner = ConsumerRunner::new(
         settings.clone(),
@@ -161,7 +165,9 @@ async fn a_database_outage_is_waited_out_and_the_event_applied_once_after() {
 
     let mut settings = kafka_settings();
     settings.retry_max_backoff_ms = 500;
-    slipway_kafka::admin::ensure_topics(&settings).await.unwrap();
+    slipway_kafka::admin::ensure_topics(&settings)
+        .await
+        .unwrap();
     let producer = slipway_testkit::signing::producer(&settings);
     let attempts = Arc::new(AtomicU32::new(0));
     let registry = prometheus::Registry::new();
@@ -186,7 +192,12 @@ async fn a_database_outage_is_waited_out_and_the_event_applied_once_after() {
                 .unwrap()
         }
     };
-    assert!(wait_until(Duration::from_secs(60), || async { count("before").await == 1 }).await);
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            count("before").await == 1
+        })
+        .await
+    );
 
     // The database goes away; an event arrives meanwhile.
     proxy.cut();
@@ -216,7 +227,10 @@ async fn a_database_outage_is_waited_out_and_the_event_applied_once_after() {
     // It comes back: the event is applied once, the consumer is ready again.
     proxy.restore();
     assert!(
-        wait_until(Duration::from_secs(30), || async { count("during").await == 1 }).await,
+        wait_until(Duration::from_secs(30), || async {
+            count("during").await == 1
+        })
+        .await,
         "applied after the outage"
     );
     assert!(wait_until(Duration::from_secs(5), || async { status.check().is_ok() }).await);
@@ -263,7 +277,13 @@ impl Tansu {
         // As scripts/lib.sh starts it: its own directory (it reads a .env there), no schema
         // registry, both listener and advertised URL set.
         let child = std::process::Command::new(&bin)
-            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
             .args(["--storage-engine", "memory://tansu/"])
             .current_dir(&dir)
             .env_remove("SCHEMA_REGISTRY")
@@ -320,10 +340,21 @@ impl Seen {
 
 /// How long the broker hangs: past the consumer's session timeout (10 s) and librdkafka's
 /// request timeout (`socket.timeout.ms`, 60 s), like the 90 s hang that left the builder deaf.
-const HANG: Duration = Duration::from_secs(75);
+/// `SLIPWAY_TEST_HANG_SECONDS` changes it.
+fn hang() -> Duration {
+    let seconds = std::env::var("SLIPWAY_TEST_HANG_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(75);
+    Duration::from_secs(seconds)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consumers_and_the_producer_come_back_after_a_broker_hang() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .try_init();
     let tansu = Tansu::start();
     let mut settings = KafkaSettings::new(format!("127.0.0.1:{}", tansu.port));
     settings.topic_prefix = format!("t{}.", unique());
@@ -332,7 +363,10 @@ async fn consumers_and_the_producer_come_back_after_a_broker_hang() {
     settings.retry_max_backoff_ms = 1000;
     // Static membership, as services run by default.
     settings.instance_id = "hang-test".into();
-    slipway_kafka::admin::ensure_topics(&settings).await.unwrap();
+    settings.static_membership = std::env::var("SLIPWAY_TEST_STATIC").map_or(true, |v| v != "0");
+    slipway_kafka::admin::ensure_topics(&settings)
+        .await
+        .unwrap();
     let producer = slipway_testkit::signing::producer(&settings);
     let seen = Seen::default();
     let registry = prometheus::Registry::new();
@@ -346,7 +380,7 @@ async fn consumers_and_the_producer_come_back_after_a_broker_hang() {
 
     tansu.signal("-STOP");
     // The outage itself, not a wait for readiness.
-    tokio::time::sleep(HANG).await;
+    tokio::time::sleep(hang()).await;
     tansu.signal("-CONT");
     let back = std::time::Instant::now();
 
@@ -360,7 +394,16 @@ async fn consumers_and_the_producer_come_back_after_a_broker_hang() {
     .unwrap();
     // ...and the consumer group member made before it consumes again, within seconds.
     assert!(
-        wait_until(Duration::from_secs(45), || async { seen.has("after") }).await,
+        wait_until(
+            Duration::from_secs(
+                std::env::var("SLIPWAY_TEST_AFTER_SECONDS")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(45)
+            ),
+            || async { seen.has("after") }
+        )
+        .await,
         "not consumed {:?} after the broker came back; status {:?}, restarts {}",
         back.elapsed(),
         status.check(),

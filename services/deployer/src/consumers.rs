@@ -147,11 +147,7 @@ impl Handler for HealthVerdicts {
         };
         let detail = data.detail.clone();
         // Verdicts are idempotent (last write for an incarnation wins): no inbox needed.
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(HandlerError::from_sqlx)?;
+        let mut conn = self.pool.acquire().await.map_err(HandlerError::from_sqlx)?;
         instances::set_health(
             &mut conn,
             data.instance.instance_id,

@@ -30,8 +30,8 @@ use slipway_events::Topic;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::status::{Cause, ConsumerStatus};
 use super::ConsumerError;
+use super::status::{Cause, ConsumerStatus};
 use crate::KafkaSettings;
 
 /// What processing one message came to.
@@ -109,13 +109,59 @@ impl ConsumerMetrics {
     }
 }
 
-/// Partitions revoked since the loop last looked (the rebalance callback runs inside `recv`).
+/// What the client's callbacks (run inside `recv`) tell the loop: partitions revoked since
+/// it last looked, and since when the member has not been settled in its group.
 #[derive(Default)]
 pub(crate) struct RunnerContext {
     revoked: Mutex<Vec<(String, i32)>>,
+    /// The group join state librdkafka last reported (statistics) when it was not `steady`,
+    /// and since when it has not been.
+    unsettled: Mutex<Option<(String, Instant)>>,
 }
 
-impl ClientContext for RunnerContext {}
+impl RunnerContext {
+    fn group_state(&self) -> Option<(String, Instant)> {
+        self.unsettled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+/// librdkafka's own logs and errors (session timeouts, fatal errors) go to the service's logs;
+/// rdkafka's default sends them to the `log` crate, which nothing here listens to.
+impl ClientContext for RunnerContext {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        use rdkafka::config::RDKafkaLogLevel as L;
+        match level {
+            L::Emerg | L::Alert | L::Critical | L::Error => {
+                tracing::error!(target: "librdkafka", fac, "{log_message}");
+            }
+            L::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
+            L::Notice | L::Info => tracing::info!(target: "librdkafka", fac, "{log_message}"),
+            L::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        tracing::warn!(target: "librdkafka", error = %error, "{reason}");
+    }
+
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let Some(cgrp) = statistics.cgrp else {
+            return;
+        };
+        let mut unsettled = self
+            .unsettled
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if cgrp.join_state == "steady" {
+            *unsettled = None;
+        } else if unsettled.is_none() {
+            *unsettled = Some((cgrp.join_state, Instant::now()));
+        }
+    }
+}
 
 impl ConsumerContext for RunnerContext {
     fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
@@ -141,11 +187,19 @@ struct Wait {
     since: DateTime<Utc>,
 }
 
+/// How long a client may stay outside its group (joining) before it is recreated. A join takes
+/// seconds; after a broker hang librdkafka can wait on a JoinGroup request the broker never
+/// answers (for up to `max.poll.interval.ms`), deaf meanwhile.
+const REJOIN_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How one member run ended.
 enum Exit {
     Cancelled,
     /// Drop the client and join again; `fatal`: librdkafka gave up on it (nothing to commit).
-    Restart { reason: String, fatal: bool },
+    Restart {
+        reason: String,
+        fatal: bool,
+    },
 }
 
 /// One consumer group member: what it consumes and with what.
@@ -170,9 +224,18 @@ impl<P: Process> Driver<'_, P> {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", "10000")
-            .set("heartbeat.interval.ms", "1000")
+            .set("session.timeout.ms", self.settings.session_timeout_ms.to_string())
+            .set(
+                "heartbeat.interval.ms",
+                (self.settings.session_timeout_ms / 15).max(500).to_string(),
+            )
             .set("fetch.wait.max.ms", self.settings.fetch_wait_ms.to_string())
+            // The watchdog reads the group join state from the statistics.
+            .set("statistics.interval.ms", "5000");
+        if let Ok(debug) = std::env::var("SLIPWAY_RDKAFKA_DEBUG") {
+            config.set("debug", debug);
+        }
+        config
             .create_with_context(RunnerContext::default())
             .map_err(|source| ConsumerError::Create {
                 group: self.group.to_owned(),
@@ -202,10 +265,7 @@ impl<P: Process> Driver<'_, P> {
             self.status.member_running();
             let exit = self.consume(&client, cancel).await;
             self.status.no_partitions();
-            self.metrics
-                .waiting
-                .with_label_values(&[self.group])
-                .set(0);
+            self.metrics.waiting.with_label_values(&[self.group]).set(0);
             let (reason, fatal) = match exit {
                 Exit::Cancelled => {
                     self.finish(&client);
@@ -219,10 +279,7 @@ impl<P: Process> Driver<'_, P> {
             }
             drop(client);
             restarts = restarts.saturating_add(1);
-            self.metrics
-                .restarts
-                .with_label_values(&[self.group])
-                .inc();
+            self.metrics.restarts.with_label_values(&[self.group]).inc();
             self.status.member_restarting(Utc::now(), &reason);
             let delay = self.settings.backoff(restarts.min(8));
             tracing::error!(group = %self.group, reason = %reason, ?delay, "recreating the consumer");
@@ -276,6 +333,20 @@ impl<P: Process> Driver<'_, P> {
                         return Exit::Restart {
                             reason: format!("fatal client error {code:?}: {reason}"),
                             fatal: true,
+                        };
+                    }
+                    let state = client.context().group_state();
+                    tracing::debug!(group = %self.group, ?state, "consumer watchdog");
+                    if let Some((join_state, since)) = state
+                        && since.elapsed() > REJOIN_TIMEOUT
+                    {
+                        return Exit::Restart {
+                            reason: format!(
+                                "not a settled member of the group for {:?} (join state \
+                                 {join_state}): a rejoin that never completed",
+                                since.elapsed()
+                            ),
+                            fatal: false,
                         };
                     }
                 }
@@ -395,12 +466,7 @@ impl<P: Process> Driver<'_, P> {
     ) -> Result<(), Exit> {
         let mut tpl = TopicPartitionList::new();
         tpl.add_partition(topic, partition);
-        let held = if pause {
-            client.pause(&tpl)
-        } else {
-            Ok(())
-        }
-        .and_then(|()| {
+        let held = if pause { client.pause(&tpl) } else { Ok(()) }.and_then(|()| {
             client.seek(
                 topic,
                 partition,

@@ -136,7 +136,9 @@ impl ConsumerStatus {
     }
 
     pub(crate) fn partition_flows(&self, topic: &str, partition: i32) {
-        self.lock().partitions.remove(&(topic.to_owned(), partition));
+        self.lock()
+            .partitions
+            .remove(&(topic.to_owned(), partition));
     }
 
     pub(crate) fn no_partitions(&self) {
@@ -168,17 +170,28 @@ mod tests {
             .unwrap()
             .with_timezone(&Utc);
         let db = anyhow::Error::from(sqlx::Error::PoolTimedOut);
-        status.partition_waits("t.slipway.commands", 1, since, Cause::of(&db), &db.to_string());
+        status.partition_waits(
+            "t.slipway.commands",
+            1,
+            since,
+            Cause::of(&db),
+            &db.to_string(),
+        );
         assert_eq!(
             status.check(),
-            Err("consumer group slipway-deployer-commands: waiting out a database outage since \
+            Err(
+                "consumer group slipway-deployer-commands: waiting out a database outage since \
                  2026-12-01T10:00:00Z: pool timed out while waiting for an open connection"
-                .to_owned())
+                    .to_owned()
+            )
         );
         let later = since + chrono::Duration::seconds(5);
         status.partition_waits("t.slipway.commands", 0, later, Cause::Transient, "x");
         let reason = status.check().unwrap_err();
-        assert!(reason.contains("since 2026-12-01T10:00:00Z"), "the oldest: {reason}");
+        assert!(
+            reason.contains("since 2026-12-01T10:00:00Z"),
+            "the oldest: {reason}"
+        );
         assert!(reason.ends_with("(2 partitions paused)"), "{reason}");
         status.partition_flows("t.slipway.commands", 1);
         status.partition_flows("t.slipway.commands", 0);

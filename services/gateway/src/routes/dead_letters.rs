@@ -53,7 +53,10 @@ async fn list(
         ("topic", &query.topic),
         ("type", &query.event_type),
     ] {
-        if value.as_ref().is_some_and(|v| v.is_empty() || v.len() > 300) {
+        if value
+            .as_ref()
+            .is_some_and(|v| v.is_empty() || v.len() > 300)
+        {
             return Err(Problem::validation(field, "must be 1 to 300 characters"));
         }
     }

@@ -34,7 +34,11 @@ pub async fn insert_sample(app: &TestApp) -> i64 {
         payload: Some(b"garbage".to_vec()),
         original_headers: vec![("ce_id".into(), Some(offset.to_string().into_bytes()))],
     };
-    assert!(slipway_gateway::dead_letters::insert(&app.pool, &letter).await.unwrap());
+    assert!(
+        slipway_gateway::dead_letters::insert(&app.pool, &letter)
+            .await
+            .unwrap()
+    );
     sqlx::query_scalar("SELECT id FROM dead_letters WHERE source_offset = $1")
         .bind(offset)
         .fetch_one(&app.pool)
@@ -85,7 +89,13 @@ fn of_event<'a>(body: &'a Value, id: &str) -> Vec<&'a Value> {
 }
 
 /// Key, value and every header, as read from the broker.
-type Record = (Option<Vec<u8>>, Option<Vec<u8>>, Vec<(String, Option<Vec<u8>>)>, i32, i64);
+type Record = (
+    Option<Vec<u8>>,
+    Option<Vec<u8>>,
+    Vec<(String, Option<Vec<u8>>)>,
+    i32,
+    i64,
+);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_letter_is_listed_and_replayed_once_exactly_as_it_was() {
@@ -119,11 +129,17 @@ async fn a_dead_letter_is_listed_and_replayed_once_exactly_as_it_was() {
     assert_eq!(item["attempts"], 1);
     assert_eq!(item["event_type"], ServiceCreated::TYPE);
     assert!(
-        item["topic"].as_str().unwrap().ends_with("slipway.services"),
+        item["topic"]
+            .as_str()
+            .unwrap()
+            .ends_with("slipway.services"),
         "{item}"
     );
     let reason = item["reason"].as_str().unwrap().to_owned();
-    assert!(!reason.is_empty() && !reason.starts_with("rejected"), "{reason}");
+    assert!(
+        !reason.is_empty() && !reason.starts_with("rejected"),
+        "{reason}"
+    );
     assert!(item["replayed_at"].is_null());
     assert!(
         item["headers"]
@@ -135,14 +151,23 @@ async fn a_dead_letter_is_listed_and_replayed_once_exactly_as_it_was() {
     );
 
     // Filters and pages.
-    let q = format!("?group={group}&type={}&topic=slipway.services", ServiceCreated::TYPE);
+    let q = format!(
+        "?group={group}&type={}&topic=slipway.services",
+        ServiceCreated::TYPE
+    );
     assert_eq!(of_event(&list(&app, &q).await, &id).len(), 1);
     assert!(of_event(&list(&app, "?type=dev.slipway.nothing.v1").await, &id).is_empty());
     assert!(of_event(&list(&app, "?topic=slipway.commands").await, &id).is_empty());
     let page = list(&app, "?limit=1").await;
     assert_eq!(page["items"].as_array().unwrap().len(), 1);
     assert!(page["next"].is_i64(), "{page}");
-    for bad in ["?limit=0", "?limit=501", "?group=", "?colour=red", "?before=x"] {
+    for bad in [
+        "?limit=0",
+        "?limit=501",
+        "?group=",
+        "?colour=red",
+        "?before=x",
+    ] {
         let res = app
             .client
             .get(app.url(&format!("/v1/admin/dead-letters{bad}")))
@@ -229,7 +254,11 @@ async fn a_dead_letter_is_listed_and_replayed_once_exactly_as_it_was() {
     let both = of_event(&listed, &id);
     assert!(both[0]["replayed_at"].is_null(), "the new one: {}", both[0]);
     assert_eq!(both[0]["reason"], reason.as_str());
-    assert!(both[1]["replayed_at"].is_string(), "the replayed one: {}", both[1]);
+    assert!(
+        both[1]["replayed_at"].is_string(),
+        "the replayed one: {}",
+        both[1]
+    );
 
     // Only platform admins; every replay attempt is in the audit log.
     let viewer = app.token("viewer").await;
