@@ -85,6 +85,8 @@ pub enum KafkaSettingsError {
     UnusedCaFile(&'static str),
     #[error("kafka.ssl_ca_file `{0}` cannot be read")]
     CaFile(String),
+    #[error("kafka.session_timeout_ms = {0} is outside 6000..=1800000 (the brokers' bounds)")]
+    SessionTimeout(u32),
 }
 
 /// Broker and topic settings.
@@ -202,6 +204,10 @@ impl KafkaSettings {
 
     /// Checks that the security settings fit together and the CA file is readable.
     pub fn validate(&self) -> Result<(), KafkaSettingsError> {
+        // Apache Kafka's default group.min/max.session.timeout.ms: outside, joins are refused.
+        if !(6_000..=1_800_000).contains(&self.session_timeout_ms) {
+            return Err(KafkaSettingsError::SessionTimeout(self.session_timeout_ms));
+        }
         let protocol = self.security_protocol;
         if protocol.sasl() {
             if self.sasl_username.is_empty() || self.sasl_password.expose_secret().is_empty() {
@@ -396,5 +402,8 @@ mod tests {
         .unwrap();
         assert_eq!(k.kafka.retry_backoff_ms, 100);
         assert_eq!(k.kafka.retry_max_backoff_ms, 30_000);
+        let mut s = k.kafka;
+        s.session_timeout_ms = 1000;
+        assert_eq!(s.validate(), Err(KafkaSettingsError::SessionTimeout(1000)));
     }
 }

@@ -9,10 +9,14 @@
 //! (its new owner starts from the committed offset, which is never past the failed message).
 //!
 //! States of the member: *consuming* → *draining* (cancelled: commit stored offsets, leave) or
-//! *restarting* (librdkafka reported a fatal error, e.g. a static member fenced after a broker
-//! hang, or a pause/seek failed): the client is dropped and a new one joins the group after a
-//! backoff. Offsets are stored only after a message is done with, so a restart redelivers,
-//! never skips.
+//! *restarting*: the client is dropped and a new one joins the group after a backoff, when
+//! librdkafka reported a fatal error (e.g. a static member fenced), a pause/seek failed, or the
+//! watchdog found the member outside its group for [`REJOIN_TIMEOUT`]. The last is what left
+//! the builder deaf after a 90 s broker hang: the session expired during the hang, librdkafka
+//! revoked the assignment and then waited for ever (join state `wait-unassign-to-complete`, then
+//! `wait-join`) on requests the broker never answered, with no error to see; polling went on,
+//! nothing was fetched. Offsets are stored only after a message is done with, so a restart
+//! redelivers, never skips.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -224,7 +228,10 @@ impl<P: Process> Driver<'_, P> {
             .set("auto.commit.interval.ms", "1000")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("session.timeout.ms", self.settings.session_timeout_ms.to_string())
+            .set(
+                "session.timeout.ms",
+                self.settings.session_timeout_ms.to_string(),
+            )
             .set(
                 "heartbeat.interval.ms",
                 (self.settings.session_timeout_ms / 15).max(500).to_string(),
@@ -232,9 +239,6 @@ impl<P: Process> Driver<'_, P> {
             .set("fetch.wait.max.ms", self.settings.fetch_wait_ms.to_string())
             // The watchdog reads the group join state from the statistics.
             .set("statistics.interval.ms", "5000");
-        if let Ok(debug) = std::env::var("SLIPWAY_RDKAFKA_DEBUG") {
-            config.set("debug", debug);
-        }
         config
             .create_with_context(RunnerContext::default())
             .map_err(|source| ConsumerError::Create {
