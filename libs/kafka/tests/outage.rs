@@ -209,7 +209,7 @@ async fn a_database_outage_is_waited_out_and_the_event_applied_once_after() {
         .unwrap();
     assert!(
         wait_until(Duration::from_secs(30), || async {
-            attempts.load(Ordering::SeqCst) >= 4 && status.check().is_err()
+            metric(&registry, "consumer_retries_total") >= 3.0 && status.check().is_err()
         })
         .await,
         "the handler was retried: {} attempts, {:?}",
@@ -223,7 +223,6 @@ async fn a_database_outage_is_waited_out_and_the_event_applied_once_after() {
         )),
         "{reason}"
     );
-    assert!(metric(&registry, "consumer_retries_total") >= 3.0);
     assert_eq!(metric(&registry, "consumer_waiting_partitions"), 1.0);
 
     // It comes back: the event is applied once, the consumer is ready again.
