@@ -96,7 +96,8 @@ impl ConsumerMetrics {
         let restarts = IntCounterVec::new(
             Opts::new(
                 "consumer_restarts_total",
-                "Kafka consumer clients recreated after a fatal error, by consumer group",
+                "Kafka consumer clients recreated (a fatal client error, or stuck outside the group), \
+                 by consumer group",
             ),
             &["group"],
         )?;
@@ -199,10 +200,9 @@ const REJOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How one member run ended.
 enum Exit {
     Cancelled,
-    /// Drop the client and join again; `fatal`: librdkafka gave up on it (nothing to commit).
+    /// Drop the client and join again, for `reason`.
     Restart {
         reason: String,
-        fatal: bool,
     },
 }
 
@@ -267,20 +267,25 @@ impl<P: Process> Driver<'_, P> {
                 })?;
             tracing::info!(group = %self.group, topics = ?names, restarts, "consuming");
             self.status.member_running();
+            let started = Instant::now();
             let exit = self.consume(&client, cancel).await;
+            // A member that ran a good while starts its restart backoff afresh.
+            if started.elapsed() > Duration::from_secs(120) {
+                restarts = 0;
+            }
             self.status.no_partitions();
             self.metrics.waiting.with_label_values(&[self.group]).set(0);
-            let (reason, fatal) = match exit {
+            let reason = match exit {
                 Exit::Cancelled => {
                     self.finish(&client);
                     tracing::info!(group = %self.group, "consumer stopped");
                     return Ok(());
                 }
-                Exit::Restart { reason, fatal } => (reason, fatal),
+                Exit::Restart { reason } => reason,
             };
-            if !fatal {
-                self.finish(&client);
-            }
+            // No final commit: a client being given up on may block on it (a broker that does
+            // not answer). Auto-commit has committed what was stored up to a second ago; the
+            // rest is redelivered, which handlers make harmless.
             drop(client);
             restarts = restarts.saturating_add(1);
             self.metrics.restarts.with_label_values(&[self.group]).inc();
@@ -336,7 +341,6 @@ impl<P: Process> Driver<'_, P> {
                     if let Some((code, reason)) = client.client().fatal_error() {
                         return Exit::Restart {
                             reason: format!("fatal client error {code:?}: {reason}"),
-                            fatal: true,
                         };
                     }
                     let state = client.context().group_state();
@@ -350,7 +354,6 @@ impl<P: Process> Driver<'_, P> {
                                  {join_state}): a rejoin that never completed",
                                 since.elapsed()
                             ),
-                            fatal: false,
                         };
                     }
                 }
@@ -358,13 +361,11 @@ impl<P: Process> Driver<'_, P> {
                     if let Some((code, reason)) = client.client().fatal_error() {
                         return Exit::Restart {
                             reason: format!("fatal client error {code:?}: {reason}"),
-                            fatal: true,
                         };
                     }
                     if matches!(e, KafkaError::MessageConsumptionFatal(_)) {
                         return Exit::Restart {
                             reason: e.to_string(),
-                            fatal: true,
                         };
                     }
                     // librdkafka reconnects by itself; one warning per half minute is enough.
@@ -480,7 +481,6 @@ impl<P: Process> Driver<'_, P> {
         });
         held.map_err(|e| Exit::Restart {
             reason: format!("cannot hold {topic}/{partition} at {offset}: {e}"),
-            fatal: false,
         })
     }
 
@@ -503,7 +503,6 @@ impl<P: Process> Driver<'_, P> {
         }
         client.resume(&tpl).map_err(|e| Exit::Restart {
             reason: format!("cannot resume paused partitions: {e}"),
-            fatal: false,
         })
     }
 
@@ -534,7 +533,6 @@ impl<P: Process> Driver<'_, P> {
         }
         client.resume(&tpl).map_err(|e| Exit::Restart {
             reason: format!("cannot unpause revoked partitions: {e}"),
-            fatal: false,
         })
     }
 }
