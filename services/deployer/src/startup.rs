@@ -5,13 +5,14 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use slipway_events::Topic;
+use slipway_ids::ReplicaId;
 use slipway_runtime::catalog::ServiceCatalog;
 use slipway_runtime::{Access, BaseSettings, Running, Runtime, StartError};
 use tokio::sync::mpsc;
 
 use crate::consumers::{Commands, HealthVerdicts};
 use crate::db::uids::PgUids;
-use crate::engine::{DeploySettings, Engine, Fleet};
+use crate::engine::{DeploySettings, Engine, EngineMetrics, Fleet};
 use crate::registry::RegistryClient;
 use crate::target::process::{ProcessSettings, ProcessTarget, Users, running_as_root};
 use crate::target::{Target, TargetError};
@@ -99,7 +100,12 @@ impl Application {
             Duration::from_secs(deploy.stop_grace_seconds),
             Duration::from_millis(deploy.heartbeat_ms.max(100)),
         ));
-        let engine = Engine::new(fleet.clone(), deploy.clone());
+        let metrics = EngineMetrics::register(&runtime.metrics.registry)
+            .map_err(slipway_http::metrics::MetricsError)
+            .map_err(StartError::from)?;
+        let replica = ReplicaId::for_process("deployer");
+        tracing::info!(replica = %replica, "deployer replica");
+        let engine = Engine::new(fleet.clone(), deploy.clone(), replica, metrics);
 
         runtime.consume(
             "commands",

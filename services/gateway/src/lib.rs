@@ -8,9 +8,12 @@
 //!   project, the rule table saying what each route needs and the guard enforcing it.
 //! - `projects.rs`: projects and the grants of roles in them.
 //! - `audit.rs`: middleware writing every mutating call to the audit log.
+//! - `creations.rs`: service creations in flight and webhook secrets (retry-safe creates,
+//!   rotation).
 //! - `commands.rs`: accepted requests become command events (operation row + outbox).
 //! - `dead_letters.rs`: records any consumer dead-lettered, kept for the admin API.
 //! - `deliveries.rs`: webhook deliveries already handled (replays produce nothing).
+//! - `retention.rs`: pruning of audit entries, operations, creations and deliveries by age.
 //! - `upstream.rs`: the HTTP client for the internal APIs (registry, ...).
 //! - `routes/`: the public API, one file per resource.
 //! - `startup.rs`: settings and [`Application`].
@@ -18,9 +21,11 @@
 pub mod audit;
 pub mod auth;
 pub mod commands;
+pub mod creations;
 pub mod dead_letters;
 pub mod deliveries;
 pub mod projects;
+pub mod retention;
 pub mod routes;
 pub mod startup;
 pub mod upstream;
