@@ -260,6 +260,28 @@ async fn a_dead_letter_is_listed_and_replayed_once_exactly_as_it_was() {
         both[1]
     );
 
+    // Its consumer is one of the gateway's readiness checks (ready: nothing to wait out).
+    let ready: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let name = format!(
+        "consumer {}slipway-gateway-dead-letters",
+        app.kafka.topic_prefix
+    );
+    let check = ready["checks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name.as_str())
+        .unwrap_or_else(|| panic!("no check {name}: {ready}"));
+    assert_eq!(check["ok"], true, "{ready}");
+
     // Only platform admins; every replay attempt is in the audit log.
     let viewer = app.token("viewer").await;
     let res = app
