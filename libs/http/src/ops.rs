@@ -1,6 +1,7 @@
 //! Operational endpoints: `/healthz` (the process is alive), `/readyz` (it can do its job: its
 //! database and broker answer) and `/metrics` (Prometheus text).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -10,21 +11,22 @@ use serde::Serialize;
 
 use crate::Metrics;
 
-/// One dependency check for `/readyz`: its name and an async probe returning why it failed.
+/// One dependency check for `/readyz`: its name and an async probe returning why it failed
+/// (e.g. `database`, or `consumer slipway-builder-events` waiting out an outage).
 #[derive(Clone)]
 pub struct ReadinessCheck {
-    pub name: &'static str,
+    pub name: Cow<'static, str>,
     pub probe: Arc<dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync>,
 }
 
 impl ReadinessCheck {
-    pub fn new<F, Fut>(name: &'static str, probe: F) -> Self
+    pub fn new<F, Fut>(name: impl Into<Cow<'static, str>>, probe: F) -> Self
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
         Self {
-            name,
+            name: name.into(),
             probe: Arc::new(move || Box::pin(probe())),
         }
     }
@@ -38,7 +40,7 @@ pub struct Readiness {
 
 #[derive(Serialize)]
 struct CheckResult {
-    name: &'static str,
+    name: Cow<'static, str>,
     ok: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
@@ -59,7 +61,7 @@ impl Readiness {
                 Err(_) => Some("timed out after 3s".to_owned()),
             };
             CheckResult {
-                name: c.name,
+                name: c.name.clone(),
                 ok: error.is_none(),
                 error,
             }
@@ -108,7 +110,17 @@ mod tests {
             .with(ReadinessCheck::new("database", || async { Ok(()) }))
             .with(ReadinessCheck::new("kafka", || async {
                 Err("no brokers".to_owned())
-            }));
+            }))
+            .with(ReadinessCheck::new(
+                format!("consumer {}", "slipway-deployer-commands"),
+                || async {
+                    Err(
+                        "consumer group slipway-deployer-commands: waiting out a database \
+                         outage since 2026-12-01T10:00:00Z: pool timed out"
+                            .to_owned(),
+                    )
+                },
+            ));
         let app = test::init_service(
             App::new()
                 .app_data(web::Data::new(readiness))
@@ -122,6 +134,16 @@ mod tests {
         let body: serde_json::Value = test::read_body_json(res).await;
         assert_eq!(body["checks"][0]["ok"], true);
         assert_eq!(body["checks"][1]["error"], "no brokers");
+        assert_eq!(
+            body["checks"][2]["name"],
+            "consumer slipway-deployer-commands"
+        );
+        assert!(
+            body["checks"][2]["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("waiting out a database outage since")
+        );
 
         let res =
             test::call_service(&app, test::TestRequest::get().uri("/healthz").to_request()).await;

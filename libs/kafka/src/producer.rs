@@ -139,14 +139,15 @@ impl EventProducer {
             })
     }
 
-    /// Sends raw bytes (used to dead-letter records that are not valid CloudEvents).
+    /// Sends raw bytes (used to dead-letter records that are not valid CloudEvents); returns
+    /// (partition, offset).
     pub(crate) async fn send_bytes(
         &self,
         topic: &str,
         key: Option<&[u8]>,
         payload: Option<&[u8]>,
         headers: rdkafka::message::OwnedHeaders,
-    ) -> Result<(), rdkafka::error::KafkaError> {
+    ) -> Result<(i32, i64), rdkafka::error::KafkaError> {
         let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
         if let Some(k) = key {
             record = record.key(k);
@@ -157,8 +158,30 @@ impl EventProducer {
         self.producer
             .send(record, Timeout::After(Duration::from_secs(30)))
             .await
-            .map(|_| ())
+            .map(|delivery| (delivery.partition, delivery.offset))
             .map_err(|(e, _)| e)
+    }
+
+    /// Publishes a record exactly as it was (a dead letter being replayed): same key, same
+    /// headers in the same order (its signature among them), same value; nothing re-signed,
+    /// so it is verified again like the original. Returns (partition, offset).
+    pub async fn republish(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: &[(String, Option<Vec<u8>>)],
+    ) -> Result<(i32, i64), rdkafka::error::KafkaError> {
+        let headers =
+            headers
+                .iter()
+                .fold(rdkafka::message::OwnedHeaders::new(), |h, (key, value)| {
+                    h.insert(Header {
+                        key,
+                        value: value.as_deref(),
+                    })
+                });
+        self.send_bytes(topic, key, payload, headers).await
     }
 
     pub fn topics(&self) -> &Topics {

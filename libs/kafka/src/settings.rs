@@ -85,6 +85,8 @@ pub enum KafkaSettingsError {
     UnusedCaFile(&'static str),
     #[error("kafka.ssl_ca_file `{0}` cannot be read")]
     CaFile(String),
+    #[error("kafka.session_timeout_ms = {0} is outside 6000..=1800000 (the brokers' bounds)")]
+    SessionTimeout(u32),
     #[error("kafka.message_max_bytes = {0} is outside 16384..=1000000000")]
     MessageMaxBytes(usize),
 }
@@ -103,12 +105,23 @@ pub struct KafkaSettings {
     /// Replication factor of topics created at start-up.
     #[serde(default = "default_replication")]
     pub replication_factor: i32,
-    /// Attempts a consumer makes at one message before dead-lettering it.
-    #[serde(default = "default_attempts")]
-    pub max_attempts: u32,
-    /// First retry delay in milliseconds; doubles per attempt, capped at 30 s.
+    /// First delay before a consumer retries a message that failed for a transient reason
+    /// (database or broker unavailable, a timeout), in milliseconds; doubles per attempt up to
+    /// `retry_max_backoff_ms`. Such a message is retried without limit, never dead-lettered
+    /// (an outage is waited out); only permanent failures are dead-lettered. The former
+    /// `max_attempts` key is accepted and ignored.
     #[serde(default = "default_backoff_ms")]
     pub retry_backoff_ms: u64,
+    /// The longest delay between two retries of one message, in milliseconds.
+    #[serde(default = "default_max_backoff_ms")]
+    pub retry_max_backoff_ms: u64,
+    /// A consumer's group session (`session.timeout.ms`; heartbeats every fifteenth of it):
+    /// how long a member that stopped heartbeating keeps its partitions. A broker hang shorter
+    /// than this is ridden out without a rebalance; a dead member's partitions wait this long
+    /// for another member, unless it comes back under the same `instance_id` (static
+    /// membership) and takes them back at once.
+    #[serde(default = "default_session_timeout_ms")]
+    pub session_timeout_ms: u32,
     /// Longest a consumer's fetch waits for data (`fetch.wait.max.ms`). Apache Kafka answers as
     /// soon as data arrives anyway; brokers that do not (Tansu) answer only after this wait, so
     /// it bounds event latency there. Lower means more idle fetch requests.
@@ -177,8 +190,11 @@ fn default_partitions() -> i32 {
 fn default_replication() -> i32 {
     1
 }
-fn default_attempts() -> u32 {
-    5
+fn default_max_backoff_ms() -> u64 {
+    30_000
+}
+fn default_session_timeout_ms() -> u32 {
+    45_000
 }
 fn default_backoff_ms() -> u64 {
     200
@@ -195,8 +211,9 @@ impl KafkaSettings {
             topic_prefix: String::new(),
             partitions: default_partitions(),
             replication_factor: default_replication(),
-            max_attempts: default_attempts(),
             retry_backoff_ms: default_backoff_ms(),
+            retry_max_backoff_ms: default_max_backoff_ms(),
+            session_timeout_ms: default_session_timeout_ms(),
             fetch_wait_ms: default_fetch_wait_ms(),
             instance_id: String::new(),
             static_membership: default_static_membership(),
@@ -212,6 +229,10 @@ impl KafkaSettings {
 
     /// Checks that the security settings fit together and the CA file is readable.
     pub fn validate(&self) -> Result<(), KafkaSettingsError> {
+        // Apache Kafka's default group.min/max.session.timeout.ms: outside, joins are refused.
+        if !(6_000..=1_800_000).contains(&self.session_timeout_ms) {
+            return Err(KafkaSettingsError::SessionTimeout(self.session_timeout_ms));
+        }
         // librdkafka accepts 1000..=1e9; below 16 KiB no event would fit beside its headers.
         if !(16_384..=1_000_000_000).contains(&self.message_max_bytes) {
             return Err(KafkaSettingsError::MessageMaxBytes(self.message_max_bytes));
@@ -285,7 +306,11 @@ impl KafkaSettings {
     /// The delay before attempt `attempt` (1-based) is retried.
     pub fn backoff(&self, attempt: u32) -> Duration {
         let factor = 2u64.saturating_pow(attempt.saturating_sub(1));
-        Duration::from_millis(self.retry_backoff_ms.saturating_mul(factor).min(30_000))
+        Duration::from_millis(
+            self.retry_backoff_ms
+                .saturating_mul(factor)
+                .min(self.retry_max_backoff_ms.max(self.retry_backoff_ms)),
+        )
     }
 }
 
@@ -300,6 +325,10 @@ mod tests {
         assert_eq!(s.backoff(2), Duration::from_millis(400));
         assert_eq!(s.backoff(3), Duration::from_millis(800));
         assert_eq!(s.backoff(40), Duration::from_secs(30));
+        let mut s = s;
+        s.retry_max_backoff_ms = 500;
+        assert_eq!(s.backoff(3), Duration::from_millis(500));
+        assert_eq!(s.backoff(u32::MAX), Duration::from_millis(500));
     }
 
     fn sasl(protocol: SecurityProtocol) -> KafkaSettings {
@@ -400,5 +429,23 @@ mod tests {
         assert_eq!(k.kafka.security_protocol, SecurityProtocol::SaslSsl);
         assert_eq!(k.kafka.sasl_mechanism, SaslMechanism::ScramSha256);
         assert_eq!(k.kafka.validate(), Ok(()));
+    }
+
+    /// Settings files written for earlier versions still load: `max_attempts` is ignored.
+    #[test]
+    fn the_former_max_attempts_key_is_ignored() {
+        #[derive(Deserialize)]
+        struct K {
+            kafka: KafkaSettings,
+        }
+        let k: K = toml::from_str(
+            "[kafka]\nbootstrap_servers = \"b:9092\"\nmax_attempts = 5\nretry_backoff_ms = 100\n",
+        )
+        .unwrap();
+        assert_eq!(k.kafka.retry_backoff_ms, 100);
+        assert_eq!(k.kafka.retry_max_backoff_ms, 30_000);
+        let mut s = k.kafka;
+        s.session_timeout_ms = 1000;
+        assert_eq!(s.validate(), Err(KafkaSettingsError::SessionTimeout(1000)));
     }
 }

@@ -33,6 +33,8 @@ fn event(name: &str) -> CloudEvent {
 struct Recorder {
     seen: Arc<Mutex<Vec<(EventId, String)>>>,
     attempts: Arc<Mutex<std::collections::HashMap<EventId, u32>>>,
+    /// While set, `blocked-*` events fail transiently (a dependency is down).
+    outage: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Handler for Recorder {
@@ -54,8 +56,8 @@ impl Handler for Recorder {
                 "transient failure {attempt}"
             )));
         }
-        if subject.starts_with("broken") {
-            return Err(HandlerError::Retryable(anyhow!("still broken")));
+        if subject.starts_with("blocked") && self.outage.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(HandlerError::Retryable(anyhow!("the dependency is down")));
         }
         self.seen.lock().unwrap().push((event.id, subject));
         Ok(Handled::Applied)
@@ -67,8 +69,22 @@ fn spawn_runner(
     group: &str,
     handler: Recorder,
 ) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let (cancel, task, _) = spawn_watched(settings, group, handler, &prometheus::Registry::new());
+    (cancel, task)
+}
+
+fn spawn_watched(
+    settings: &KafkaSettings,
+    group: &str,
+    handler: Recorder,
+    registry: &prometheus::Registry,
+) -> (
+    CancellationToken,
+    tokio::task::JoinHandle<()>,
+    slipway_kafka::ConsumerStatus,
+) {
     let producer = slipway_testkit::signing::producer(settings);
-    let metrics = ConsumerMetrics::register(&prometheus::Registry::new()).unwrap();
+    let metrics = ConsumerMetrics::register(registry).unwrap();
     let runner = ConsumerRunner::new(
         settings.clone(),
         group,
@@ -78,10 +94,11 @@ fn spawn_runner(
         metrics,
         slipway_testkit::signing::verifier(),
     );
+    let status = runner.status();
     let cancel = CancellationToken::new();
     let token = cancel.clone();
     let task = tokio::spawn(async move { runner.run(token).await.unwrap() });
-    (cancel, task)
+    (cancel, task, status)
 }
 
 fn names(recorder: &Recorder) -> Vec<String> {
@@ -154,46 +171,125 @@ async fn produced_events_arrive_with_their_envelope_and_in_order_per_key() {
     assert_eq!(received, expected, "one key, one partition, publish order");
 }
 
+/// Keys whose events land on partitions 0 and 1 of `settings`' topics (two partitions).
+async fn keys_on_two_partitions(producer: &slipway_kafka::EventProducer) -> (ServiceId, ServiceId) {
+    let mut found: [Option<ServiceId>; 2] = [None, None];
+    while found.iter().any(Option::is_none) {
+        let e = event("probe");
+        let (partition, _) = producer.publish(Topic::Services, &e).await.unwrap();
+        found[usize::try_from(partition).unwrap()].get_or_insert(e.key);
+    }
+    (found[0].unwrap(), found[1].unwrap())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn retries_then_dead_letters_with_the_reason_and_moves_on() {
-    let settings = kafka_settings();
+async fn an_outage_is_waited_out_with_the_partition_paused_and_poison_dead_lettered() {
+    let mut settings = kafka_settings();
+    // Retries at most every half second, so the test sees the recovery quickly.
+    settings.retry_max_backoff_ms = 500;
     slipway_kafka::admin::ensure_topics(&settings)
         .await
         .unwrap();
     let producer = slipway_testkit::signing::producer(&settings);
-    let key = ServiceId::new();
-    for name in ["ok-1", "flaky-2", "poison-3", "broken-4", "ok-5"] {
+    let (waiting, flowing) = keys_on_two_partitions(&producer).await;
+    // One partition: an event that waits for its dependency, then one after it.
+    for name in ["blocked-1", "ok-2"] {
         let mut e = event(name);
-        e.key = key; // one partition: order matters
+        e.key = waiting;
         producer.publish(Topic::Services, &e).await.unwrap();
     }
-    // A record that is not a CloudEvent at all.
-    producer_raw(&settings, key).await;
+    // The other: flaky (two transient failures), poison (permanent), a plain one, and a record
+    // that is not a CloudEvent at all.
+    for name in ["flaky-3", "poison-4", "ok-5"] {
+        let mut e = event(name);
+        e.key = flowing;
+        producer.publish(Topic::Services, &e).await.unwrap();
+    }
+    producer_raw(&settings, flowing).await;
 
     let recorder = Recorder::default();
-    let (cancel, task) = spawn_runner(&settings, "group-dlq", recorder.clone());
+    recorder
+        .outage
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let registry = prometheus::Registry::new();
+    let (cancel, task, status) = spawn_watched(&settings, "group-dlq", recorder.clone(), &registry);
+    // The other partition flows while the first waits: nothing of the waiting key is applied,
+    // not even `ok-2` behind the blocked event.
     assert!(
         wait_until(Duration::from_secs(60), || async {
-            names(&recorder).len() == 3
+            names(&recorder)
+                .iter()
+                .filter(|n| !n.starts_with("probe"))
+                .count()
+                == 2
         })
         .await,
         "applied: {:?}",
         names(&recorder)
     );
-    assert_eq!(names(&recorder), ["ok-1", "flaky-2", "ok-5"]);
-    let attempts = recorder.attempts.lock().unwrap().clone();
-    assert_eq!(
-        attempts.values().filter(|a| **a == 3).count(),
-        2,
-        "flaky succeeded on 3rd try, broken gave up after 3"
+    let applied: Vec<String> = names(&recorder)
+        .into_iter()
+        .filter(|n| !n.starts_with("probe"))
+        .collect();
+    assert_eq!(applied, ["flaky-3", "ok-5"]);
+    assert!(
+        wait_until(Duration::from_secs(10), || async {
+            recorder.attempts.lock().unwrap().values().any(|a| *a >= 3) && status.check().is_err()
+        })
+        .await
+    );
+    let reason = status.check().unwrap_err();
+    assert!(
+        reason.starts_with("consumer group group-dlq: waiting out a transient failure since "),
+        "{reason}"
+    );
+    assert!(reason.ends_with(": the dependency is down"), "{reason}");
+    let metrics = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    assert!(
+        metrics.contains("consumer_waiting_partitions{group=\"group-dlq\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("consumer_retries_total{cause=\"transient\",group=\"group-dlq\"}"),
+        "{metrics}"
     );
 
+    // The dependency comes back: the waiting partition resumes, in order.
+    recorder
+        .outage
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        wait_until(Duration::from_secs(60), || async {
+            names(&recorder)
+                .iter()
+                .filter(|n| !n.starts_with("probe"))
+                .count()
+                == 4
+        })
+        .await,
+        "applied: {:?}",
+        names(&recorder)
+    );
+    let applied: Vec<String> = names(&recorder)
+        .into_iter()
+        .filter(|n| !n.starts_with("probe"))
+        .collect();
+    assert_eq!(&applied[2..], ["blocked-1", "ok-2"]);
+    assert!(
+        wait_until(Duration::from_secs(5), || async { status.check().is_ok() }).await,
+        "{:?}",
+        status.check()
+    );
+
+    // Only the permanent failures were dead-lettered: poison and the invalid record.
     let dlq = plain_consumer(
         &settings.bootstrap_servers,
         &[&settings.topics().name(Topic::DeadLetter)],
     );
     let mut reasons = Vec::new();
-    while reasons.len() < 3 {
+    while reasons.len() < 2 {
         let m = tokio::time::timeout(Duration::from_secs(30), dlq.recv())
             .await
             .expect("dead letters")
@@ -213,13 +309,18 @@ async fn retries_then_dead_letters_with_the_reason_and_moves_on() {
         reasons.push(String::from_utf8_lossy(reason).into_owned());
     }
     assert!(
-        reasons[0].contains("poison-3 can never be applied"),
+        reasons[0].contains("poison-4 can never be applied"),
         "{reasons:?}"
     );
-    assert!(reasons[1].contains("still broken"), "{reasons:?}");
     assert!(
-        reasons[2].contains("not a valid slipway CloudEvent"),
+        reasons[1].contains("not a valid slipway CloudEvent"),
         "{reasons:?}"
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_secs(3), dlq.recv())
+            .await
+            .is_err(),
+        "nothing else was dead-lettered"
     );
 
     cancel.cancel();

@@ -27,7 +27,9 @@ pub async fn record(
 
 /// Applies `effect` once per event for `consumer`: records the event id and runs the effect in
 /// one transaction, or does nothing if the id was recorded before. Database errors are
-/// retryable (the consumer runner backs off and tries again).
+/// classified ([`slipway_kafka::HandlerError::from_sqlx`]): an outage is retried (the consumer
+/// runner backs off and waits it out), a refusal of the event's data (a constraint) is
+/// dead-lettered rather than retried for ever.
 pub async fn apply_once<F>(
     pool: &sqlx::PgPool,
     consumer: &str,
@@ -40,7 +42,7 @@ where
     ) -> futures::future::BoxFuture<'c, Result<(), sqlx::Error>>,
 {
     use slipway_kafka::{Handled, HandlerError};
-    let retry = |e: sqlx::Error| HandlerError::Retryable(e.into());
+    let retry = HandlerError::from_sqlx;
     let mut tx = pool.begin().await.map_err(retry)?;
     if !record(&mut tx, consumer, event).await.map_err(retry)? {
         return Ok(Handled::Duplicate);

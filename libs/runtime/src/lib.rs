@@ -3,8 +3,9 @@
 //! [`Runtime::build`] binds the HTTP listener (port 0 in tests), connects to PostgreSQL in the
 //! service's schema and applies the outbox/inbox tables and the service's migrations, creates
 //! the idempotent producer and the topics, and prepares `/healthz`, `/readyz` (database and
-//! broker) and `/metrics`. The service then adds what it needs ([`Runtime::relay_outbox`],
-//! [`Runtime::consume`]) and calls [`Runtime::start`] with its routes and who may call them
+//! broker, and each consumer: 503 with the reason while one waits out an outage) and `/metrics`.
+//! The service then adds what it needs ([`Runtime::relay_outbox`], [`Runtime::consume`],
+//! [`Runtime::consume_dead_letters`]) and calls [`Runtime::start`] with its routes and who may call them
 //! ([`Access`]: the calling service's credential and the service's rule table, see
 //! [`identity`]).
 
@@ -20,8 +21,9 @@ use slipway_events::Topic;
 use slipway_http::{Lifecycle, Metrics, Readiness, ReadinessCheck, ops, problem};
 pub use slipway_identity::{AccessRules, Credential, IdentitySettings, Rule, ServiceCaller};
 use slipway_kafka::consumer::ConsumerMetrics;
+use slipway_kafka::dead_letter::{DeadLetterRunner, DeadLetterSink};
 use slipway_kafka::signing::{Keys, SigningError, SigningSettings, Verifier};
-use slipway_kafka::{ConsumerRunner, EventProducer, Handler, KafkaSettings};
+use slipway_kafka::{ConsumerRunner, ConsumerStatus, EventProducer, Handler, KafkaSettings};
 use slipway_outbox::{Relay, RelayMetrics};
 use slipway_settings::{DatabaseSettings, HttpSettings};
 use slipway_telemetry::TelemetrySettings;
@@ -199,9 +201,10 @@ impl Runtime {
 
     /// Consumes `topics` in group `<topic prefix>slipway-<service>-<purpose>` with `handler`.
     /// The topic prefix namespaces groups too, so installations (and test runs) sharing a
-    /// broker never share a group.
+    /// broker never share a group. While the consumer waits out an outage, `/readyz` answers
+    /// 503 with why (check `consumer <group>`).
     pub fn consume<H: Handler>(&mut self, purpose: &str, topics: &[Topic], handler: H) {
-        let group = format!("{}slipway-{}-{purpose}", self.kafka.topic_prefix, self.name);
+        let group = self.group(purpose);
         let runner = ConsumerRunner::new(
             self.kafka.clone(),
             group,
@@ -211,11 +214,43 @@ impl Runtime {
             self.consumer_metrics.clone(),
             self.verifier.clone(),
         );
+        self.watch(runner.status());
         let cancel = self.cancel.clone();
         self.tasks.push((
             "consumer",
             Box::pin(async move { runner.run(cancel).await.map_err(|e| e.to_string()) }),
         ));
+    }
+
+    /// Consumes the dead-letter topic into `sink`, in group
+    /// `<topic prefix>slipway-<service>-dead-letters` (the gateway keeps them for its admin API).
+    pub fn consume_dead_letters<S: DeadLetterSink>(&mut self, sink: S) {
+        let runner = DeadLetterRunner::new(
+            self.kafka.clone(),
+            self.group("dead-letters"),
+            sink,
+            self.consumer_metrics.clone(),
+        );
+        self.watch(runner.status());
+        let cancel = self.cancel.clone();
+        self.tasks.push((
+            "dead-letter consumer",
+            Box::pin(async move { runner.run(cancel).await.map_err(|e| e.to_string()) }),
+        ));
+    }
+
+    fn group(&self, purpose: &str) -> String {
+        format!("{}slipway-{}-{purpose}", self.kafka.topic_prefix, self.name)
+    }
+
+    /// Adds a consumer's state to `/readyz`.
+    fn watch(&mut self, status: ConsumerStatus) {
+        let name = format!("consumer {}", status.group());
+        let check = ReadinessCheck::new(name, move || {
+            let status = status.clone();
+            async move { status.check() }
+        });
+        self.readiness = std::mem::take(&mut self.readiness).with(check);
     }
 
     /// Runs a service-specific background task; it must return when `self.cancel` fires.

@@ -97,7 +97,6 @@ pub fn kafka_settings() -> KafkaSettings {
     settings.topic_prefix = format!("t{}.", unique());
     settings.partitions = 2;
     settings.retry_backoff_ms = 20;
-    settings.max_attempts = 3;
     settings
 }
 

@@ -152,11 +152,7 @@ impl Handler for HealthVerdicts {
         let health = InstanceHealth::from(data.health);
         let detail = data.detail.clone();
         // Verdicts are idempotent (last write for an incarnation wins): no inbox needed.
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(|e| HandlerError::Retryable(e.into()))?;
+        let mut conn = self.pool.acquire().await.map_err(HandlerError::from_sqlx)?;
         instances::set_health(
             &mut conn,
             data.instance.instance_id,
@@ -165,7 +161,7 @@ impl Handler for HealthVerdicts {
             &detail,
         )
         .await
-        .map_err(|e| HandlerError::Retryable(e.into()))?;
+        .map_err(HandlerError::from_sqlx)?;
         self.wake.notify_one();
         self.nudge.notify_waiters();
         Ok(Handled::Applied)

@@ -11,6 +11,7 @@
 //! - `creations.rs`: service creations in flight and webhook secrets (retry-safe creates,
 //!   rotation).
 //! - `commands.rs`: accepted requests become command events (operation row + outbox).
+//! - `dead_letters.rs`: records any consumer dead-lettered, kept for the admin API.
 //! - `deliveries.rs`: webhook deliveries already handled (replays produce nothing).
 //! - `retention.rs`: pruning of audit entries, operations, creations and deliveries by age.
 //! - `upstream.rs`: the HTTP client for the internal APIs (registry, ...).
@@ -21,6 +22,7 @@ pub mod audit;
 pub mod auth;
 pub mod commands;
 pub mod creations;
+pub mod dead_letters;
 pub mod deliveries;
 pub mod projects;
 pub mod retention;

@@ -100,6 +100,8 @@ impl Application {
         let sealer = SecretBox::from_settings(&settings.secrets)?;
         let mut runtime = Runtime::build("gateway", &settings.base, &MIGRATOR).await?;
         runtime.relay_outbox()?;
+        // Every service's dead letters, for `/v1/admin/dead-letters`.
+        runtime.consume_dead_letters(crate::dead_letters::Store::new(runtime.pool.clone()));
         // Routes are learnt from the registry's discovery endpoint in the background. The
         // gateway's own listener and its upstreams are never routes, whatever discovery says.
         let mut edge_settings = settings.edge.clone();
@@ -158,6 +160,7 @@ impl Application {
         let upstreams = actix_web::web::Data::new(upstreams);
         let sealer = actix_web::web::Data::new(sealer);
         let webhooks = actix_web::web::Data::new(settings.webhooks.clone());
+        let producer = actix_web::web::Data::new(runtime.producer.clone());
         let running = runtime.start(Access::Public, move |cfg| {
             // First: a service's host name must win over the gateway's own routes.
             cfg.configure(edge_routes.clone())
@@ -165,6 +168,7 @@ impl Application {
                 .app_data(upstreams.clone())
                 .app_data(sealer.clone())
                 .app_data(webhooks.clone())
+                .app_data(producer.clone())
                 .configure(crate::routes::configure);
         })?;
         Ok(Self { running })

@@ -205,6 +205,9 @@ pub const RULES: &[Rule] = &[
     rule("GET", "/v1/tokens", PlatformAdmin),
     rule("DELETE", "/v1/tokens/{id}", PlatformAdmin),
     rule("GET", "/v1/audit", PlatformAdmin),
+    // dead_letters.rs
+    rule("GET", "/v1/admin/dead-letters", PlatformAdmin),
+    rule("POST", "/v1/admin/dead-letters/{id}/replay", PlatformAdmin),
 ];
 
 /// What the rule table says of a request.

@@ -6,6 +6,7 @@ mod admin;
 mod build_logs;
 pub(crate) mod builds;
 mod clone_credentials;
+mod dead_letters;
 mod deployments;
 mod projects;
 mod releases;
@@ -29,6 +30,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .configure(webhooks::configure)
             .configure(projects::configure)
             .configure(admin::configure)
+            .configure(dead_letters::configure)
             .configure(clone_credentials::configure),
     );
 }

@@ -65,14 +65,16 @@ enum Expect {
 }
 
 /// What a route should need, from conventions rather than from the rule table: webhooks are
-/// signed instead; tokens, the whole audit log and new projects are the platform admins';
-/// the two top-level lists are anyone's (filtered); a project's grants and audit log, and a
-/// service's webhook secret rotation, are its admins'; everything else is about a thing in a project: reads need `viewer` there, changes
+/// signed instead; tokens, the whole audit log, new projects and everything under `/v1/admin/`
+/// are the platform admins'; the two top-level lists are anyone's (filtered); a project's grants
+/// and audit log, and a service's webhook secret rotation, are its admins'; everything else is
+/// about a thing in a project: reads need `viewer` there, changes
 /// `deployer`.
 fn policy(method: &str, pattern: &str) -> Policy {
     match (method, pattern) {
         (_, p) if p.starts_with("/v1/webhooks/") => Policy::Public,
         (_, p) if p.starts_with("/v1/tokens") || p == "/v1/audit" => Policy::PlatformAdmin,
+        (_, p) if p.starts_with("/v1/admin/") => Policy::PlatformAdmin,
         ("POST", "/v1/projects") => Policy::PlatformAdmin,
         ("GET", "/v1/services" | "/v1/projects") => Policy::Authenticated,
         (_, p) if p.starts_with("/v1/projects/{project}/") => Policy::Project(Role::Admin),
@@ -340,10 +342,20 @@ impl Fixture {
         } else {
             self.subject.clone()
         };
+        // Replayed by an allowed call: a fresh dead letter each time.
+        let dead_letter = if rule.pattern.starts_with("/v1/admin/dead-letters/") {
+            crate::dead_letters::insert_sample(&self.app)
+                .await
+                .to_string()
+        } else {
+            String::new()
+        };
         let id = if rule.pattern.starts_with("/v1/builds/") {
             &self.builds[index(side)]
         } else if rule.pattern.starts_with("/v1/deployments/") {
             &self.deployments[index(side)]
+        } else if rule.pattern.starts_with("/v1/admin/dead-letters/") {
+            &dead_letter
         } else {
             &token_id
         };
@@ -397,6 +409,7 @@ impl Fixture {
                 Some(Body::Json(json!({"auto_deploy": true})))
             }
             ("POST", "/v1/builds/{id}/cancel" | "/v1/deployments/{id}/cancel") => None,
+            ("POST", "/v1/admin/dead-letters/{id}/replay") => None,
             ("POST", "/v1/services/{name}/webhook-secret") => None,
             ("POST", "/v1/webhooks/github" | "/v1/webhooks/gitlab") => {
                 Some(Body::Json(json!({"ref": "refs/heads/main"})))

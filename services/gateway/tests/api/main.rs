@@ -7,6 +7,7 @@ mod auth;
 mod bootstrap;
 mod clone_credentials;
 mod creation_retry;
+mod dead_letters;
 mod deployment_reads;
 mod deployments;
 mod edge;

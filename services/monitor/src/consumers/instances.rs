@@ -127,7 +127,7 @@ impl InstanceEvents {
         let data: InstanceLogs = parse(event)?;
         let stored = db::logs::store(&self.pool, &data)
             .await
-            .map_err(|e| HandlerError::Retryable(e.into()))?;
+            .map_err(HandlerError::from_sqlx)?;
         Ok(if stored == 0 && !data.lines.is_empty() {
             Handled::Duplicate
         } else {
@@ -136,9 +136,10 @@ impl InstanceEvents {
     }
 }
 
-/// Database errors may pass: the runner retries with backoff.
+/// Database errors: an outage is waited out (retried with backoff), a refusal of the event's
+/// data is dead-lettered.
 fn retry(e: sqlx::Error) -> HandlerError {
-    HandlerError::Retryable(e.into())
+    HandlerError::from_sqlx(e)
 }
 
 fn parse<D: EventData>(event: &CloudEvent) -> Result<D, HandlerError> {

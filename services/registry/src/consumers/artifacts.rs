@@ -96,7 +96,8 @@ impl Handler for ReleaseMaker {
                 };
                 let subject = format!("{name}/{}", release.version());
                 let mut ce = CloudEvent::new(sources::REGISTRY, release.service_id, Some(subject), &data)
-                    .map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+                    // Encoding errors are permanent: dead-lettered, not retried.
+                    .map_err(|e| sqlx::Error::Encode(e.into()))?;
                 (ce.traceparent, ce.tracestate) = trace;
                 ce.project = Some(project);
                 slipway_outbox::enqueue(&mut *tx, ReleaseCreated::TOPIC, &ce).await?;
