@@ -26,17 +26,32 @@ mod support;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn chaos_matrix_holds_every_guarantee() {
     let full = std::env::var("SLIPWAY_CHAOS").is_ok_and(|v| v == "full");
-    let groups = if full {
+    let mut groups = if full {
         suite::plan::full()
     } else {
         suite::plan::quick()
     };
+    // SLIPWAY_CHAOS_CELLS=<text>: only the cells whose name contains it (to rerun a few).
+    if let Ok(only) = std::env::var("SLIPWAY_CHAOS_CELLS") {
+        for group in &mut groups {
+            group.cells.retain(|c| c.name().contains(&only));
+        }
+        groups.retain(|g| !g.cells.is_empty());
+        assert!(
+            !groups.is_empty(),
+            "no cell matches SLIPWAY_CHAOS_CELLS={only}"
+        );
+    }
     let mut rows = Vec::new();
     for group in &groups {
         rows.extend(suite::group_rows(group).await);
     }
     let table = suite::table::render(&rows);
     println!("\n{table}");
+    // scripts/chaos keeps the table (target/chaos/table.md).
+    if let Ok(path) = std::env::var("SLIPWAY_CHAOS_TABLE") {
+        std::fs::write(&path, &table).unwrap();
+    }
     // Full reasons, which the table cuts.
     for row in rows.iter().filter(|r| !r.passed()) {
         for (column, v) in suite::table::COLUMNS.iter().zip(&row.verdicts) {

@@ -255,7 +255,8 @@ pub async fn one_driver(stack: &Stack, o: &Outcome) -> Verdict {
     pass(format!("{} claim(s): {}", claims.len(), owners.join(" → ")))
 }
 
-/// The edge router answered every probe of the cell (required in the kill cases only).
+/// The edge router answered every probe of the cell (kill cases, and cells without a fault),
+/// or, through an outage, answers again soon after it.
 pub fn edge(prober: &Prober, o: &Outcome) -> Verdict {
     let (made, failed) = prober.between(o.instants.0, o.instants.1);
     let text = if failed.is_empty() {
@@ -264,7 +265,11 @@ pub fn edge(prober: &Prober, o: &Outcome) -> Verdict {
         format!("{} of {made} failed, e.g. {}", failed.len(), failed[0])
     };
     if !o.cell.edge_required() {
-        return pass(format!("(not required) {text}"));
+        // Through an outage the edge may refuse; afterwards discovery must heal.
+        return match o.healed {
+            Some(after) => pass(format!("healed {after:.0?} after; {text}")),
+            None => fail(format!("not healed 60s after the outage; {text}")),
+        };
     }
     if made < 20 {
         return fail(format!("only {made} requests made"));

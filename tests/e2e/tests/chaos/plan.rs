@@ -117,9 +117,10 @@ impl Cell {
         }
     }
 
-    /// Whether the edge must answer every request throughout (the kill cases).
+    /// Whether the edge must answer every request throughout: the kill cases, and the cells
+    /// with no fault at all. Through an outage it must heal afterwards (see `checks::edge`).
     pub fn edge_required(&self) -> bool {
-        matches!(self.fault, Fault::Kill { .. })
+        matches!(self.fault, Fault::Kill { .. } | Fault::None)
     }
 
     /// How long the work may take to end, the fault included.

@@ -69,6 +69,12 @@ impl Prober {
         (window.len(), failed)
     }
 
+    /// Whether the last `n` probes all got a 200.
+    pub fn last_ok(&self, n: usize) -> bool {
+        let probes = self.probes.lock().unwrap();
+        probes.len() >= n && probes[probes.len() - n..].iter().all(|p| p.1.is_none())
+    }
+
     pub async fn stop(self) {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.task.await;

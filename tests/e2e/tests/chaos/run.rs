@@ -26,6 +26,9 @@ pub struct Outcome {
     pub instants: (Instant, Instant),
     /// Instance processes running once a deployment ended.
     pub instances: Option<usize>,
+    /// After an outage: how long after the work ended until the edge answered 20 requests in
+    /// a row (`None`: not within a minute).
+    pub healed: Option<Duration>,
 }
 
 /// Health checks quick enough for a test (as tests/deploy.rs).
@@ -266,7 +269,13 @@ async fn inject(stack: &mut Stack, cell: &Cell, id: &str, turn: usize) -> Result
 }
 
 /// Runs one cell to its end (or deadline).
-pub async fn cell(stack: &mut Stack, repo: &Repo, cell: &Cell, n: usize) -> Outcome {
+pub async fn cell(
+    stack: &mut Stack,
+    repo: &Repo,
+    prober: &super::prober::Prober,
+    cell: &Cell,
+    n: usize,
+) -> Outcome {
     let from = (db_now(stack).await, Instant::now());
     let id = start_work(stack, repo, cell.work, n).await;
     let fault = inject(stack, cell, &id, n).await;
@@ -295,6 +304,11 @@ pub async fn cell(stack: &mut Stack, repo: &Repo, cell: &Cell, n: usize) -> Outc
         slipway_testkit::wait_until(Duration::from_secs(20), || async { count() == 2 }).await;
         instances = Some(count());
     }
+    let healed_from = Instant::now();
+    let healed =
+        slipway_testkit::wait_until(Duration::from_secs(60), || async { prober.last_ok(20) })
+            .await
+            .then(|| healed_from.elapsed());
     let to = (db_now(stack).await, Instant::now());
     Outcome {
         cell: cell.clone(),
@@ -305,6 +319,7 @@ pub async fn cell(stack: &mut Stack, repo: &Repo, cell: &Cell, n: usize) -> Outc
         window: (from.0, to.0),
         instants: (from.1, to.1),
         instances,
+        healed,
     }
 }
 
@@ -317,7 +332,7 @@ pub async fn group(group: &Group) -> (Stack, Vec<Outcome>, super::prober::Prober
     let mut outcomes = Vec::new();
     for (n, c) in group.cells.iter().enumerate() {
         println!("chaos [{}] cell {}: {}", group.name, n + 1, c.name());
-        let outcome = cell(&mut stack, &repo, c, n).await;
+        let outcome = cell(&mut stack, &repo, &prober, c, n).await;
         println!(
             "chaos [{}] cell {}: {:?} after {:.0?} ({})",
             group.name,
