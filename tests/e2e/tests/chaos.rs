@@ -31,10 +31,14 @@ async fn chaos_matrix_holds_every_guarantee() {
     } else {
         suite::plan::quick()
     };
-    // SLIPWAY_CHAOS_CELLS=<text>: only the cells whose name contains it (to rerun a few).
+    // SLIPWAY_CHAOS_CELLS=<text>[,<text>...]: only the cells whose name contains one of them
+    // (to rerun a few).
     if let Ok(only) = std::env::var("SLIPWAY_CHAOS_CELLS") {
+        let wanted: Vec<&str> = only.split(',').map(str::trim).collect();
         for group in &mut groups {
-            group.cells.retain(|c| c.name().contains(&only));
+            group
+                .cells
+                .retain(|c| wanted.iter().any(|w| c.name().contains(w)));
         }
         groups.retain(|g| !g.cells.is_empty());
         assert!(

@@ -33,9 +33,15 @@ fn fail(text: impl Into<String>) -> Verdict {
     }
 }
 
-/// Every deployment and build ends in a final state within its deadline.
+/// Every deployment and build ends in a final state within its deadline (the one right for
+/// the cell, where only one is).
 pub fn ends(o: &Outcome) -> Verdict {
     match &o.status {
+        Some(s) if o.cell.expected().is_some_and(|want| want != s) => fail(format!(
+            "{s} in {:.0?}, want {}",
+            o.took,
+            o.cell.expected().unwrap_or_default()
+        )),
         Some(s) => pass(format!("{s} in {:.0?}", o.took)),
         None if o.id.is_empty() => fail("never started"),
         None => fail(format!("not final after {:.0?}", o.cell.deadline())),

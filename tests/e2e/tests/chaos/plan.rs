@@ -123,6 +123,19 @@ impl Cell {
         matches!(self.fault, Fault::Kill { .. } | Fault::None)
     }
 
+    /// The final status the work must end in, when only one is right: a killed replica is
+    /// replaced without the rollout noticing, a build waits an outage out, the misbehaving
+    /// builds fail. A deployment through an outage may end either way (its step deadline may
+    /// pass while the broker hangs), as long as it ends.
+    pub fn expected(&self) -> Option<&'static str> {
+        match (self.work, self.fault) {
+            (Work::Build(Fixture::LongLine | Fixture::EndlessLine), _) => Some("failed"),
+            (Work::Build(Fixture::Slow), _) => Some("succeeded"),
+            (Work::Deploy(_), Fault::Kill { .. } | Fault::None) => Some("succeeded"),
+            (Work::Deploy(_), _) => None,
+        }
+    }
+
     /// How long the work may take to end, the fault included.
     pub fn deadline(&self) -> Duration {
         let fault = match self.fault {

@@ -113,8 +113,9 @@ fn is_final(status: &str) -> bool {
     matches!(status, "succeeded" | "failed" | "rolled_back" | "cancelled")
 }
 
-/// Starts the cell's work; answers its id.
-async fn start_work(stack: &Stack, repo: &Repo, work: Work, n: usize) -> String {
+/// Starts the cell's work; answers its id, or why it did not start (a cell result, not a
+/// panic: a platform that stopped consuming is what the suite is there to find).
+async fn start_work(stack: &Stack, repo: &Repo, work: Work, n: usize) -> Result<String, String> {
     match work {
         Work::Deploy(strategy) => {
             let current: Option<i32> = sqlx::query_scalar(
@@ -123,16 +124,24 @@ async fn start_work(stack: &Stack, repo: &Repo, work: Work, n: usize) -> String 
             )
             .fetch_optional(stack.db())
             .await
-            .unwrap()
+            .map_err(|e| format!("reading the environment: {e}"))?
             .flatten();
             let to = if current == Some(1) { 2 } else { 1 };
-            stack
-                .deploy(
-                    "prod",
-                    json!({"release": format!("v{to}"), "replicas": 2, "strategy": strategy.body(),
-                           "health_check": quick_check(), "step_timeout_seconds": 60}),
+            let body = json!({"release": format!("v{to}"), "replicas": 2, "strategy": strategy.body(),
+                              "health_check": quick_check(), "step_timeout_seconds": 60});
+            let res = stack
+                .post(
+                    "/v1/services/hello/environments/prod/deployments",
+                    &stack.admin_token,
+                    body,
                 )
-                .await
+                .await;
+            let status = res.status();
+            let answer: Value = res.json().await.unwrap_or_default();
+            match answer["id"].as_str() {
+                Some(id) if status == 202 => Ok(id.to_owned()),
+                _ => Err(format!("deploy answered {status}: {answer}")),
+            }
         }
         Work::Build(fixture) => {
             // A line of its own per cell, so that the same fixture twice is still a commit.
@@ -142,13 +151,21 @@ async fn start_work(stack: &Stack, repo: &Repo, work: Work, n: usize) -> String 
             );
             let (headers, body) = crate::support::github_push(&repo.url, &commit, SECRET);
             let res = stack.webhook("/v1/webhooks/github", &headers, body).await;
-            assert_eq!(res.status(), 202, "push of cell {n}");
+            if res.status() != 202 {
+                return Err(format!("the push answered {}", res.status()));
+            }
             let found = slipway_testkit::wait_until(Duration::from_secs(60), || async {
                 build_of(stack, &commit).await.is_some()
             })
             .await;
-            assert!(found, "no build of {commit} within 60s");
-            build_of(stack, &commit).await.unwrap_or_default()
+            if !found {
+                return Err(format!(
+                    "no build of the push within 60s (commit {commit:.8})"
+                ));
+            }
+            build_of(stack, &commit)
+                .await
+                .ok_or_else(|| "the build vanished".to_owned())
         }
     }
 }
@@ -277,11 +294,16 @@ pub async fn cell(
     n: usize,
 ) -> Outcome {
     let from = (db_now(stack).await, Instant::now());
-    let id = start_work(stack, repo, cell.work, n).await;
-    let fault = inject(stack, cell, &id, n).await;
+    let (id, fault) = match start_work(stack, repo, cell.work, n).await {
+        Ok(id) => {
+            let fault = inject(stack, cell, &id, n).await;
+            (id, fault)
+        }
+        Err(e) => (String::new(), Err(format!("work never started: {e}"))),
+    };
     let deadline = from.1 + cell.deadline();
     let mut status = None;
-    while Instant::now() < deadline {
+    while !id.is_empty() && Instant::now() < deadline {
         if let Some((s, ..)) = progress(stack, cell.work, &id).await
             && is_final(&s)
         {
