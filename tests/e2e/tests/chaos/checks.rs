@@ -273,8 +273,8 @@ pub fn edge(prober: &Prober, o: &Outcome) -> Verdict {
     if !o.cell.edge_required() {
         // Through an outage the edge may refuse; afterwards discovery must heal.
         return match o.healed {
-            Some(after) => pass(format!("healed {after:.0?} after; {text}")),
-            None => fail(format!("not healed 60s after the outage; {text}")),
+            Some(after) => pass(format!("answers 30s after (+{after:.0?}); {text}")),
+            None => fail(format!("not healed 90s after the outage; {text}")),
         };
     }
     if made < 20 {

@@ -211,29 +211,21 @@ pub fn full() -> Vec<Group> {
             cells,
         });
     }
+    // Each outage on a stack of its own: a platform deaf after the first must not hide
+    // whether it waits out the next.
     let broker = Fault::BrokerHang(Duration::from_secs(90));
     let postgres = Fault::PostgresStop(Duration::from_secs(60));
-    groups.push(Group {
-        name: "outages",
-        cells: vec![
-            Cell {
-                work: Work::Deploy(Strategy::Rolling),
-                fault: broker,
-            },
-            Cell {
-                work: Work::Build(Fixture::Slow),
-                fault: broker,
-            },
-            Cell {
-                work: Work::Deploy(Strategy::Rolling),
-                fault: postgres,
-            },
-            Cell {
-                work: Work::Build(Fixture::Slow),
-                fault: postgres,
-            },
-        ],
-    });
+    for (name, work, fault) in [
+        ("broker/deploy", Work::Deploy(Strategy::Rolling), broker),
+        ("broker/build", Work::Build(Fixture::Slow), broker),
+        ("postgres/deploy", Work::Deploy(Strategy::Rolling), postgres),
+        ("postgres/build", Work::Build(Fixture::Slow), postgres),
+    ] {
+        groups.push(Group {
+            name,
+            cells: vec![Cell { work, fault }],
+        });
+    }
     groups.push(Group {
         name: "build output",
         cells: vec![
