@@ -119,6 +119,14 @@ impl Stack {
         Self::start_with(StackOptions::default()).await
     }
 
+    /// [`Stack::start`] with extra settings for every service.
+    pub async fn start_with_env(env: &[(&str, &str)]) -> Self {
+        let options = env
+            .iter()
+            .fold(StackOptions::default(), |o, (k, v)| o.env(k, v));
+        Self::start_with(options).await
+    }
+
     /// [`Stack::start`] as `options` say.
     pub async fn start_with(options: StackOptions) -> Self {
         let infra = options.own_infra.then(infra::OwnInfra::start);
