@@ -140,11 +140,11 @@ async fn a_webhook_push_is_one_trace_up_to_the_healthy_instance() {
     let stack = Stack::start_with_env(&[
         (
             "SLIPWAY_TELEMETRY__OTLP_ENDPOINT",
-            receiver.endpoint.clone(),
+            receiver.endpoint.as_str(),
         ),
         // Export every half second instead of every 5 s, so the test waits less.
-        ("OTEL_BSP_SCHEDULE_DELAY", "500".to_owned()),
-        ("SLIPWAY_DEPLOY__DEFAULT_REPLICAS", "1".to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "500"),
+        ("SLIPWAY_DEPLOY__DEFAULT_REPLICAS", "1"),
     ])
     .await;
     let repo = stack.hello_service(SECRET).await;

@@ -2,7 +2,11 @@
 
 #![allow(dead_code)]
 
+pub mod balancer;
 pub mod deploy;
+pub mod infra;
+pub mod procs;
+pub mod replicas;
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -15,21 +19,68 @@ use tokio::process::{Child, Command};
 
 pub const SERVICES: [&str; 5] = ["registry", "builder", "deployer", "monitor", "gateway"];
 
-/// The five processes, their ports, and where they log.
+/// How to start a [`Stack`]: replicas per service, extra settings, own infrastructure.
+#[derive(Default)]
+pub struct StackOptions {
+    replicas: HashMap<&'static str, usize>,
+    env: Vec<(String, String)>,
+    own_infra: bool,
+}
+
+impl StackOptions {
+    /// Runs `n` replicas of `service` behind a [`balancer::Balancer`] (default 1, no front).
+    pub fn replicas(mut self, service: &'static str, n: usize) -> Self {
+        self.replicas.insert(service, n.max(1));
+        self
+    }
+
+    /// An extra setting for every service (wins over the stack's own).
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// A PostgreSQL and a broker of the stack's own ([`infra::OwnInfra`]), which it may stop
+    /// and hang; and instance uids of its own, so that its processes are told from others'.
+    pub fn own_infra(mut self) -> Self {
+        self.own_infra = true;
+        self
+    }
+}
+
+/// One running (or killed) process of a service.
+pub struct Replica {
+    /// `SLIPWAY_REPLICA_ID`: `<service>-<slot>`, `-<generation>` from the second start on.
+    pub id: String,
+    slot: char,
+    generation: u32,
+    port: u16,
+    child: Option<Child>,
+}
+
+/// The five services (one process or more each), their ports, and where they log.
 pub struct Stack {
     /// The deployer's process-target workdir: instances carry it in `SLIPWAY_TARGET_SCOPE`.
     pub scope: PathBuf,
+    /// Where builds run (the builder's workdir).
+    pub builds_dir: PathBuf,
     pub kafka: String,
     pub admin_token: String,
     prefix: String,
     env: HashMap<String, String>,
+    /// The port clients use: the only replica's, or the balancer's in front of several.
     ports: HashMap<&'static str, u16>,
-    children: HashMap<&'static str, Child>,
+    replicas: HashMap<&'static str, Vec<Replica>>,
+    balancers: Vec<balancer::Balancer>,
     logs: PathBuf,
     client: reqwest::Client,
     admin_db: sqlx::PgPool,
     /// Each service's own role in the stack's database (deploy/postgres/roles.sql).
     pub db_roles: HashMap<&'static str, slipway_testkit::Database>,
+    /// Instance uids of this stack alone (own infrastructure only).
+    pub uid_range: Option<(u32, u32)>,
+    /// Dropped last: the services go before their database and broker.
+    pub infra: Option<infra::OwnInfra>,
 }
 
 /// `target/<profile>/`, where `cargo build --workspace --bins` put the service binaries.
@@ -39,7 +90,7 @@ fn bin_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).unwrap().to_path_buf()
 }
 
-fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -47,18 +98,54 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A fresh database on the cluster of `superuser` (same shape as `fresh_database`).
+async fn database_on(superuser: &slipway_testkit::Database) -> slipway_testkit::Database {
+    use sqlx::ConnectOptions;
+    let name = format!("test_{}", slipway_testkit::unique());
+    let mut conn = superuser.server_options().connect().await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE \"{name}\"")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    slipway_testkit::Database {
+        database: name,
+        ..superuser.clone()
+    }
+}
+
 impl Stack {
     /// Starts every service on a fresh database and topic prefix; waits until all are ready.
     pub async fn start() -> Self {
-        Self::start_with_env(&[]).await
+        Self::start_with(StackOptions::default()).await
     }
 
-    /// [`Stack::start`] with further environment variables for every service (they win over
-    /// the stack's own), e.g. `SLIPWAY_TELEMETRY__OTLP_ENDPOINT`.
-    pub async fn start_with_env(extra: &[(&str, String)]) -> Self {
-        let db = slipway_testkit::fresh_database("unused").await;
+    /// [`Stack::start`] with extra settings for every service.
+    pub async fn start_with_env(env: &[(&str, &str)]) -> Self {
+        let options = env
+            .iter()
+            .fold(StackOptions::default(), |o, (k, v)| o.env(k, v));
+        Self::start_with(options).await
+    }
+
+    /// [`Stack::start`] as `options` say.
+    pub async fn start_with(options: StackOptions) -> Self {
+        let infra = options.own_infra.then(infra::OwnInfra::start);
+        let (db, bootstrap, topic_prefix) = match &infra {
+            Some(own) => (
+                database_on(&own.postgres.superuser()).await,
+                own.broker.bootstrap(),
+                format!("t{}.", slipway_testkit::unique()),
+            ),
+            None => {
+                let kafka = slipway_testkit::kafka_settings();
+                (
+                    slipway_testkit::fresh_database("unused").await,
+                    kafka.bootstrap_servers,
+                    kafka.topic_prefix,
+                )
+            }
+        };
         let db_roles = slipway_testkit::roles::service_roles(&db).await;
-        let kafka = slipway_testkit::kafka_settings();
         let admin_token = format!("slw_{}", slipway_testkit::unique().repeat(6));
         // The stack's own state (its logs) is the platform's: owner only, as scripts/up keeps
         // .slipway/. Builds and instances get directories of their own beside it, outside it.
@@ -76,11 +163,8 @@ impl Stack {
             ("SLIPWAY_DATABASE__HOST", db.host.clone()),
             ("SLIPWAY_DATABASE__PORT", db.port.to_string()),
             ("SLIPWAY_DATABASE__DATABASE", db.database.clone()),
-            (
-                "SLIPWAY_KAFKA__BOOTSTRAP_SERVERS",
-                kafka.bootstrap_servers.clone(),
-            ),
-            ("SLIPWAY_KAFKA__TOPIC_PREFIX", kafka.topic_prefix.clone()),
+            ("SLIPWAY_KAFKA__BOOTSTRAP_SERVERS", bootstrap.clone()),
+            ("SLIPWAY_KAFKA__TOPIC_PREFIX", topic_prefix.clone()),
             ("SLIPWAY_KAFKA__PARTITIONS", "2".to_owned()),
             (
                 "SLIPWAY_TELEMETRY__LOG_LEVEL",
@@ -90,8 +174,25 @@ impl Stack {
         ] {
             env.insert(k.to_owned(), v);
         }
-        let ports: HashMap<&'static str, u16> =
-            SERVICES.iter().map(|s| (*s, free_port())).collect();
+        // Replica ports first; a service with several gets a balancer in front, whose port is
+        // the one everybody else (upstreams, the test's client) uses.
+        let mut replicas: HashMap<&'static str, Vec<Replica>> = HashMap::new();
+        let mut ports: HashMap<&'static str, u16> = HashMap::new();
+        let mut balancers = Vec::new();
+        for service in SERVICES {
+            let n = options.replicas.get(service).copied().unwrap_or(1);
+            let list: Vec<Replica> = (0..n)
+                .map(|i| Replica::new(service, (b'a' + i as u8) as char, free_port()))
+                .collect();
+            if n > 1 {
+                let front = balancer::Balancer::start(list.iter().map(|r| r.port).collect()).await;
+                ports.insert(service, front.port);
+                balancers.push(front);
+            } else {
+                ports.insert(service, list[0].port);
+            }
+            replicas.insert(service, list);
+        }
         env.insert(
             "SLIPWAY_UPSTREAMS__REGISTRY".to_owned(),
             format!("http://127.0.0.1:{}", ports["registry"]),
@@ -108,7 +209,7 @@ impl Stack {
             "SLIPWAY_REGISTRY__ADDRESS".to_owned(),
             slipway_testkit::oci_registry(),
         );
-        let repository_prefix = format!("{}/", kafka.topic_prefix.trim_end_matches('.'));
+        let repository_prefix = format!("{}/", topic_prefix.trim_end_matches('.'));
         env.insert(
             "SLIPWAY_REGISTRY__REPOSITORY_PREFIX".to_owned(),
             repository_prefix,
@@ -144,27 +245,45 @@ impl Stack {
             "SLIPWAY_DEPLOY__STOP_GRACE_SECONDS".to_owned(),
             "5".to_owned(),
         );
-        for (k, v) in extra {
-            env.insert((*k).to_owned(), v.clone());
+        // A stack on its own infrastructure also gets instance uids of its own (a random block
+        // of 10), so that its processes are told apart from those of stacks running beside it.
+        let uid_range = options.own_infra.then(|| {
+            let base = 20_000 + (uuid::Uuid::new_v4().as_u128() % 4_000) as u32 * 10;
+            (base, base + 9)
+        });
+        if let Some((low, high)) = uid_range {
+            env.insert(
+                "SLIPWAY_PROCESS__UID_RANGE".to_owned(),
+                format!("{low}-{high}"),
+            );
+        }
+        for (k, v) in &options.env {
+            env.insert(k.clone(), v.clone());
         }
         let admin_db = sqlx::PgPool::connect_with(db.server_options())
             .await
             .unwrap();
         let mut stack = Self {
             scope,
-            kafka: kafka.bootstrap_servers,
+            builds_dir: outside("builds"),
+            kafka: bootstrap,
             admin_token,
-            prefix: kafka.topic_prefix,
+            prefix: topic_prefix,
             env,
             ports,
-            children: HashMap::new(),
+            replicas,
+            balancers,
             logs,
             client: reqwest::Client::new(),
             admin_db,
             db_roles,
+            uid_range,
+            infra,
         };
         for service in SERVICES {
-            stack.spawn(service);
+            for i in 0..stack.replicas[service].len() {
+                stack.spawn(service, i);
+            }
         }
         for service in SERVICES {
             stack.wait_ready(service).await;
@@ -172,17 +291,19 @@ impl Stack {
         stack
     }
 
-    fn spawn(&mut self, service: &'static str) {
+    /// Starts replica `index` of `service` (again: a new generation, so a new replica id).
+    fn spawn(&mut self, service: &'static str, index: usize) {
         let binary = bin_dir().join(format!("slipway-{service}"));
         assert!(
             binary.exists(),
             "{} is missing: build the binaries first (`cargo build --workspace --bins`, which scripts/test runs)",
             binary.display()
         );
+        let replica = &self.replicas[service][index];
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.logs.join(format!("{service}.log")))
+            .open(self.logs.join(replica.log_name(service)))
             .unwrap();
         let role = &self.db_roles[service];
         // Each service its own credential, knowing the others' by their hashes (the Stack's
@@ -198,7 +319,14 @@ impl Stack {
                 "SLIPWAY_DATABASE__PASSWORD",
                 slipway_testkit::password(role),
             )
-            .env("SLIPWAY_HTTP__PORT", self.ports[service].to_string())
+            .env("SLIPWAY_HTTP__PORT", replica.port.to_string())
+            .env("SLIPWAY_REPLICA_ID", &replica.id)
+            // Static group membership per slot, as a pod keeps its name through a container
+            // restart: two replicas on one host must not share it.
+            .env(
+                "SLIPWAY_KAFKA__INSTANCE_ID",
+                format!("{service}-{}", replica.slot),
+            )
             // Its own Ed25519 seed and every service's public key (made once per test process).
             .envs(slipway_testkit::signing::env(service))
             .stdout(Stdio::from(log.try_clone().unwrap()))
@@ -206,96 +334,7 @@ impl Stack {
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        self.children.insert(service, child);
-    }
-
-    /// Everything `service` has logged.
-    pub fn log_text(&self, service: &str) -> String {
-        std::fs::read_to_string(self.logs.join(format!("{service}.log"))).unwrap_or_default()
-    }
-
-    fn log_tail(&self, service: &str) -> String {
-        let text =
-            std::fs::read_to_string(self.logs.join(format!("{service}.log"))).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(30)..].join("\n")
-    }
-
-    /// Polls `/readyz` until 200; fails with the service's log if it exits or times out.
-    pub async fn wait_ready(&mut self, service: &'static str) {
-        let url = format!("http://127.0.0.1:{}/readyz", self.ports[service]);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-        loop {
-            if let Ok(res) = self.client.get(&url).send().await
-                && res.status() == 200
-            {
-                return;
-            }
-            if let Some(status) = self
-                .children
-                .get_mut(service)
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "{service} exited with {status}:\n{}",
-                    self.log_tail(service)
-                );
-            }
-            if tokio::time::Instant::now() > deadline {
-                panic!("{service} not ready after 90s:\n{}", self.log_tail(service));
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-
-    /// The OS process id of `service`.
-    pub fn pid(&self, service: &str) -> u32 {
-        self.children[service].id().unwrap()
-    }
-
-    /// Resident memory of `service` in KiB (VmRSS from /proc).
-    pub fn rss_kib(&self, service: &str) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid(service))).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    }
-
-    /// SIGKILL: no shutdown hook runs.
-    pub fn kill9(&mut self, service: &'static str) {
-        let mut child = self.children.remove(service).unwrap();
-        child.start_kill().unwrap();
-        // Reap it so its port is free for the restart.
-        tokio::task::block_in_place(|| {
-            tokio::runtime::Handle::current().block_on(async { child.wait().await.unwrap() })
-        });
-    }
-
-    /// Sends SIGTERM (what Kubernetes and `scripts/down` send) and returns how the process
-    /// exited, failing if it does not stop within 30 s.
-    pub async fn terminate(&mut self, service: &'static str) -> std::process::ExitStatus {
-        let mut child = self.children.remove(service).unwrap();
-        let pid = child.id().unwrap().to_string();
-        let sent = std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap();
-        assert!(sent.success());
-        match tokio::time::timeout(Duration::from_secs(30), child.wait()).await {
-            Ok(status) => status.unwrap(),
-            Err(_) => panic!(
-                "{service} ignored SIGTERM for 30s:\n{}",
-                self.log_tail(service)
-            ),
-        }
-    }
-
-    pub async fn restart(&mut self, service: &'static str) {
-        self.spawn(service);
-        self.wait_ready(service).await;
+        self.replicas.get_mut(service).unwrap()[index].child = Some(child);
     }
 
     /// The port `service` listens on.
@@ -306,11 +345,6 @@ impl Stack {
     /// The stack's own directory (logs, state): the platform's, never an instance's.
     pub fn state_dir(&self) -> &Path {
         &self.logs
-    }
-
-    /// Where `service` logs.
-    pub fn log_file(&self, service: &str) -> PathBuf {
-        self.logs.join(format!("{service}.log"))
     }
 
     /// PostgreSQL as an attacker would aim at it: address, database, and every role name the
@@ -420,6 +454,11 @@ impl Stack {
         );
     }
 
+    /// The stack's database as its superuser (every service's schema).
+    pub fn db(&self) -> &sqlx::PgPool {
+        &self.admin_db
+    }
+
     /// `SELECT count(*) FROM <from>` in the stack's database.
     pub async fn count(&self, from: &str) -> i64 {
         sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT count(*) FROM {from}")))
@@ -503,10 +542,13 @@ impl Stack {
 impl Drop for Stack {
     /// Instances outlive their deployer by design; a test must not leave them behind.
     fn drop(&mut self) {
-        for (pid, _) in self.instance_processes() {
-            let _ = std::process::Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
+        let mut pids: Vec<u32> = self.instance_processes().iter().map(|p| p.0).collect();
+        pids.extend(self.stack_processes().iter().map(|p| p.pid));
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
