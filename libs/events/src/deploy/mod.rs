@@ -15,7 +15,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use slipway_ids::{ProjectName, ServiceId};
+use slipway_ids::{DeploymentId, ProjectName, ServiceId};
 use uuid::Uuid;
 
 use crate::{EventData, Topic};
@@ -49,7 +49,7 @@ pub enum DeployKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployRequested {
     /// Chosen by the gateway and answered to the client.
-    pub deployment_id: Uuid,
+    pub deployment_id: DeploymentId,
     pub kind: DeployKind,
     pub service_id: ServiceId,
     pub service_name: String,
@@ -85,7 +85,7 @@ impl EventData for DeployRequested {
 /// Cancelling a deployment was asked for (gateway command). Key: the service id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployCancelRequested {
-    pub deployment_id: Uuid,
+    pub deployment_id: DeploymentId,
     pub service_id: ServiceId,
     /// The service's project, as the gateway checked it; absent in commands from before
     /// projects.
@@ -107,7 +107,7 @@ impl EventData for DeployCancelRequested {
 /// Identifies a deployment in its facts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentRef {
-    pub deployment_id: Uuid,
+    pub deployment_id: DeploymentId,
     pub kind: DeployKind,
     pub service_id: ServiceId,
     pub service_name: String,
@@ -197,7 +197,7 @@ pub struct TrafficChanged {
     pub service_id: ServiceId,
     pub service_name: String,
     pub environment: String,
-    pub deployment_id: Option<Uuid>,
+    pub deployment_id: Option<DeploymentId>,
     /// Empty: no traffic (nothing deployed).
     pub weights: Vec<ReleaseWeight>,
     pub at: DateTime<Utc>,
