@@ -351,3 +351,83 @@ impl EventData for InstanceHealthChanged {
     const TYPE: &'static str = "dev.slipway.instance.health.changed.v1";
     const TOPIC: Topic = Topic::Instances;
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Deployment ids were bare `Uuid`s in these events before [`DeploymentId`]: events
+    /// already in the log (and consumers not yet upgraded) must see the very same JSON.
+    #[test]
+    fn deployment_ids_are_written_and_read_as_the_bare_uuids_they_were() {
+        let raw = Uuid::now_v7();
+        let bare = serde_json::to_value(raw).unwrap();
+        let id = DeploymentId::from_uuid(raw);
+        let deployment = DeploymentRef {
+            deployment_id: id,
+            kind: DeployKind::Deploy,
+            service_id: ServiceId::new(),
+            service_name: "hello".into(),
+            environment: "prod".into(),
+            release: Some(2),
+            strategy: "rolling".into(),
+        };
+        let started = DeploymentStarted {
+            deployment,
+            steps: vec!["start 1".into()],
+            at: Utc::now(),
+        };
+        let wire = serde_json::to_value(&started).unwrap();
+        assert_eq!(
+            wire["deployment_id"], bare,
+            "flattened, as a UUID string: {wire}"
+        );
+        let back: DeploymentStarted = serde_json::from_value(wire).unwrap();
+        assert_eq!(back, started);
+
+        let cancel = DeployCancelRequested {
+            deployment_id: id,
+            service_id: ServiceId::new(),
+            project: None,
+            actor: None,
+            requested_at: Utc::now(),
+        };
+        let wire = serde_json::to_value(&cancel).unwrap();
+        assert_eq!(wire["deployment_id"], bare);
+        assert_eq!(
+            serde_json::from_value::<DeployCancelRequested>(wire).unwrap(),
+            cancel
+        );
+
+        for deployment_id in [Some(id), None] {
+            let traffic = TrafficChanged {
+                service_id: ServiceId::new(),
+                service_name: "hello".into(),
+                environment: "prod".into(),
+                deployment_id,
+                weights: vec![],
+                at: Utc::now(),
+            };
+            let wire = serde_json::to_value(&traffic).unwrap();
+            let expected = deployment_id.map_or(serde_json::Value::Null, |_| bare.clone());
+            assert_eq!(wire["deployment_id"], expected);
+            assert_eq!(
+                serde_json::from_value::<TrafficChanged>(wire).unwrap(),
+                traffic
+            );
+        }
+    }
+
+    #[test]
+    fn a_deployment_id_that_is_not_a_uuid_is_rejected() {
+        let wire = serde_json::json!({
+            "deployment_id": "not-a-uuid",
+            "service_id": ServiceId::new(),
+            "actor": null,
+            "requested_at": Utc::now(),
+        });
+        assert!(serde_json::from_value::<DeployCancelRequested>(wire).is_err());
+    }
+}
