@@ -83,6 +83,11 @@ uuid_id!(
     /// keeps the id and counts up its `restarts`.
     InstanceId
 );
+uuid_id!(
+    /// A deployment (also a rollback or a scale): chosen by the gateway when it accepts the
+    /// command, or by the deployer for the deployments it starts itself (auto-deploy).
+    DeploymentId
+);
 
 #[cfg(test)]
 mod tests {
@@ -101,6 +106,22 @@ mod tests {
         );
         let back: ServiceId = serde_json::from_str(&json).unwrap();
         assert_eq!(back, id);
+    }
+
+    #[test]
+    fn deployment_and_instance_ids_are_bare_uuids_on_the_wire() {
+        // Events written before these newtypes existed carried plain `Uuid`s: the newtypes
+        // must read those and write the very same text.
+        let raw = uuid::Uuid::now_v7();
+        let bare = serde_json::to_string(&raw).unwrap();
+        let deployment: DeploymentId = serde_json::from_str(&bare).unwrap();
+        assert_eq!(deployment.as_uuid(), raw);
+        assert_eq!(serde_json::to_string(&deployment).unwrap(), bare);
+        assert_eq!(DeploymentId::from_uuid(raw).to_string(), raw.to_string());
+        let instance: InstanceId = serde_json::from_str(&bare).unwrap();
+        assert_eq!(instance.as_uuid(), raw);
+        assert_eq!(serde_json::to_string(&instance).unwrap(), bare);
+        assert!(serde_json::from_str::<DeploymentId>("\"not-a-uuid\"").is_err());
     }
 
     #[test]

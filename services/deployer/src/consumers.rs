@@ -10,11 +10,11 @@ use slipway_events::deploy::{
 };
 use slipway_events::slipway::ReleaseCreated;
 use slipway_events::{CloudEvent, EventData};
+use slipway_ids::DeploymentId;
 use slipway_kafka::{Handled, Handler, HandlerError};
 use slipway_runtime::catalog::ServiceCatalog;
 use sqlx::PgPool;
 use tokio::sync::Notify;
-use uuid::Uuid;
 
 use crate::db::{deployments, instances, state, trace};
 use crate::domain::InstanceHealth;
@@ -107,7 +107,7 @@ impl Commands {
                         continue;
                     }
                     // The inbox record in this transaction keeps a redelivery from deploying twice.
-                    let id = Uuid::now_v7();
+                    let id = DeploymentId::new();
                     let request = DeployRequested {
                         deployment_id: id,
                         kind: DeployKind::Deploy,

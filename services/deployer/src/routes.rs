@@ -4,10 +4,10 @@ use actix_web::{HttpResponse, web};
 use serde::Deserialize;
 use slipway_events::deploy::Strategy;
 use slipway_http::Problem;
+use slipway_ids::DeploymentId;
 use slipway_runtime::ServiceCaller::Gateway;
 use slipway_runtime::{AccessRules, Rule, ServiceCaller};
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::db::{deployments, instances, state};
 
@@ -44,7 +44,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 use slipway_http::problem::unexpected as internal;
 
 async fn get(pool: web::Data<PgPool>, id: web::Path<String>) -> Result<HttpResponse, Problem> {
-    let id: Uuid = id
+    let id: DeploymentId = id
         .parse()
         .map_err(|_| Problem::not_found(format!("no deployment `{id}` (ids are UUIDs)")))?;
     match deployments::get(&pool, id)

@@ -7,7 +7,7 @@ use slipway_events::slipway::{BuildRequested, BuildTrigger, sources};
 use slipway_events::{CloudEvent, EventData};
 use slipway_http::Problem;
 use slipway_http::problem::unexpected as internal;
-use slipway_ids::{BuildId, ProjectName, ServiceId};
+use slipway_ids::{BuildId, DeploymentId, ProjectName, ServiceId};
 use slipway_wire::service::Service;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -139,7 +139,7 @@ pub async fn request_deploy(pool: &PgPool, data: &DeployRequested) -> Result<(),
 /// A deploy, rollback or scale the gateway accepted, as its `operations` row says.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DeploymentOperation {
-    pub id: Uuid,
+    pub id: DeploymentId,
     /// `deploy`, `rollback` or `scale`.
     pub kind: String,
     pub service_id: ServiceId,
@@ -151,7 +151,7 @@ pub struct DeploymentOperation {
 /// The accepted deploy/rollback/scale with id `id`, if the gateway accepted one.
 pub async fn deployment_operation(
     pool: &PgPool,
-    id: Uuid,
+    id: DeploymentId,
 ) -> Result<Option<DeploymentOperation>, Problem> {
     sqlx::query_as(
         "SELECT id, kind, service_id, service_name, environment, created_at FROM operations \

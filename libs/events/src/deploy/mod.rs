@@ -15,7 +15,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use slipway_ids::{ProjectName, ServiceId};
+use slipway_ids::{DeploymentId, ProjectName, ServiceId};
 use uuid::Uuid;
 
 use crate::{EventData, Topic};
@@ -49,7 +49,7 @@ pub enum DeployKind {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployRequested {
     /// Chosen by the gateway and answered to the client.
-    pub deployment_id: Uuid,
+    pub deployment_id: DeploymentId,
     pub kind: DeployKind,
     pub service_id: ServiceId,
     pub service_name: String,
@@ -85,7 +85,7 @@ impl EventData for DeployRequested {
 /// Cancelling a deployment was asked for (gateway command). Key: the service id.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeployCancelRequested {
-    pub deployment_id: Uuid,
+    pub deployment_id: DeploymentId,
     pub service_id: ServiceId,
     /// The service's project, as the gateway checked it; absent in commands from before
     /// projects.
@@ -107,7 +107,7 @@ impl EventData for DeployCancelRequested {
 /// Identifies a deployment in its facts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeploymentRef {
-    pub deployment_id: Uuid,
+    pub deployment_id: DeploymentId,
     pub kind: DeployKind,
     pub service_id: ServiceId,
     pub service_name: String,
@@ -197,7 +197,7 @@ pub struct TrafficChanged {
     pub service_id: ServiceId,
     pub service_name: String,
     pub environment: String,
-    pub deployment_id: Option<Uuid>,
+    pub deployment_id: Option<DeploymentId>,
     /// Empty: no traffic (nothing deployed).
     pub weights: Vec<ReleaseWeight>,
     pub at: DateTime<Utc>,
@@ -350,4 +350,84 @@ pub struct InstanceHealthChanged {
 impl EventData for InstanceHealthChanged {
     const TYPE: &'static str = "dev.slipway.instance.health.changed.v1";
     const TOPIC: Topic = Topic::Instances;
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Deployment ids were bare `Uuid`s in these events before [`DeploymentId`]: events
+    /// already in the log (and consumers not yet upgraded) must see the very same JSON.
+    #[test]
+    fn deployment_ids_are_written_and_read_as_the_bare_uuids_they_were() {
+        let raw = Uuid::now_v7();
+        let bare = serde_json::to_value(raw).unwrap();
+        let id = DeploymentId::from_uuid(raw);
+        let deployment = DeploymentRef {
+            deployment_id: id,
+            kind: DeployKind::Deploy,
+            service_id: ServiceId::new(),
+            service_name: "hello".into(),
+            environment: "prod".into(),
+            release: Some(2),
+            strategy: "rolling".into(),
+        };
+        let started = DeploymentStarted {
+            deployment,
+            steps: vec!["start 1".into()],
+            at: Utc::now(),
+        };
+        let wire = serde_json::to_value(&started).unwrap();
+        assert_eq!(
+            wire["deployment_id"], bare,
+            "flattened, as a UUID string: {wire}"
+        );
+        let back: DeploymentStarted = serde_json::from_value(wire).unwrap();
+        assert_eq!(back, started);
+
+        let cancel = DeployCancelRequested {
+            deployment_id: id,
+            service_id: ServiceId::new(),
+            project: None,
+            actor: None,
+            requested_at: Utc::now(),
+        };
+        let wire = serde_json::to_value(&cancel).unwrap();
+        assert_eq!(wire["deployment_id"], bare);
+        assert_eq!(
+            serde_json::from_value::<DeployCancelRequested>(wire).unwrap(),
+            cancel
+        );
+
+        for deployment_id in [Some(id), None] {
+            let traffic = TrafficChanged {
+                service_id: ServiceId::new(),
+                service_name: "hello".into(),
+                environment: "prod".into(),
+                deployment_id,
+                weights: vec![],
+                at: Utc::now(),
+            };
+            let wire = serde_json::to_value(&traffic).unwrap();
+            let expected = deployment_id.map_or(serde_json::Value::Null, |_| bare.clone());
+            assert_eq!(wire["deployment_id"], expected);
+            assert_eq!(
+                serde_json::from_value::<TrafficChanged>(wire).unwrap(),
+                traffic
+            );
+        }
+    }
+
+    #[test]
+    fn a_deployment_id_that_is_not_a_uuid_is_rejected() {
+        let wire = serde_json::json!({
+            "deployment_id": "not-a-uuid",
+            "service_id": ServiceId::new(),
+            "actor": null,
+            "requested_at": Utc::now(),
+        });
+        assert!(serde_json::from_value::<DeployCancelRequested>(wire).is_err());
+    }
 }

@@ -3,10 +3,9 @@
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use slipway_events::deploy::{DeployRequested, FailureReason, HealthCheck, Strategy};
-use slipway_ids::ServiceId;
+use slipway_ids::{DeploymentId, ServiceId};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
-use uuid::Uuid;
 
 use super::leases::{FencedError, Lease};
 use crate::domain::{DeploymentKind, DeploymentStatus, Step};
@@ -14,7 +13,7 @@ use crate::domain::{DeploymentKind, DeploymentStatus, Step};
 /// A deployment as stored and shown.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Deployment {
-    pub id: Uuid,
+    pub id: DeploymentId,
     pub kind: DeploymentKind,
     pub service_id: ServiceId,
     pub service_name: String,
@@ -120,7 +119,7 @@ pub async fn insert(
     Ok(done.rows_affected() == 1)
 }
 
-pub async fn get(pool: &PgPool, id: Uuid) -> Result<Option<Deployment>, sqlx::Error> {
+pub async fn get(pool: &PgPool, id: DeploymentId) -> Result<Option<Deployment>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM deployments WHERE id = $1")
         .bind(id)
         .fetch_optional(pool)
@@ -147,7 +146,7 @@ pub async fn list(
 /// Marks a cancel request; answers the deployment's status, if it exists.
 pub async fn request_cancel(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: DeploymentId,
 ) -> Result<Option<DeploymentStatus>, sqlx::Error> {
     sqlx::query_scalar(
         "UPDATE deployments SET cancel_requested = true WHERE id = $1 RETURNING status",

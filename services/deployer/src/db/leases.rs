@@ -8,15 +8,14 @@
 
 use std::time::Duration;
 
-use slipway_ids::ReplicaId;
+use slipway_ids::{DeploymentId, ReplicaId};
 use sqlx::postgres::PgQueryResult;
 use sqlx::{PgConnection, PgPool};
-use uuid::Uuid;
 
 /// A replica's hold on one deployment in one epoch: what the driver's writes are fenced on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    pub deployment: Uuid,
+    pub deployment: DeploymentId,
     pub owner: ReplicaId,
     pub epoch: i64,
 }
@@ -36,7 +35,10 @@ pub enum FencedError {
     Database(#[from] sqlx::Error),
     /// Another replica holds the deployment now (or the lease was released): stop driving.
     #[error("the lease on deployment {deployment} (epoch {epoch}) is no longer held")]
-    Lost { deployment: Uuid, epoch: i64 },
+    Lost {
+        deployment: DeploymentId,
+        epoch: i64,
+    },
 }
 
 impl Lease {
@@ -63,10 +65,10 @@ pub async fn claim(
     pool: &PgPool,
     owner: &ReplicaId,
     ttl: Duration,
-    driving: &[Uuid],
+    driving: &[DeploymentId],
     limit: i64,
 ) -> Result<Vec<Claimed>, sqlx::Error> {
-    let rows: Vec<(Uuid, i64, Option<String>)> = sqlx::query_as(
+    let rows: Vec<(DeploymentId, i64, Option<String>)> = sqlx::query_as(
         "WITH picked AS ( \
              SELECT d.id, d.lease_owner AS previous FROM deployments d \
              WHERE (d.lease_owner IS NULL OR d.lease_expires_at < now()) \
@@ -166,7 +168,7 @@ pub async fn fence(conn: &mut PgConnection, lease: &Lease) -> Result<(), FencedE
 /// One claim of the history.
 #[derive(Debug, Clone, serde::Serialize, sqlx::FromRow)]
 pub struct Claim {
-    pub deployment_id: Uuid,
+    pub deployment_id: DeploymentId,
     pub epoch: i64,
     pub owner: String,
     pub claimed_at: chrono::DateTime<chrono::Utc>,
@@ -175,7 +177,7 @@ pub struct Claim {
 }
 
 /// The claims of one deployment, oldest first.
-pub async fn history(pool: &PgPool, deployment: Uuid) -> Result<Vec<Claim>, sqlx::Error> {
+pub async fn history(pool: &PgPool, deployment: DeploymentId) -> Result<Vec<Claim>, sqlx::Error> {
     sqlx::query_as("SELECT * FROM deployment_claims WHERE deployment_id = $1 ORDER BY epoch")
         .bind(deployment)
         .fetch_all(pool)

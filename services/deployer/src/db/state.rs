@@ -3,10 +3,9 @@
 
 use serde::Serialize;
 use slipway_events::deploy::{HealthCheck, ReleaseWeight, Strategy};
-use slipway_ids::ServiceId;
+use slipway_ids::{DeploymentId, ServiceId};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
-use uuid::Uuid;
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct EnvironmentState {
@@ -111,7 +110,7 @@ pub async fn record_success(
     environment: &str,
     release: i32,
     config_version: i32,
-    deployment: Uuid,
+    deployment: DeploymentId,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO release_history (service_id, environment, release, config_version, \

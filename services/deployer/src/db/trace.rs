@@ -1,13 +1,13 @@
 //! A deployment's trace context: stored when the command arrives, continued when it is driven.
 
+use slipway_ids::DeploymentId;
 use sqlx::{PgConnection, PgPool};
-use uuid::Uuid;
 
 /// Stores `traceparent` (the consuming span's, or the command event's) on deployment `id`
 /// unless one is stored already (a redelivered command keeps the first).
 pub async fn record(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: DeploymentId,
     traceparent: Option<&str>,
 ) -> Result<(), sqlx::Error> {
     if traceparent.is_none() {
@@ -29,7 +29,7 @@ pub fn of_command(event: &slipway_events::CloudEvent) -> Option<String> {
 
 /// The span the engine drives deployment `id` in: a child of the command's trace, or a new
 /// trace when none was stored (or it cannot be read: tracing must never stop a deployment).
-pub async fn span(pool: &PgPool, id: Uuid) -> tracing::Span {
+pub async fn span(pool: &PgPool, id: DeploymentId) -> tracing::Span {
     let stored: Option<String> = match sqlx::query_scalar(
         "SELECT traceparent FROM deployments WHERE id = $1",
     )

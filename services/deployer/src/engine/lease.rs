@@ -89,7 +89,7 @@ mod tests {
 
     fn lease() -> Lease {
         Lease {
-            deployment: uuid::Uuid::now_v7(),
+            deployment: slipway_ids::DeploymentId::new(),
             owner: ReplicaId::generate("deployer"),
             epoch: 1,
         }

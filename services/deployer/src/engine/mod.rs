@@ -36,7 +36,7 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use slipway_ids::ReplicaId;
+use slipway_ids::{DeploymentId, ReplicaId};
 use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -66,7 +66,10 @@ pub enum EngineError {
     Gone(Uuid),
     /// Another replica drives the deployment now: this driver stops.
     #[error("the lease on deployment {deployment} (epoch {epoch}) is no longer held")]
-    LeaseLost { deployment: Uuid, epoch: i64 },
+    LeaseLost {
+        deployment: DeploymentId,
+        epoch: i64,
+    },
 }
 
 impl From<FencedError> for EngineError {
@@ -108,7 +111,7 @@ pub struct Engine {
     pub wake: Arc<Notify>,
     /// Every driver waiting on health or its turn wakes on this (health verdicts, commands).
     pub nudge: Arc<Notify>,
-    driving: Mutex<HashSet<Uuid>>,
+    driving: Mutex<HashSet<DeploymentId>>,
 }
 
 impl Engine {
@@ -142,7 +145,7 @@ impl Engine {
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> Result<(), EngineError> {
         let mut drivers = JoinSet::new();
         loop {
-            let driving: Vec<Uuid> = self
+            let driving: Vec<DeploymentId> = self
                 .driving
                 .lock()
                 .map(|s| s.iter().copied().collect())

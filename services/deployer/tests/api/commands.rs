@@ -12,9 +12,8 @@ use slipway_events::deploy::{
 };
 use slipway_events::slipway::sources;
 use slipway_events::{EventData, Topic};
-use slipway_ids::ServiceId;
+use slipway_ids::{DeploymentId, ServiceId};
 use slipway_testkit::{header, next_of_type, plain_consumer, wait_until};
-use uuid::Uuid;
 
 use crate::helpers::{SETTLE, TestApp, problem, request, spawn_app};
 
@@ -199,7 +198,7 @@ async fn a_deployment_queued_behind_another_can_be_cancelled_before_it_starts() 
 
     // A cancel for a deployment nobody asked for changes nothing (and blocks nothing).
     let stray = DeployCancelRequested {
-        deployment_id: Uuid::now_v7(),
+        deployment_id: DeploymentId::new(),
         ..cancel.clone()
     };
     app.publish(sources::GATEWAY, service, "stray", &stray)

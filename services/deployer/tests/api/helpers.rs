@@ -9,12 +9,11 @@ use slipway_deployer::{Application, Settings};
 use slipway_events::deploy::{DeployKind, DeployRequested, Strategy};
 use slipway_events::slipway::{ServiceCreated, sources};
 use slipway_events::{CloudEvent, EventData};
-use slipway_ids::ServiceId;
+use slipway_ids::{DeploymentId, ServiceId};
 use slipway_kafka::EventProducer;
 use slipway_runtime::BaseSettings;
 use slipway_testkit::identity::ServiceCaller;
 use tokio::sync::oneshot;
-use uuid::Uuid;
 
 use crate::stand_in::StandInRegistry;
 
@@ -118,7 +117,7 @@ pub fn request(
     release: Option<i32>,
 ) -> DeployRequested {
     DeployRequested {
-        deployment_id: Uuid::now_v7(),
+        deployment_id: DeploymentId::new(),
         kind,
         service_id,
         service_name: service.to_owned(),
@@ -209,7 +208,7 @@ impl TestApp {
     }
 
     /// Publishes a deploy command; answers its deployment id.
-    pub async fn command(&self, r: &DeployRequested) -> Uuid {
+    pub async fn command(&self, r: &DeployRequested) -> DeploymentId {
         self.publish(
             sources::GATEWAY,
             r.service_id,
@@ -247,7 +246,7 @@ impl TestApp {
     }
 
     /// The deployment as `GET /v1/deployments/{id}` shows it, if it exists.
-    pub async fn deployment(&self, id: Uuid) -> Option<Value> {
+    pub async fn deployment(&self, id: DeploymentId) -> Option<Value> {
         let res = self.get(&format!("/v1/deployments/{id}")).await;
         match res.status().as_u16() {
             200 => Some(res.json().await.unwrap()),
@@ -260,7 +259,11 @@ impl TestApp {
     }
 
     /// Waits until deployment `id` exists and satisfies `condition`; answers it.
-    pub async fn deployment_when(&self, id: Uuid, condition: impl Fn(&Value) -> bool) -> Value {
+    pub async fn deployment_when(
+        &self,
+        id: DeploymentId,
+        condition: impl Fn(&Value) -> bool,
+    ) -> Value {
         let last = std::sync::Mutex::new(None);
         let reached = slipway_testkit::wait_until(SETTLE, || async {
             let seen = self.deployment(id).await;
@@ -278,7 +281,7 @@ impl TestApp {
     }
 
     /// Waits until deployment `id` has ended; answers it.
-    pub async fn ended(&self, id: Uuid) -> Value {
+    pub async fn ended(&self, id: DeploymentId) -> Value {
         self.deployment_when(id, |d| {
             matches!(
                 d["status"].as_str(),

@@ -12,10 +12,9 @@ use slipway_deployer::db::leases::{self, Claim, FencedError, Lease};
 use slipway_deployer::domain::{DeploymentStatus, Step};
 use slipway_events::EventData;
 use slipway_events::deploy::{DeployKind, DeploymentFinished, HealthCheck};
-use slipway_ids::{ReplicaId, ServiceId};
+use slipway_ids::{DeploymentId, ReplicaId, ServiceId};
 use slipway_testkit::wait_until;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use crate::helpers::{SETTLE, request, spawn_app_on};
 use crate::stand_in::StandInRegistry;
@@ -31,7 +30,7 @@ async fn pool(base: &slipway_runtime::BaseSettings) -> PgPool {
 }
 
 /// Queues a deploy request as the command consumer would; answers its id.
-async fn queue(pool: &PgPool, service: ServiceId, environment: &str, release: i32) -> Uuid {
+async fn queue(pool: &PgPool, service: ServiceId, environment: &str, release: i32) -> DeploymentId {
     let r = request(
         DeployKind::Deploy,
         service,
@@ -62,7 +61,7 @@ fn assert_never_overlapping(claims: &[Claim], ttl: Duration) {
     }
 }
 
-async fn finished_events(pool: &PgPool, id: Uuid) -> i64 {
+async fn finished_events(pool: &PgPool, id: DeploymentId) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM outbox WHERE event_type = $1 AND subject = $2")
         .bind(DeploymentFinished::TYPE)
         .bind(id.to_string())
@@ -201,7 +200,7 @@ async fn replicas_claiming_at_once_never_take_the_same_deployment() {
     );
     let (one, two) = (one.unwrap(), two.unwrap());
     assert!(one.iter().all(|id| !two.contains(id)), "{one:?} / {two:?}");
-    let mut all: Vec<Uuid> = one.into_iter().chain(two).collect();
+    let mut all: Vec<DeploymentId> = one.into_iter().chain(two).collect();
     all.sort();
     ids.sort();
     assert_eq!(all, ids, "every runnable deployment claimed, once");

@@ -20,8 +20,8 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use slipway_events::deploy::{DeployKind, DeployRequested, HealthCheck, Strategy};
 use slipway_http::Problem;
+use slipway_ids::DeploymentId;
 use sqlx::PgPool;
-use uuid::Uuid;
 
 use super::releases::safe_path;
 use crate::auth::{Caller, Scoped};
@@ -245,7 +245,7 @@ fn command(
     caller: &Caller,
 ) -> DeployRequested {
     DeployRequested {
-        deployment_id: Uuid::now_v7(),
+        deployment_id: DeploymentId::new(),
         kind,
         service_id: service.id,
         service_name: service.name.clone(),
@@ -395,7 +395,7 @@ async fn cancel(
     caller: Caller,
     scoped: Scoped,
     pool: web::Data<PgPool>,
-    id: web::Path<Uuid>,
+    id: web::Path<DeploymentId>,
 ) -> Result<HttpResponse, Problem> {
     let id = id.into_inner();
     let deployment = commands::deployment_operation(&pool, id)
@@ -412,7 +412,7 @@ async fn cancel(
 async fn get(
     pool: web::Data<PgPool>,
     upstreams: web::Data<Upstreams>,
-    id: web::Path<Uuid>,
+    id: web::Path<DeploymentId>,
 ) -> Result<HttpResponse, Problem> {
     let id = id.into_inner();
     let answer = upstreams

@@ -10,16 +10,15 @@
 //! share its partition, so they are applied in the order they were sent.
 
 use slipway_events::deploy::{HeartbeatInstance, InstancesHeartbeat, InstancesHeartbeatV1};
-use slipway_ids::ServiceId;
+use slipway_ids::{InstanceId, ServiceId};
 use sqlx::PgConnection;
-use uuid::Uuid;
 
 use super::instances::health_text;
 
 /// An instance the reaping removed.
 #[derive(Debug, sqlx::FromRow)]
 pub struct Reaped {
-    pub id: Uuid,
+    pub id: InstanceId,
     pub service_name: String,
     pub environment: String,
 }
@@ -28,7 +27,7 @@ pub struct Reaped {
 #[derive(Debug, Default)]
 pub struct Applied {
     /// Instances the registry did not have, inserted from the heartbeat.
-    pub inserted: Vec<Uuid>,
+    pub inserted: Vec<InstanceId>,
     pub reaped: Vec<Reaped>,
 }
 
@@ -56,10 +55,15 @@ pub async fn apply(
     let mut applied = Applied::default();
     for i in &e.instances {
         if upsert(conn, e, i, interval).await? {
-            applied.inserted.push(i.instance_id);
+            applied.inserted.push(InstanceId::from_uuid(i.instance_id));
         }
     }
-    let listed: Vec<Uuid> = e.instances.iter().map(|i| i.instance_id).collect();
+    // The events still carry bare UUIDs (the deployer builds them); typed from here on.
+    let listed: Vec<InstanceId> = e
+        .instances
+        .iter()
+        .map(|i| InstanceId::from_uuid(i.instance_id))
+        .collect();
     applied.reaped = reap(
         conn,
         (e.service_id, &e.environment),
@@ -81,6 +85,12 @@ pub async fn apply_v1(
     stale_after: u32,
 ) -> Result<Applied, sqlx::Error> {
     let interval = interval_ms(e.interval_ms, default_ms);
+    let listed: Vec<InstanceId> = e
+        .instances
+        .iter()
+        .copied()
+        .map(InstanceId::from_uuid)
+        .collect();
     sqlx::query(
         "UPDATE instances SET last_seen = now(), heartbeat_ms = $4, \
              listed_at = greatest(listed_at, least($5, now())) \
@@ -88,7 +98,7 @@ pub async fn apply_v1(
     )
     .bind(e.service_id)
     .bind(&e.environment)
-    .bind(&e.instances)
+    .bind(&listed)
     .bind(interval)
     .bind(e.at)
     .execute(&mut *conn)
@@ -96,7 +106,7 @@ pub async fn apply_v1(
     let reaped = reap(
         conn,
         (e.service_id, &e.environment),
-        &e.instances,
+        &listed,
         e.at,
         interval,
         stale_after,
@@ -166,7 +176,7 @@ async fn upsert(
 async fn reap(
     conn: &mut PgConnection,
     (service, environment): (ServiceId, &str),
-    listed: &[Uuid],
+    listed: &[InstanceId],
     at: chrono::DateTime<chrono::Utc>,
     interval: i64,
     stale_after: u32,

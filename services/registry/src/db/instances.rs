@@ -13,10 +13,9 @@ use slipway_events::deploy::{
     Health, InstanceDraining, InstanceExited, InstanceHealthChanged, InstanceStarted,
     ReleaseWeight, TrafficChanged,
 };
-use slipway_ids::ServiceId;
+use slipway_ids::{InstanceId, ServiceId};
 use sqlx::PgConnection;
 use sqlx::types::Json;
-use uuid::Uuid;
 
 /// The channel `NOTIFY` is sent on after each bump; its payload is the new index.
 pub const CHANNEL: &str = "slipway_discovery";
@@ -51,7 +50,7 @@ pub(super) fn parse_health(text: &str) -> Result<Health, sqlx::Error> {
 /// One discovered instance, as the APIs show it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Instance {
-    pub id: Uuid,
+    pub id: InstanceId,
     #[serde(skip)]
     pub service_id: ServiceId,
     #[serde(skip)]
@@ -76,7 +75,7 @@ pub struct Instance {
 /// The row as stored; checked into an [`Instance`].
 #[derive(sqlx::FromRow)]
 struct Row {
-    id: Uuid,
+    id: InstanceId,
     service_id: ServiceId,
     service_name: String,
     environment: String,
@@ -236,7 +235,7 @@ pub async fn draining(conn: &mut PgConnection, e: &InstanceDraining) -> Result<b
 
 /// Forgets a stopped instance, and remembers for a while that it was stopped, so that a
 /// heartbeat composed before the stop and applied after it does not bring it back.
-pub async fn stopped(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+pub async fn stopped(conn: &mut PgConnection, id: InstanceId) -> Result<bool, sqlx::Error> {
     sqlx::query(
         "INSERT INTO stopped_instances (id) VALUES ($1) \
          ON CONFLICT (id) DO UPDATE SET stopped_at = now()",

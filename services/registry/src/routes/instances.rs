@@ -18,7 +18,7 @@ use std::time::Duration;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use slipway_http::Problem;
-use slipway_ids::{InstanceId, ReplicaId};
+use slipway_ids::ReplicaId;
 use slipway_wire::instances::RouteInstance;
 use slipway_wire::routes::{Discovery, ROUTER_HEADER, Route};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
@@ -184,13 +184,7 @@ async fn routes(conn: &mut PgConnection) -> Result<Vec<Route>, sqlx::Error> {
                 instances: Vec::new(),
             })
             .instances
-            .push(RouteInstance::new(
-                InstanceId::from_uuid(id),
-                address,
-                release,
-                health,
-                state,
-            ));
+            .push(RouteInstance::new(id, address, release, health, state));
     }
     Ok(routes.into_values().collect())
 }
