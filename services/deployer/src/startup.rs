@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 
 use crate::consumers::{Commands, HealthVerdicts};
 use crate::db::uids::PgUids;
+use crate::engine::fleet::{FleetSettings, ReplicaSettings};
 use crate::engine::{DeploySettings, Engine, Fleet};
 use crate::registry::RegistryClient;
 use crate::target::process::{ProcessSettings, ProcessTarget, Users, running_as_root};
@@ -29,6 +30,9 @@ pub struct Settings {
     pub upstreams: UpstreamSettings,
     pub deploy: DeploySettings,
     pub process: ProcessSettings,
+    /// Liveness of this replica, and adoption of the instances of replicas that are gone.
+    #[serde(default)]
+    pub replicas: ReplicaSettings,
 }
 
 impl Settings {
@@ -90,14 +94,20 @@ impl Application {
             &settings.base.identity.credential,
         )?;
         let deploy = settings.deploy.clone();
+        let replica = slipway_ids::ReplicaId::for_process("deployer");
+        tracing::info!(%replica, "deployer replica");
         let fleet = Arc::new(Fleet::new(
             runtime.pool.clone(),
             target,
             registry,
             runtime.producer.clone(),
-            Duration::from_millis(deploy.drain_ms),
-            Duration::from_secs(deploy.stop_grace_seconds),
-            Duration::from_millis(deploy.heartbeat_ms.max(100)),
+            FleetSettings {
+                drain: Duration::from_millis(deploy.drain_ms),
+                stop_grace: Duration::from_secs(deploy.stop_grace_seconds),
+                heartbeat: Duration::from_millis(deploy.heartbeat_ms.max(100)),
+                replica,
+                replicas: settings.replicas.clone(),
+            },
         ));
         let engine = Engine::new(fleet.clone(), deploy.clone());
 
@@ -159,9 +169,11 @@ impl Application {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
+            let supervising = tokio::spawn(fleet.clone().supervise(cancel.clone()));
             let result = engine.run(cancel).await;
-            // Instances keep serving while the deployer is away; the next start adopts them.
-            fleet.target.detach().await;
+            // Instances keep serving while the deployer is away; another replica or the next
+            // start adopts them (the supervision loop detaches and retires this replica).
+            let _ = supervising.await;
             result
         });
 
