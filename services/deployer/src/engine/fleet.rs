@@ -323,11 +323,15 @@ impl Fleet {
     }
 
     async fn stop_one(&self, row: &Instance, reason: &str) -> Result<(), EngineError> {
-        {
+        let owner = {
             let mut conn = self.pool.acquire().await?;
             instances::set_state(&mut conn, row.id, "stopping").await?;
-        }
-        if row.owner.as_ref() != Some(&self.replica) {
+            // Who owns it now (the caller's copy of the row may predate an adoption).
+            instances::get(&mut conn, row.id)
+                .await?
+                .and_then(|r| r.owner)
+        };
+        if owner.as_ref() != Some(&self.replica) {
             // Another replica supervises it: `stopping` asks it to stop it (or, if it is gone,
             // whoever adopts it), and the row goes once it is stopped.
             return self.await_stop(row.id).await;

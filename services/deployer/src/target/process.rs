@@ -317,18 +317,10 @@ impl ProcessTarget {
 
     /// Instances with a run record whose process runs.
     fn running_instances(&self) -> Vec<Uuid> {
-        let Ok(entries) = std::fs::read_dir(self.ctx.scope.join("instances")) else {
-            return Vec::new();
-        };
-        let mut ids: Vec<Uuid> = entries
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<Uuid>().ok())
-            .filter(|id| {
-                launch::read_record(&self.ctx.instance_dir(*id))
-                    .is_some_and(|r| procfs::run_alive(&r.process))
-            })
-            .collect();
-        ids.sort_unstable();
-        ids
+        scope_instances(&self.ctx.scope)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect()
     }
 
     async fn sweep_orphans(&self, orphans: Vec<Uuid>) -> Vec<Uuid> {
@@ -371,6 +363,23 @@ impl Drop for ProcessTarget {
     fn drop(&mut self) {
         self.detach.cancel();
     }
+}
+
+/// The instances with a running process under `scope` (a process target's canonical workdir),
+/// found by their run records alone, as `scripts/down` finds them: no database, no deployer.
+pub fn scope_instances(scope: &Path) -> Vec<(Uuid, ProcessIdentity)> {
+    let Ok(entries) = std::fs::read_dir(scope.join("instances")) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(Uuid, ProcessIdentity)> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<Uuid>().ok())
+        .filter_map(|id| {
+            let record = launch::read_record(&scope.join("instances").join(id.to_string()))?;
+            procfs::run_alive(&record.process).then_some((id, record.process))
+        })
+        .collect();
+    found.sort_unstable_by_key(|(id, _)| *id);
+    found
 }
 
 /// This machine's name (the node's first half).

@@ -83,6 +83,15 @@ impl ReplicaSettings {
     }
 }
 
+/// Aborts the task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What one adoption round did (for logs and tests).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Round {
@@ -132,10 +141,12 @@ impl Fleet {
     /// cancel, supervision ends without stopping anything and the replica retires its row, so
     /// the others adopt its instances at once.
     pub async fn supervise(self: Arc<Self>, cancel: CancellationToken) -> Result<(), EngineError> {
-        let liveness = {
+        let mut liveness = {
             let fleet = self.clone();
             let cancel = cancel.clone();
-            tokio::spawn(async move { fleet.liveness(cancel).await })
+            // Ends with this future, however it ends: a replica whose supervision stopped
+            // must not go on looking alive.
+            AbortOnDrop(tokio::spawn(async move { fleet.liveness(cancel).await }))
         };
         loop {
             tokio::select! {
@@ -149,7 +160,7 @@ impl Fleet {
                 tracing::warn!(error = %e, "instance reconciliation failed; retrying");
             }
         }
-        let _ = liveness.await;
+        let _ = (&mut liveness.0).await;
         self.target.detach().await;
         if let Err(e) = replicas::retire(&self.pool, &self.replica).await {
             tracing::warn!(error = %e, "replica not retired; its instances wait for its timeout");
@@ -164,7 +175,11 @@ impl Fleet {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(self.replicas.heartbeat()) => {}
             }
-            let renewed = self.renew().await;
+            // A database that hangs must not hold the fence back: a renewal that does not
+            // answer within the heartbeat counts as failed.
+            let renewed = tokio::time::timeout(self.replicas.heartbeat(), self.renew())
+                .await
+                .unwrap_or(false);
             if renewed && fenced {
                 tracing::info!(replica = %self.replica, "liveness renewed; adopting own instances again");
                 fenced = false;
@@ -196,7 +211,10 @@ impl Fleet {
                     let Some(_busy) = fleet.busy(row.id) else {
                         return;
                     };
-                    if let Err(e) = fleet.stop_owned(&row, "stopped (asked by another replica)").await {
+                    if let Err(e) = fleet
+                        .stop_owned(&row, "stopped (asked by another replica)")
+                        .await
+                    {
                         tracing::warn!(instance.id = %row.id, error = %e, "stop request failed");
                     }
                 });
@@ -209,7 +227,8 @@ impl Fleet {
     pub async fn reconcile(&self) -> Result<Round, EngineError> {
         let mut round = Round::default();
         let timeout = self.replicas.timeout();
-        let candidates = instances::adoptable(&self.pool, &self.replica, timeout, &self.node).await?;
+        let candidates =
+            instances::adoptable(&self.pool, &self.replica, timeout, &self.node).await?;
         let supervised = self.target.supervised();
         for row in candidates {
             if supervised.contains(&row.id) {

@@ -138,7 +138,8 @@ impl Artifacts {
         image: &str,
         owner: Option<u32>,
     ) -> Result<Release, TargetError> {
-        let bounded = tokio::time::timeout(self.timeout, self.ensure_now(service_name, image, owner));
+        let bounded =
+            tokio::time::timeout(self.timeout, self.ensure_now(service_name, image, owner));
         tokio::select! {
             _ = self.cancel.cancelled() => Err(TargetError::Cancelled),
             done = bounded => done.unwrap_or_else(|_| Err(TargetError::PullTimeout {

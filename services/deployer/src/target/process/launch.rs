@@ -43,7 +43,6 @@ pub(crate) struct Dirs {
     pub home: PathBuf,
 }
 
-
 /// How to run an instance, fixed for its lifetime (restarts reuse it with a new port).
 #[derive(Debug, Clone)]
 pub(crate) struct LaunchPlan {

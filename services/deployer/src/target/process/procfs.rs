@@ -183,9 +183,9 @@ pub(crate) fn signal_run(run: &ProcessIdentity, signal: Signal) {
     }
 }
 
-/// Whether any process of the run lives.
+/// Whether any process of the run lives (the leader is checked first: cheap).
 pub(crate) fn run_alive(run: &ProcessIdentity) -> bool {
-    !run.members().is_empty()
+    run.is_running() || !run.members().is_empty()
 }
 
 /// How often exits are polled while stopping.
@@ -251,7 +251,10 @@ mod tests {
             start_time: me.start_time + 1,
             ..me.clone()
         };
-        assert!(!reused.is_running(), "another start time is another process");
+        assert!(
+            !reused.is_running(),
+            "another start time is another process"
+        );
         let other_boot = ProcessIdentity {
             boot_id: Some("another-boot".into()),
             ..me.clone()

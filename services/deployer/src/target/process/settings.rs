@@ -125,4 +125,3 @@ impl ProcessSettings {
         Duration::from_secs(self.pull_timeout_seconds.max(1))
     }
 }
-

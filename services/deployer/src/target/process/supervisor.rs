@@ -17,10 +17,10 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::Context;
 use super::launch::{self, LaunchPlan};
 use super::logs::{Tail, spawn_tailer};
 use super::procfs::{self, ProcessIdentity};
-use super::Context;
 use crate::target::{InstanceSpec, TargetEvent};
 
 /// How often an adopted process (not our child: no exit notification) is checked.
