@@ -132,12 +132,22 @@ impl Drop for Workdir {
 }
 
 struct World {
+    /// The test's own connections (each replica has its own pool, as separate processes do).
     pool: PgPool,
+    db: slipway_settings::DatabaseSettings,
     registry: String,
     workdir: Workdir,
 }
 
 async fn world() -> World {
+    if std::env::var("RUST_LOG").is_ok() {
+        let settings = slipway_telemetry::TelemetrySettings {
+            log_level: "info".into(),
+            log_format: "pretty".into(),
+            otlp_endpoint: None,
+        };
+        std::mem::forget(slipway_telemetry::init("deployer-test", &settings));
+    }
     let db = slipway_testkit::fresh_database("deployer").await;
     let pool = db
         .connect_and_migrate(&sqlx::migrate!("./migrations"))
@@ -148,6 +158,7 @@ async fn world() -> World {
     std::fs::create_dir_all(&dir).unwrap();
     World {
         pool,
+        db,
         registry: registry(image().await).await,
         workdir: Workdir(dir.canonicalize().unwrap()),
     }
@@ -168,8 +179,13 @@ impl World {
         let (tx, mut events) = unbounded_channel();
         let target = Arc::new(ProcessTarget::new(settings, tx, Users::Shared).unwrap());
         let credential = slipway_testkit::identity::settings(ServiceCaller::Deployer).credential;
+        let pool = self
+            .db
+            .connect_and_migrate(&sqlx::migrate!("./migrations"))
+            .await
+            .unwrap();
         let fleet = Arc::new(Fleet::new(
-            self.pool.clone(),
+            pool,
             target,
             RegistryClient::new(&self.registry, &credential).unwrap(),
             slipway_testkit::signing::producer(&slipway_testkit::kafka_settings()),
@@ -233,18 +249,25 @@ impl Replica {
 
     /// Gone without a goodbye, like a SIGKILL: its loops end mid-flight, its supervisors with
     /// its target, its liveness row stays behind to expire; its instances run on.
-    fn kill(self) {
+    async fn kill(self) {
         for task in &self.tasks {
             task.abort();
         }
-        drop(self);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        // The last handle on its target: supervision ends, the processes stay.
+        assert_eq!(Arc::strong_count(&self.fleet), 1);
     }
 
     /// A clean shutdown: supervision ends and the replica retires its row.
-    async fn shut_down(self) {
+    async fn shut_down(mut self) {
         self.cancel.cancel();
+        let supervising = self.tasks.pop().unwrap();
+        let _ = supervising.await;
+        // The target's events end with the target, which the events task itself keeps.
         for task in self.tasks {
-            let _ = task.await;
+            task.abort();
         }
     }
 }
@@ -279,7 +302,7 @@ fn pid_of(row: &Instance) -> u32 {
     row.pid.unwrap() as u32
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replicas_instances_are_adopted_running_ones_kept_dead_ones_restarted() {
     let world = world().await;
     let a = world.replica("deployer-a").await;
@@ -294,14 +317,17 @@ async fn a_killed_replicas_instances_are_adopted_running_ones_kept_dead_ones_res
     let before = rows(&world.pool).await;
     let mut ids = of_a.iter();
     let (alive_id, dead_id) = (*ids.next().unwrap(), *ids.next().unwrap());
-    a.kill();
+    a.kill().await;
     // While nobody supervises it, one of a's instances dies (with its child).
     let dead_pid = pid_of(&before[&dead_id]);
     killpg(Pid::from_raw(dead_pid as i32), Signal::SIGKILL).unwrap();
 
     let all: BTreeSet<Uuid> = before.keys().copied().collect();
     let adopted = wait_until(Duration::from_secs(20), || async {
-        b.owned().await == all && b.supervised() == all
+        let restarted = rows(&world.pool).await[&dead_id]
+            .pid
+            .is_some_and(|p| p as u32 != dead_pid);
+        b.owned().await == all && b.supervised() == all && restarted
     })
     .await;
     assert!(adopted, "b owns {:?} of {all:?}", b.owned().await);
@@ -345,7 +371,7 @@ async fn a_killed_replicas_instances_are_adopted_running_ones_kept_dead_ones_res
     b.shut_down().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_adopting_at_once_never_supervise_one_instance_both() {
     let world = world().await;
     let a = world.replica("deployer-a").await;
@@ -356,7 +382,7 @@ async fn two_replicas_adopting_at_once_never_supervise_one_instance_both() {
         world.replica("deployer-b").await,
         world.replica("deployer-c").await,
     );
-    a.kill();
+    a.kill().await;
     let adopted = wait_until(Duration::from_secs(20), || async {
         let (sb, sc) = (b.supervised(), c.supervised());
         sb.union(&sc).copied().collect::<BTreeSet<_>>() == all
@@ -394,7 +420,7 @@ async fn two_replicas_adopting_at_once_never_supervise_one_instance_both() {
     b.shut_down().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_asked_of_another_replicas_instance_is_done_by_its_owner() {
     let world = world().await;
     let a = world.replica("deployer-a").await;
@@ -433,7 +459,7 @@ async fn a_stop_asked_of_another_replicas_instance_is_done_by_its_owner() {
     b.shut_down().await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_cannot_renew_its_liveness_lets_go_before_another_adopts() {
     let world = world().await;
     let a = world.replica("deployer-a").await;

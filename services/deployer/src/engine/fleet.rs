@@ -141,9 +141,9 @@ impl Fleet {
 
     /// Marks `id` busy; `None` if it already is.
     fn busy(&self, id: Uuid) -> Option<Busy<'_>> {
-        self.busy_set()
-            .insert(id)
-            .then_some(Busy { fleet: self, id })
+        // The lock is released before a guard exists: dropping one takes the lock again.
+        let inserted = self.busy_set().insert(id);
+        inserted.then(|| Busy { fleet: self, id })
     }
 
     fn is_busy(&self, id: Uuid) -> bool {
