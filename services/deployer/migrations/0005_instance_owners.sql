@@ -26,7 +26,9 @@ CREATE TABLE deployer_replicas (
 
 -- Who supervised each instance when (the chaos suite reads it to prove that no two replicas
 -- supervised one instance at once): claim k+1 starts after claim k was released or after its
--- renewed_at + the liveness timeout. Renewed with the owner's liveness row.
+-- renewed_at + the liveness timeout. renewed_at is the owner's last liveness renewal
+-- (deployer_replicas.heartbeat_at) while it held the claim: the owner acts only under a lease
+-- that ends before that + the timeout.
 CREATE TABLE instance_claims (
     instance_id UUID NOT NULL,
     epoch       BIGINT NOT NULL,

@@ -256,8 +256,13 @@ impl Replica {
         for task in self.tasks {
             let _ = task.await;
         }
-        // The last handle on its target: supervision ends, the processes stay.
-        assert_eq!(Arc::strong_count(&self.fleet), 1);
+        // Its inner tasks (liveness) end with it: then this is the last handle on its target,
+        // and dropping it ends supervision; the processes stay.
+        let alone = wait_until(Duration::from_secs(5), || async {
+            Arc::strong_count(&self.fleet) == 1
+        })
+        .await;
+        assert!(alone, "the killed replica's tasks live on");
     }
 
     /// A clean shutdown: supervision ends and the replica retires its row.

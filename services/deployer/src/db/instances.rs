@@ -76,6 +76,13 @@ impl Instance {
     }
 }
 
+/// A claim's `renewed_at` is its owner's last liveness renewal (not the claim's own time): the
+/// owner acts on the instance only under a lease that ends before that renewal + the liveness
+/// timeout, which is what the next claim waits for.
+const INSERT_CLAIM: &str = "INSERT INTO instance_claims (instance_id, epoch, owner, renewed_at) \
+     VALUES ($1, $2, $3, COALESCE((SELECT heartbeat_at FROM deployer_replicas \
+     WHERE replica = $3), now()))";
+
 /// A row for an instance about to be started.
 pub struct NewInstance<'a> {
     pub id: Uuid,
@@ -118,8 +125,9 @@ pub async fn insert(pool: &PgPool, n: &NewInstance<'_>) -> Result<(), sqlx::Erro
     .bind(n.node)
     .execute(&mut *tx)
     .await?;
-    sqlx::query("INSERT INTO instance_claims (instance_id, epoch, owner) VALUES ($1, 1, $2)")
+    sqlx::query(INSERT_CLAIM)
         .bind(n.id)
+        .bind(1_i64)
         .bind(n.owner)
         .execute(&mut *tx)
         .await?;
@@ -289,7 +297,7 @@ pub async fn claim(
     .fetch_optional(&mut *tx)
     .await?;
     if let Some(epoch) = won {
-        sqlx::query("INSERT INTO instance_claims (instance_id, epoch, owner) VALUES ($1, $2, $3)")
+        sqlx::query(INSERT_CLAIM)
             .bind(id)
             .bind(epoch)
             .bind(me)

@@ -17,7 +17,8 @@ pub const SERVICES: [&str; 5] = ["registry", "builder", "deployer", "monitor", "
 
 /// The five processes, their ports, and where they log.
 pub struct Stack {
-    /// The deployer's process-target workdir: instances carry it in `SLIPWAY_TARGET_SCOPE`.
+    /// The deployer's process-target workdir: its `instances/<id>/instance.json` run records
+    /// name the instances' processes.
     pub scope: PathBuf,
     pub kafka: String,
     pub admin_token: String,
