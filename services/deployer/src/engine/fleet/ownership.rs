@@ -180,6 +180,13 @@ impl Fleet {
             let renewed = tokio::time::timeout(self.replicas.heartbeat(), self.renew())
                 .await
                 .unwrap_or(false);
+            if renewed {
+                // Rows of replicas long gone that own nothing any more are only noise.
+                let long_gone = 10 * self.replicas.timeout().as_millis() as i64;
+                if let Err(e) = replicas::forget_gone(&self.pool, long_gone).await {
+                    tracing::debug!(error = %e, "gone replicas not forgotten");
+                }
+            }
             if renewed && fenced {
                 tracing::info!(replica = %self.replica, "liveness renewed; adopting own instances again");
                 fenced = false;
