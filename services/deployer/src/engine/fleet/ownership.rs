@@ -109,16 +109,20 @@ impl Fleet {
         Ok(instances::owned(&self.pool, &self.replica).await?)
     }
 
-    /// Renews this replica's liveness row and, with it, its lease; answers whether it did.
-    pub async fn renew(&self) -> bool {
+    /// Renews this replica's liveness row and, with it, its lease.
+    async fn try_renew(&self) -> Result<(), sqlx::Error> {
         let sent = Instant::now();
-        match replicas::renew(&self.pool, &self.replica, &self.node).await {
-            Ok(()) => {
-                self.target
-                    .lease()
-                    .renew_until(sent + self.replicas.fence_after());
-                true
-            }
+        replicas::renew(&self.pool, &self.replica, &self.node).await?;
+        self.target
+            .lease()
+            .renew_until(sent + self.replicas.fence_after());
+        Ok(())
+    }
+
+    /// [`Self::try_renew`], a failure logged; answers whether it renewed.
+    async fn renew(&self) -> bool {
+        match self.try_renew().await {
+            Ok(()) => true,
             Err(e) => {
                 tracing::warn!(error = %e, replica = %self.replica, "liveness not renewed");
                 false
@@ -129,11 +133,7 @@ impl Fleet {
     /// At start-up: announces this replica and adopts what it may adopt right away, so a
     /// resumed rollout sees what runs.
     pub async fn recover(&self) -> Result<(), EngineError> {
-        if !self.renew().await {
-            return Err(EngineError::Target(TargetError::Start(
-                "cannot record this replica's liveness".into(),
-            )));
-        }
+        self.try_renew().await?;
         self.reconcile().await.map(|_| ())
     }
 
