@@ -75,6 +75,8 @@ pub struct Fleet {
     /// Instances this replica is starting or stopping right now: left alone by adoption (their
     /// row says "mine, not supervised" for a moment) and by the orphan sweep.
     busy: Mutex<HashSet<Uuid>>,
+    /// Adopted instances whose take-over failed, and when to try again.
+    retries: Mutex<HashMap<Uuid, tokio::time::Instant>>,
 }
 
 /// Marks an instance busy for as long as it lives.
@@ -132,6 +134,7 @@ impl Fleet {
             node,
             replicas: settings.replicas,
             busy: Mutex::default(),
+            retries: Mutex::default(),
         }
     }
 

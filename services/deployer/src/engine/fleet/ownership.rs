@@ -19,7 +19,7 @@
 //! - **Orphans.** Processes of this node with a run record and no row are stopped.
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -31,6 +31,9 @@ use super::{EngineError, Fleet, TargetError};
 use crate::db::instances::{self, Instance};
 use crate::db::replicas;
 use crate::target::{Known, Placement};
+
+/// How long a take-over that failed waits before the next try.
+const RETRY_TAKE_OVER: Duration = Duration::from_secs(5);
 
 /// Section `[replicas]` of the deployer's settings: how replicas tell each other they live.
 #[derive(Debug, Clone, Deserialize)]
@@ -238,22 +241,35 @@ impl Fleet {
             instances::adoptable(&self.pool, &self.replica, timeout, &self.node).await?;
         let supervised = self.target.supervised();
         for row in candidates {
-            if supervised.contains(&row.id) {
+            if supervised.contains(&row.id) || self.backing_off(row.id) {
                 continue;
             }
             let Some(_busy) = self.busy(row.id) else {
                 continue;
             };
-            let Some(epoch) =
-                instances::claim(&self.pool, row.id, row.owner_epoch, &self.replica, timeout)
-                    .await?
-            else {
-                continue;
+            // Already ours (taken back after fencing, or a take-over that failed): no new
+            // claim, so a retry does not grow the claim history.
+            let epoch = if row.owner.as_ref() == Some(&self.replica) {
+                row.owner_epoch
+            } else {
+                let claimed =
+                    instances::claim(&self.pool, row.id, row.owner_epoch, &self.replica, timeout)
+                        .await?;
+                let Some(epoch) = claimed else {
+                    continue;
+                };
+                epoch
             };
             tracing::info!(instance.id = %row.id, from = ?row.owner, epoch, "instance adopted");
             round.adopted.push(row.id);
-            if self.take_over(row.id).await? {
-                round.restarted.push(row.id);
+            match self.take_over(row.id).await {
+                Ok(true) => round.restarted.push(row.id),
+                Ok(false) => {}
+                Err(e) => {
+                    // Ours now; retried a little later (a registry or an image may be away).
+                    tracing::warn!(instance.id = %row.id, error = %e, "adopted instance not taken over yet");
+                    self.back_off(row.id);
+                }
             }
         }
 
@@ -323,6 +339,19 @@ impl Fleet {
         self.record_start(&row, &placement, row.restarts as u32 + 1)
             .await?;
         Ok(true)
+    }
+
+    /// Whether a failed take-over of `id` waits a little before the next try.
+    fn backing_off(&self, id: Uuid) -> bool {
+        let mut retries = self.retries.lock().unwrap_or_else(PoisonError::into_inner);
+        retries.retain(|_, at| *at > Instant::now());
+        retries.contains_key(&id)
+    }
+
+    fn back_off(&self, id: Uuid) {
+        let at = Instant::now() + RETRY_TAKE_OVER;
+        let mut retries = self.retries.lock().unwrap_or_else(PoisonError::into_inner);
+        retries.insert(id, at);
     }
 
     /// Waits until the instance's row is gone (its owner stopped it), up to the time its owner
