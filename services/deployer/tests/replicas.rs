@@ -499,3 +499,58 @@ async fn a_replica_that_cannot_renew_its_liveness_lets_go_before_another_adopts(
     a.shut_down().await;
     b.shut_down().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adopting_replica_never_takes_a_reused_pid_for_the_instance() {
+    use std::os::unix::process::CommandExt;
+    let world = world().await;
+    let a = world.replica("deployer-a").await;
+    a.start(1).await;
+    let row = rows(&world.pool).await.into_values().next().unwrap();
+    a.kill().await;
+    let old = pid_of(&row);
+    killpg(Pid::from_raw(old as i32), Signal::SIGKILL).unwrap();
+    // Another process leading its own group now, recorded as if it were the instance's (its
+    // pid reused), with its own start time differing from the recorded one.
+    let mut stranger = std::process::Command::new("sleep")
+        .arg("1000")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let pid = stranger.id();
+    let record = world
+        .workdir
+        .0
+        .join(format!("instances/{}/instance.json", row.id));
+    let text = std::fs::read_to_string(&record).unwrap();
+    let text = text
+        .replace(&format!("\"pid\": {old}"), &format!("\"pid\": {pid}"))
+        .replace(&format!("\"pgid\": {old}"), &format!("\"pgid\": {pid}"));
+    std::fs::write(&record, text).unwrap();
+    sqlx::query("UPDATE instances SET pid = $2, pgid = $2 WHERE id = $1")
+        .bind(row.id)
+        .bind(pid as i32)
+        .execute(&world.pool)
+        .await
+        .unwrap();
+
+    let b = world.replica("deployer-b").await;
+    let restarted = wait_until(Duration::from_secs(20), || async {
+        let now = rows(&world.pool).await.remove(&row.id);
+        now.is_some_and(|r| r.pid.is_some_and(|p| p as u32 != pid) && r.state == "running")
+    })
+    .await;
+    assert!(restarted, "the instance was not started again");
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    assert!(!stat.contains(") Z"), "the unrelated process was signalled");
+    assert_eq!(b.supervised(), BTreeSet::from([row.id]));
+    let everything: Vec<Instance> = rows(&world.pool).await.into_values().collect();
+    b.fleet
+        .retire_many(&everything, "test over", Some(Duration::ZERO))
+        .await
+        .unwrap();
+    assert!(std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z")));
+    stranger.kill().unwrap();
+    let _ = stranger.wait();
+    b.shut_down().await;
+}
