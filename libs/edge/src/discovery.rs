@@ -3,12 +3,20 @@
 //! `GET {registry}/v1/discovery?index=N&wait=30s` answers at once when the registry's index is
 //! newer than `N`, else after up to `wait` with the same index. Every answer replaces the whole
 //! table; an error (registry down, bad answer) keeps the last table and retries with
-//! exponential backoff, so the router keeps routing on what it knew.
+//! exponential backoff, so the router keeps routing on what it knew. The first failure is
+//! logged as a warning, the ones after it only at debug until discovery answers again; the
+//! gauge `edge_routing_table_age_seconds` says how long the table has gone unconfirmed.
+//!
+//! Every poll names the router ([`ROUTER_HEADER`], its `ReplicaId`) and sends the index of the
+//! table it serves: the registry records that as the version this router applied, which the
+//! deployer's route steps wait for.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
+
+use slipway_wire::routes::ROUTER_HEADER;
 
 use crate::Edge;
 use crate::table::Discovery;
@@ -58,6 +66,10 @@ impl Edge {
         let mut index: u64 = 0;
         let mut backoff = BACKOFF_MIN;
         let mut resolved_at: Option<tokio::time::Instant> = None;
+        // When discovery last answered, and whether the current run of failures was logged.
+        let mut confirmed_at = tokio::time::Instant::now();
+        let mut failing = false;
+        let router = self.inner.router.to_string();
         loop {
             if resolved_at.is_none_or(|at| at.elapsed() >= RESOLVE_EVERY) {
                 self.resolve_platform().await;
@@ -66,11 +78,20 @@ impl Edge {
             let started = tokio::time::Instant::now();
             let polled = tokio::select! {
                 () = cancel.cancelled() => return Ok(()),
-                polled = poll(&client, &url, index, &wait_param) => polled,
+                polled = poll(&client, &url, &router, index, &wait_param) => polled,
             };
             let pause = match polled {
                 Ok(answer) => {
                     backoff = BACKOFF_MIN;
+                    if failing {
+                        tracing::info!(
+                            unconfirmed_for_s = confirmed_at.elapsed().as_secs(),
+                            "discovery answers again"
+                        );
+                        failing = false;
+                    }
+                    confirmed_at = tokio::time::Instant::now();
+                    self.inner.metrics.table_age.set(0);
                     let unchanged = answer.index <= index && self.table_index().is_some();
                     if !unchanged || answer.index < index {
                         tracing::info!(
@@ -94,7 +115,24 @@ impl Edge {
                         .then_some(BACKOFF_MIN)
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "discovery poll failed; keeping the last routing table");
+                    let age = confirmed_at.elapsed();
+                    self.inner
+                        .metrics
+                        .table_age
+                        .set(i64::try_from(age.as_secs()).unwrap_or(i64::MAX));
+                    if failing {
+                        tracing::debug!(error = %e, retry_in_ms = backoff.as_millis() as u64, "discovery poll failed again");
+                    } else {
+                        // Once per outage: a warning per retry would flood the log for as long
+                        // as the registry is away, saying nothing new.
+                        tracing::warn!(
+                            error = %e,
+                            index = ?self.table_index(),
+                            retry_in_ms = backoff.as_millis() as u64,
+                            "discovery poll failed; serving the last routing table until it answers"
+                        );
+                        failing = true;
+                    }
                     let pause = backoff;
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                     Some(pause)
@@ -113,11 +151,13 @@ impl Edge {
 async fn poll(
     client: &reqwest::Client,
     url: &str,
+    router: &str,
     index: u64,
     wait: &str,
 ) -> Result<Discovery, PollError> {
     let response = client
         .get(url)
+        .header(ROUTER_HEADER, router)
         .query(&[("index", index.to_string().as_str()), ("wait", wait)])
         .send()
         .await

@@ -35,6 +35,8 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use serde::Deserialize;
 
+use slipway_ids::ReplicaId;
+
 use crate::metrics::EdgeMetrics;
 use crate::platform::PlatformAddresses;
 use crate::table::{Discovery, Refused, Table};
@@ -109,6 +111,8 @@ struct Inner {
     refused: Mutex<HashSet<Refused>>,
     settings: EdgeSettings,
     metrics: EdgeMetrics,
+    /// Names this router in its discovery polls, which report the table version it serves.
+    router: ReplicaId,
 }
 
 impl Edge {
@@ -151,8 +155,26 @@ impl Edge {
                 refused: Mutex::default(),
                 settings: settings.clone(),
                 metrics,
+                router: ReplicaId::for_process("gateway"),
             }),
         })
+    }
+
+    /// The same router under the id `router` (the gateway's replica id, when it has one, so
+    /// logs and the registry's router table name one process the same way). Call it right
+    /// after [`Edge::new`]: once the router was cloned (its discovery task started) the id is
+    /// fixed and this changes nothing. Without it the id is `ReplicaId::for_process("gateway")`
+    /// (`SLIPWAY_REPLICA_ID`, else `gateway-<random>`).
+    pub fn with_router_id(mut self, router: ReplicaId) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.router = router;
+        }
+        self
+    }
+
+    /// The id this router reports its table version under.
+    pub fn router_id(&self) -> &ReplicaId {
+        &self.inner.router
     }
 
     /// The discovery index of the table in use; `None` before the first answer.

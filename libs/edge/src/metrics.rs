@@ -17,6 +17,9 @@ pub struct EdgeMetrics {
     pub retries: IntCounterVec,
     /// The discovery index of the table in use.
     pub table_index: IntGauge,
+    /// Seconds since discovery last answered: 0 while it does; while it cannot be reached,
+    /// how long the table in use has gone unconfirmed (it keeps being served).
+    pub table_age: IntGauge,
 }
 
 impl EdgeMetrics {
@@ -54,12 +57,18 @@ impl EdgeMetrics {
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(retries.clone()))?;
+        let table_age = IntGauge::new(
+            "edge_routing_table_age_seconds",
+            "Seconds since discovery last answered (0 while it does); the table is kept meanwhile",
+        )?;
         registry.register(Box::new(table_index.clone()))?;
+        registry.register(Box::new(table_age.clone()))?;
         Ok(Self {
             requests,
             duration,
             retries,
             table_index,
+            table_age,
         })
     }
 }

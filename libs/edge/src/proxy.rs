@@ -235,7 +235,7 @@ async fn proxy(
             .inc();
     };
 
-    let mut tried: Vec<&str> = Vec::with_capacity(MAX_ATTEMPTS);
+    let mut tried: Vec<slipway_ids::InstanceId> = Vec::with_capacity(MAX_ATTEMPTS);
     while tried.len() < MAX_ATTEMPTS {
         let Some(choice) = route.choose(fastrand::u64(..), &tried) else {
             break;
@@ -272,14 +272,14 @@ async fn proxy(
             Err(e) if e.is_connect() => {
                 // Nothing reached the instance: safe to send the same request elsewhere.
                 tracing::warn!(service, environment, instance = %choice.upstream.id, error = %e, "cannot connect to instance; trying another");
-                tried.push(&choice.upstream.id);
+                tried.push(choice.upstream.id);
             }
             Err(e) if !e.is_timeout() && idempotent(&method) => {
                 // The connection broke before any answer (typically a pooled keep-alive
                 // connection to an instance that just died). An idempotent request may be
                 // sent again (RFC 9110 §9.2.2), as nginx's `proxy_next_upstream error` does.
                 tracing::warn!(service, environment, instance = %choice.upstream.id, error = %e, "instance connection failed before an answer; retrying an idempotent request elsewhere");
-                tried.push(&choice.upstream.id);
+                tried.push(choice.upstream.id);
             }
             Err(e) => {
                 observe();

@@ -160,18 +160,31 @@ impl Drop for DiscoveryStandIn {
 
 /// Builders for discovery entries, so tests read like the registry's answer.
 pub mod build {
-    use crate::table::{InstanceEntry, RouteEntry, WeightEntry};
+    use slipway_ids::{InstanceId, ServiceId};
+
+    use crate::table::{Health, InstanceEntry, InstanceState, RouteEntry, WeightEntry};
+
+    /// The id of the instance a test calls `name`: the same name always gives the same id.
+    pub fn instance_id(name: &str) -> InstanceId {
+        let mut bytes = [0u8; 16];
+        let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        bytes[..8].copy_from_slice(&hash.to_be_bytes());
+        bytes[8..].copy_from_slice(&(name.len() as u64).to_be_bytes());
+        InstanceId::from_uuid(uuid::Uuid::from_bytes(bytes))
+    }
 
     /// A route of `service` in `environment` with `weights` (release, weight) and `instances`.
     pub fn route(
         service: &str,
         environment: &str,
-        weights: &[(u64, u32)],
+        weights: &[(i32, u32)],
         instances: Vec<InstanceEntry>,
     ) -> RouteEntry {
         RouteEntry {
             service: service.into(),
-            service_id: None,
+            service_id: ServiceId::new(),
             environment: environment.into(),
             weights: weights
                 .iter()
@@ -181,14 +194,25 @@ pub mod build {
         }
     }
 
-    /// A running, healthy instance of `release` at `address`.
-    pub fn healthy(id: &str, address: &str, release: u64) -> InstanceEntry {
-        InstanceEntry {
-            id: id.into(),
-            address: address.into(),
+    /// A running, healthy instance of `release` at `address`, named `name` in the test.
+    pub fn healthy(name: &str, address: &str, release: i32) -> InstanceEntry {
+        with(
+            name,
+            address,
             release,
-            health: "healthy".into(),
-            state: "running".into(),
-        }
+            Health::Healthy,
+            InstanceState::Running,
+        )
+    }
+
+    /// An instance of `release` at `address` with `health` and `state`.
+    pub fn with(
+        name: &str,
+        address: &str,
+        release: i32,
+        health: Health,
+        state: InstanceState,
+    ) -> InstanceEntry {
+        InstanceEntry::new(instance_id(name), address.into(), release, health, state)
     }
 }

@@ -10,66 +10,18 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use serde::{Deserialize, Serialize};
+use slipway_ids::InstanceId;
 
 use crate::platform::PlatformAddresses;
 
-/// The registry's answer to `GET /v1/discovery` (a blocking query).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Discovery {
-    /// Grows whenever anything in `routes` changes; the next poll sends it back.
-    pub index: u64,
-    #[serde(default)]
-    pub routes: Vec<RouteEntry>,
-}
-
-/// One service in one environment.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RouteEntry {
-    /// The service's name: the first label of its host name, the second segment of `/apps/`.
-    pub service: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub service_id: Option<String>,
-    pub environment: String,
-    /// Traffic share per release; empty means every routable instance shares equally.
-    #[serde(default)]
-    pub weights: Vec<WeightEntry>,
-    #[serde(default)]
-    pub instances: Vec<InstanceEntry>,
-}
-
-/// A release's share of the traffic (relative to the other weights of the route).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct WeightEntry {
-    pub release: u64,
-    pub weight: u32,
-}
-
-/// One instance as the registry knows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InstanceEntry {
-    pub id: String,
-    /// `host:port` the instance listens on (plain HTTP).
-    pub address: String,
-    pub release: u64,
-    /// `starting`, `healthy`, `unhealthy` (from the monitor).
-    pub health: String,
-    /// `running`, `draining`, `exited`, ... (from the deployer).
-    pub state: String,
-}
-
-impl InstanceEntry {
-    /// Only running instances the monitor found healthy receive traffic: a draining instance
-    /// finishes what it has, a starting one is not ready yet.
-    pub fn routable(&self) -> bool {
-        self.state == "running" && self.health == "healthy"
-    }
-}
+/// The registry's answer and its parts, from the wire contract the registry serialises.
+pub use slipway_wire::instances::{Health, InstanceState, RouteInstance as InstanceEntry};
+pub use slipway_wire::routes::{Discovery, ReleaseWeight as WeightEntry, Route as RouteEntry};
 
 /// One instance traffic can go to.
 #[derive(Debug)]
 pub struct Upstream {
-    pub id: String,
+    pub id: InstanceId,
     /// `http://host:port`, without a trailing slash.
     pub base_url: String,
 }
@@ -77,7 +29,7 @@ pub struct Upstream {
 /// The routable instances of one release, and its weight.
 #[derive(Debug)]
 struct Pool {
-    release: u64,
+    release: i32,
     weight: u64,
     instances: Vec<Upstream>,
     /// Round-robin position; wraps harmlessly.
@@ -98,7 +50,7 @@ pub struct Route {
 /// The instance picked for one attempt.
 #[derive(Debug, Clone, Copy)]
 pub struct Choice<'a> {
-    pub release: u64,
+    pub release: i32,
     pub upstream: &'a Upstream,
 }
 
@@ -106,7 +58,7 @@ pub struct Choice<'a> {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Refused {
     pub service: String,
-    pub instance: String,
+    pub instance: InstanceId,
     pub address: String,
 }
 
@@ -114,11 +66,11 @@ impl Route {
     fn build(entry: &RouteEntry, platform: &PlatformAddresses, refused: &mut Vec<Refused>) -> Self {
         let equal_share = entry.weights.is_empty();
         let mut pools: Vec<Pool> = Vec::new();
-        for instance in entry.instances.iter().filter(|i| i.routable()) {
+        for instance in entry.instances.iter().filter(|i| i.routable) {
             if platform.contains(&instance.address) {
                 refused.push(Refused {
                     service: entry.service.clone(),
-                    instance: instance.id.clone(),
+                    instance: instance.id,
                     address: instance.address.clone(),
                 });
                 continue;
@@ -133,7 +85,7 @@ impl Route {
                 continue;
             };
             let upstream = Upstream {
-                id: instance.id.clone(),
+                id: instance.id,
                 base_url,
             };
             match pools.iter_mut().find(|p| p.release == instance.release) {
@@ -172,11 +124,11 @@ impl Route {
     /// Picks a release by weight among those with an instance not in `tried`, then the next
     /// instance of that release round-robin, skipping `tried`. `roll` is a uniform random number.
     /// `None` when nothing is left (no routable instance, all weights zero, or all tried).
-    pub fn choose(&self, roll: u64, tried: &[&str]) -> Option<Choice<'_>> {
+    pub fn choose(&self, roll: u64, tried: &[InstanceId]) -> Option<Choice<'_>> {
         let untried = |pool: &Pool| {
             pool.instances
                 .iter()
-                .filter(|u| !tried.contains(&u.id.as_str()))
+                .filter(|u| !tried.contains(&u.id))
                 .count() as u64
         };
         let effective = |pool: &Pool| {
@@ -213,7 +165,7 @@ impl Route {
         };
         (0..n)
             .map(|k| &pool.instances[(start.wrapping_add(k)) % n])
-            .find(|u| !tried.contains(&u.id.as_str()))
+            .find(|u| !tried.contains(&u.id))
             .map(|upstream| Choice {
                 release: pool.release,
                 upstream,
@@ -239,7 +191,8 @@ fn base_url(address: &str) -> Option<String> {
 /// Every route, by service then environment.
 #[derive(Debug, Default)]
 pub struct Table {
-    /// The discovery index this table was built from; `None` before the first answer.
+    /// The discovery index (table version) this table was built from; `None` before the
+    /// first answer.
     pub index: Option<u64>,
     routes: HashMap<String, HashMap<String, Route>>,
     /// Instances dropped because they claim a platform address (see [`crate::platform`]).
@@ -281,30 +234,47 @@ mod tests {
 
     use super::*;
 
-    fn instance(id: &str, release: u64, health: &str, state: &str) -> InstanceEntry {
-        InstanceEntry {
-            id: id.into(),
-            address: format!("127.0.0.1:{}", 10000 + id.len()),
-            release,
-            health: health.into(),
-            state: state.into(),
+    use slipway_ids::ServiceId;
+
+    /// The id of the instance named `name` in a test (same name, same id).
+    fn id(name: &str) -> InstanceId {
+        let mut bytes = [0u8; 16];
+        for (b, c) in bytes.iter_mut().zip(name.bytes()) {
+            *b = c;
         }
+        InstanceId::from_uuid(uuid::Uuid::from_bytes(bytes))
     }
 
-    fn route(weights: &[(u64, u32)], instances: Vec<InstanceEntry>) -> Route {
+    fn instance(name: &str, release: i32, health: &str, state: &str) -> InstanceEntry {
+        let health = match health {
+            "healthy" => Health::Healthy,
+            "unhealthy" => Health::Unhealthy,
+            _ => Health::Starting,
+        };
+        let state = InstanceState::parse(state).unwrap();
+        InstanceEntry::new(
+            id(name),
+            format!("127.0.0.1:{}", 10000 + name.len()),
+            release,
+            health,
+            state,
+        )
+    }
+
+    fn route(weights: &[(i32, u32)], instances: Vec<InstanceEntry>) -> Route {
         route_in(&PlatformAddresses::default(), weights, instances).0
     }
 
     fn route_in(
         platform: &PlatformAddresses,
-        weights: &[(u64, u32)],
+        weights: &[(i32, u32)],
         instances: Vec<InstanceEntry>,
     ) -> (Route, Vec<Refused>) {
         let mut refused = Vec::new();
         let route = Route::build(
             &RouteEntry {
                 service: "hello".into(),
-                service_id: None,
+                service_id: ServiceId::new(),
                 environment: "prod".into(),
                 weights: weights
                     .iter()
@@ -319,7 +289,7 @@ mod tests {
     }
 
     /// Releases chosen for rolls 0..n (every roll once: the exact split, no statistics).
-    fn releases(route: &Route, n: u64) -> HashMap<u64, usize> {
+    fn releases(route: &Route, n: u64) -> HashMap<i32, usize> {
         let mut seen = HashMap::new();
         for roll in 0..n {
             *seen
@@ -356,7 +326,7 @@ mod tests {
         );
         assert_eq!(r.routable_instances(), 1);
         for roll in 0..10 {
-            assert_eq!(r.choose(roll, &[]).unwrap().upstream.id, "a");
+            assert_eq!(r.choose(roll, &[]).unwrap().upstream.id, id("a"));
         }
     }
 
@@ -411,10 +381,10 @@ mod tests {
                 instance("bb", 1, "healthy", "running"),
             ],
         );
-        let ids: Vec<&str> = (0..4)
-            .map(|_| r.choose(0, &[]).unwrap().upstream.id.as_str())
+        let ids: Vec<InstanceId> = (0..4)
+            .map(|_| r.choose(0, &[]).unwrap().upstream.id)
             .collect();
-        assert_eq!(ids, ["a", "bb", "a", "bb"]);
+        assert_eq!(ids, [id("a"), id("bb"), id("a"), id("bb")]);
     }
 
     #[test]
@@ -427,13 +397,14 @@ mod tests {
             ],
         );
         for roll in 0..100 {
-            let next = r.choose(roll, &["a"]).unwrap();
+            let next = r.choose(roll, &[id("a")]).unwrap();
             assert_eq!(
-                next.upstream.id, "bb",
+                next.upstream.id,
+                id("bb"),
                 "release 1 is exhausted, so 2 takes all"
             );
         }
-        assert!(r.choose(0, &["a", "bb"]).is_none());
+        assert!(r.choose(0, &[id("a"), id("bb")]).is_none());
     }
 
     #[test]
@@ -464,10 +435,10 @@ mod tests {
         let (r, refused) = route_in(&platform, &[], vec![forged, named, real]);
         assert_eq!(r.routable_instances(), 1);
         for roll in 0..10 {
-            assert_eq!(r.choose(roll, &[]).unwrap().upstream.id, "ccc");
+            assert_eq!(r.choose(roll, &[]).unwrap().upstream.id, id("ccc"));
         }
-        let ids: Vec<&str> = refused.iter().map(|r| r.instance.as_str()).collect();
-        assert_eq!(ids, ["a", "bb"]);
+        let ids: Vec<InstanceId> = refused.iter().map(|r| r.instance).collect();
+        assert_eq!(ids, [id("a"), id("bb")]);
         assert_eq!(refused[0].address, "127.0.0.1:8082");
     }
 
@@ -475,10 +446,10 @@ mod tests {
     fn parses_the_discovery_answer() {
         let answer: Discovery = serde_json::from_value(serde_json::json!({
             "index": 12,
-            "routes": [{"service": "Hello", "service_id": "x", "environment": "prod",
+            "routes": [{"service": "Hello", "service_id": ServiceId::new(), "environment": "prod",
                 "weights": [{"release": 1, "weight": 100}],
-                "instances": [{"id": "i", "address": "127.0.0.1:41234", "release": 1,
-                    "health": "healthy", "state": "running"}]}]
+                "instances": [{"id": id("i"), "address": "127.0.0.1:41234", "release": 1,
+                    "health": "healthy", "state": "running", "routable": true}]}]
         }))
         .unwrap();
         let table = Table::build(&answer, &PlatformAddresses::default());

@@ -78,6 +78,11 @@ uuid_id!(
     /// An API token (never the secret itself, which is only ever stored hashed).
     TokenId
 );
+uuid_id!(
+    /// One running instance of a release (a process, container or pod); a restart after a crash
+    /// keeps the id and counts up its `restarts`.
+    InstanceId
+);
 
 #[cfg(test)]
 mod tests {

@@ -6,8 +6,18 @@ use std::fmt;
 /// says, such as a Kubernetes pod name). A restarted process is a new replica: a lease it held
 /// before the restart is not its own any more, so nothing held by a dead process is mistaken for
 /// a live one's.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-#[derive(serde::Serialize, serde::Deserialize, sqlx::Type)]
+#[derive(
+    Debug,
+    Clone,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    serde::Serialize,
+    serde::Deserialize,
+    sqlx::Type,
+)]
 #[serde(transparent)]
 #[sqlx(transparent)]
 pub struct ReplicaId(String);
@@ -25,6 +35,11 @@ impl ReplicaId {
     pub fn generate(service: &str) -> Self {
         let random = uuid::Uuid::new_v4().simple().to_string();
         Self(format!("{service}-{}", &random[..8]))
+    }
+
+    /// An id read back from the wire or from storage (an edge router's poll names itself).
+    pub fn from_name(name: &str) -> Self {
+        Self(name.to_owned())
     }
 
     pub fn as_str(&self) -> &str {

@@ -44,24 +44,62 @@ pub struct EventProducer {
     producer: FutureProducer,
     topics: Topics,
     signer: Signer,
+    /// What it was made from, to make a fresh one ([`EventProducer::fresh`]).
+    config: rdkafka::ClientConfig,
 }
 
 impl EventProducer {
     /// A producer signing with `signer` (a service's own key: [`crate::signing::Keys`]).
     pub fn new(settings: &KafkaSettings, signer: Signer) -> Result<Self, PublishError> {
-        let producer: FutureProducer = settings
-            .client_config()
+        let mut config = settings.client_config();
+        config
             .set("enable.idempotence", "true")
             .set("acks", "all")
-            .set("message.timeout.ms", "30000")
-            .set("linger.ms", "5")
-            .create()
-            .map_err(PublishError::Create)?;
+            .set(
+                "message.timeout.ms",
+                settings.message_timeout_ms.to_string(),
+            )
+            // The same bound the outbox checks at enqueue (`kafka.message_max_bytes`).
+            .set("message.max.bytes", settings.message_max_bytes.to_string())
+            .set("linger.ms", "5");
+        let producer: FutureProducer = config.create().map_err(PublishError::Create)?;
         Ok(Self {
             producer,
             topics: settings.topics(),
             signer,
+            config,
         })
+    }
+
+    /// A new producer with the same settings and key, and a new producer id: the way out when
+    /// this one can no longer send ([`EventProducer::is_stuck`]).
+    pub fn fresh(&self) -> Result<Self, PublishError> {
+        Ok(Self {
+            producer: self.config.create().map_err(PublishError::Create)?,
+            topics: self.topics.clone(),
+            signer: self.signer.clone(),
+            config: self.config.clone(),
+        })
+    }
+
+    /// Whether this producer will fail every send from now on, whatever the broker does: in
+    /// librdkafka's fatal state, or fenced by the broker. Seen after records timed out during a
+    /// broker hang: the idempotent producer bumps its epoch and a broker may answer
+    /// `PRODUCER_FENCED` to it for good (Tansu does).
+    pub fn is_stuck(&self, error: &rdkafka::error::KafkaError) -> bool {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        self.producer.client().fatal_error().is_some()
+            || matches!(
+                error.rdkafka_error_code(),
+                Some(
+                    Code::ProducerFenced
+                        | Code::InvalidProducerEpoch
+                        | Code::UnknownProducerId
+                        | Code::OutOfOrderSequenceNumber
+                        | Code::InvalidProducerIdMapping
+                        | Code::Fatal
+                )
+            )
     }
 
     /// Sends `event` to `topic` and waits for the acknowledgement; returns (partition, offset).

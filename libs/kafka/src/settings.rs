@@ -85,6 +85,8 @@ pub enum KafkaSettingsError {
     UnusedCaFile(&'static str),
     #[error("kafka.ssl_ca_file `{0}` cannot be read")]
     CaFile(String),
+    #[error("kafka.message_max_bytes = {0} is outside 16384..=1000000000")]
+    MessageMaxBytes(usize),
 }
 
 /// Broker and topic settings.
@@ -138,6 +140,27 @@ pub struct KafkaSettings {
     /// the system's CAs.
     #[serde(default)]
     pub ssl_ca_file: String,
+    /// The largest record the brokers accept, in bytes: set it to the brokers' (or topics')
+    /// `message.max.bytes`. The producer gets the same `message.max.bytes`, and the outbox
+    /// refuses at enqueue an event that would not fit (with room for the signature and framing).
+    /// Default 1048588, Apache Kafka's default.
+    #[serde(default = "default_message_max_bytes")]
+    pub message_max_bytes: usize,
+    /// How long the producer keeps trying to deliver one record (`message.timeout.ms`) before
+    /// the send fails and the outbox relay retries it.
+    #[serde(default = "default_message_timeout_ms")]
+    pub message_timeout_ms: u32,
+}
+
+/// Apache Kafka's default `message.max.bytes` (1 MiB plus 12 bytes of batch framing).
+pub const KAFKA_DEFAULT_MESSAGE_MAX_BYTES: usize = 1_048_588;
+
+fn default_message_max_bytes() -> usize {
+    KAFKA_DEFAULT_MESSAGE_MAX_BYTES
+}
+
+fn default_message_timeout_ms() -> u32 {
+    30_000
 }
 
 fn no_password() -> SecretString {
@@ -182,11 +205,17 @@ impl KafkaSettings {
             sasl_username: String::new(),
             sasl_password: no_password(),
             ssl_ca_file: String::new(),
+            message_max_bytes: default_message_max_bytes(),
+            message_timeout_ms: default_message_timeout_ms(),
         }
     }
 
     /// Checks that the security settings fit together and the CA file is readable.
     pub fn validate(&self) -> Result<(), KafkaSettingsError> {
+        // librdkafka accepts 1000..=1e9; below 16 KiB no event would fit beside its headers.
+        if !(16_384..=1_000_000_000).contains(&self.message_max_bytes) {
+            return Err(KafkaSettingsError::MessageMaxBytes(self.message_max_bytes));
+        }
         let protocol = self.security_protocol;
         if protocol.sasl() {
             if self.sasl_username.is_empty() || self.sasl_password.expose_secret().is_empty() {
@@ -342,6 +371,19 @@ mod tests {
             s.validate(),
             Err(KafkaSettingsError::CaFile("/nowhere/ca.pem".into()))
         );
+    }
+
+    #[test]
+    fn the_record_limit_is_bounded_and_defaults_to_kafkas() {
+        let mut s = KafkaSettings::new("b:9092");
+        assert_eq!(s.message_max_bytes, 1_048_588);
+        assert_eq!(s.message_timeout_ms, 30_000);
+        s.message_max_bytes = 100;
+        assert_eq!(s.validate(), Err(KafkaSettingsError::MessageMaxBytes(100)));
+        s.message_max_bytes = 2_000_000_000;
+        assert!(s.validate().is_err());
+        s.message_max_bytes = 20_000;
+        assert_eq!(s.validate(), Ok(()));
     }
 
     #[test]

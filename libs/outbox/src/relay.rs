@@ -3,7 +3,14 @@
 //! Only one relay per schema publishes at a time (a transaction-scoped advisory lock), which
 //! keeps events in insertion order even with several replicas; the others wait for their turn.
 //! Rows are marked published only after the broker acknowledged them.
+//!
+//! A failure is either *transient* (broker or database unreachable, timeouts: the pass stops
+//! and is retried with backoff, forever) or *permanent* (the row itself can never be published:
+//! too large, unknown or invalid topic, unsignable). A permanently failing row holds back only
+//! the later rows of its own key, for at most `dead_after` passes; then it moves to
+//! `outbox_dead` ([`crate::dead`]) and its key continues.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -18,11 +25,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::CHANNEL;
 
-/// Relay counters: `slipway_outbox_published_total`, `slipway_outbox_publish_errors_total`.
+/// Relay counters: `slipway_outbox_published_total`, `slipway_outbox_publish_errors_total`,
+/// `slipway_outbox_dead_lettered_total` (alert on any increase: an event was not published).
 #[derive(Clone)]
 pub struct RelayMetrics {
     published: IntCounter,
     errors: IntCounter,
+    dead_lettered: IntCounter,
 }
 
 impl RelayMetrics {
@@ -32,9 +41,28 @@ impl RelayMetrics {
             "outbox_publish_errors_total",
             "Failed outbox publish attempts",
         )?;
+        let dead_lettered = IntCounter::new(
+            "outbox_dead_lettered_total",
+            "Outbox events moved to outbox_dead after permanent publish failures",
+        )?;
         registry.register(Box::new(published.clone()))?;
         registry.register(Box::new(errors.clone()))?;
-        Ok(Self { published, errors })
+        registry.register(Box::new(dead_lettered.clone()))?;
+        Ok(Self {
+            published,
+            errors,
+            dead_lettered,
+        })
+    }
+
+    /// Events dead-lettered so far by this process.
+    pub fn dead_lettered(&self) -> u64 {
+        self.dead_lettered.get()
+    }
+
+    /// Failed relay passes so far (transient or permanent).
+    pub fn errors(&self) -> u64 {
+        self.errors.get()
     }
 }
 
@@ -52,6 +80,7 @@ struct Row {
     tracestate: Option<String>,
     data: serde_json::Value,
     project: Option<ProjectName>,
+    attempts: i32,
 }
 
 /// Why a relay pass failed (it is retried after a pause).
@@ -65,10 +94,40 @@ pub enum RelayError {
     Publish(#[from] slipway_kafka::PublishError),
 }
 
+impl RelayError {
+    /// Whether this row can never be published as it is, however often it is retried.
+    pub fn is_permanent(&self) -> bool {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        use slipway_kafka::PublishError;
+        match self {
+            RelayError::Database(_) => false,
+            RelayError::UnknownTopic(_) => true,
+            RelayError::Publish(PublishError::Sign { .. }) => true,
+            RelayError::Publish(PublishError::Create(_)) => false,
+            RelayError::Publish(PublishError::Send { source, .. }) => matches!(
+                source.rdkafka_error_code(),
+                Some(
+                    Code::MessageSizeTooLarge
+                        | Code::InvalidMessageSize
+                        | Code::MessageBatchTooLarge
+                        | Code::InvalidMessage
+                        | Code::InvalidRecord
+                        | Code::InvalidTopic
+                        | Code::InvalidArgument
+                        | Code::BadMessage
+                        | Code::KeySerialization
+                        | Code::ValueSerialization
+                )
+            ),
+        }
+    }
+}
+
 /// Publishes a schema's outbox.
 pub struct Relay {
     pool: PgPool,
-    producer: EventProducer,
+    /// Replaced by a fresh one when it can no longer send (fenced after a broker hang).
+    producer: std::sync::Mutex<EventProducer>,
     metrics: RelayMetrics,
     /// Rows per transaction.
     batch: i64,
@@ -78,18 +137,31 @@ pub struct Relay {
     retention: Duration,
     /// Inbox records older than this are deleted: no topic keeps an event that long.
     inbox_retention: Duration,
+    /// Passes a row may fail permanently before it moves to `outbox_dead`.
+    dead_after: i32,
 }
 
 impl Relay {
     pub fn new(pool: PgPool, producer: EventProducer, metrics: RelayMetrics) -> Self {
         Self {
             pool,
-            producer,
+            producer: std::sync::Mutex::new(producer),
             metrics,
             batch: 100,
             poll: Duration::from_millis(500),
             retention: Duration::from_secs(7 * 24 * 3600),
             inbox_retention: Duration::from_secs(30 * 24 * 3600),
+            dead_after: 3,
+        }
+    }
+
+    /// Sets how many passes a row may fail for a permanent reason before it is dead-lettered
+    /// (at least 1; default 3: a permanent error is rarely a fluke, but a broker restarting
+    /// with another configuration can answer oddly once).
+    pub fn dead_after(self, attempts: u32) -> Self {
+        Self {
+            dead_after: i32::try_from(attempts.max(1)).unwrap_or(i32::MAX),
+            ..self
         }
     }
 
@@ -187,19 +259,50 @@ impl Relay {
         }
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT seq, event_id, topic, event_key, event_type, source, subject, time, \
-             traceparent, tracestate, data, project FROM outbox WHERE published_at IS NULL \
-             ORDER BY seq LIMIT $1",
+             traceparent, tracestate, data, project, attempts FROM outbox \
+             WHERE published_at IS NULL ORDER BY seq LIMIT $1",
         )
         .bind(self.batch)
         .fetch_all(&mut *tx)
         .await?;
         let mut published = Vec::with_capacity(rows.len());
+        // Keys whose oldest pending row failed permanently this pass: their later rows wait.
+        let mut held: HashSet<ServiceId> = HashSet::new();
         let mut failure = None;
+        // Dead-lettered this pass: (event id, type, key, attempts, reason), reported on commit.
+        let mut dead = Vec::new();
         for row in rows {
+            if held.contains(&row.event_key) {
+                continue;
+            }
+            let (seq, key, event_id, attempts) =
+                (row.seq, row.event_key, row.event_id, row.attempts);
+            let event_type = row.event_type.clone();
             match self.publish(row).await {
                 Ok(seq) => published.push(seq),
+                Err(e) if e.is_permanent() => {
+                    let attempts = attempts.saturating_add(1);
+                    let reason = e.to_string();
+                    if attempts >= self.dead_after {
+                        crate::dead::move_to_dead(&mut tx, seq, attempts, &reason).await?;
+                        dead.push((event_id, event_type, key, attempts, reason));
+                        // The key is not held: its next rows are published in this pass.
+                    } else {
+                        sqlx::query(
+                            "UPDATE outbox SET attempts = $2, last_error = $3 WHERE seq = $1",
+                        )
+                        .bind(seq)
+                        .bind(attempts)
+                        .bind(&reason)
+                        .execute(&mut *tx)
+                        .await?;
+                        held.insert(key);
+                        failure.get_or_insert(e);
+                    }
+                }
                 Err(e) => {
-                    // Stop at the first failure: later rows must not overtake it.
+                    // Transient (the broker is away): later rows would fail alike, and rows of
+                    // this key must not overtake it. Retried after a pause, without limit.
                     failure = Some(e);
                     break;
                 }
@@ -213,9 +316,35 @@ impl Relay {
         }
         tx.commit().await?;
         self.metrics.published.inc_by(published.len() as u64);
+        for (event_id, event_type, key, attempts, reason) in dead {
+            self.metrics.dead_lettered.inc();
+            tracing::error!(
+                event.id = %event_id,
+                event.r#type = %event_type,
+                event.key = %key,
+                attempts,
+                reason = %reason,
+                "outbox event moved to outbox_dead: it is skipped (later events of its key are \
+                 published) until an admin requeues it"
+            );
+        }
         match failure {
             Some(e) => Err(e),
             None => Ok(published.len()),
+        }
+    }
+
+    /// Swaps a producer that can no longer send for a fresh one (the next pass uses it).
+    fn renew_producer(&self, stuck: &EventProducer, error: &rdkafka::error::KafkaError) {
+        match stuck.fresh() {
+            Ok(fresh) => {
+                tracing::warn!(error = %error, "the producer can no longer send; using a new one");
+                *self
+                    .producer
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = fresh;
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot create a new producer"),
         }
     }
 
@@ -236,7 +365,22 @@ impl Relay {
             tracestate: row.tracestate,
             data: row.data,
         };
-        let (partition, offset) = self.producer.publish(topic, &event).await?;
+        let producer = self
+            .producer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let (partition, offset) = match producer.publish(topic, &event).await {
+            Ok(done) => done,
+            Err(e) => {
+                if let slipway_kafka::PublishError::Send { source, .. } = &e
+                    && producer.is_stuck(source)
+                {
+                    self.renew_producer(&producer, source);
+                }
+                return Err(e.into());
+            }
+        };
         tracing::debug!(event.id = %event.id, event.r#type = %event.ty, partition, offset, "published");
         Ok(row.seq)
     }

@@ -252,3 +252,57 @@ async fn old_published_rows_and_old_inbox_records_are_pruned() {
         .unwrap();
     assert_eq!(inbox, 1);
 }
+
+// One thread: the test's subscriber is the thread's default, so every poll sees it.
+#[tokio::test(flavor = "current_thread")]
+async fn enqueue_fills_the_trace_context_of_the_current_span() {
+    use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+    use tracing::Instrument;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let pool = pool().await;
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder().build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    let _default = tracing::subscriber::set_default(subscriber);
+    let span = tracing::info_span!("change");
+    let trace_id = span.context().span().span_context().trace_id().to_string();
+
+    let traced = event("traced", ServiceId::new());
+    let mut given = event("given", ServiceId::new());
+    given.traceparent = Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01".into());
+    let untraced = event("untraced", ServiceId::new());
+    async {
+        let mut tx = pool.begin().await.unwrap();
+        for e in [&traced, &given] {
+            slipway_outbox::enqueue(&mut tx, Topic::Services, e)
+                .await
+                .unwrap();
+        }
+        tx.commit().await.unwrap();
+    }
+    .instrument(span)
+    .await;
+    // Outside any span: nothing to fill in.
+    let mut tx = pool.begin().await.unwrap();
+    slipway_outbox::enqueue(&mut tx, Topic::Services, &untraced)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+
+    let stored: Vec<(String, Option<String>)> =
+        sqlx::query_as("SELECT subject, traceparent FROM outbox ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(stored[0].0, "traced");
+    let tp = stored[0].1.as_deref().expect("filled from the span");
+    assert!(tp.starts_with(&format!("00-{trace_id}-")), "{tp}");
+    assert_eq!(
+        stored[1].1.as_deref(),
+        given.traceparent.as_deref(),
+        "an event's own context is kept"
+    );
+    assert_eq!(stored[2], ("untraced".to_owned(), None));
+}

@@ -129,6 +129,8 @@ impl Runtime {
         // Keys first: a service that cannot sign or verify must not even bind.
         let keys = Keys::from_settings(&base.signing, name)?;
         base.kafka.validate()?;
+        // Events are refused at enqueue when the broker would refuse them as too large.
+        slipway_outbox::set_max_message_bytes(base.kafka.message_max_bytes);
         let address = base.http.address();
         let listener = TcpListener::bind(&address).map_err(|source| StartError::Bind {
             address: address.clone(),

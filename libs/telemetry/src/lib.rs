@@ -150,5 +150,28 @@ pub fn set_parent(span: &tracing::Span, carrier: &HashMap<String, String>) {
     }
 }
 
+/// The W3C `traceparent` of the current span, `None` when tracing is off: what a row stores
+/// so that work resumed later, by any replica, continues this trace.
+pub fn current_traceparent() -> Option<String> {
+    current_context().remove("traceparent")
+}
+
+/// A span named `name` (its OpenTelemetry name) continuing the trace of `traceparent`, for
+/// work driven long after (or in another process than) the request that asked for it: a
+/// build or a deployment resumed from its stored row. `None` or a malformed value starts a new
+/// trace. Enter it (or `instrument` the work with it) so that events enqueued meanwhile carry
+/// its context.
+pub fn span_with_parent(name: &str, traceparent: Option<&str>) -> tracing::Span {
+    // A tracing span's name is fixed at compile time; `otel.name` sets the exported name.
+    let span = tracing::info_span!("work", otel.name = name);
+    if let Some(tp) = traceparent {
+        set_parent(
+            &span,
+            &HashMap::from([("traceparent".to_owned(), tp.to_owned())]),
+        );
+    }
+    span
+}
+
 #[cfg(test)]
 mod tests;

@@ -33,6 +33,30 @@ fn context_crosses_a_carrier_and_continues_the_trace() {
     });
 }
 
+#[test]
+fn a_span_with_a_stored_parent_continues_its_trace() {
+    let provider = SdkTracerProvider::builder().build();
+    let subscriber = tracing_subscriber::registry()
+        .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("test")));
+    tracing::subscriber::with_default(subscriber, || {
+        let request = tracing::info_span!("request");
+        let stored = request.in_scope(current_traceparent).expect("traceparent");
+        let resumed = span_with_parent("build", Some(&stored));
+        assert_eq!(trace_id(&resumed), trace_id(&request));
+        let inner = resumed.in_scope(current_traceparent).expect("traceparent");
+        assert!(inner.contains(&trace_id(&request)), "{inner}");
+        assert_ne!(
+            inner, stored,
+            "the resumed span is a child, not the request itself"
+        );
+
+        let fresh = span_with_parent("build", None);
+        assert_ne!(trace_id(&fresh), trace_id(&request));
+        let garbled = span_with_parent("build", Some("not-a-traceparent"));
+        assert_ne!(trace_id(&garbled), trace_id(&request));
+    });
+}
+
 /// A span exported through the OTLP/HTTP exporter arrives at a real HTTP receiver.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_are_exported_over_otlp_http() {

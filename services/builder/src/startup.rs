@@ -4,12 +4,14 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use slipway_events::Topic;
+use slipway_ids::ReplicaId;
 use slipway_runtime::{Access, BaseSettings, Running, Runtime, StartError};
 use slipway_secrets::SecretBox;
 pub use slipway_secrets::SecretSettings;
 use tokio::sync::Notify;
 
 use crate::builds::package::RegistrySettings;
+use crate::builds::retention::{self, PruneMetrics, RetentionSettings};
 use crate::builds::sandbox::SandboxError;
 use crate::builds::worker::{BuildSettings, Context, Worker};
 use crate::consumers::{BuildRequests, Events, ServiceCatalog};
@@ -24,6 +26,13 @@ pub struct Settings {
     pub secrets: SecretSettings,
     #[serde(default)]
     pub services: ServiceSettings,
+    /// How long uploads and build logs are kept (section `[retention]`).
+    #[serde(default)]
+    pub retention: RetentionSettings,
+    /// Who this process is as a lease owner; unset: `SLIPWAY_REPLICA_ID` or a generated id
+    /// (tests running several replicas in one process name them here).
+    #[serde(skip)]
+    pub replica: Option<ReplicaId>,
 }
 
 /// Settings of section `[services]` (the same name and meaning as the registry's).
@@ -53,7 +62,8 @@ impl Settings {
     }
 }
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The builder's migrations (tests prepare a database with them, without a running builder).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub struct Application {
     running: Running,
@@ -78,6 +88,18 @@ impl Application {
         };
         runtime.consume("events", &[Topic::Services, Topic::Commands], handler);
         runtime.relay_outbox()?;
+        let metrics = PruneMetrics::register(&runtime.metrics.registry)
+            .map_err(|e| StartError::Metrics(slipway_http::metrics::MetricsError(e)))?;
+        let cancel = runtime.cancel.clone();
+        runtime.spawn(
+            "retention",
+            retention::run(
+                runtime.pool.clone(),
+                settings.retention.clone(),
+                metrics,
+                cancel,
+            ),
+        );
         let ctx = Context {
             pool: runtime.pool.clone(),
             settings: settings.builds.clone(),
@@ -85,6 +107,10 @@ impl Application {
             sandbox,
             sealer: sealer.clone(),
             allow_local: settings.services.allow_local_repositories,
+            replica: settings
+                .replica
+                .clone()
+                .unwrap_or_else(|| ReplicaId::for_process("builder")),
         };
         let worker = Worker::new(ctx, wake);
         let cancel = runtime.cancel.clone();

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use chrono::Utc;
 use futures::FutureExt;
 use slipway_events::deploy::{
-    DeployCancelRequested, DeployKind, DeployRequested, Health, InstanceHealthChanged,
+    DeployCancelRequested, DeployKind, DeployRequested, InstanceHealthChanged,
 };
 use slipway_events::slipway::ReleaseCreated;
 use slipway_events::{CloudEvent, EventData};
@@ -16,7 +16,8 @@ use sqlx::PgPool;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
-use crate::db::{deployments, instances, state};
+use crate::db::{deployments, instances, state, trace};
+use crate::domain::InstanceHealth;
 
 /// Handles the command and services topics.
 pub struct Commands {
@@ -37,13 +38,18 @@ impl Handler for Commands {
             DeployRequested::TYPE => {
                 let data: DeployRequested = event.data_as().map_err(permanent)?;
                 let timeout = self.default_timeout;
+                // The engine continues this trace when it drives the deployment.
+                let trace = trace::of_command(event);
                 slipway_outbox::inbox::apply_once(
                     &self.pool,
                     "deployer.commands",
                     event,
                     move |tx| {
-                        async move { deployments::insert(tx, &data, timeout).await.map(|_| ()) }
-                            .boxed()
+                        async move {
+                            deployments::insert(tx, &data, timeout).await?;
+                            trace::record(tx, data.deployment_id, trace.as_deref()).await
+                        }
+                        .boxed()
                     },
                 )
                 .await?
@@ -78,6 +84,8 @@ impl Commands {
     /// A new release deploys itself to every environment whose policy says so.
     async fn auto_deploy(&self, event: &CloudEvent) -> Result<Handled, HandlerError> {
         let data: ReleaseCreated = event.data_as().map_err(permanent)?;
+        // An auto-deploy continues the release's trace (the build's, the webhook's).
+        let trace = trace::of_command(event);
         slipway_outbox::inbox::apply_once(&self.pool, "deployer.auto-deploy", event, move |tx| {
             async move {
                 for policy in state::auto_deploy_policies(tx, data.service_id).await? {
@@ -118,6 +126,7 @@ impl Commands {
                         requested_at: Utc::now(),
                     };
                     deployments::insert(tx, &request, 120).await?;
+                    trace::record(tx, id, trace.as_deref()).await?;
                 }
                 Ok(())
             }
@@ -140,11 +149,7 @@ impl Handler for HealthVerdicts {
             return Ok(Handled::Ignored);
         }
         let data: InstanceHealthChanged = event.data_as().map_err(permanent)?;
-        let health = match data.health {
-            Health::Starting => "starting",
-            Health::Healthy => "healthy",
-            Health::Unhealthy => "unhealthy",
-        };
+        let health = InstanceHealth::from(data.health);
         let detail = data.detail.clone();
         // Verdicts are idempotent (last write for an incarnation wins): no inbox needed.
         let mut conn = self

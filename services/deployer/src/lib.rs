@@ -4,6 +4,8 @@
 //! Layout:
 //! - `startup.rs`: settings and [`Application`].
 //! - `consumers.rs`: deploy/rollback/scale/cancel commands, health verdicts, auto-deploy.
+//! - [`domain`]: what a deployment, an instance and a plan can be (shared by `db` and
+//!   `engine`, importing neither).
 //! - [`engine`]: plans (strategies as steps), the state machine that drives them, the fleet
 //!   of instances.
 //! - [`target`]: the runtime trait and the process target.
@@ -14,6 +16,7 @@
 
 mod consumers;
 pub mod db;
+pub mod domain;
 pub mod engine;
 pub mod registry;
 mod routes;

@@ -1,5 +1,7 @@
-//! What the deployer asks the registry: releases (artifact and run spec) and config versions
-//! (secrets decrypted, from the registry's internal API; held in memory only, never stored).
+//! What the deployer asks the registry: releases (artifact and run spec), config versions
+//! (secrets decrypted, from the registry's internal API; held in memory only, never stored),
+//! and the traffic status route steps wait on. The answers are `slipway-wire`'s types, the
+//! ones the registry serialises.
 //! Every call presents the deployer's service credential (`[identity] credential`): the
 //! registry answers decrypted config to the deployer only.
 
@@ -7,41 +9,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
-use slipway_events::slipway::RunSpec;
+use slipway_ids::ServiceId;
+use slipway_wire::releases::{Environments, RunConfig};
+use slipway_wire::routes::TrafficStatus;
 
-/// A release as the deployer needs it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ReleaseInfo {
-    pub number: i32,
-    pub image: String,
-    pub digest: String,
-    pub artifact_purl: String,
-    pub run: Option<RunSpec>,
-    /// Environment → config version recorded when the release was made.
-    #[serde(default)]
-    pub config: BTreeMap<String, i32>,
-}
-
-#[derive(Deserialize)]
-struct ConfigAnswer {
-    version: i32,
-    #[serde(default)]
-    vars: BTreeMap<String, String>,
-    #[serde(default)]
-    secrets: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-struct EnvironmentsAnswer {
-    items: Vec<EnvironmentItem>,
-}
-
-#[derive(Deserialize)]
-struct EnvironmentItem {
-    name: String,
-    config_version: i32,
-}
+/// A release as the deployer needs it (the registry's answer, whole).
+pub type ReleaseInfo = slipway_wire::releases::Release;
 
 /// Why the registry could not answer.
 #[derive(Debug, thiserror::Error)]
@@ -123,7 +96,7 @@ impl RegistryClient {
         service: &str,
         environment: &str,
     ) -> Result<i32, RegistryError> {
-        let envs: EnvironmentsAnswer = self
+        let envs: Environments = self
             .get(&format!("/v1/services/{service}/environments"))
             .await?;
         envs.items
@@ -134,6 +107,22 @@ impl RegistryClient {
                 RegistryError::NotFound(format!(
                     "service `{service}` has no environment `{environment}`"
                 ))
+            })
+    }
+
+    /// What the routing table holds for `service` in `environment`, at which version, and the
+    /// version each edge router serves. A 404 (a registry older than this route) is an
+    /// outage here, not a missing thing: it must not fail the deployment as one.
+    pub async fn traffic(
+        &self,
+        service: ServiceId,
+        environment: &str,
+    ) -> Result<TrafficStatus, RegistryError> {
+        self.get(&format!("/internal/v1/traffic/{service}/{environment}"))
+            .await
+            .map_err(|e| match e {
+                RegistryError::NotFound(m) => RegistryError::Unavailable(m),
+                other => other,
             })
     }
 
@@ -153,7 +142,7 @@ impl RegistryClient {
         if version == 0 {
             return Ok(BTreeMap::new());
         }
-        let answer: ConfigAnswer = self
+        let answer: RunConfig = self
             .get(&format!(
                 "/internal/v1/services/{service}/environments/{environment}/config/{version}"
             ))

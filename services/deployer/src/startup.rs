@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use slipway_events::Topic;
+use slipway_ids::ReplicaId;
 use slipway_runtime::catalog::ServiceCatalog;
 use slipway_runtime::{Access, BaseSettings, Running, Runtime, StartError};
 use tokio::sync::mpsc;
@@ -12,7 +13,7 @@ use tokio::sync::mpsc;
 use crate::consumers::{Commands, HealthVerdicts};
 use crate::db::uids::PgUids;
 use crate::engine::fleet::{FleetSettings, ReplicaSettings};
-use crate::engine::{DeploySettings, Engine, Fleet};
+use crate::engine::{DeploySettings, Engine, EngineMetrics, Fleet};
 use crate::registry::RegistryClient;
 use crate::target::process::{ProcessSettings, ProcessTarget, Users, running_as_root};
 use crate::target::{Target, TargetError};
@@ -94,8 +95,9 @@ impl Application {
             &settings.base.identity.credential,
         )?;
         let deploy = settings.deploy.clone();
-        let replica = slipway_ids::ReplicaId::for_process("deployer");
-        tracing::info!(%replica, "deployer replica");
+        // One identity for the process: the owner of its leases and of its instances.
+        let replica = ReplicaId::for_process("deployer");
+        tracing::info!(replica = %replica, "deployer replica");
         let fleet = Arc::new(Fleet::new(
             runtime.pool.clone(),
             target,
@@ -105,11 +107,14 @@ impl Application {
                 drain: Duration::from_millis(deploy.drain_ms),
                 stop_grace: Duration::from_secs(deploy.stop_grace_seconds),
                 heartbeat: Duration::from_millis(deploy.heartbeat_ms.max(100)),
-                replica,
+                replica: replica.clone(),
                 replicas: settings.replicas.clone(),
             },
         ));
-        let engine = Engine::new(fleet.clone(), deploy.clone());
+        let metrics = EngineMetrics::register(&runtime.metrics.registry)
+            .map_err(slipway_http::metrics::MetricsError)
+            .map_err(StartError::from)?;
+        let engine = Engine::new(fleet.clone(), deploy.clone(), replica, metrics);
 
         runtime.consume(
             "commands",

@@ -16,6 +16,7 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use slipway_deployer::db::instances::{self, Instance};
+use slipway_deployer::domain::InstanceState;
 use slipway_deployer::engine::Fleet;
 use slipway_deployer::engine::fleet::{FleetSettings, Owner, ReplicaSettings};
 use slipway_deployer::engine::plan::Set;
@@ -361,7 +362,9 @@ async fn a_killed_replicas_instances_are_adopted_running_ones_kept_dead_ones_res
     killpg(Pid::from_raw(adopted_pid as i32), Signal::SIGKILL).unwrap();
     let restarted = wait_until(Duration::from_secs(10), || async {
         let row = rows(&world.pool).await.remove(&alive_id);
-        row.is_some_and(|r| r.pid.is_some_and(|p| p as u32 != adopted_pid) && r.state == "running")
+        row.is_some_and(|r| {
+            r.pid.is_some_and(|p| p as u32 != adopted_pid) && r.state == InstanceState::Running
+        })
     })
     .await;
     assert!(restarted, "an adopted instance that dies is restarted");
@@ -537,7 +540,9 @@ async fn an_adopting_replica_never_takes_a_reused_pid_for_the_instance() {
     let b = world.replica("deployer-b").await;
     let restarted = wait_until(Duration::from_secs(20), || async {
         let now = rows(&world.pool).await.remove(&row.id);
-        now.is_some_and(|r| r.pid.is_some_and(|p| p as u32 != pid) && r.state == "running")
+        now.is_some_and(|r| {
+            r.pid.is_some_and(|p| p as u32 != pid) && r.state == InstanceState::Running
+        })
     })
     .await;
     assert!(restarted, "the instance was not started again");

@@ -2,32 +2,20 @@
 //! transaction through the outbox, so a 202 is never answered for a command that is then lost.
 
 use chrono::Utc;
-use serde::Deserialize;
 use slipway_events::deploy::{DeployCancelRequested, DeployKind, DeployRequested};
 use slipway_events::slipway::{BuildRequested, BuildTrigger, sources};
 use slipway_events::{CloudEvent, EventData};
 use slipway_http::Problem;
+use slipway_http::problem::unexpected as internal;
 use slipway_ids::{BuildId, ProjectName, ServiceId};
+use slipway_wire::service::Service;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
-
-use crate::routes::internal;
-
-/// A service as the registry describes it (the fields the gateway needs).
-#[derive(Debug, Clone, Deserialize)]
-pub struct ServiceRef {
-    pub id: ServiceId,
-    pub name: String,
-    /// The project the service belongs to: what the caller's role is checked in.
-    pub project: ProjectName,
-    pub repository: Option<String>,
-    pub branch: String,
-}
 
 /// Records the build and enqueues `dev.slipway.build.requested.v1`; returns its id.
 pub async fn request_build(
     pool: &PgPool,
-    service: &ServiceRef,
+    service: &Service,
     git_ref: String,
     commit: Option<String>,
     upload: Option<uuid::Uuid>,
@@ -43,7 +31,7 @@ pub async fn request_build(
 /// the same one); the caller commits.
 pub async fn request_build_in(
     tx: &mut PgConnection,
-    service: &ServiceRef,
+    service: &Service,
     git_ref: String,
     commit: Option<String>,
     upload: Option<uuid::Uuid>,

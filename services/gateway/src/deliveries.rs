@@ -6,15 +6,13 @@
 //! signs the body only, so a replay with a fresh `X-GitHub-Delivery` is caught by the digest.
 
 use std::fmt;
-use std::future::Future;
 use std::num::NonZeroU16;
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use slipway_http::Problem;
-use sqlx::{PgConnection, PgPool};
+use sqlx::PgConnection;
 
 /// `[webhooks]` settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -187,36 +185,6 @@ pub async fn record_outcome(
     .execute(conn)
     .await
     .map(|_| ())
-}
-
-/// Deletes deliveries older than `retention`; returns how many.
-pub async fn prune(pool: &PgPool, retention: chrono::Duration) -> Result<u64, sqlx::Error> {
-    let done = sqlx::query("DELETE FROM webhook_deliveries WHERE received_at < $1")
-        .bind(Utc::now() - retention)
-        .execute(pool)
-        .await?;
-    Ok(done.rows_affected())
-}
-
-/// Prunes at start and then hourly until `stop` completes; a failed prune is logged and retried
-/// at the next tick (the table only grows a little meanwhile).
-pub async fn prune_until(
-    pool: PgPool,
-    retention: chrono::Duration,
-    stop: impl Future<Output = ()>,
-) -> Result<(), std::convert::Infallible> {
-    let mut tick = tokio::time::interval(Duration::from_secs(3600));
-    tokio::pin!(stop);
-    loop {
-        tokio::select! {
-            () = &mut stop => return Ok(()),
-            _ = tick.tick() => match prune(&pool, retention).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(pruned = n, "forgot webhook deliveries past their retention"),
-                Err(e) => tracing::warn!(error = %e, "cannot prune webhook deliveries"),
-            },
-        }
-    }
 }
 
 /// Whether a GitHub push with the signed `repository.pushed_at` (Unix seconds) is too old to be

@@ -8,8 +8,11 @@
 //!   project, the rule table saying what each route needs and the guard enforcing it.
 //! - `projects.rs`: projects and the grants of roles in them.
 //! - `audit.rs`: middleware writing every mutating call to the audit log.
+//! - `creations.rs`: service creations in flight and webhook secrets (retry-safe creates,
+//!   rotation).
 //! - `commands.rs`: accepted requests become command events (operation row + outbox).
 //! - `deliveries.rs`: webhook deliveries already handled (replays produce nothing).
+//! - `retention.rs`: pruning of audit entries, operations, creations and deliveries by age.
 //! - `upstream.rs`: the HTTP client for the internal APIs (registry, ...).
 //! - `routes/`: the public API, one file per resource.
 //! - `startup.rs`: settings and [`Application`].
@@ -17,8 +20,10 @@
 pub mod audit;
 pub mod auth;
 pub mod commands;
+pub mod creations;
 pub mod deliveries;
 pub mod projects;
+pub mod retention;
 pub mod routes;
 pub mod startup;
 pub mod upstream;

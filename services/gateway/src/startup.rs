@@ -7,32 +7,8 @@ use slipway_runtime::{Access, BaseSettings, Running, Runtime, StartError};
 use slipway_secrets::SecretBox;
 
 use crate::auth::tokens;
+pub use crate::upstream::UpstreamSettings;
 use crate::upstream::Upstreams;
-
-/// Where the internal APIs are.
-#[derive(Debug, Clone, Deserialize)]
-pub struct UpstreamSettings {
-    /// Base URL of the registry's internal API.
-    pub registry: String,
-    /// Base URL of the builder's internal API.
-    pub builder: String,
-    /// Base URL of the deployer's internal API (deployments, desired state).
-    pub deployer: String,
-    /// Base URL of the monitor's internal API (health verdicts, instance logs).
-    pub monitor: String,
-    pub timeout_seconds: u64,
-}
-
-impl UpstreamSettings {
-    /// `host:port` of every upstream: the edge router must never route to them.
-    pub fn addresses(&self) -> Vec<String> {
-        [&self.registry, &self.builder, &self.deployer, &self.monitor]
-            .into_iter()
-            .filter_map(|u| url::Url::parse(u).ok())
-            .filter_map(|u| Some(format!("{}:{}", u.host()?, u.port_or_known_default()?)))
-            .collect()
-    }
-}
 
 /// Authentication settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,6 +31,10 @@ pub struct Settings {
     /// Git webhooks (`[webhooks]`; defaults apply).
     #[serde(default)]
     pub webhooks: crate::deliveries::WebhookSettings,
+    /// How long audit entries, operations and service creations are kept (`[retention]`;
+    /// defaults apply).
+    #[serde(default)]
+    pub retention: crate::retention::RetentionSettings,
 }
 
 impl Settings {
@@ -76,8 +56,10 @@ pub enum GatewayStartError {
     Bootstrap(#[from] tokens::BootstrapError),
     #[error(transparent)]
     Secrets(#[from] slipway_secrets::SecretError),
-    #[error("cannot seal webhook secrets stored before sealing existed: {0}")]
+    #[error("cannot seal webhook secrets stored before sealing existed")]
     SealLegacy(#[source] sqlx::Error),
+    #[error("cannot register the pruning metrics")]
+    Metrics(#[source] prometheus::Error),
 }
 
 /// Seals webhook secrets stored in plain text by gateways before sealing existed (idempotent).
@@ -157,11 +139,17 @@ impl Application {
             .await
             .map_err(GatewayStartError::SealLegacy)?;
         let cancel = runtime.cancel.clone();
+        let prune_metrics = crate::retention::PruneMetrics::register(&runtime.metrics.registry)
+            .map_err(GatewayStartError::Metrics)?;
         runtime.spawn(
-            "webhook delivery pruning",
-            crate::deliveries::prune_until(
+            "retention pruning",
+            crate::retention::prune_until(
                 runtime.pool.clone(),
-                settings.webhooks.retention(),
+                crate::retention::Policy::new(&settings.retention, settings.webhooks.retention()),
+                std::time::Duration::from_secs(u64::from(
+                    settings.retention.interval_seconds.get(),
+                )),
+                prune_metrics,
                 async move { cancel.cancelled().await },
             ),
         );

@@ -4,9 +4,10 @@
 //!
 //! Layout:
 //! - `startup.rs`: settings and [`Application`]; resumes probing at start-up.
-//! - `health/`: the health state machine, HTTP/TCP probes, one prober task per instance.
+//! - `health/`: the health state machine, HTTP/TCP probes, one prober task per instance, and
+//!   the shards that split the instances between replicas.
 //! - `consumers/`: instance facts (start/exit/stop/logs) from `slipway.instances`.
-//! - `db/`: the `probes` and `instance_logs` tables.
+//! - `db/`: the `probes` and `instance_logs` tables (`monitor_shards` is `health/shards.rs`').
 //! - `routes/`: the internal API (instance health, logs).
 
 mod consumers;
@@ -15,4 +16,5 @@ mod health;
 mod routes;
 mod startup;
 
-pub use startup::{Application, LogSettings, MonitorStartError, Settings};
+pub use health::shards::{Leases, ShardSettings, fair_share, shard_of};
+pub use startup::{Application, LogSettings, MonitorStartError, Probing, Settings};

@@ -4,11 +4,13 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use slipway_events::Topic;
+use slipway_ids::ReplicaId;
 use slipway_runtime::catalog::ServiceCatalog;
 use slipway_runtime::{Access, BaseSettings, Running, Runtime, StartError};
 use tokio_util::sync::CancellationToken;
 
 use crate::consumers::InstanceEvents;
+use crate::health::shards::{self, Leases, ShardSettings, ShardSettingsError};
 use crate::health::{Probers, probe};
 
 #[derive(Debug, Clone, Deserialize)]
@@ -18,6 +20,9 @@ pub struct Settings {
     /// Section `[logs]`.
     #[serde(default)]
     pub logs: LogSettings,
+    /// Section `[shards]`: how replicas split the instances they probe.
+    #[serde(default)]
+    pub shards: ShardSettings,
 }
 
 /// How long instance output is kept.
@@ -64,16 +69,38 @@ pub enum MonitorStartError {
     Client(#[from] reqwest::Error),
     #[error("cannot load the instances to probe: {0}")]
     Load(#[source] sqlx::Error),
+    #[error(transparent)]
+    Shards(#[from] ShardSettingsError),
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub struct Application {
     running: Running,
+    probers: Probing,
+}
+
+/// A view of the instances a monitor probes now.
+#[derive(Clone)]
+pub struct Probing(Probers);
+
+impl Probing {
+    pub fn instances(&self) -> std::collections::BTreeSet<uuid::Uuid> {
+        self.0.instances()
+    }
 }
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, MonitorStartError> {
+        Self::build_as(settings, ReplicaId::for_process("monitor")).await
+    }
+
+    /// A monitor that leases its shards as `replica` (tests run several in one process).
+    pub async fn build_as(
+        settings: Settings,
+        replica: ReplicaId,
+    ) -> Result<Self, MonitorStartError> {
+        settings.shards.validate()?;
         let mut runtime = Runtime::build("monitor", &settings.base, &MIGRATOR).await?;
         let catalog = ServiceCatalog::new(
             runtime.pool.clone(),
@@ -86,30 +113,39 @@ impl Application {
             catalog,
         );
 
-        // Resume probing every incarnation known before a restart, before consuming more.
+        // Claim shards and resume probing their incarnations, before consuming more.
         let probers = Probers::new(
             runtime.pool.clone(),
             probe::client()?,
             runtime.cancel.child_token(),
+            settings.shards.count,
         );
-        let known = crate::db::probes::probing(&runtime.pool)
+        let leases = Leases::new(
+            runtime.pool.clone(),
+            replica,
+            settings.shards.count,
+            Duration::from_millis(settings.shards.lease_ttl_ms),
+        )
+        .await
+        .map_err(MonitorStartError::Load)?;
+        shards::reconcile_once(&leases, &probers)
             .await
             .map_err(MonitorStartError::Load)?;
-        tracing::info!(instances = known.len(), "resuming probes");
-        for p in known {
-            probers.start(p).await;
-        }
+        tracing::info!(replica = %leases.owner(), instances = probers.instances().len(), "resuming probes");
         runtime.consume(
             "health",
             &[Topic::Instances],
             InstanceEvents::new(runtime.pool.clone(), probers.clone()),
         );
-        let cancel = runtime.cancel.clone();
-        runtime.spawn("probers", async move {
-            cancel.cancelled().await;
-            probers.drain().await;
-            Ok::<_, std::convert::Infallible>(())
-        });
+        runtime.spawn(
+            "shard leases",
+            shards::run(
+                leases,
+                probers.clone(),
+                Duration::from_millis(settings.shards.reconcile_ms),
+                runtime.cancel.clone(),
+            ),
+        );
         let (pool, cancel) = (runtime.pool.clone(), runtime.cancel.clone());
         runtime.spawn(
             "log pruning",
@@ -122,7 +158,15 @@ impl Application {
             cfg.app_data(pool.clone())
                 .configure(crate::routes::configure);
         })?;
-        Ok(Self { running })
+        Ok(Self {
+            running,
+            probers: Probing(probers),
+        })
+    }
+
+    /// What this monitor probes (its shards' instances).
+    pub fn probing(&self) -> Probing {
+        self.probers.clone()
     }
 
     pub fn port(&self) -> u16 {

@@ -1,5 +1,7 @@
-//! Discovery's background work: the index watcher that wakes blocking queries, and the reaper
-//! that forgets instances whose deployer stopped vouching for them.
+//! Discovery's background work: the index watcher that wakes blocking queries, and the
+//! housekeeping that forgets old stopped-instance marks and routers long gone. Reaping is not
+//! here: it happens only when heartbeats arrive (see `db::heartbeats`), so an outage that
+//! stops them reaps nothing.
 //!
 //! Blocking queries wait on a `tokio::sync::watch` of the latest index rather than polling the
 //! database. The watch is fed by `LISTEN slipway_discovery`: every change, made by any registry
@@ -14,18 +16,26 @@ use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::instances;
+use crate::db::{heartbeats, instances, routers};
 
-/// How stale instances are recognised (section `[discovery]`).
+/// How stopped-instance marks are kept, and how long a silent router is remembered.
+const KEEP_SECONDS: i64 = 3600;
+
+/// How stale instances and routers are recognised (section `[discovery]`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DiscoverySettings {
-    /// An instance unseen for this many heartbeat intervals is reaped.
+    /// An instance is reaped when heartbeats for its environment went on for this many
+    /// intervals without listing it.
     pub stale_after_intervals: u32,
-    /// The heartbeat interval assumed until a heartbeat announces one, milliseconds.
+    /// The heartbeat interval assumed when a heartbeat announces none, milliseconds.
     pub default_heartbeat_ms: u64,
-    /// How often the reaper looks, milliseconds.
+    /// How often housekeeping runs (old stopped-instance marks, routers gone for an hour),
+    /// milliseconds.
     pub reap_every_ms: u64,
+    /// A router counts as live for its poll's wait plus this, milliseconds; route steps wait
+    /// for live routers only.
+    pub router_grace_ms: u64,
 }
 
 impl Default for DiscoverySettings {
@@ -34,6 +44,7 @@ impl Default for DiscoverySettings {
             stale_after_intervals: 12,
             default_heartbeat_ms: 10_000,
             reap_every_ms: 1_000,
+            router_grace_ms: 10_000,
         }
     }
 }
@@ -70,9 +81,16 @@ impl DiscoverySettings {
         if !(10..=600_000).contains(&self.reap_every_ms) {
             return bad("reap_every_ms", "must be 10 to 600000");
         }
+        if !(100..=600_000).contains(&self.router_grace_ms) {
+            return bad("router_grace_ms", "must be 100 to 600000");
+        }
         Ok(())
     }
 }
+
+/// How long past its poll's wait a router still counts as live (`router_grace_ms`).
+#[derive(Clone, Copy)]
+pub struct RouterGrace(pub Duration);
 
 /// The latest discovery index known to this replica, shared with the HTTP handlers.
 #[derive(Clone)]
@@ -146,10 +164,9 @@ pub async fn watch_index(
     }
 }
 
-/// Deletes stale instances every `reap_every_ms` until `cancel` fires. Database errors are
-/// logged and the next round tries again: a reaper that stops would leave dead addresses
-/// routable, but so would a registry that exits while the database blinks.
-pub async fn reap(
+/// Housekeeping every `reap_every_ms` until `cancel` fires. Database errors are logged and the
+/// next round tries again: a registry that exits while the database blinks helps nobody.
+pub async fn housekeeping(
     pool: PgPool,
     settings: DiscoverySettings,
     cancel: CancellationToken,
@@ -161,33 +178,15 @@ pub async fn reap(
             () = cancel.cancelled() => return Ok(()),
             _ = tick.tick() => {}
         }
-        if let Err(e) = reap_once(&pool, &settings).await {
-            tracing::warn!(error = %e, "reaping stale instances failed; retrying next round");
+        if let Err(e) = housekeeping_once(&pool).await {
+            tracing::warn!(error = %e, "discovery housekeeping failed; retrying next round");
         }
     }
 }
 
-/// One round: delete, bump the index if anything went, commit.
-async fn reap_once(pool: &PgPool, settings: &DiscoverySettings) -> Result<(), sqlx::Error> {
-    let mut tx = pool.begin().await?;
-    let reaped = instances::reap(
-        &mut tx,
-        i64::try_from(settings.default_heartbeat_ms).unwrap_or(i64::MAX),
-        i64::from(settings.stale_after_intervals),
-    )
-    .await?;
-    if reaped.is_empty() {
-        return Ok(());
-    }
-    instances::bump(&mut tx).await?;
-    tx.commit().await?;
-    for r in &reaped {
-        tracing::info!(
-            instance = %r.id,
-            service = %r.service_name,
-            environment = %r.environment,
-            "stale instance reaped (no heartbeat)"
-        );
-    }
+async fn housekeeping_once(pool: &PgPool) -> Result<(), sqlx::Error> {
+    let mut conn = pool.acquire().await?;
+    heartbeats::prune_stopped(&mut conn, KEEP_SECONDS).await?;
+    routers::prune(&mut conn, KEEP_SECONDS).await?;
     Ok(())
 }

@@ -5,7 +5,7 @@ use slipway_events::Topic;
 use slipway_runtime::{Access, BaseSettings, Running, Runtime, StartError};
 
 use crate::consumers::{Discovery, ReleaseMaker};
-use crate::discovery::{DiscoverySettings, IndexWatch, InvalidDiscoverySettings};
+use crate::discovery::{DiscoverySettings, IndexWatch, InvalidDiscoverySettings, RouterGrace};
 use slipway_secrets::SecretBox;
 pub use slipway_secrets::SecretSettings;
 
@@ -79,7 +79,7 @@ impl Application {
         runtime.consume(
             "discovery",
             &[Topic::Instances, Topic::Deployments],
-            Discovery::new(runtime.pool.clone()),
+            Discovery::new(runtime.pool.clone(), &discovery),
         );
         let (index_sender, index_receiver) = tokio::sync::watch::channel(0_i64);
         runtime.spawn(
@@ -90,9 +90,12 @@ impl Application {
                 runtime.cancel.clone(),
             ),
         );
+        let grace = actix_web::web::Data::new(RouterGrace(std::time::Duration::from_millis(
+            discovery.router_grace_ms,
+        )));
         runtime.spawn(
-            "instance reaper",
-            crate::discovery::reap(runtime.pool.clone(), discovery, runtime.cancel.clone()),
+            "discovery housekeeping",
+            crate::discovery::housekeeping(runtime.pool.clone(), discovery, runtime.cancel.clone()),
         );
         let pool = actix_web::web::Data::new(runtime.pool.clone());
         let sealer = actix_web::web::Data::new(sealer);
@@ -103,6 +106,7 @@ impl Application {
                 .app_data(sealer.clone())
                 .app_data(services.clone())
                 .app_data(index.clone())
+                .app_data(grace.clone())
                 .configure(crate::routes::configure);
         })?;
         Ok(Self { running })

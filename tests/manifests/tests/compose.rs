@@ -139,6 +139,40 @@ fn docker_compose_defines_the_platform() {
             "prometheus.yml does not scrape {target}"
         );
     }
+
+    // It loads the alert rules, compose mounts them, and a dead-lettered outbox event alerts.
+    assert!(
+        prometheus_config["rule_files"]
+            .as_sequence()
+            .is_some_and(|files| files.iter().any(|f| f.as_str() == Some("alerts.yml"))),
+        "prometheus.yml does not load alerts.yml"
+    );
+    let mounts: Vec<&str> = services["prometheus"]["volumes"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(
+        mounts.contains(&"./deploy/prometheus/alerts.yml:/etc/prometheus/alerts.yml:ro"),
+        "{mounts:?}"
+    );
+    let alerts: Value =
+        serde_yaml::from_str(&read(&repo_root().join("deploy/prometheus/alerts.yml")))
+            .unwrap_or_else(|e| panic!("deploy/prometheus/alerts.yml: {e}"));
+    let exprs: Vec<&str> = alerts["groups"]
+        .as_sequence()
+        .into_iter()
+        .flatten()
+        .flat_map(|g| g["rules"].as_sequence().into_iter().flatten())
+        .filter_map(|r| r["expr"].as_str())
+        .collect();
+    assert!(
+        exprs
+            .iter()
+            .any(|e| e.contains("slipway_outbox_dead_lettered_total")),
+        "{exprs:?}"
+    );
 }
 
 /// The variables compose requires (`${VAR:?...}`), all secrets without defaults.

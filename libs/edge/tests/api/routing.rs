@@ -1,8 +1,8 @@
 //! Matching by host and path, what is forwarded, and the problems the router answers itself.
 
 use serde_json::Value;
-use slipway_edge::standin::build::{healthy, route};
-use slipway_edge::table::InstanceEntry;
+use slipway_edge::standin::build::{healthy, route, with};
+use slipway_edge::table::{Health, InstanceState};
 
 use crate::helpers::{Backend, Router, assert_problem};
 
@@ -122,10 +122,13 @@ async fn forwards_method_body_and_headers_without_hop_by_hop_ones() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_routes_and_missing_instances_are_problems() {
-    let down = InstanceEntry {
-        health: "unhealthy".into(),
-        ..healthy("i1", "127.0.0.1:9", 1)
-    };
+    let down = with(
+        "i1",
+        "127.0.0.1:9",
+        1,
+        Health::Unhealthy,
+        InstanceState::Running,
+    );
     let router = Router::start(vec![route("hello", "prod", &[], vec![down])]).await;
 
     let body = assert_problem(router.get("/apps/hello/prod/x").await, 503).await;

@@ -7,7 +7,8 @@
 //! - deployer → `slipway.deployments`: [`DeploymentStarted`], [`DeploymentStep`],
 //!   [`DeploymentFinished`], [`TrafficChanged`] and the CDEvents service.* events.
 //! - deployer → `slipway.instances`: [`InstanceStarted`], [`InstanceDraining`],
-//!   [`InstanceExited`], [`InstanceStopped`], [`InstancesHeartbeat`], [`InstanceLogs`].
+//!   [`InstanceExited`], [`InstanceStopped`], [`InstancesHeartbeat`] (see `heartbeat.rs`),
+//!   [`InstanceLogs`].
 //! - monitor → `slipway.instances`: [`InstanceHealthChanged`] (read by registry and deployer).
 //!
 //! Every record's key is the service id.
@@ -19,9 +20,11 @@ use uuid::Uuid;
 
 use crate::{EventData, Topic};
 
+mod heartbeat;
 mod spec;
 
 pub use crate::inputs::ProbePath;
+pub use heartbeat::{HeartbeatInstance, InstanceState, InstancesHeartbeat, InstancesHeartbeatV1};
 pub use spec::{CanaryStep, HealthCheck, ProbeKind, Strategy};
 
 // ---------------------------------------------------------------------------------------------
@@ -289,25 +292,6 @@ pub struct InstanceStopped {
 
 impl EventData for InstanceStopped {
     const TYPE: &'static str = "dev.slipway.instance.stopped.v1";
-    const TOPIC: Topic = Topic::Instances;
-}
-
-/// The instances a deployer runs for one service and environment, sent periodically. The
-/// registry reaps registered instances that stop appearing. Subject: `<service>/<env>`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct InstancesHeartbeat {
-    pub service_id: ServiceId,
-    pub service_name: String,
-    pub environment: String,
-    pub instances: Vec<Uuid>,
-    /// How often heartbeats come; the registry reaps an instance unseen for several intervals
-    /// (`discovery.stale_after_intervals`, 12 by default).
-    pub interval_ms: u64,
-    pub at: DateTime<Utc>,
-}
-
-impl EventData for InstancesHeartbeat {
-    const TYPE: &'static str = "dev.slipway.instances.heartbeat.v1";
     const TOPIC: Topic = Topic::Instances;
 }
 

@@ -79,6 +79,10 @@ pub fn git_env(
         "https:http:ssh:git"
     };
     env.push(("GIT_ALLOW_PROTOCOL".into(), protocols.into()));
+    // A server that stops sending (under 1 KB/s for a minute) ends the fetch early rather
+    // than at the step's deadline; the deadline (the process killed) bounds the rest.
+    env.push(("GIT_HTTP_LOW_SPEED_LIMIT".into(), "1000".into()));
+    env.push(("GIT_HTTP_LOW_SPEED_TIME".into(), "60".into()));
     let mut note = None;
     // Without a key of the service, point `-i` at a file that does not exist: ssh then tries
     // no identity at all (not the builder's ~/.ssh, which it would read whatever HOME says).
@@ -108,6 +112,7 @@ pub fn git_env(
     }
     let ssh = format!(
         "ssh -F /dev/null -o IdentitiesOnly=yes -o IdentityAgent=none -o BatchMode=yes \
+         -o ConnectTimeout=30 -o ServerAliveInterval=15 -o ServerAliveCountMax=4 \
          -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={} -i {}",
         shell_quote(&known_hosts.display().to_string()),
         shell_quote(&identity.display().to_string()),
@@ -202,13 +207,17 @@ pub async fn fetch(
             format!("commit {want} is not in {shown}"),
         ));
     }
+    // Local, but still bounded: a wedged git (a full disk, a lock) must not hang the build.
     let head = tokio::process::Command::new("git")
         .args(["rev-parse", "HEAD"])
         .current_dir(g.cwd)
         .env_clear()
         .envs(g.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let head = tokio::time::timeout(g.timeout, head)
         .await
+        .map_err(|_| StepError::Wait(std::io::Error::other("git rev-parse timed out")))?
         .map_err(StepError::Wait)?;
     let sha = String::from_utf8_lossy(&head.stdout).trim().to_owned();
     logs.line("fetch", Stream::Slipway, &format!("checked out {sha}"))
@@ -232,7 +241,7 @@ mod tests {
             gid: 64900,
         };
         let sandbox = Sandbox::prepare(&root, "/usr/bin:/bin", user).unwrap();
-        let dir = sandbox.build_dir("b").unwrap();
+        let dir = sandbox.build_dir("b", "b.1").unwrap();
         (sandbox, dir)
     }
 

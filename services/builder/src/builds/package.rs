@@ -4,9 +4,14 @@
 //!
 //! The image holds the service's files only (no base image): the process target runs them on
 //! the host, the container targets put a runtime base under them.
+//!
+//! Bounded and cancellable: writing the layer checks the build's cancel token at every write,
+//! and the push (with the digest read back) must end within `push_timeout_seconds`; a cancel
+//! stops it at once.
 
 use std::io::Write;
 use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
 
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -16,6 +21,7 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
 
 use super::spec::{BuildSpec, RunSpec};
 
@@ -33,6 +39,14 @@ pub struct RegistrySettings {
     /// Login (section `[registry.auth]`): anonymous, basic or bearer.
     #[serde(default)]
     pub auth: slipway_settings::RegistryAuthSettings,
+    /// The push of one image (every blob, the manifest, the digest read back) must end within
+    /// this; a registry that hangs fails the build's package step instead of holding it.
+    #[serde(default = "default_push_timeout")]
+    pub push_timeout_seconds: u64,
+}
+
+fn default_push_timeout() -> u64 {
+    300
 }
 
 /// The settings section of the registry login, as named in errors.
@@ -83,6 +97,30 @@ pub enum PackageError {
     Reference(String, String),
     #[error("pushing to {registry} failed: {reason}")]
     Push { registry: String, reason: String },
+    #[error("pushing to {registry} did not finish within {seconds}s")]
+    PushTimedOut { registry: String, seconds: u64 },
+    #[error("packaging was cancelled")]
+    Cancelled,
+}
+
+/// A writer that fails as soon as the build is cancelled: a big layer stops mid-way.
+struct Cancellable<W> {
+    inner: W,
+    cancel: CancellationToken,
+}
+
+impl<W: Write> Write for Cancellable<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.cancel.is_cancelled() {
+            // Not `Interrupted`: `write_all` retries those forever.
+            return Err(std::io::Error::other("cancelled"));
+        }
+        self.inner.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// The paths to package, checked to stay inside `source`; the whole source (without `.git`)
@@ -125,22 +163,44 @@ fn package_paths(source: &Path, spec: &BuildSpec) -> Result<Vec<(PathBuf, String
 }
 
 /// The layer: a deterministic tar (fixed owner and times) of the package, and its gzip.
-fn layer(paths: &[(PathBuf, String)]) -> Result<(Vec<u8>, String), PackageError> {
-    let mut tar = tar::Builder::new(Vec::new());
+fn layer(
+    paths: &[(PathBuf, String)],
+    cancel: &CancellationToken,
+) -> Result<(Vec<u8>, String), PackageError> {
+    let stopped = |e: std::io::Error| {
+        if cancel.is_cancelled() {
+            PackageError::Cancelled
+        } else {
+            PackageError::Io(e)
+        }
+    };
+    let mut tar = tar::Builder::new(Cancellable {
+        inner: Vec::new(),
+        cancel: cancel.clone(),
+    });
     tar.mode(tar::HeaderMode::Deterministic);
     tar.follow_symlinks(false);
     for (path, name) in paths {
+        if cancel.is_cancelled() {
+            return Err(PackageError::Cancelled);
+        }
         if path.is_dir() {
-            tar.append_dir_all(name, path)?;
+            tar.append_dir_all(name, path).map_err(stopped)?;
         } else {
-            tar.append_path_with_name(path, name)?;
+            tar.append_path_with_name(path, name).map_err(stopped)?;
         }
     }
-    let raw = tar.into_inner()?;
+    let raw = tar.into_inner().map_err(stopped)?.inner;
     let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&raw)));
-    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-    gz.write_all(&raw)?;
-    Ok((gz.finish()?, diff_id))
+    let mut gz = GzEncoder::new(
+        Cancellable {
+            inner: Vec::new(),
+            cancel: cancel.clone(),
+        },
+        Compression::default(),
+    );
+    gz.write_all(&raw).map_err(stopped)?;
+    Ok((gz.finish().map_err(stopped)?.inner, diff_id))
 }
 
 /// The OCI image config: platform, run command, environment, exposed port, labels.
@@ -175,17 +235,30 @@ fn image_config(
     })
 }
 
-/// Packages `source` per `spec` and pushes it as `<prefix><service>:<tag>`.
+/// What to package and where to push it.
+pub struct Target<'a> {
+    pub service: &'a str,
+    pub commit: &'a str,
+    pub tag: &'a str,
+    pub registry: &'a RegistrySettings,
+}
+
+/// Packages `source` per `spec` and pushes it as `<prefix><service>:<tag>`; stops on `cancel`.
 pub async fn package_and_push(
     source: &Path,
     spec: &BuildSpec,
-    service: &str,
-    commit: &str,
-    tag: &str,
-    registry: &RegistrySettings,
+    target: &Target<'_>,
+    cancel: &CancellationToken,
 ) -> Result<Packaged, PackageError> {
+    let Target {
+        service,
+        commit,
+        tag,
+        registry,
+    } = *target;
     let paths = package_paths(source, spec)?;
-    let (gz, diff_id) = tokio::task::spawn_blocking(move || layer(&paths))
+    let token = cancel.clone();
+    let (gz, diff_id) = tokio::task::spawn_blocking(move || layer(&paths, &token))
         .await
         .map_err(|e| PackageError::Io(std::io::Error::other(e)))??;
     let layer_size = gz.len() as u64;
@@ -215,14 +288,30 @@ pub async fn package_and_push(
         registry: registry.address.clone(),
         reason: e.to_string(),
     })?;
-    client
-        .push(&reference, &layers, config, &auth, Some(manifest))
-        .await
-        .map_err(push_err)?;
-    let digest = client
-        .fetch_manifest_digest(&reference, &auth)
-        .await
-        .map_err(push_err)?;
+    let push = async {
+        client
+            .push(&reference, &layers, config, &auth, Some(manifest))
+            .await
+            .map_err(push_err)?;
+        client
+            .fetch_manifest_digest(&reference, &auth)
+            .await
+            .map_err(push_err)
+    };
+    let seconds = registry.push_timeout_seconds;
+    // Dropping the push future aborts its requests: a cancel or the deadline stops it mid-way.
+    let digest = tokio::select! {
+        () = cancel.cancelled() => return Err(PackageError::Cancelled),
+        pushed = tokio::time::timeout(Duration::from_secs(seconds), push) => match pushed {
+            Ok(digest) => digest?,
+            Err(_) => {
+                return Err(PackageError::PushTimedOut {
+                    registry: registry.address.clone(),
+                    seconds,
+                });
+            }
+        },
+    };
     let hex = digest.trim_start_matches("sha256:");
     Ok(Packaged {
         image: format!("{}/{repository}@{digest}", registry.address),
@@ -285,12 +374,27 @@ mod tests {
     }
 
     #[test]
+    fn a_cancel_stops_a_layer_mid_write() {
+        let cancel = CancellationToken::new();
+        let mut out = Cancellable {
+            inner: Vec::new(),
+            cancel: cancel.clone(),
+        };
+        out.write_all(&[1; 4096]).unwrap();
+        cancel.cancel();
+        let err = out.write_all(&[2; 4096]).unwrap_err();
+        assert_eq!(err.to_string(), "cancelled");
+        assert_eq!(out.inner.len(), 4096, "nothing written after the cancel");
+    }
+
+    #[test]
     fn layers_are_reproducible() {
         let dir = std::env::temp_dir().join(format!("slipway-layer-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("app.py"), "print('hi')").unwrap();
         let paths = package_paths(&dir, &spec(&["app.py"])).unwrap();
-        let (a, id_a) = layer(&paths).unwrap();
+        let never = CancellationToken::new();
+        let (a, id_a) = layer(&paths, &never).unwrap();
         // Same content, another modification time: the layer must not change.
         let file = std::fs::File::options()
             .write(true)
@@ -300,8 +404,15 @@ mod tests {
             std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000),
         )
         .unwrap();
-        let (b, id_b) = layer(&paths).unwrap();
+        let (b, id_b) = layer(&paths, &never).unwrap();
         assert_eq!(id_a, id_b, "same files, same diff id");
         assert_eq!(a, b, "same files, same compressed layer");
+        // Cancelled: no layer, and it says why.
+        let cancelled = CancellationToken::new();
+        cancelled.cancel();
+        assert!(matches!(
+            layer(&paths, &cancelled),
+            Err(PackageError::Cancelled)
+        ));
     }
 }

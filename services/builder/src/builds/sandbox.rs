@@ -4,7 +4,7 @@
 //! unprivileged uid that cannot read the builder's files.
 //!
 //! Layout under the work dir (`[builds] workdir`):
-//! - `builds/<id>/` (0700): `src/` the checkout, `home/` HOME, `tmp/` TMPDIR; while fetching,
+//! - `builds/<id>.<epoch>/` (0700, one per claim of the build): `src/` the checkout, `home/` HOME, `tmp/` TMPDIR; while fetching,
 //!   also `fetch/` with the clone credential. It belongs to the builder until the fetch is
 //!   done and `fetch/` is gone, then to the build uid.
 //! - `cache/<service>/` (0700, the build uid): kept between builds, `SLIPWAY_CACHE_DIR`.
@@ -145,12 +145,24 @@ impl Sandbox {
         self.root.join("ssh_known_hosts")
     }
 
-    /// A fresh private directory for build `id` (an earlier attempt's is removed).
-    pub fn build_dir(&self, id: &str) -> std::io::Result<BuildDir> {
-        let root = self.root.join("builds").join(id);
-        if root.symlink_metadata().is_ok() {
-            std::fs::remove_dir_all(&root)?;
+    /// A fresh private directory `attempt` for build `id`: every other attempt's directory of
+    /// that build (`<id>` or `<id>.<epoch>`, left by a replica that lost it) is removed.
+    pub fn build_dir(&self, id: &str, attempt: &str) -> std::io::Result<BuildDir> {
+        let builds = self.root.join("builds");
+        for entry in std::fs::read_dir(&builds)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let same_build =
+                name == id || name.strip_prefix(id).is_some_and(|r| r.starts_with('.'));
+            if same_build {
+                match std::fs::remove_dir_all(entry.path()) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
         }
+        let root = builds.join(attempt);
         let dir = BuildDir {
             src: root.join("src"),
             home: root.join("home"),
@@ -271,7 +283,7 @@ mod tests {
     fn build_dirs_are_private_and_the_env_is_the_allowlist() {
         let root = temp("root");
         let sandbox = Sandbox::prepare(&root.join("w"), "/usr/bin:/bin", USER).unwrap();
-        let dir = sandbox.build_dir("b1").unwrap();
+        let dir = sandbox.build_dir("b1", "b1.1").unwrap();
         let mode = std::fs::metadata(&dir.root).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o700);
         let env = dir.base_env();
@@ -283,10 +295,13 @@ mod tests {
         let home = &env.iter().find(|(k, _)| k == "HOME").unwrap().1;
         assert!(Path::new(home).starts_with(&dir.root), "{home}");
         assert!(project_above(&dir.src).is_none());
-        // A second attempt of the same build starts clean.
+        // A second attempt of the same build starts clean, and the first one's dir is gone.
         std::fs::write(dir.src.join("left-over"), "").unwrap();
-        let again = sandbox.build_dir("b1").unwrap();
+        let other = sandbox.build_dir("b10", "b10.1").unwrap();
+        let again = sandbox.build_dir("b1", "b1.2").unwrap();
         assert!(!again.src.join("left-over").exists());
+        assert!(!dir.root.exists(), "the earlier attempt is discarded");
+        assert!(other.root.exists(), "another build's is not");
         again.hand_over(None).unwrap();
         assert!(!again.fetch.exists(), "the credential dir is gone");
     }

@@ -99,7 +99,7 @@ async fn fetch_repository(
     }
     let credential = match credentials::get(s.pool, s.sealer, build.service_id).await {
         Ok(c) => c,
-        Err(credentials::CredentialError::Database(e)) => return Err(StepError::Logs(e)),
+        Err(credentials::CredentialError::Database(e)) => return Err(StepError::Database(e)),
         Err(e) => {
             // E.g. the secrets key changed: say so, rather than fetching without it.
             let reason = format!("{e}; set the clone credential again");
@@ -138,12 +138,7 @@ async fn fetch_repository(
         Fetched::Failed(Outcome::Cancelled, _) => Err(cancelled("fetch")),
         Fetched::Failed(outcome, what) => {
             let what = describe(&outcome, &what, s.timeout);
-            let tail = logs.tail();
-            let reason = if tail.is_empty() {
-                what
-            } else {
-                format!("{what}; last lines of output:\n{}", tail.join("\n"))
-            };
+            let reason = super::ending::with_tail(what, &logs.tail());
             Err(failed("fetch", exit_code(&outcome), reason, None))
         }
     })

@@ -1,6 +1,7 @@
 //! Running one command of a build: its own process group (so a timeout or a cancel stops every
-//! process it started), output read line by line from both streams as it comes, a deadline,
-//! and cancellation. The command starts from an empty environment (only what the invocation
+//! process it started), output read in bounded chunks from both streams as it comes and split
+//! into lines of bounded length (an endless line costs a fixed buffer), a deadline, and
+//! cancellation. The command starts from an empty environment (only what the invocation
 //! lists) and, when a build user is given, as that uid and gid with no supplementary groups.
 
 use std::path::Path;
@@ -9,13 +10,19 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::lease::LeaseError;
 use super::logs::{LogWriter, Stream};
+use super::output::LineCutter;
 use super::sandbox::BuildUser;
+
+/// How long a killed command's output is still read: what it printed last (an endless line)
+/// ends up in the log. Only a process that left the group can hold the pipes longer.
+const DRAIN_AFTER_KILL: Duration = Duration::from_secs(2);
 
 /// How a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,8 +43,10 @@ pub enum StepError {
         #[source]
         source: std::io::Error,
     },
-    #[error("storing build output failed: {0}")]
-    Logs(#[from] sqlx::Error),
+    #[error(transparent)]
+    Lease(#[from] LeaseError),
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
     #[error("waiting for the command failed: {0}")]
     Wait(#[source] std::io::Error),
 }
@@ -88,12 +97,14 @@ pub async fn run(
         })?;
     let pgid = child.id().map(|id| Pid::from_raw(id as i32));
 
-    let (tx, mut rx) = mpsc::channel::<(Stream, String)>(1024);
+    // Each line holds at most `max_line_bytes`: the channel holds a bounded amount too.
+    let (tx, mut rx) = mpsc::channel::<(Stream, String)>(256);
+    let max = logs.max_line_bytes();
     if let Some(out) = child.stdout.take() {
-        tokio::spawn(forward(BufReader::new(out), Stream::Stdout, tx.clone()));
+        tokio::spawn(forward(out, Stream::Stdout, tx.clone(), max));
     }
     if let Some(err) = child.stderr.take() {
-        tokio::spawn(forward(BufReader::new(err), Stream::Stderr, tx.clone()));
+        tokio::spawn(forward(err, Stream::Stderr, tx.clone(), max));
     }
     drop(tx);
 
@@ -102,6 +113,9 @@ pub async fn run(
     let mut stopped: Option<Outcome> = None;
     let mut status = None;
     let mut streams_open = true;
+    let drain = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(drain);
+    let mut draining = false;
     loop {
         tokio::select! {
             line = rx.recv(), if streams_open => match line {
@@ -122,14 +136,19 @@ pub async fn run(
                 stopped = Some(Outcome::Cancelled);
                 kill_group(pgid);
             }
+            () = &mut drain, if draining => break,
         }
         if status.is_some() && !streams_open {
             break;
         }
-        if status.is_some() && stopped.is_some() {
-            // Killed: a grandchild may still hold the pipes; do not wait for them.
+        if status.is_some() && stopped.is_some() && !draining {
+            // Killed: read what it printed last, but a process that left the group may still
+            // hold the pipes; do not wait for it longer than the grace.
             kill_group(pgid);
-            break;
+            draining = true;
+            drain
+                .as_mut()
+                .reset(tokio::time::Instant::now() + DRAIN_AFTER_KILL);
         }
     }
     logs.flush().await?;
@@ -141,26 +160,29 @@ pub async fn run(
     })
 }
 
+/// Reads `reader` in chunks of at most 8 KiB, sending bounded lines (see [`LineCutter`]).
 async fn forward<R: tokio::io::AsyncRead + Unpin>(
-    mut reader: BufReader<R>,
+    mut reader: R,
     stream: Stream,
     tx: mpsc::Sender<(Stream, String)>,
+    max_line_bytes: usize,
 ) {
-    // Bytes, not `lines()`: output that is not UTF-8 must not end the capture.
-    let mut buf = Vec::new();
+    let mut cutter = LineCutter::new(max_line_bytes);
+    let mut chunk = vec![0u8; 8192];
+    let mut lines = Vec::new();
     loop {
-        buf.clear();
-        match reader.read_until(b'\n', &mut buf).await {
+        match reader.read(&mut chunk).await {
             Ok(0) | Err(_) => break,
-            Ok(_) => {
-                let line = String::from_utf8_lossy(&buf)
-                    .trim_end_matches(['\n', '\r'])
-                    .to_owned();
-                if tx.send((stream, line)).await.is_err() {
-                    break;
-                }
+            Ok(n) => cutter.feed(&chunk[..n], &mut lines),
+        }
+        for line in lines.drain(..) {
+            if tx.send((stream, line)).await.is_err() {
+                return;
             }
         }
+    }
+    if let Some(last) = cutter.finish() {
+        let _ = tx.send((stream, last)).await;
     }
 }
 

@@ -1,19 +1,23 @@
-//! The build worker: takes queued builds in order, runs at most `max_parallel` at once, and
-//! runs each through fetch → test (the gate) → build → package (an OCI image, pushed).
+//! The build worker: claims queued builds in order (or builds whose lease ran out, see
+//! [`super::lease`]), runs at most `max_parallel` at once, and runs each through fetch → test
+//! (the gate) → build → package (an OCI image, pushed), renewing its lease meanwhile. A build
+//! whose lease is lost stops at once, writes nothing more and publishes nothing.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use slipway_ids::BuildId;
+use slipway_ids::{BuildId, ReplicaId};
 use slipway_secrets::SecretBox;
 use sqlx::PgPool;
 use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::logs::{LogWriter, Stream};
+use super::ending::with_tail;
+use super::lease::{self, Claimed, Lease, LeaseError, Lost};
+use super::logs::{LogLimits, LogWriter, Stream};
 use super::package::{self, RegistrySettings};
 use super::sandbox::{BuildDir, BuildUser, Sandbox, SandboxError};
 use super::source::{self, Sources};
@@ -29,8 +33,21 @@ pub struct BuildSettings {
     pub workdir: String,
     pub max_parallel: usize,
     pub step_timeout_seconds: u64,
-    /// Output lines quoted in a failed build's reason.
+    /// The fetch step (git or unpacking an upload) is stopped after this many seconds.
+    #[serde(default = "default_fetch_timeout")]
+    pub fetch_timeout_seconds: u64,
+    /// Output lines quoted in a failed build's reason (each cut to 1 KiB, all to 64 KiB).
     pub reason_lines: usize,
+    /// Longer output lines are cut, with `… [line truncated: N bytes]`.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+    /// Command output kept per build; later lines are counted and dropped (one marker line).
+    #[serde(default = "default_max_log_bytes")]
+    pub max_log_bytes: usize,
+    /// A build's lease lasts this long unless renewed (every third of it) by its replica;
+    /// once it ran out another replica takes the build over.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl_ms: u64,
     /// `PATH` of build commands (nothing else of the builder's environment reaches them).
     #[serde(default = "default_path")]
     pub path: String,
@@ -49,12 +66,40 @@ fn default_id() -> u32 {
     64900
 }
 
+fn default_fetch_timeout() -> u64 {
+    300
+}
+
+fn default_max_line_bytes() -> usize {
+    16 * 1024
+}
+
+fn default_max_log_bytes() -> usize {
+    8 * 1024 * 1024
+}
+
+fn default_lease_ttl() -> u64 {
+    15_000
+}
+
 impl BuildSettings {
     fn root(&self) -> PathBuf {
         if self.workdir.is_empty() {
             std::env::temp_dir().join("slipway-builds")
         } else {
             PathBuf::from(&self.workdir)
+        }
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.lease_ttl_ms.max(100))
+    }
+
+    fn log_limits(&self) -> LogLimits {
+        LogLimits {
+            tail_lines: self.reason_lines,
+            max_line_bytes: self.max_line_bytes.max(256),
+            max_log_bytes: self.max_log_bytes,
         }
     }
 
@@ -79,6 +124,8 @@ pub struct Context {
     pub sealer: SecretBox,
     /// `[services] allow_local_repositories`.
     pub allow_local: bool,
+    /// This process, as the owner of the leases it takes.
+    pub replica: ReplicaId,
 }
 
 /// Runs queued builds until cancelled.
@@ -96,8 +143,12 @@ impl Worker {
     pub async fn run(self, cancel: CancellationToken) -> Result<(), sqlx::Error> {
         let requeued = super::requeue_interrupted(&self.ctx.pool).await?;
         if requeued > 0 {
-            tracing::warn!(requeued, "builds interrupted by a restart are queued again");
+            tracing::warn!(
+                requeued,
+                "builds interrupted before leases existed are queued again"
+            );
         }
+        let ttl = self.ctx.settings.lease_ttl();
         let slots = Arc::new(Semaphore::new(self.ctx.settings.max_parallel.max(1)));
         let mut running = tokio::task::JoinSet::new();
         loop {
@@ -108,7 +159,7 @@ impl Worker {
                     Err(_) => break,
                 },
             };
-            let next = match super::claim_next(&self.ctx.pool).await {
+            let next = match super::claim_next(&self.ctx.pool, &self.ctx.replica, ttl).await {
                 Ok(next) => next,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot claim a build");
@@ -116,12 +167,15 @@ impl Worker {
                 }
             };
             match next {
-                Some(build) => {
+                Some(claimed) => {
                     let job = Job(self.ctx.clone());
                     let cancel = cancel.child_token();
+                    let pool = self.ctx.pool.clone();
                     running.spawn(async move {
-                        let id = build.id;
-                        if let Err(e) = job.execute(build, cancel).await {
+                        let id = claimed.build.id;
+                        // Continues the request's trace, so the build's events carry it on.
+                        let span = super::trace::span(&pool, id).await;
+                        if let Err(e) = job.execute(claimed, cancel).instrument(span).await {
                             tracing::error!(build.id = %id, error = %e, "build could not be recorded");
                         }
                         drop(permit);
@@ -147,15 +201,38 @@ impl Worker {
 struct Job(Context);
 
 impl Job {
-    async fn execute(self, build: Build, shutdown: CancellationToken) -> Result<(), sqlx::Error> {
+    async fn execute(
+        self,
+        claimed: Claimed,
+        shutdown: CancellationToken,
+    ) -> Result<(), LeaseError> {
+        let Claimed {
+            build,
+            lease,
+            taken_from,
+        } = claimed;
         let id = build.id;
-        let span = tracing::info_span!("build", build.id = %id, service = %build.service_name);
-        // A cancel request (flag in the database) or shutdown stops the running step.
+        let span = tracing::info_span!("build", build.id = %id, service = %build.service_name, epoch = lease.epoch());
+        // A cancel request (flag in the database), shutdown or a lost lease stops the step.
         let cancel = shutdown.child_token();
+        let lost = Lost::default();
         let watcher = tokio::spawn(watch_cancel(self.0.pool.clone(), id, cancel.clone()));
-        let result = match self.0.sandbox.build_dir(&id.to_string()) {
+        let keeper = tokio::spawn(lease::keep(
+            self.0.pool.clone(),
+            lease.clone(),
+            self.0.settings.lease_ttl(),
+            lost.clone(),
+            cancel.clone(),
+        ));
+        // An attempt's directory is named by its epoch: an earlier owner's (on this machine)
+        // is discarded, and that owner, if it wakes up, removes only its own.
+        let attempt = format!("{id}.{}", lease.epoch());
+        let result = match self.0.sandbox.build_dir(&id.to_string(), &attempt) {
             Ok(dir) => {
-                let result = self.pipeline(&build, &dir, &cancel).instrument(span).await;
+                let result = self
+                    .pipeline(&build, &lease, taken_from.as_deref(), &dir, &cancel)
+                    .instrument(span)
+                    .await;
                 if let Err(e) = tokio::fs::remove_dir_all(&dir.root).await
                     && e.kind() != std::io::ErrorKind::NotFound
                 {
@@ -167,37 +244,85 @@ impl Job {
         };
         watcher.abort();
         let ending = match result {
-            Ok(ending) => ending,
-            Err(e) => failed("internal", None, format!("the builder failed: {e}"), None),
+            _ if lost.is_lost() => Err(LeaseError::Lost),
+            Err(step::StepError::Lease(LeaseError::Lost)) => Err(LeaseError::Lost),
+            Ok(ending) => Ok(ending),
+            Err(e) => Ok(failed(
+                "internal",
+                None,
+                format!("the builder failed: {e}"),
+                None,
+            )),
         };
-        if shutdown.is_cancelled() && ending.status == "cancelled" {
-            // Not the user's cancel: the builder is stopping. Queue it again for the next start.
-            super::requeue(&self.0.pool, id).await?;
-            return Ok(());
+        let recorded = match ending {
+            Err(lost) => Err(lost),
+            Ok(end) => self.record(&lease, end, &shutdown, &lost).await,
+        };
+        keeper.abort();
+        match recorded {
+            Err(LeaseError::Lost) => {
+                tracing::warn!(
+                    build.id = %id,
+                    epoch = lease.epoch(),
+                    "another replica took this build over; this attempt stopped without publishing"
+                );
+                Ok(())
+            }
+            other => other,
         }
-        let done = super::finish(&self.0.pool, id, ending).await?;
-        tracing::info!(build.id = %id, status = %done.status, step = ?done.step, "build finished");
-        Ok(())
+    }
+
+    /// Stores how the build ended (or, when the builder is stopping and the build was cut
+    /// short, queues it again for another replica, releasing the lease). A database that is
+    /// away is waited for while the lease holds (the keeper renews it meanwhile); once it is
+    /// lost the build is another replica's to run again.
+    async fn record(
+        &self,
+        lease: &Lease,
+        end: Ending,
+        shutdown: &CancellationToken,
+        lost: &Lost,
+    ) -> Result<(), LeaseError> {
+        let requeue = shutdown.is_cancelled() && end.status == "cancelled";
+        loop {
+            let tried = if requeue {
+                super::requeue(&self.0.pool, lease).await
+            } else {
+                super::finish(&self.0.pool, lease, end.clone())
+                    .await
+                    .map(|done| {
+                        tracing::info!(build.id = %done.id, status = %done.status, step = ?done.step, "build finished");
+                    })
+            };
+            match tried {
+                Err(LeaseError::Database(e)) if !lost.is_lost() && !shutdown.is_cancelled() => {
+                    tracing::warn!(build.id = %lease.build(), error = %e, "cannot record the build's end yet; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn pipeline(
         &self,
         build: &Build,
+        lease: &Lease,
+        taken_from: Option<&str>,
         dir: &BuildDir,
         cancel: &CancellationToken,
     ) -> Result<Ending, step::StepError> {
         let ctx = &self.0;
         let timeout = Duration::from_secs(ctx.settings.step_timeout_seconds);
         let mut logs =
-            LogWriter::open(ctx.pool.clone(), build.id, ctx.settings.reason_lines).await?;
-        let reason_of = |what: String, logs: &LogWriter| {
-            let tail = logs.tail();
-            if tail.is_empty() {
-                what
-            } else {
-                format!("{what}; last lines of output:\n{}", tail.join("\n"))
-            }
-        };
+            LogWriter::open(ctx.pool.clone(), lease.clone(), ctx.settings.log_limits()).await?;
+        if let Some(from) = taken_from {
+            let note = format!(
+                "{} takes this build over from {from} (its lease ran out); starting again from the fetch",
+                lease.owner()
+            );
+            logs.line("fetch", Stream::Slipway, &note).await?;
+        }
 
         // Fetch (or unpack the upload); the checkout then belongs to the build user.
         let sources = Sources {
@@ -205,7 +330,7 @@ impl Job {
             sandbox: &ctx.sandbox,
             sealer: &ctx.sealer,
             allow_local: ctx.allow_local,
-            timeout,
+            timeout: Duration::from_secs(ctx.settings.fetch_timeout_seconds),
         };
         let commit = match source::obtain(&sources, build, dir, &mut logs, cancel).await? {
             Ok(commit) => commit,
@@ -252,7 +377,7 @@ impl Job {
                 .await?;
                 continue;
             }
-            super::set_step(&ctx.pool, build.id, name).await?;
+            super::set_step(&ctx.pool, lease, name).await?;
             logs.clear_tail();
             logs.line(name, Stream::Slipway, &format!("$ {command}"))
                 .await?;
@@ -274,7 +399,7 @@ impl Job {
                         &format!("the {name} command `{command}`"),
                         timeout,
                     );
-                    let reason = reason_of(what, &logs);
+                    let reason = with_tail(what, &logs.tail());
                     logs.line(name, Stream::Slipway, &format!("{name} failed"))
                         .await?;
                     logs.flush().await?;
@@ -284,21 +409,21 @@ impl Job {
         }
 
         // Package and push.
-        super::set_step(&ctx.pool, build.id, "package").await?;
+        super::set_step(&ctx.pool, lease, "package").await?;
         let pushing = format!("packaging and pushing to {}", ctx.registry.address);
         logs.line("package", Stream::Slipway, &pushing).await?;
+        logs.flush().await?;
         let tag = format!("build-{}", build.id);
-        let pushed = package::package_and_push(
-            src,
-            &spec,
-            &build.service_name,
-            &commit,
-            &tag,
-            &ctx.registry,
-        )
-        .await;
+        let target = package::Target {
+            service: &build.service_name,
+            commit: &commit,
+            tag: &tag,
+            registry: &ctx.registry,
+        };
+        let pushed = package::package_and_push(src, &spec, &target, cancel).await;
         let packaged = match pushed {
             Ok(p) => p,
+            Err(package::PackageError::Cancelled) => return Ok(cancelled("package")),
             Err(e) => {
                 logs.line("package", Stream::Slipway, &e.to_string())
                     .await?;

@@ -30,8 +30,14 @@ impl Handler for BuildRequests {
         let request: BuildRequested = event
             .data_as()
             .map_err(|e| HandlerError::Permanent(e.into()))?;
+        // The worker continues this trace when it drives the build (any replica, any time).
+        let trace = slipway_telemetry::current_traceparent().or_else(|| event.traceparent.clone());
         let handled = slipway_outbox::inbox::apply_once(&self.pool, CONSUMER, event, move |tx| {
-            async move { crate::builds::enqueue(tx, &request).await }.boxed()
+            async move {
+                crate::builds::enqueue(tx, &request).await?;
+                crate::builds::trace::record(tx, request.build_id, trace.as_deref()).await
+            }
+            .boxed()
         })
         .await?;
         self.wake.notify_one();

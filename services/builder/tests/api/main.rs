@@ -2,10 +2,14 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
+mod bounds;
 mod builds;
 mod clone_credentials;
 mod helpers;
+mod leases;
 mod projects;
 mod registry_auth;
+mod retention;
 mod reuse;
 mod sandbox;
+mod timeouts;

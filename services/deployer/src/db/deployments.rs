@@ -8,13 +8,14 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use crate::engine::plan::Step;
+use super::leases::{FencedError, Lease};
+use crate::domain::{DeploymentKind, DeploymentStatus, Step};
 
 /// A deployment as stored and shown.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Deployment {
     pub id: Uuid,
-    pub kind: String,
+    pub kind: DeploymentKind,
     pub service_id: ServiceId,
     pub service_name: String,
     pub environment: String,
@@ -32,7 +33,7 @@ pub struct Deployment {
     pub from_release: Option<i32>,
     pub from_config: Option<i32>,
     pub from_replicas: Option<i32>,
-    pub status: String,
+    pub status: DeploymentStatus,
     pub plan: Json<Vec<Step>>,
     pub rollback_plan: Json<Vec<Step>>,
     pub step_index: i32,
@@ -44,12 +45,17 @@ pub struct Deployment {
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub finished_at: Option<DateTime<Utc>>,
+    /// The replica driving it (absent: nobody; a queued or ended deployment).
+    pub lease_owner: Option<String>,
+    /// How many times it was claimed; the driver's writes are fenced on it.
+    pub lease_epoch: i64,
+    pub lease_expires_at: Option<DateTime<Utc>>,
 }
 
 impl Deployment {
     /// The steps being executed: the rollout, or the way back once it is rolling back.
     pub fn active_plan(&self) -> &[Step] {
-        if self.status == "rolling_back" {
+        if self.status == DeploymentStatus::RollingBack {
             &self.rollback_plan.0
         } else {
             &self.plan.0
@@ -68,16 +74,17 @@ impl Deployment {
         v["steps"] = serde_json::json!(describe(&self.plan.0));
         v["rollback_steps"] = serde_json::json!(describe(&self.rollback_plan.0));
         v["current_step"] = match self.active_plan().get(self.step_index as usize) {
-            Some(s) if !is_terminal(&self.status) => serde_json::json!(s.describe()),
+            Some(s) if !self.status.is_terminal() => serde_json::json!(s.describe()),
             _ => serde_json::Value::Null,
         };
         v["url"] = serde_json::json!(format!("/v1/deployments/{}", self.id));
         v
     }
-}
 
-pub fn is_terminal(status: &str) -> bool {
-    matches!(status, "succeeded" | "failed" | "rolled_back" | "cancelled")
+    /// Whether `lease` is the lease this row was read under.
+    pub fn held_by(&self, lease: &Lease) -> bool {
+        self.lease_epoch == lease.epoch && self.lease_owner.as_deref() == Some(lease.owner.as_str())
+    }
 }
 
 /// Records a request as `queued`; a redelivered command changes nothing.
@@ -86,11 +93,7 @@ pub async fn insert(
     r: &DeployRequested,
     default_timeout: u32,
 ) -> Result<bool, sqlx::Error> {
-    let kind = match r.kind {
-        slipway_events::deploy::DeployKind::Deploy => "deploy",
-        slipway_events::deploy::DeployKind::Rollback => "rollback",
-        slipway_events::deploy::DeployKind::Scale => "scale",
-    };
+    let kind = DeploymentKind::from(r.kind);
     let done = sqlx::query(
         "INSERT INTO deployments (id, kind, service_id, service_name, environment, \
          requested_release, requested_replicas, requested_config, strategy, health_check, \
@@ -141,26 +144,11 @@ pub async fn list(
     .await
 }
 
-/// Deployments the engine must drive: active ones, and the oldest queued one of each service
-/// and environment that has no active one.
-pub async fn runnable(pool: &PgPool) -> Result<Vec<Deployment>, sqlx::Error> {
-    sqlx::query_as(
-        "SELECT * FROM deployments d WHERE d.status IN ('progressing', 'rolling_back') \
-         OR (d.status = 'queued' AND NOT EXISTS (SELECT 1 FROM deployments a \
-             WHERE a.service_id = d.service_id AND a.environment = d.environment \
-             AND (a.status IN ('progressing', 'rolling_back') \
-                  OR (a.status = 'queued' AND a.created_at < d.created_at)))) \
-         ORDER BY d.created_at",
-    )
-    .fetch_all(pool)
-    .await
-}
-
 /// Marks a cancel request; answers the deployment's status, if it exists.
 pub async fn request_cancel(
     conn: &mut PgConnection,
     id: Uuid,
-) -> Result<Option<String>, sqlx::Error> {
+) -> Result<Option<DeploymentStatus>, sqlx::Error> {
     sqlx::query_scalar(
         "UPDATE deployments SET cancel_requested = true WHERE id = $1 RETURNING status",
     )
@@ -169,94 +157,134 @@ pub async fn request_cancel(
     .await
 }
 
-/// Starts a queued deployment with its resolved plan.
-#[allow(clippy::too_many_arguments)]
+/// What a deployment resolved to when it starts.
+pub struct Start<'a> {
+    pub release: i32,
+    pub config_version: i32,
+    pub replicas: i32,
+    /// What ran before: release, config version, replicas.
+    pub from: Option<(i32, i32, i32)>,
+    pub plan: &'a [Step],
+    pub health_check: &'a HealthCheck,
+    pub deadline: DateTime<Utc>,
+}
+
+/// Starts a queued deployment with its resolved plan (fenced on `lease`).
 pub async fn start(
     conn: &mut PgConnection,
-    id: Uuid,
-    release: i32,
-    config_version: i32,
-    replicas: i32,
-    from: Option<(i32, i32, i32)>,
-    plan: &[Step],
-    health_check: &HealthCheck,
-    deadline: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+    lease: &Lease,
+    s: &Start<'_>,
+) -> Result<(), FencedError> {
+    let done = sqlx::query(
         "UPDATE deployments SET status = 'progressing', release = $2, config_version = $3, \
          replicas = $4, from_release = $5, from_config = $6, from_replicas = $7, plan = $8, \
          step_index = 0, step_started_at = now(), step_deadline = $9, started_at = now(), \
-         health_check = $10 WHERE id = $1",
+         health_check = $10 WHERE id = $1 AND status = 'queued' \
+         AND lease_owner = $11 AND lease_epoch = $12",
     )
-    .bind(id)
-    .bind(release)
-    .bind(config_version)
-    .bind(replicas)
-    .bind(from.map(|f| f.0))
-    .bind(from.map(|f| f.1))
-    .bind(from.map(|f| f.2))
-    .bind(Json(plan))
-    .bind(deadline)
-    .bind(Json(health_check))
+    .bind(lease.deployment)
+    .bind(s.release)
+    .bind(s.config_version)
+    .bind(s.replicas)
+    .bind(s.from.map(|f| f.0))
+    .bind(s.from.map(|f| f.1))
+    .bind(s.from.map(|f| f.2))
+    .bind(Json(s.plan))
+    .bind(s.deadline)
+    .bind(Json(s.health_check))
+    .bind(&lease.owner)
+    .bind(lease.epoch)
     .execute(conn)
     .await?;
-    Ok(())
+    lease.fenced(done)
 }
 
-/// Moves to step `index` with a fresh deadline.
+/// Gives a queued deployment its deadline for being resolved, once: a request whose release or
+/// config cannot be looked up (the registry unreachable) fails then instead of waiting forever.
+pub async fn set_resolve_deadline(
+    conn: &mut PgConnection,
+    lease: &Lease,
+    deadline: DateTime<Utc>,
+) -> Result<(), FencedError> {
+    let done = sqlx::query(
+        "UPDATE deployments SET step_deadline = coalesce(step_deadline, $2) \
+         WHERE id = $1 AND lease_owner = $3 AND lease_epoch = $4",
+    )
+    .bind(lease.deployment)
+    .bind(deadline)
+    .bind(&lease.owner)
+    .bind(lease.epoch)
+    .execute(conn)
+    .await?;
+    lease.fenced(done)
+}
+
+/// Moves from step `from` to step `from + 1` with a fresh deadline (fenced on `lease`, and on
+/// the step, so a step is completed once).
 pub async fn advance(
     conn: &mut PgConnection,
-    id: Uuid,
-    index: i32,
+    lease: &Lease,
+    from: i32,
     deadline: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "UPDATE deployments SET step_index = $2, step_started_at = now(), step_deadline = $3 \
-         WHERE id = $1",
+) -> Result<(), FencedError> {
+    let done = sqlx::query(
+        "UPDATE deployments SET step_index = $2 + 1, step_started_at = now(), step_deadline = $3 \
+         WHERE id = $1 AND step_index = $2 AND lease_owner = $4 AND lease_epoch = $5",
     )
-    .bind(id)
-    .bind(index)
+    .bind(lease.deployment)
+    .bind(from)
     .bind(deadline)
+    .bind(&lease.owner)
+    .bind(lease.epoch)
     .execute(conn)
     .await?;
-    Ok(())
+    lease.fenced(done)
 }
 
-/// Switches to the way back (`rolling_back`), keeping the reason.
+/// Switches to the way back (`rolling_back`), keeping the reason (fenced on `lease`).
 pub async fn begin_rollback(
     conn: &mut PgConnection,
-    id: Uuid,
+    lease: &Lease,
     plan: &[Step],
     reason: Option<&FailureReason>,
     deadline: DateTime<Utc>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<(), FencedError> {
+    let done = sqlx::query(
         "UPDATE deployments SET status = 'rolling_back', rollback_plan = $2, reason = $3, \
-         step_index = 0, step_started_at = now(), step_deadline = $4 WHERE id = $1",
+         step_index = 0, step_started_at = now(), step_deadline = $4 \
+         WHERE id = $1 AND status = 'progressing' AND lease_owner = $5 AND lease_epoch = $6",
     )
-    .bind(id)
+    .bind(lease.deployment)
     .bind(Json(plan))
     .bind(reason.map(Json))
     .bind(deadline)
+    .bind(&lease.owner)
+    .bind(lease.epoch)
     .execute(conn)
     .await?;
-    Ok(())
+    lease.fenced(done)
 }
 
+/// Ends the deployment with `status` and lets go of its lease, in the caller's transaction
+/// (fenced on `lease`: a deployment ends once, by its owner).
 pub async fn finish(
     conn: &mut PgConnection,
-    id: Uuid,
-    status: &str,
+    lease: &Lease,
+    status: DeploymentStatus,
     reason: Option<&FailureReason>,
-) -> Result<(), sqlx::Error> {
-    sqlx::query(
+) -> Result<(), FencedError> {
+    let done = sqlx::query(
         "UPDATE deployments SET status = $2, reason = coalesce($3, reason), finished_at = now(), \
-         step_deadline = NULL WHERE id = $1",
+         step_deadline = NULL WHERE id = $1 AND status IN ('queued', 'progressing', 'rolling_back') \
+         AND lease_owner = $4 AND lease_epoch = $5",
     )
-    .bind(id)
+    .bind(lease.deployment)
     .bind(status)
     .bind(reason.map(Json))
-    .execute(conn)
+    .bind(&lease.owner)
+    .bind(lease.epoch)
+    .execute(&mut *conn)
     .await?;
-    Ok(())
+    lease.fenced(done)?;
+    super::leases::release(conn, lease).await
 }

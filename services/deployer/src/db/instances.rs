@@ -17,6 +17,7 @@ use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use crate::domain::{InstanceHealth, InstanceState};
 use crate::target::ProcessIdentity;
 
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
@@ -35,8 +36,8 @@ pub struct Instance {
     pub address: Option<String>,
     pub port: Option<i32>,
     pub pid: Option<i32>,
-    pub state: String,
-    pub health: String,
+    pub state: InstanceState,
+    pub health: InstanceHealth,
     pub health_detail: Option<String>,
     pub restarts: i32,
     pub crash_loop: bool,
@@ -322,7 +323,7 @@ pub async fn set_health(
     conn: &mut PgConnection,
     id: Uuid,
     restarts: u32,
-    health: &str,
+    health: InstanceHealth,
     detail: &str,
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
@@ -339,7 +340,11 @@ pub async fn set_health(
     Ok(())
 }
 
-pub async fn set_state(conn: &mut PgConnection, id: Uuid, state: &str) -> Result<(), sqlx::Error> {
+pub async fn set_state(
+    conn: &mut PgConnection,
+    id: Uuid,
+    state: InstanceState,
+) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE instances SET state = $2, updated_at = now() WHERE id = $1")
         .bind(id)
         .bind(state)

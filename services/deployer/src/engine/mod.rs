@@ -1,34 +1,55 @@
 //! The deployment engine: drives each deployment through its plan, one step at a time, with
-//! every position and deadline in the database.
+//! every position and deadline in the database, under a lease so that of several deployer
+//! replicas exactly one drives each deployment.
 //!
 //! Layout:
 //! - [`plan`]: strategies turned into idempotent steps (pure).
-//! - `drive.rs`: starting a queued deployment, executing steps, gates, deadlines, rollback,
-//!   cancel, and finishing (with its events).
+//! - `resolve.rs`: a request and what runs turned into a plan or a refusal, and the way back
+//!   of a failed deployment (pure).
+//! - `start.rs`: starting a queued deployment (looking up the facts `resolve.rs` needs).
+//! - `drive.rs`: one pass over a deployment: running its step, failing it, finishing it (with
+//!   its events).
+//! - `steps.rs`: executing one step (scale, route, pause gates).
+//! - `lease.rs`: keeping a claimed lease alive while its deployment is driven.
+//! - `metrics.rs`: outcomes, failed checks and takeovers.
 //! - [`fleet`]: instances on the target (start, drain and stop, recovery, heartbeats).
 //!
-//! One task per active deployment, started by a loop that wakes on new commands, health
-//! verdicts and a short tick. At start-up every `progressing` or `rolling_back` deployment is
-//! picked up again at its stored step, so a deployer killed mid-rollout resumes it.
+//! A loop claims runnable deployments whose lease is free or expired (`db::leases`), waking on
+//! new commands, health verdicts and a short tick, and runs one task per claimed deployment.
+//! Every write of that task to the deployment is compare-and-set on its lease, and each pass
+//! starts by checking the lease (and pauses while renewals fail): when another replica took the
+//! deployment over (this one stopped renewing: it hung, or lost the database), the task stops
+//! and publishes nothing more. (The route step's weights and the fleet's instance rows are not
+//! fenced in their own transactions yet; `db::leases::fence` is there for them.) The new owner resumes at the stored step, as a restarted
+//! deployer does (a restart is a new replica; a deployer stopped cleanly hands its leases back).
 
 mod drive;
 pub mod fleet;
+mod lease;
+pub mod metrics;
 pub mod plan;
+mod resolve;
+mod start;
 mod steps;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use slipway_events::deploy::{HealthCheck, ProbePath};
+use slipway_ids::ReplicaId;
 use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::db::deployments;
+use crate::db::leases::{self, FencedError};
 use crate::registry::RegistryError;
 use crate::target::TargetError;
 pub use fleet::Fleet;
+use lease::Held;
+pub use metrics::EngineMetrics;
 
 /// Why the engine could not do something (retried on the next tick unless it is a verdict).
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +64,18 @@ pub enum EngineError {
     Event(#[from] serde_json::Error),
     #[error("instance {0} vanished")]
     Gone(Uuid),
+    /// Another replica drives the deployment now: this driver stops.
+    #[error("the lease on deployment {deployment} (epoch {epoch}) is no longer held")]
+    LeaseLost { deployment: Uuid, epoch: i64 },
+}
+
+impl From<FencedError> for EngineError {
+    fn from(e: FencedError) -> Self {
+        match e {
+            FencedError::Database(e) => Self::Database(e),
+            FencedError::Lost { deployment, epoch } => Self::LeaseLost { deployment, epoch },
+        }
+    }
 }
 
 /// Engine settings (section `[deploy]`).
@@ -60,11 +93,17 @@ pub struct DeploySettings {
     pub tick_ms: u64,
     /// How often live instances are announced to the registry.
     pub heartbeat_ms: u64,
+    /// How long a replica's lease on a deployment lasts unrenewed (renewed every third of it);
+    /// after that another replica takes the deployment over.
+    pub lease_ttl_ms: u64,
 }
 
 pub struct Engine {
     pub fleet: Arc<Fleet>,
     settings: DeploySettings,
+    /// This process: the owner of the leases it claims.
+    replica: ReplicaId,
+    metrics: EngineMetrics,
     /// Woken by commands and health verdicts (the loop that starts drivers).
     pub wake: Arc<Notify>,
     /// Every driver waiting on health or its turn wakes on this (health verdicts, commands).
@@ -73,10 +112,17 @@ pub struct Engine {
 }
 
 impl Engine {
-    pub fn new(fleet: Arc<Fleet>, settings: DeploySettings) -> Arc<Self> {
+    pub fn new(
+        fleet: Arc<Fleet>,
+        settings: DeploySettings,
+        replica: ReplicaId,
+        metrics: EngineMetrics,
+    ) -> Arc<Self> {
         Arc::new(Self {
             fleet,
             settings,
+            replica,
+            metrics,
             wake: Arc::new(Notify::new()),
             nudge: Arc::new(Notify::new()),
             driving: Mutex::default(),
@@ -87,64 +133,126 @@ impl Engine {
         Duration::from_millis(self.settings.tick_ms.max(20))
     }
 
-    /// The health check instances get when neither the request nor the environment names one.
-    fn default_check(&self, health_path: Option<&ProbePath>) -> HealthCheck {
-        HealthCheck {
-            path: health_path.cloned().unwrap_or_default(),
-            ..HealthCheck::default()
-        }
+    fn lease_ttl(&self) -> Duration {
+        Duration::from_millis(self.settings.lease_ttl_ms.max(300))
     }
 
-    /// Starts a driver for every runnable deployment not driven yet, until cancelled.
+    /// Claims runnable deployments and drives each claimed one, until cancelled; then hands
+    /// the leases back (briefly waiting for the drivers), so another replica resumes at once.
     pub async fn run(self: Arc<Self>, cancel: CancellationToken) -> Result<(), EngineError> {
+        let mut drivers = JoinSet::new();
         loop {
-            match deployments::runnable(&self.fleet.pool).await {
-                Ok(runnable) => {
-                    for d in runnable {
-                        let fresh = self.driving.lock().map(|mut s| s.insert(d.id));
-                        if fresh.unwrap_or(false) {
-                            let engine = self.clone();
-                            let cancel = cancel.clone();
-                            tokio::spawn(async move {
-                                engine.drive(d.id, cancel).await;
-                                if let Ok(mut s) = engine.driving.lock() {
-                                    s.remove(&d.id);
-                                }
-                                engine.wake.notify_one();
-                            });
+            let driving: Vec<Uuid> = self
+                .driving
+                .lock()
+                .map(|s| s.iter().copied().collect())
+                .unwrap_or_default();
+            let sent = Instant::now();
+            let ttl = self.lease_ttl();
+            match leases::claim(&self.fleet.pool, &self.replica, ttl, &driving, 64).await {
+                Ok(claimed) => {
+                    for c in claimed {
+                        if let Some(from) = &c.taken_over_from {
+                            self.metrics.taken_over();
+                            tracing::warn!(deployment.id = %c.lease.deployment,
+                                epoch = c.lease.epoch, previous_owner = %from,
+                                "took over a deployment whose lease expired; resuming at its stored step");
                         }
+                        let id = c.lease.deployment;
+                        if let Ok(mut s) = self.driving.lock() {
+                            s.insert(id);
+                        }
+                        let held = Held::new(c.lease, ttl, sent);
+                        let engine = self.clone();
+                        let cancel = cancel.clone();
+                        drivers.spawn(async move {
+                            // Continues the command's trace: the events it enqueues carry it.
+                            let span = crate::db::trace::span(&engine.fleet.pool, id).await;
+                            engine.drive(held, cancel).instrument(span).await;
+                            if let Ok(mut s) = engine.driving.lock() {
+                                s.remove(&id);
+                            }
+                            engine.wake.notify_one();
+                        });
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot list deployments"),
+                Err(e) => tracing::warn!(error = %e, "cannot claim deployments"),
             }
+            while drivers.try_join_next().is_some() {}
             tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
+                _ = cancel.cancelled() => break,
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(self.tick() * 5) => {}
             }
         }
+        let drained = async { while drivers.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(5), drained)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "some deployments were still being driven at shutdown; their leases expire"
+            );
+        }
+        Ok(())
     }
 
-    /// Drives one deployment until it ends or the deployer stops (it resumes at next start).
-    async fn drive(&self, id: Uuid, cancel: CancellationToken) {
+    /// Drives one deployment under `held` until it ends, the lease is lost, or the deployer
+    /// stops; then lets go of the lease unless it was lost.
+    async fn drive(&self, held: Arc<Held>, cancel: CancellationToken) {
+        let stop = cancel.child_token();
+        let renewer = {
+            let (held, pool, stop) = (held.clone(), self.fleet.pool.clone(), stop.clone());
+            tokio::spawn(async move { held.keep_alive(&pool, stop).await })
+        };
+        self.passes(&held, &cancel).await;
+        stop.cancel();
+        let _ = renewer.await;
+        if held.lost.is_cancelled() {
+            return;
+        }
+        // An ended deployment released its lease when it finished (this then matches nothing).
+        let released = async {
+            let mut conn = self.fleet.pool.acquire().await?;
+            leases::release(&mut conn, &held.lease).await
+        };
+        match released.await {
+            Ok(()) | Err(FencedError::Lost { .. }) => {}
+            Err(e) => tracing::warn!(deployment.id = %held.lease.deployment, error = %e,
+                "lease not handed back; it expires"),
+        }
+    }
+
+    async fn passes(&self, held: &Held, cancel: &CancellationToken) {
+        let id = held.lease.deployment;
         loop {
-            if cancel.is_cancelled() {
+            if cancel.is_cancelled() || held.lost.is_cancelled() {
                 return;
             }
             // Registered before the pass, so a verdict arriving during it is not missed.
             let nudged = self.nudge.notified();
             tokio::pin!(nudged);
             nudged.as_mut().enable();
-            match self.step_once(id).await {
-                Ok(drive::Progress::Ended) => return,
-                Ok(drive::Progress::Moved) => continue,
-                Ok(drive::Progress::Waiting) => {}
-                Err(e) => {
-                    tracing::warn!(deployment.id = %id, error = %e, "deployment step failed; retrying")
+            // Renewals are failing: act on nothing until one succeeds (or the lease is lost).
+            if held.usable() {
+                match self.step_once(&held.lease).await {
+                    Ok(drive::Progress::Ended | drive::Progress::Yield) => return,
+                    Ok(drive::Progress::Moved) => continue,
+                    Ok(drive::Progress::Waiting) => {}
+                    Err(EngineError::LeaseLost { epoch, .. }) => {
+                        tracing::warn!(deployment.id = %id, epoch,
+                            "another replica drives the deployment now; stopping");
+                        held.lost.cancel();
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(deployment.id = %id, error = %e, "deployment step failed; retrying")
+                    }
                 }
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
+                _ = held.lost.cancelled() => return,
                 _ = nudged => {}
                 _ = tokio::time::sleep(self.tick()) => {}
             }

@@ -1,48 +1,38 @@
 //! Executing one step of a plan: scaling a release set (start, drain, stop, wait for health),
 //! routing weights, and pause gates. `drive.rs` decides which step runs and what follows it.
+//!
+//! A route step ends when the routers apply its weights, not when they are written: it
+//! announces the weights once, then waits until the registry's table holds them and every
+//! live edge router reports serving that table version or a later one. A router is live while
+//! it keeps polling discovery (the registry's rule, `discovery.router_grace_ms`); one that
+//! stopped is not waited for. With no live router at all (Kubernetes, where the cluster
+//! applies weights, or no gateway running) the step ends once the registry holds the weights:
+//! there is nobody to wait for, and waiting would only run into the deadline. Past the step's
+//! deadline it fails with "routers did not apply the table: <router ids>".
 
 use chrono::Utc;
-use slipway_events::deploy::{Strategy, TrafficChanged};
+use slipway_events::deploy::{ReleaseWeight, Strategy, TrafficChanged};
 
 use super::drive::{Outcome, owner};
 use super::fleet::announce;
-use super::plan::{Gate, Set, Step};
 use super::{Engine, EngineError};
 use crate::db::deployments::Deployment;
 use crate::db::instances::{self, Instance};
+use crate::db::leases::{self, Lease};
 use crate::db::state;
+use crate::domain::{Check, InstanceHealth, InstanceState};
+use crate::domain::{Gate, Set, Step};
 
 impl Engine {
     pub(super) async fn execute(
         &self,
         d: &Deployment,
+        lease: &Lease,
         step: &Step,
     ) -> Result<Outcome, EngineError> {
         match step {
             Step::Scale { set, count } => self.scale(d, *set, *count as usize).await,
-            Step::Route { weights } => {
-                let mut tx = self.fleet.pool.begin().await?;
-                state::set_weights(
-                    &mut tx,
-                    d.service_id,
-                    &d.service_name,
-                    &d.environment,
-                    weights,
-                )
-                .await?;
-                let data = TrafficChanged {
-                    service_id: d.service_id,
-                    service_name: d.service_name.clone(),
-                    environment: d.environment.clone(),
-                    deployment_id: Some(d.id),
-                    weights: weights.clone(),
-                    at: Utc::now(),
-                };
-                let subject = format!("{}/{}", d.service_name, d.environment);
-                announce(&mut tx, d.service_id, subject, &data).await?;
-                tx.commit().await?;
-                Ok(Outcome::Done)
-            }
+            Step::Route { weights } => self.route(d, lease, weights).await,
             Step::Pause { seconds, gates } => {
                 for gate in gates {
                     if let Some(failure) = self.check_gate(d, gate).await? {
@@ -60,6 +50,74 @@ impl Engine {
         }
     }
 
+    /// Announces `weights` unless they are the stored ones already (a step looked at again,
+    /// or weights that did not change), then waits for the routers (see the module's doc).
+    async fn route(
+        &self,
+        d: &Deployment,
+        lease: &Lease,
+        weights: &[ReleaseWeight],
+    ) -> Result<Outcome, EngineError> {
+        let mut tx = self.fleet.pool.begin().await?;
+        // The weights are not compare-and-set themselves: a replica that lost the lease must
+        // not announce them, so the lease is checked (and held) in this transaction.
+        leases::fence(&mut tx, lease).await?;
+        let stored = state::get(&mut tx, d.service_id, &d.environment)
+            .await?
+            .map(|s| s.weights.0)
+            .unwrap_or_default();
+        if stored != weights {
+            state::set_weights(
+                &mut tx,
+                d.service_id,
+                &d.service_name,
+                &d.environment,
+                weights,
+            )
+            .await?;
+            let data = TrafficChanged {
+                service_id: d.service_id,
+                service_name: d.service_name.clone(),
+                environment: d.environment.clone(),
+                deployment_id: Some(d.id),
+                weights: weights.to_vec(),
+                at: Utc::now(),
+            };
+            let subject = format!("{}/{}", d.service_name, d.environment);
+            announce(&mut tx, d.service_id, subject, &data).await?;
+        }
+        tx.commit().await?;
+        let status = match self
+            .fleet
+            .registry
+            .traffic(d.service_id, &d.environment)
+            .await
+        {
+            Ok(status) => status,
+            // Waited out like the routers: an outage until the deadline, then the reason.
+            Err(e) => {
+                return Ok(Outcome::Wait(format!(
+                    "cannot ask the registry whether routers applied the weights: {e}"
+                )));
+            }
+        };
+        if status.weights != weights {
+            return Ok(Outcome::Wait(
+                "the registry has not applied the new weights yet".into(),
+            ));
+        }
+        let lagging = status.lagging(status.version);
+        if lagging.is_empty() {
+            return Ok(Outcome::Done);
+        }
+        let ids: Vec<&str> = lagging.iter().map(|r| r.as_str()).collect();
+        Ok(Outcome::Wait(format!(
+            "routers did not apply the table: {} (version {} needed)",
+            ids.join(", "),
+            status.version
+        )))
+    }
+
     /// The health gate: every instance of the release up, healthy, not crash-looping.
     async fn check_gate(
         &self,
@@ -69,19 +127,19 @@ impl Engine {
         let Gate::Health { release } = gate;
         let rows =
             instances::of_release(&self.fleet.pool, d.service_id, &d.environment, *release).await?;
-        let bad = rows
-            .iter()
-            .find(|i| i.crash_loop || i.state == "down" || i.health == "unhealthy");
+        let bad = rows.iter().find(|i| {
+            i.crash_loop || i.state == InstanceState::Down || i.health == InstanceHealth::Unhealthy
+        });
         Ok(bad.map(|i| {
             Outcome::Fail(
-                "health",
+                Check::Health,
                 format!(
                     "instance {} of v{release} is {} ({}: {})",
                     i.id,
                     if i.crash_loop {
                         "crash-looping"
                     } else {
-                        &i.health
+                        i.health.as_str()
                     },
                     i.health_check.0.describe(),
                     i.health_detail
@@ -97,9 +155,8 @@ impl Engine {
         let fleet = &self.fleet;
         let rows =
             instances::of_release(&fleet.pool, d.service_id, &d.environment, set.release).await?;
-        let (leaving, live): (Vec<Instance>, Vec<Instance>) = rows
-            .into_iter()
-            .partition(|i| i.state == "draining" || i.state == "stopping");
+        let (leaving, live): (Vec<Instance>, Vec<Instance>) =
+            rows.into_iter().partition(|i| i.state.is_leaving());
         let why = if Some(set.release) == d.release {
             "scaled down".to_owned()
         } else {
@@ -132,8 +189,8 @@ impl Engine {
             let mut extras = live;
             extras.sort_by_key(|i| {
                 (
-                    i.state != "down",
-                    i.health != "unhealthy",
+                    i.state != InstanceState::Down,
+                    i.health != InstanceHealth::Unhealthy,
                     std::cmp::Reverse(i.created_at),
                 )
             });
@@ -143,7 +200,7 @@ impl Engine {
         }
         if let Some(i) = live.iter().find(|i| i.crash_loop) {
             return Ok(Outcome::Fail(
-                "crash_loop",
+                Check::CrashLoop,
                 format!(
                     "instance {} of v{} is crash-looping: {}",
                     i.id,
@@ -154,14 +211,14 @@ impl Engine {
         }
         let healthy = live
             .iter()
-            .filter(|i| i.state == "running" && i.health == "healthy")
+            .filter(|i| i.state == InstanceState::Running && i.health == InstanceHealth::Healthy)
             .count();
         if healthy >= count {
             return Ok(Outcome::Done);
         }
         let waiting: Vec<String> = live
             .iter()
-            .filter(|i| !(i.state == "running" && i.health == "healthy"))
+            .filter(|i| !(i.state == InstanceState::Running && i.health == InstanceHealth::Healthy))
             .map(|i| {
                 format!(
                     "instance {} is {} ({}: {})",

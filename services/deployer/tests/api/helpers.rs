@@ -1,4 +1,5 @@
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -36,7 +37,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     /// Publishes commands and registry facts as the gateway and the registry would.
     pub producer: EventProducer,
-    pub registry: StandInRegistry,
+    pub registry: Arc<StandInRegistry>,
     _workdir: Workdir,
     _stop: oneshot::Sender<()>,
 }
@@ -44,8 +45,18 @@ pub struct TestApp {
 /// Starts a deployer on port 0 with a fresh database, its own topics, its own work directory
 /// and a stand-in registry.
 pub async fn spawn_app() -> TestApp {
-    let registry = StandInRegistry::start().await;
+    let registry = Arc::new(StandInRegistry::start().await);
     let base = slipway_testkit::base_settings("deployer").await;
+    spawn_app_on(base, registry, &[]).await
+}
+
+/// Starts a deployer on `base`'s database and topics (another replica when a deployer already
+/// runs there), asking `registry`, with further `SLIPWAY_*` settings.
+pub async fn spawn_app_on(
+    base: BaseSettings,
+    registry: Arc<StandInRegistry>,
+    extra: &[(&str, &str)],
+) -> TestApp {
     let workdir = std::env::temp_dir().join(format!(
         "slipway-deployer-api-{}",
         slipway_testkit::unique()
@@ -70,6 +81,11 @@ pub async fn spawn_app() -> TestApp {
             ),
         ]
         .into_iter()
+        .chain(
+            extra
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned())),
+        )
         .chain(slipway_testkit::identity::env(ServiceCaller::Deployer)),
     )
     .expect("deployer settings");
@@ -146,6 +162,13 @@ impl TestApp {
             .send()
             .await
             .unwrap()
+    }
+
+    /// The deployer's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let res = self.get("/metrics").await;
+        assert_eq!(res.status(), 200);
+        res.text().await.unwrap()
     }
 
     pub async fn put_json(&self, path: &str, body: &Value) -> Response {

@@ -6,6 +6,8 @@
 mod auto_deploy;
 mod commands;
 mod helpers;
+mod leases;
 mod policy;
 mod reads;
+mod routing;
 mod stand_in;

@@ -6,6 +6,9 @@
 //!
 //! A release can be *held*: its answer waits until the test opens the gate, which keeps a
 //! deployment `queued` in its start for as long as the test needs.
+//!
+//! The traffic status (what route steps wait on) answers "nothing set, no router" unless the
+//! test set one with [`StandInRegistry::set_traffic`].
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -23,6 +26,8 @@ struct Catalog {
     held: Mutex<HashSet<(String, i32)>>,
     /// Paths asked for, in order.
     seen: Mutex<Vec<String>>,
+    /// (service id, environment) → the traffic status answered.
+    traffic: Mutex<HashMap<(String, String), Value>>,
 }
 
 pub struct StandInRegistry {
@@ -80,7 +85,10 @@ async fn environments(
     }
     let items: Vec<Value> = latest
         .into_iter()
-        .map(|(env, version)| json!({"name": env, "config_version": version}))
+        .map(|(env, version)| {
+            json!({"name": env, "target": "process", "config_version": version,
+                "created_at": chrono::Utc::now(), "updated_at": chrono::Utc::now()})
+        })
         .collect();
     HttpResponse::Ok().json(json!({ "items": items }))
 }
@@ -96,6 +104,25 @@ async fn config(
         "version": version,
         "vars": {"SLIPWAY_ENVIRONMENT_NAME": env},
         "secrets": {},
+    }))
+}
+
+async fn traffic(
+    catalog: web::Data<Catalog>,
+    path: web::Path<(String, String)>,
+    req: HttpRequest,
+) -> HttpResponse {
+    catalog.seen.lock().unwrap().push(req.path().to_owned());
+    let (service, env) = path.into_inner();
+    let set = catalog
+        .traffic
+        .lock()
+        .unwrap()
+        .get(&(service.clone(), env.clone()))
+        .cloned();
+    HttpResponse::Ok().json(set.unwrap_or_else(|| {
+        json!({"service_id": service, "environment": env, "weights": [], "version": 0,
+            "index": 0, "routers": []})
     }))
 }
 
@@ -126,6 +153,7 @@ impl StandInRegistry {
                     "/internal/v1/services/{name}/environments/{env}/config/{version}",
                     get().to(config),
                 )
+                .route("/internal/v1/traffic/{service_id}/{env}", get().to(traffic))
                 .default_service(web::to(|| async { HttpResponse::Unauthorized().finish() }))
         })
         .workers(1)
@@ -151,6 +179,12 @@ impl StandInRegistry {
         self.catalog.releases.lock().unwrap().insert(
             (service.to_owned(), number),
             json!({
+                "id": uuid::Uuid::now_v7(),
+                "service_id": slipway_ids::ServiceId::new(),
+                "version": format!("v{number}"),
+                "build_id": slipway_ids::BuildId::new(),
+                "commit": "0".repeat(40),
+                "created_at": chrono::Utc::now(),
                 "number": number,
                 // Pinned, on a port where no registry listens: pulls fail at once.
                 "image": format!("127.0.0.1:1/{service}@{digest}"),
@@ -160,6 +194,41 @@ impl StandInRegistry {
                 "config": config,
             }),
         );
+    }
+
+    /// From now on the traffic status of `service` in `env` holds `weights` (JSON) at table
+    /// `version`, with live routers each serving the version given.
+    pub fn set_traffic(
+        &self,
+        service: slipway_ids::ServiceId,
+        env: &str,
+        weights: Value,
+        version: u64,
+        routers: &[(&str, u64)],
+    ) {
+        let routers: Vec<Value> = routers
+            .iter()
+            .map(|(id, applied)| {
+                json!({"router": id, "applied": applied, "polled_at": chrono::Utc::now(),
+                    "live": true})
+            })
+            .collect();
+        self.catalog.traffic.lock().unwrap().insert(
+            (service.to_string(), env.to_owned()),
+            json!({"service_id": service, "environment": env, "weights": weights,
+                "version": version, "index": version, "routers": routers}),
+        );
+    }
+
+    /// How many times the traffic status was asked for.
+    pub fn traffic_asks(&self) -> usize {
+        self.catalog
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| p.starts_with("/internal/v1/traffic/"))
+            .count()
     }
 
     /// The answer for release `number` of `service` waits until [`Self::open_gate`].

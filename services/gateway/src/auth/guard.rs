@@ -18,8 +18,8 @@ use uuid::Uuid;
 
 use super::rules::{self, Access, Lookup, Scope};
 use super::{Acting, Caller, Verdict};
-use crate::commands::ServiceRef;
 use crate::upstream::{Upstream, Upstreams, bad_upstream};
+use slipway_wire::service::Service;
 
 /// What the guard learnt about an allowed (or refused) request.
 #[derive(Debug, Clone, Default)]
@@ -29,12 +29,12 @@ pub struct Scoped {
     /// How the caller acted; `None` when it was refused before it could.
     pub acting: Option<Acting>,
     /// The service the request is about (service, build and deployment routes).
-    pub service: Option<ServiceRef>,
+    pub service: Option<Service>,
 }
 
 impl Scoped {
     /// The service the guard resolved; only routes whose rule has a service scope have one.
-    pub fn service(&self) -> Result<ServiceRef, Problem> {
+    pub fn service(&self) -> Result<Service, Problem> {
         self.service.clone().ok_or_else(|| {
             tracing::error!("a handler asked for the service of a route without one");
             Problem::internal()
@@ -163,14 +163,14 @@ fn refuse<B>(
 /// The project a request acts in, and how to answer when the caller may not see it.
 struct Target {
     project: ProjectName,
-    service: Option<ServiceRef>,
+    service: Option<Service>,
     /// The 404 the caller gets if it has no role in the project: the very answer it would
     /// get if the thing did not exist.
     hidden: Problem,
 }
 
 impl Target {
-    fn of_service(service: ServiceRef, hidden: Problem) -> Self {
+    fn of_service(service: Service, hidden: Problem) -> Self {
         Self {
             project: service.project.clone(),
             service: Some(service),
@@ -275,7 +275,7 @@ async fn operation_service(
         .bind(id)
         .fetch_optional(pool)
         .await
-        .map_err(|e| crate::routes::internal("read operation", e))
+        .map_err(|e| slipway_http::problem::unexpected("read operation", e))
 }
 
 /// The `service_name` of what `upstream` holds at `path`; `None` when it has nothing there.
@@ -302,7 +302,7 @@ async fn service_of(
     upstreams: &Upstreams,
     name: &str,
     hidden: &Problem,
-) -> Result<ServiceRef, Problem> {
+) -> Result<Service, Problem> {
     upstreams.service(name).await.map_err(|problem| {
         if problem.status == StatusCode::NOT_FOUND.as_u16() {
             hidden.clone()

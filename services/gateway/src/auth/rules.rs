@@ -69,6 +69,8 @@ pub const RULES: &[Rule] = &[
     ),
     rule("GET", "/v1/services", Authenticated),
     rule("GET", "/v1/services/{name}", service(Viewer)),
+    // The new secret is in the answer: who may see it may replace it, a project admin.
+    rule("POST", "/v1/services/{name}/webhook-secret", service(Admin)),
     // builds.rs, build_logs.rs
     rule("POST", "/v1/services/{name}/builds", service(Deployer)),
     rule("GET", "/v1/services/{name}/builds", service(Viewer)),

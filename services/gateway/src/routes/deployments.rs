@@ -25,8 +25,9 @@ use uuid::Uuid;
 
 use super::releases::safe_path;
 use crate::auth::{Caller, Scoped};
-use crate::commands::{self, ServiceRef};
+use crate::commands;
 use crate::upstream::{Upstream, Upstreams, bad_upstream};
+use slipway_wire::service::Service;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(
@@ -193,7 +194,7 @@ async fn target(
     upstreams: &Upstreams,
     scoped: &Scoped,
     env: &str,
-) -> Result<(ServiceRef, EnvironmentRef), Problem> {
+) -> Result<(Service, EnvironmentRef), Problem> {
     check_env(env)?;
     let service = scoped.service()?;
     let answer = upstreams
@@ -239,7 +240,7 @@ async fn check_release(upstreams: &Upstreams, service: &str, n: i32) -> Result<(
 /// A command for `service` in `environment`, with nothing set beyond who asked.
 fn command(
     kind: DeployKind,
-    service: &ServiceRef,
+    service: &Service,
     environment: &EnvironmentRef,
     caller: &Caller,
 ) -> DeployRequested {

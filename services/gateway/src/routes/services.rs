@@ -1,21 +1,37 @@
 //! `/v1/services`: the registry owns services; the gateway authenticates, keeps the webhook
 //! secret, and forwards.
+//!
+//! Creating is safe to retry (see `creations.rs`): the creation and its sealed secret are
+//! committed before the registry is called, under the id the gateway chose.
+//! - With `Idempotency-Key: <key>`, the same token sending the same key and body gets the same
+//!   answer, secret included, for `retention.creations_hours`, whether the first attempt
+//!   completed or its answer was lost; the same key with another body is a 422.
+//! - Without one, a retry of the same body by the same token completes a creation whose answer
+//!   was lost; once a creation has answered 201, a retry is a 409 like any taken name.
+//! - Whatever was lost, a project admin can rotate the secret
+//!   (`POST /v1/services/{name}/webhook-secret`).
 
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use slipway_http::Problem;
 use slipway_ids::ServiceId;
+use slipway_secrets::SecretBox;
+use slipway_wire::service::{CreateService as RegistryCreate, Service};
 use sqlx::PgPool;
+use subtle::ConstantTimeEq;
 
 use super::internal;
 use crate::auth::{Caller, Scoped, tokens};
+use crate::creations::{self, Creation, IdempotencyKey, Request};
 use crate::projects;
-use crate::upstream::Upstreams;
+use crate::upstream::{Upstream, Upstreams};
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/services", web::post().to(create))
         .route("/services", web::get().to(list))
-        .route("/services/{name}", web::get().to(get));
+        .route("/services/{name}", web::get().to(get))
+        .route("/services/{name}/webhook-secret", web::post().to(rotate));
 }
 
 /// `POST /v1/services`.
@@ -36,16 +52,32 @@ struct CreateService {
     project: Option<String>,
 }
 
-/// Creates the service in the registry and keeps its webhook secret. The secret is stored in
-/// the same transaction that waits for the registry: if the registry refuses (409, 422) or
-/// cannot be reached, the secret is rolled back and nothing remains.
+/// The `Idempotency-Key` header, if sent; 400 when malformed.
+fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, Problem> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(IdempotencyKey::parse)
+        .map(Some)
+        .ok_or_else(|| {
+            Problem::bad_request("`Idempotency-Key` must be 1 to 255 visible ASCII characters")
+        })
+}
+
+/// Creates the service in the registry and keeps its webhook secret; safe to retry (above).
 async fn create(
+    req: HttpRequest,
+    caller: Caller,
     scoped: Scoped,
     pool: web::Data<PgPool>,
     upstreams: web::Data<Upstreams>,
-    sealer: web::Data<slipway_secrets::SecretBox>,
+    sealer: web::Data<SecretBox>,
     body: web::Json<CreateService>,
 ) -> Result<HttpResponse, Problem> {
+    let key = idempotency_key(&req)?;
     let body = body.into_inner();
     let project = scoped.project()?;
     let mut conn = pool.acquire().await.map_err(|e| internal("acquire", e))?;
@@ -57,56 +89,242 @@ async fn create(
         return Err(Problem::not_found(format!("no project named `{project}`")));
     }
     drop(conn);
-    let (secret, generated) = match body.webhook_secret {
-        Some(s) if !(16..=256).contains(&s.len()) => {
-            return Err(Problem::validation(
-                "webhook_secret",
-                "must be 16 to 256 characters",
-            ));
-        }
-        Some(s) => (s, false),
-        None => (
-            tokens::generate().map_err(|e| internal("randomness", e))?,
-            true,
-        ),
-    };
-    let id = ServiceId::new();
-
-    let mut tx = pool.begin().await.map_err(|e| internal("begin", e))?;
-    sqlx::query("INSERT INTO webhook_secrets (service_id, sealed) VALUES ($1, $2)")
-        .bind(id)
-        .bind(sealer.seal(&secret))
-        .execute(&mut *tx)
-        .await
-        .map_err(|e| internal("store webhook secret", e))?;
-    let request = serde_json::json!({
-        "id": id,
-        "name": body.name,
-        "project": project,
-        "repository": body.repository,
-        "branch": body.branch,
-    });
-    let answer = upstreams
-        .registry(reqwest::Method::POST, "/v1/services", Some(&request))
-        .await?;
-    if answer.status != actix_web::http::StatusCode::CREATED {
-        // Dropping `tx` rolls the secret back.
-        return answer.into_response();
+    if let Some(s) = &body.webhook_secret
+        && !(16..=256).contains(&s.len())
+    {
+        return Err(Problem::validation(
+            "webhook_secret",
+            "must be 16 to 256 characters",
+        ));
     }
-    tx.commit()
+    let request = Request {
+        project: &project,
+        name: &body.name,
+        repository: body.repository.as_deref(),
+        branch: body.branch.as_deref(),
+        secret_given: body.webhook_secret.is_some(),
+    };
+    let given = body.webhook_secret.as_deref();
+    let creation = match earlier(&pool, &sealer, &caller, key.as_ref(), &request, given).await? {
+        Some(creation) => creation,
+        None => {
+            let (secret, generated) = match given {
+                Some(s) => (s.to_owned(), false),
+                None => (
+                    tokens::generate().map_err(|e| internal("randomness", e))?,
+                    true,
+                ),
+            };
+            let new = creations::New {
+                service_id: ServiceId::new(),
+                token: caller.token_id,
+                key: key.as_ref(),
+                request: &request,
+                secret: &secret,
+                secret_generated: generated,
+            };
+            let started = creations::start(&pool, &sealer, &new)
+                .await
+                .map_err(|e| internal("record service creation", e))?;
+            if started {
+                Creation {
+                    service_id: new.service_id,
+                    request_sha256: request.sha256(),
+                    secret_generated: generated,
+                    answer: None,
+                }
+            } else {
+                // A concurrent attempt with the same key recorded first: follow it.
+                earlier(&pool, &sealer, &caller, key.as_ref(), &request, given)
+                    .await?
+                    .ok_or_else(Problem::internal)?
+            }
+        }
+    };
+    if let Some(answer) = &creation.answer {
+        return created(&pool, &sealer, &creation, answer.clone(), true).await;
+    }
+    let service = match register(&pool, &upstreams, &creation, &body, &project).await? {
+        Registered::Done(service) => service,
+        Registered::Refused(answer) => return Ok(answer),
+    };
+    let answer = serde_json::to_value(&service).map_err(|e| internal("serialise service", e))?;
+    creations::complete(&pool, creation.service_id, &answer)
         .await
-        .map_err(|e| internal("commit webhook secret", e))?;
+        .map_err(|e| internal("complete service creation", e))?;
+    tracing::info!(service.id = %service.id, service.name = %service.name, "service created");
+    created(&pool, &sealer, &creation, answer, false).await
+}
 
-    let mut service = answer.json()?;
+/// The creation an earlier attempt of this request started, if any: by key when one was sent
+/// (422 when that key was used for another request), else the same token's unfinished
+/// creation of the same request.
+async fn earlier(
+    pool: &PgPool,
+    sealer: &SecretBox,
+    caller: &Caller,
+    key: Option<&IdempotencyKey>,
+    request: &Request<'_>,
+    given: Option<&str>,
+) -> Result<Option<Creation>, Problem> {
+    let sha = request.sha256();
+    let found = match key {
+        Some(key) => creations::by_key(pool, caller.token_id, key).await,
+        None => creations::in_flight(pool, caller.token_id, request.name, &sha).await,
+    }
+    .map_err(|e| internal("read service creation", e))?;
+    let Some(found) = found else {
+        return Ok(None);
+    };
+    let same_secret = match given {
+        None => true,
+        Some(given) => creations::secret(pool, sealer, found.service_id)
+            .await
+            .map_err(|e| internal("read webhook secret", e))?
+            .is_some_and(|stored| bool::from(stored.as_bytes().ct_eq(given.as_bytes()))),
+    };
+    match (found.request_sha256 == sha && same_secret, key) {
+        (true, _) => Ok(Some(found)),
+        (false, Some(_)) => Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "idempotency-key-reused",
+            "this Idempotency-Key was already used for a different request; use a new key for \
+             a new request",
+        )),
+        // Another body than the unfinished one: a request of its own.
+        (false, None) => Ok(None),
+    }
+}
+
+/// How the registry settled a create.
+enum Registered {
+    /// Created, now or by an earlier attempt of this creation.
+    Done(Service),
+    /// Refused (a taken name, an invalid field): its answer, passed on.
+    Refused(HttpResponse),
+}
+
+/// Asks the registry to create the service under the creation's id. An answer that settles it
+/// (201, or a refusal) ends the creation; a lost or late answer leaves it for a retry.
+async fn register(
+    pool: &PgPool,
+    upstreams: &Upstreams,
+    creation: &Creation,
+    body: &CreateService,
+    project: &slipway_ids::ProjectName,
+) -> Result<Registered, Problem> {
+    let request = RegistryCreate {
+        id: Some(creation.service_id),
+        name: body.name.clone(),
+        project: Some(project.to_string()),
+        repository: body.repository.clone(),
+        branch: body.branch.clone(),
+    };
+    let request = serde_json::to_value(&request).map_err(|e| internal("serialise", e))?;
+    let abandon = || async {
+        creations::abandon(pool, creation.service_id)
+            .await
+            .map_err(|e| internal("abandon service creation", e))
+    };
+    let answer = match upstreams
+        .try_call(
+            Upstream::Registry,
+            reqwest::Method::POST,
+            "/v1/services",
+            Some(&request),
+        )
+        .await
+    {
+        Ok(answer) => answer,
+        Err(failed) if failed.not_sent => {
+            abandon().await?;
+            return Err(failed.problem);
+        }
+        Err(failed) => return Err(kept(failed.problem)),
+    };
+    match answer.status {
+        StatusCode::CREATED => answer.parse().map(Registered::Done),
+        // Maybe the id is taken by this very creation: an earlier attempt reached the registry
+        // and only its answer was lost.
+        StatusCode::CONFLICT => match upstreams.service(&body.name).await {
+            Ok(service) if service.id == creation.service_id => Ok(Registered::Done(service)),
+            Ok(_) => {
+                abandon().await?;
+                Ok(Registered::Refused(answer.into_response()?))
+            }
+            Err(problem) if problem.status == StatusCode::NOT_FOUND.as_u16() => {
+                abandon().await?;
+                Ok(Registered::Refused(answer.into_response()?))
+            }
+            Err(problem) => Err(problem),
+        },
+        // A failing registry may have stored the service before failing: keep the creation.
+        status if status.is_server_error() => answer
+            .into_response()
+            .map_err(kept)
+            .map(Registered::Refused),
+        _ => {
+            abandon().await?;
+            answer.into_response().map(Registered::Refused)
+        }
+    }
+}
+
+/// `problem`, saying that the creation is kept for a retry to complete.
+fn kept(mut problem: Problem) -> Problem {
+    problem.detail.push_str(
+        " (the creation is kept: send the same request again, with the same Idempotency-Key \
+         if it had one, to complete it)",
+    );
+    problem
+}
+
+/// The 201 of a creation: the registry's service with the webhook secret (shown here only,
+/// and to replays of the same key).
+async fn created(
+    pool: &PgPool,
+    sealer: &SecretBox,
+    creation: &Creation,
+    mut service: serde_json::Value,
+    replayed: bool,
+) -> Result<HttpResponse, Problem> {
+    let secret = creations::secret(pool, sealer, creation.service_id)
+        .await
+        .map_err(|e| internal("read webhook secret", e))?
+        .ok_or_else(|| internal("read webhook secret", "missing for a completed creation"))?;
     service["webhook_secret"] = serde_json::json!(secret);
-    service["webhook_secret_generated"] = serde_json::json!(generated);
+    service["webhook_secret_generated"] = serde_json::json!(creation.secret_generated);
     let location = format!(
         "/v1/services/{}",
         service["name"].as_str().unwrap_or_default()
     );
-    Ok(HttpResponse::Created()
-        .insert_header(("location", location))
-        .json(service))
+    let mut response = HttpResponse::Created();
+    response.insert_header(("location", location));
+    if replayed {
+        response.insert_header(("idempotent-replayed", "true"));
+    }
+    Ok(response.json(service))
+}
+
+/// `POST /v1/services/{name}/webhook-secret` (project admins): a new generated secret, shown
+/// in this answer only; the old one is refused from now on. The audit log records the call.
+async fn rotate(
+    scoped: Scoped,
+    pool: web::Data<PgPool>,
+    sealer: web::Data<SecretBox>,
+) -> Result<HttpResponse, Problem> {
+    let service = scoped.service()?;
+    let secret = tokens::generate().map_err(|e| internal("randomness", e))?;
+    let rotated_at = creations::rotate(&pool, &sealer, service.id, &secret)
+        .await
+        .map_err(|e| internal("rotate webhook secret", e))?;
+    tracing::info!(service.id = %service.id, service.name = %service.name, "webhook secret rotated");
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "id": service.id,
+        "name": service.name,
+        "webhook_secret": secret,
+        "rotated_at": rotated_at,
+    })))
 }
 
 /// `GET /v1/services[?after=&limit=&repository=]`: only services of the projects the token

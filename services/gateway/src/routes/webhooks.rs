@@ -23,9 +23,10 @@ use sqlx::{PgConnection, PgPool};
 use subtle::ConstantTimeEq;
 
 use super::internal;
-use crate::commands::{self, ServiceRef};
+use crate::commands;
 use crate::deliveries::{self, DeliveryId, Provider, WebhookSettings};
 use crate::upstream::Upstreams;
+use slipway_wire::service::Service;
 
 /// Largest delivery accepted (GitHub caps payloads at 25 MB; pushes are far smaller).
 const MAX_DELIVERY: usize = 5 * 1024 * 1024;
@@ -118,15 +119,12 @@ fn header<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
 }
 
 /// The registered services whose repository is the delivery's.
-async fn candidates(
-    upstreams: &Upstreams,
-    delivery: &Delivery,
-) -> Result<Vec<ServiceRef>, Problem> {
+async fn candidates(upstreams: &Upstreams, delivery: &Delivery) -> Result<Vec<Service>, Problem> {
     let urls = delivery.urls();
     if urls.is_empty() {
         return Err(Problem::bad_request("the delivery names no repository URL"));
     }
-    let mut found: Vec<ServiceRef> = Vec::new();
+    let mut found: Vec<Service> = Vec::new();
     for url in &urls {
         for service in upstreams.services_by_repository(url).await? {
             if !found.iter().any(|s| s.id == service.id) {
@@ -170,9 +168,9 @@ async fn secret(
 async fn authenticated(
     pool: &PgPool,
     sealer: &SecretBox,
-    services: Vec<ServiceRef>,
+    services: Vec<Service>,
     verify: impl Fn(&str) -> bool,
-) -> Result<Vec<ServiceRef>, Problem> {
+) -> Result<Vec<Service>, Problem> {
     let mut ok = Vec::new();
     for service in services {
         if let Some(secret) = secret(pool, sealer, service.id).await?
@@ -223,7 +221,7 @@ impl Answer {
 /// transaction; says why for the others.
 async fn on_push(
     tx: &mut PgConnection,
-    services: Vec<ServiceRef>,
+    services: Vec<Service>,
     delivery: &Delivery,
     trigger: BuildTrigger,
 ) -> Result<Answer, Problem> {
@@ -280,7 +278,7 @@ struct Verified {
     id: DeliveryId,
     event: String,
     delivery: Delivery,
-    services: Vec<ServiceRef>,
+    services: Vec<Service>,
 }
 
 /// The header names a code host's delivery is read from.

@@ -66,8 +66,8 @@ enum Expect {
 
 /// What a route should need, from conventions rather than from the rule table: webhooks are
 /// signed instead; tokens, the whole audit log and new projects are the platform admins';
-/// the two top-level lists are anyone's (filtered); a project's grants and audit log are its
-/// admins'; everything else is about a thing in a project: reads need `viewer` there, changes
+/// the two top-level lists are anyone's (filtered); a project's grants and audit log, and a
+/// service's webhook secret rotation, are its admins'; everything else is about a thing in a project: reads need `viewer` there, changes
 /// `deployer`.
 fn policy(method: &str, pattern: &str) -> Policy {
     match (method, pattern) {
@@ -76,6 +76,8 @@ fn policy(method: &str, pattern: &str) -> Policy {
         ("POST", "/v1/projects") => Policy::PlatformAdmin,
         ("GET", "/v1/services" | "/v1/projects") => Policy::Authenticated,
         (_, p) if p.starts_with("/v1/projects/{project}/") => Policy::Project(Role::Admin),
+        // Whoever rotates a webhook secret sees the new one: as for a project's grants, admins.
+        ("POST", "/v1/services/{name}/webhook-secret") => Policy::Project(Role::Admin),
         ("GET", _) => Policy::Project(Role::Viewer),
         _ => Policy::Project(Role::Deployer),
     }
@@ -172,7 +174,8 @@ impl Fixture {
                 );
             }
             let svc = json!({"id": id, "name": name, "project": side.project(),
-                             "repository": "https://git.example/web.git", "branch": "main"});
+                             "repository": "https://git.example/web.git", "branch": "main",
+                             "created_at": "2026-12-01T10:00:00Z"});
             registry.answer("GET", &base, 200, svc);
             for path in [
                 "/releases",
@@ -213,7 +216,13 @@ impl Fixture {
                 items.clone(),
             );
         }
-        registry.answer("POST", "/v1/services", 201, json!({"name": "created"}));
+        registry.answer(
+            "POST",
+            "/v1/services",
+            201,
+            json!({"id": uuid::Uuid::now_v7(), "name": "created", "project": "own",
+                   "repository": null, "branch": "main", "created_at": "2026-12-01T10:00:00Z"}),
+        );
         builder.answer("GET", "/v1/builds", 200, items.clone());
         builder.answer(
             "POST",
@@ -229,6 +238,7 @@ impl Fixture {
             deployer: deployer.url.clone(),
             monitor: monitor.url.clone(),
             timeout_seconds: 5,
+            connect_timeout_seconds: 3,
         };
         let app = start_gateway(base, upstreams, Vec::new()).await;
         let mut fx = Fixture {
@@ -387,6 +397,7 @@ impl Fixture {
                 Some(Body::Json(json!({"auto_deploy": true})))
             }
             ("POST", "/v1/builds/{id}/cancel" | "/v1/deployments/{id}/cancel") => None,
+            ("POST", "/v1/services/{name}/webhook-secret") => None,
             ("POST", "/v1/webhooks/github" | "/v1/webhooks/gitlab") => {
                 Some(Body::Json(json!({"ref": "refs/heads/main"})))
             }

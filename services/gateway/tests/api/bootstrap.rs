@@ -16,6 +16,7 @@ fn nowhere() -> UpstreamSettings {
         deployer: closed.clone(),
         monitor: closed,
         timeout_seconds: 2,
+        connect_timeout_seconds: 3,
     }
 }
 

@@ -32,7 +32,7 @@ pub(crate) async fn setup() -> Setup {
         "GET",
         "/v1/services/web",
         200,
-        json!({"id": SERVICE_ID, "name": "web", "project": "default", "repository": null, "branch": "main"}),
+        json!({"id": SERVICE_ID, "name": "web", "project": "default", "repository": null, "branch": "main", "created_at": "2026-12-01T10:00:00Z"}),
     );
     registry.answer(
         "GET",

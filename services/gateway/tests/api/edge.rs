@@ -40,6 +40,7 @@ async fn apps_requests_reach_a_backend_through_the_gateway() {
         deployer: "http://127.0.0.1:9".to_owned(),
         monitor: "http://127.0.0.1:9".to_owned(),
         timeout_seconds: 5,
+        connect_timeout_seconds: 3,
     };
     let app = start_gateway(base, upstreams, Vec::new()).await;
 

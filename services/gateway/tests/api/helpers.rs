@@ -23,21 +23,7 @@ pub async fn spawn_with(registry_up: bool) -> TestApp {
     let base = slipway_testkit::base_settings("gateway").await;
     let mut stops = Vec::new();
     let registry_url = if registry_up {
-        let registry_settings = slipway_registry::Settings {
-            base: slipway_testkit::sibling(&base, "registry"),
-            secrets: slipway_registry::startup::SecretSettings {
-                key: slipway_testkit::secrets_key().into(),
-            },
-            services: Default::default(),
-        };
-        let registry = slipway_registry::Application::build(registry_settings)
-            .await
-            .expect("registry starts");
-        let url = format!("http://127.0.0.1:{}", registry.port());
-        let (stop, stopped) = oneshot::channel();
-        tokio::spawn(registry.run_until(until(stopped)));
-        stops.push(stop);
-        url
+        start_registry(&base, &mut stops).await
     } else {
         let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://127.0.0.1:{}", closed.local_addr().unwrap().port());
@@ -54,7 +40,11 @@ pub async fn spawn_with(registry_up: bool) -> TestApp {
                     .to_string(),
                 max_parallel: 2,
                 step_timeout_seconds: 60,
+                fetch_timeout_seconds: 60,
                 reason_lines: 10,
+                max_line_bytes: 16 * 1024,
+                max_log_bytes: 8 * 1024 * 1024,
+                lease_ttl_ms: 15_000,
                 path: "/usr/local/bin:/usr/bin:/bin".into(),
                 uid: 64900,
                 gid: 64900,
@@ -64,11 +54,14 @@ pub async fn spawn_with(registry_up: bool) -> TestApp {
                 insecure: true,
                 repository_prefix: format!("t{}/", slipway_testkit::unique()),
                 auth: Default::default(),
+                push_timeout_seconds: 60,
             },
             secrets: slipway_secrets::SecretSettings {
                 key: slipway_testkit::secrets_key().into(),
             },
             services: Default::default(),
+            retention: Default::default(),
+            replica: None,
         };
         let builder = slipway_builder::Application::build(builder_settings)
             .await
@@ -88,6 +81,50 @@ pub async fn spawn_with(registry_up: bool) -> TestApp {
         deployer: "http://127.0.0.1:9".to_owned(),
         monitor: "http://127.0.0.1:9".to_owned(),
         timeout_seconds: 5,
+        connect_timeout_seconds: 3,
+    };
+    start_gateway(base, upstreams, stops).await
+}
+
+/// Starts a real registry on `base`'s database; its URL. `stops` keeps it up.
+pub async fn start_registry(
+    base: &slipway_runtime::BaseSettings,
+    stops: &mut Vec<oneshot::Sender<()>>,
+) -> String {
+    let registry_settings = slipway_registry::Settings {
+        base: slipway_testkit::sibling(base, "registry"),
+        secrets: slipway_registry::startup::SecretSettings {
+            key: slipway_testkit::secrets_key().into(),
+        },
+        services: Default::default(),
+    };
+    let registry = slipway_registry::Application::build(registry_settings)
+        .await
+        .expect("registry starts");
+    let url = format!("http://127.0.0.1:{}", registry.port());
+    let (stop, stopped) = oneshot::channel();
+    tokio::spawn(registry.run_until(until(stopped)));
+    stops.push(stop);
+    url
+}
+
+/// A real registry reached through `proxy(registry_url)` (which answers the URL the gateway
+/// calls instead), no builder.
+pub async fn spawn_with_registry_behind<P, F>(proxy: P) -> TestApp
+where
+    P: FnOnce(String) -> F,
+    F: Future<Output = String>,
+{
+    let base = slipway_testkit::base_settings("gateway").await;
+    let mut stops = Vec::new();
+    let registry = start_registry(&base, &mut stops).await;
+    let upstreams = UpstreamSettings {
+        registry: proxy(registry).await,
+        builder: "http://127.0.0.1:9".to_owned(),
+        deployer: "http://127.0.0.1:9".to_owned(),
+        monitor: "http://127.0.0.1:9".to_owned(),
+        timeout_seconds: 5,
+        connect_timeout_seconds: 3,
     };
     start_gateway(base, upstreams, stops).await
 }
@@ -107,6 +144,7 @@ pub async fn spawn_with_stand_ins(
         deployer: deployer.url.clone(),
         monitor: monitor.url.clone(),
         timeout_seconds: 2,
+        connect_timeout_seconds: 3,
     };
     start_gateway(base, upstreams, Vec::new()).await
 }
@@ -115,7 +153,20 @@ pub async fn spawn_with_stand_ins(
 pub async fn start_gateway(
     base: slipway_runtime::BaseSettings,
     upstreams: UpstreamSettings,
+    stops: Vec<oneshot::Sender<()>>,
+) -> TestApp {
+    let key = slipway_testkit::secrets_key();
+    start_gateway_with(base, upstreams, stops, Default::default(), key).await
+}
+
+/// [`start_gateway`] with `retention` settings, sealing webhook secrets with `secrets_key`
+/// (two gateways on one database share it, as replicas do).
+pub async fn start_gateway_with(
+    base: slipway_runtime::BaseSettings,
+    upstreams: UpstreamSettings,
     mut stops: Vec<oneshot::Sender<()>>,
+    retention: slipway_gateway::retention::RetentionSettings,
+    secrets_key: String,
 ) -> TestApp {
     let admin_token = format!("slw_{}", "a1".repeat(32));
     let settings = Settings {
@@ -125,10 +176,11 @@ pub async fn start_gateway(
             bootstrap_token: SecretString::from(admin_token.clone()),
         },
         secrets: slipway_secrets::SecretSettings {
-            key: slipway_testkit::secrets_key().into(),
+            key: secrets_key.into(),
         },
         edge: slipway_edge::EdgeSettings::default(),
         webhooks: Default::default(),
+        retention,
     };
     let gateway = Application::build(settings).await.expect("gateway starts");
     let address = format!("http://127.0.0.1:{}", gateway.port());

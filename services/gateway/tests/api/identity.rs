@@ -36,6 +36,7 @@ async fn an_upstream_refusing_the_gateway_credential_is_a_502() {
         deployer: "http://127.0.0.1:9".to_owned(),
         monitor: "http://127.0.0.1:9".to_owned(),
         timeout_seconds: 5,
+        connect_timeout_seconds: 3,
     };
     let app = start_gateway(base, upstreams, vec![stop]).await;
     let token = app.admin_token.clone();

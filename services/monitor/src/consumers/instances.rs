@@ -1,7 +1,8 @@
 //! `slipway.instances`: what the deployer says about instances.
 //!
 //! - `InstanceStarted`: stores the incarnation (unless a later one is known) and (re)starts
-//!   its prober in `starting`.
+//!   its prober in `starting` if this replica holds the instance's shard; otherwise it wakes
+//!   the replicas' shard rounds, and the holder starts it.
 //! - `InstanceExited`: stops probing that incarnation and records it `unhealthy` with the exit
 //!   text, announcing the change if the health changed. An exit of an earlier incarnation than
 //!   the stored one is stale and changes nothing.
@@ -46,6 +47,12 @@ impl InstanceEvents {
             return Ok(Handled::Duplicate);
         };
         let outcome = probes::start(&mut tx, &data, trace).await.map_err(retry)?;
+        // The replica holding the instance's shard may be another one: wake it (on commit).
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(crate::health::shards::WAKE)
+            .execute(&mut *tx)
+            .await
+            .map_err(retry)?;
         tx.commit().await.map_err(retry)?;
         match outcome {
             probes::Started::New(probe) => self.probers.start(*probe).await,

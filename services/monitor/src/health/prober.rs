@@ -1,8 +1,8 @@
 //! The prober tasks and their registry.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use slipway_events::deploy::{Health, InstanceHealthChanged};
@@ -21,11 +21,20 @@ use crate::db::probes::{self, Probe, Transition};
 /// One running prober.
 struct Running {
     restarts: u32,
+    /// When it was started (a reconcile only stops probers older than what it read).
+    started: Instant,
     cancel: CancellationToken,
     task: JoinHandle<()>,
 }
 
-/// The running probers, one per instance. Cheap to clone (shared).
+/// The shards this replica holds ([`super::shards`]); only their instances are probed.
+struct Held {
+    count: u32,
+    shards: BTreeSet<u32>,
+}
+
+/// The running probers, one per instance of the shards this replica holds. Cheap to clone
+/// (shared).
 #[derive(Clone)]
 pub struct Probers {
     pool: PgPool,
@@ -33,22 +42,88 @@ pub struct Probers {
     /// The service's shutdown token; each prober's token is a child of it.
     shutdown: CancellationToken,
     running: Arc<Mutex<HashMap<Uuid, Running>>>,
+    held: Arc<Mutex<Held>>,
 }
 
 impl Probers {
-    pub fn new(pool: PgPool, client: reqwest::Client, shutdown: CancellationToken) -> Self {
+    /// Probers of instances split into `shard_count` shards; no shard is held until
+    /// [`Probers::reconcile`] says so.
+    pub fn new(
+        pool: PgPool,
+        client: reqwest::Client,
+        shutdown: CancellationToken,
+        shard_count: u32,
+    ) -> Self {
         Self {
             pool,
             client,
             shutdown,
             running: Arc::default(),
+            held: Arc::new(Mutex::new(Held {
+                count: shard_count,
+                shards: BTreeSet::new(),
+            })),
+        }
+    }
+
+    /// Whether instance `id` is in a shard this replica holds.
+    pub fn owns(&self, id: Uuid) -> bool {
+        let held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        held.shards
+            .contains(&super::shards::shard_of(id, held.count))
+    }
+
+    /// The instances probed now.
+    pub fn instances(&self) -> BTreeSet<Uuid> {
+        self.lock().keys().copied().collect()
+    }
+
+    /// Makes the shards held `shards` and the probers match `probing` (every incarnation to
+    /// probe, read from the database after `loaded_at`): probers of other shards, or of
+    /// instances no longer probed, stop; the held shards' incarnations are probed. A prober
+    /// started after `loaded_at` is left alone (the read may predate its instance).
+    pub async fn reconcile(&self, shards: BTreeSet<u32>, probing: Vec<Probe>, loaded_at: Instant) {
+        self.held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .shards = shards;
+        let wanted: HashSet<Uuid> = probing
+            .iter()
+            .map(|p| p.instance.instance_id)
+            .filter(|id| self.owns(*id))
+            .collect();
+        let stale: Vec<Running> = {
+            let mut running = self.lock();
+            let gone: Vec<Uuid> = running
+                .iter()
+                .filter(|(id, r)| {
+                    !self.owns(**id) || (!wanted.contains(id) && r.started < loaded_at)
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            gone.iter().filter_map(|id| running.remove(id)).collect()
+        };
+        for r in stale {
+            stop(r).await;
+        }
+        for probe in probing {
+            if wanted.contains(&probe.instance.instance_id) {
+                self.ensure(probe).await;
+            }
         }
     }
 
     /// Probes `probe`'s incarnation, replacing any prober of an earlier (or the same)
-    /// incarnation of that instance.
+    /// incarnation of that instance. An instance of a shard held by another replica is left
+    /// to it.
     pub async fn start(&self, probe: Probe) {
         let id = probe.instance.instance_id;
+        if !self.owns(id) {
+            return;
+        }
         let cancel = self.shutdown.child_token();
         let task = tokio::spawn(run(
             self.pool.clone(),
@@ -60,6 +135,7 @@ impl Probers {
             id,
             Running {
                 restarts: probe.restarts,
+                started: Instant::now(),
                 cancel,
                 task,
             },
@@ -69,8 +145,12 @@ impl Probers {
         }
     }
 
-    /// Makes sure `probe`'s incarnation is probed, leaving a prober already at it alone.
+    /// Makes sure `probe`'s incarnation is probed (if its shard is held), leaving a prober
+    /// already at it alone.
     pub async fn ensure(&self, probe: Probe) {
+        if !self.owns(probe.instance.instance_id) {
+            return;
+        }
         let running = self
             .lock()
             .get(&probe.instance.instance_id)

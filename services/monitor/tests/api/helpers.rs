@@ -33,6 +33,7 @@ pub async fn test_settings() -> Settings {
             retention_hours: 24,
             prune_interval_ms: 200,
         },
+        shards: slipway_monitor::ShardSettings::default(),
     }
 }
 

@@ -4,13 +4,14 @@
 //! `/v1/discovery` would see returns whether it changed something, and the caller then calls
 //! [`bump`] in the same transaction. So an index names one state, and a watcher that saw index
 //! `n` is woken by any change after it. Heartbeats only move `last_seen` and do not bump: a
-//! bump per heartbeat would wake every watcher every interval for nothing.
+//! bump per heartbeat would wake every watcher every interval for nothing. Heartbeats and
+//! reaping live in [`super::heartbeats`].
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use slipway_events::deploy::{
     Health, InstanceDraining, InstanceExited, InstanceHealthChanged, InstanceStarted,
-    InstancesHeartbeat, ReleaseWeight, TrafficChanged,
+    ReleaseWeight, TrafficChanged,
 };
 use slipway_ids::ServiceId;
 use sqlx::PgConnection;
@@ -20,32 +21,15 @@ use uuid::Uuid;
 /// The channel `NOTIFY` is sent on after each bump; its payload is the new index.
 pub const CHANNEL: &str = "slipway_discovery";
 
-/// Whether an instance takes requests.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum State {
-    /// Its process runs; routable once healthy.
-    Running,
-    /// Being taken out of rotation before it stops.
-    Draining,
-    /// Its process ended (crash); the deployer may restart it.
-    Down,
+/// Whether an instance takes requests (the event contract's own type).
+pub use slipway_events::deploy::InstanceState as State;
+
+fn parse_state(text: &str) -> Result<State, sqlx::Error> {
+    State::parse(text)
+        .ok_or_else(|| sqlx::Error::Decode(format!("unknown instance state `{text}`").into()))
 }
 
-impl State {
-    fn parse(text: &str) -> Result<Self, sqlx::Error> {
-        match text {
-            "running" => Ok(State::Running),
-            "draining" => Ok(State::Draining),
-            "down" => Ok(State::Down),
-            other => Err(sqlx::Error::Decode(
-                format!("unknown instance state `{other}`").into(),
-            )),
-        }
-    }
-}
-
-fn health_text(health: Health) -> &'static str {
+pub(super) fn health_text(health: Health) -> &'static str {
     match health {
         Health::Starting => "starting",
         Health::Healthy => "healthy",
@@ -53,7 +37,7 @@ fn health_text(health: Health) -> &'static str {
     }
 }
 
-fn parse_health(text: &str) -> Result<Health, sqlx::Error> {
+pub(super) fn parse_health(text: &str) -> Result<Health, sqlx::Error> {
     match text {
         "starting" => Ok(Health::Starting),
         "healthy" => Ok(Health::Healthy),
@@ -113,7 +97,7 @@ impl TryFrom<Row> for Instance {
 
     fn try_from(r: Row) -> Result<Self, sqlx::Error> {
         let health = parse_health(&r.health)?;
-        let state = State::parse(&r.state)?;
+        let state = parse_state(&r.state)?;
         Ok(Instance {
             id: r.id,
             service_id: r.service_id,
@@ -172,14 +156,17 @@ pub async fn index(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
 pub async fn started(conn: &mut PgConnection, e: &InstanceStarted) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
         "INSERT INTO instances (id, service_id, service_name, environment, release, address, \
-             target, restarts, health, state, health_check, detail, started_at, last_seen) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'starting', 'running', $9, NULL, $10, now()) \
+             target, restarts, health, state, health_check, detail, started_at, last_seen, \
+             listed_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'starting', 'running', $9, NULL, $10, now(), \
+             least($10, now())) \
          ON CONFLICT (id) DO UPDATE SET service_id = EXCLUDED.service_id, \
              service_name = EXCLUDED.service_name, environment = EXCLUDED.environment, \
              release = EXCLUDED.release, address = EXCLUDED.address, target = EXCLUDED.target, \
              restarts = EXCLUDED.restarts, health = 'starting', state = 'running', \
              health_check = EXCLUDED.health_check, detail = NULL, \
-             started_at = EXCLUDED.started_at, last_seen = now() \
+             started_at = EXCLUDED.started_at, last_seen = now(), \
+             listed_at = greatest(instances.listed_at, EXCLUDED.listed_at) \
          WHERE instances.restarts <= EXCLUDED.restarts",
     )
     .bind(e.instance.instance_id)
@@ -247,8 +234,16 @@ pub async fn draining(conn: &mut PgConnection, e: &InstanceDraining) -> Result<b
     Ok(done.rows_affected() > 0)
 }
 
-/// Forgets a stopped instance.
+/// Forgets a stopped instance, and remembers for a while that it was stopped, so that a
+/// heartbeat composed before the stop and applied after it does not bring it back.
 pub async fn stopped(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO stopped_instances (id) VALUES ($1) \
+         ON CONFLICT (id) DO UPDATE SET stopped_at = now()",
+    )
+    .bind(id)
+    .execute(&mut *conn)
+    .await?;
     let done = sqlx::query("DELETE FROM instances WHERE id = $1")
         .bind(id)
         .execute(conn)
@@ -256,74 +251,42 @@ pub async fn stopped(conn: &mut PgConnection, id: Uuid) -> Result<bool, sqlx::Er
     Ok(done.rows_affected() > 0)
 }
 
-/// Marks the listed instances of that service and environment as seen now, and remembers the
-/// announced interval for the reaper. Returns how many were known.
-pub async fn heartbeat(
-    conn: &mut PgConnection,
-    e: &InstancesHeartbeat,
-) -> Result<u64, sqlx::Error> {
+/// Replaces the weights of a service and environment, when they differ from the stored ones.
+/// No weights is stored too (as an empty list, which discovery leaves out), so the version at
+/// which a split was removed stays known. The caller records that version with
+/// [`traffic_version`] after its bump.
+pub async fn traffic(conn: &mut PgConnection, e: &TrafficChanged) -> Result<bool, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE instances SET last_seen = now(), heartbeat_ms = $4 \
-         WHERE service_id = $1 AND environment = $2 AND id = ANY($3)",
+        "INSERT INTO traffic (service_id, service_name, environment, weights) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (service_id, environment) DO UPDATE \
+         SET service_name = EXCLUDED.service_name, weights = EXCLUDED.weights, \
+             updated_at = now() \
+         WHERE traffic.weights IS DISTINCT FROM EXCLUDED.weights",
     )
     .bind(e.service_id)
+    .bind(&e.service_name)
     .bind(&e.environment)
-    .bind(&e.instances)
-    .bind(i64::try_from(e.interval_ms).unwrap_or(i64::MAX))
+    .bind(Json(&e.weights))
     .execute(conn)
     .await?;
-    Ok(done.rows_affected())
-}
-
-/// Replaces the weights of a service and environment (no weights: forgets them).
-pub async fn traffic(conn: &mut PgConnection, e: &TrafficChanged) -> Result<bool, sqlx::Error> {
-    let done = if e.weights.is_empty() {
-        sqlx::query("DELETE FROM traffic WHERE service_id = $1 AND environment = $2")
-            .bind(e.service_id)
-            .bind(&e.environment)
-            .execute(conn)
-            .await?
-    } else {
-        sqlx::query(
-            "INSERT INTO traffic (service_id, service_name, environment, weights) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (service_id, environment) DO UPDATE \
-             SET service_name = EXCLUDED.service_name, weights = EXCLUDED.weights, \
-                 updated_at = now()",
-        )
-        .bind(e.service_id)
-        .bind(&e.service_name)
-        .bind(&e.environment)
-        .bind(Json(&e.weights))
-        .execute(conn)
-        .await?
-    };
     Ok(done.rows_affected() > 0)
 }
 
-/// An instance the reaper removed.
-#[derive(Debug, sqlx::FromRow)]
-pub struct Reaped {
-    pub id: Uuid,
-    pub service_name: String,
-    pub environment: String,
-}
-
-/// Deletes instances unseen for `multiplier` heartbeat intervals (their last announced one,
-/// else `default_ms`).
-pub async fn reap(
+/// Records `version` as the table version at which the split of `service` in `environment`
+/// took effect.
+pub async fn traffic_version(
     conn: &mut PgConnection,
-    default_ms: i64,
-    multiplier: i64,
-) -> Result<Vec<Reaped>, sqlx::Error> {
-    sqlx::query_as(
-        "DELETE FROM instances \
-         WHERE last_seen < now() - (coalesce(heartbeat_ms, $1) * $2) * interval '1 millisecond' \
-         RETURNING id, service_name, environment",
-    )
-    .bind(default_ms)
-    .bind(multiplier)
-    .fetch_all(conn)
-    .await
+    service: ServiceId,
+    environment: &str,
+    version: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("UPDATE traffic SET version = $3 WHERE service_id = $1 AND environment = $2")
+        .bind(service)
+        .bind(environment)
+        .bind(version)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// The instances of a service, optionally of one environment.
@@ -354,9 +317,12 @@ pub async fn all(conn: &mut PgConnection) -> Result<Vec<Instance>, sqlx::Error> 
     rows.into_iter().map(Instance::try_from).collect()
 }
 
-/// Every stored traffic split.
+/// Every traffic split with weights (a split set to none is no route).
 pub async fn all_traffic(conn: &mut PgConnection) -> Result<Vec<Traffic>, sqlx::Error> {
-    sqlx::query_as("SELECT service_id, service_name, environment, weights FROM traffic")
-        .fetch_all(conn)
-        .await
+    sqlx::query_as(
+        "SELECT service_id, service_name, environment, weights FROM traffic \
+         WHERE jsonb_array_length(weights) > 0",
+    )
+    .fetch_all(conn)
+    .await
 }

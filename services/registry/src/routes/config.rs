@@ -65,7 +65,17 @@ async fn list(pool: web::Data<PgPool>, name: web::Path<String>) -> Result<HttpRe
     let items = config::environments(&pool, service)
         .await
         .map_err(|e| internal("list environments", e))?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items })))
+    let items = items
+        .into_iter()
+        .map(|e| slipway_wire::releases::Environment {
+            name: e.name,
+            target: e.target,
+            config_version: e.config_version,
+            created_at: e.created_at,
+            updated_at: e.updated_at,
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(slipway_wire::releases::Environments { items }))
 }
 
 async fn put_environment(

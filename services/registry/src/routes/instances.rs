@@ -4,7 +4,10 @@
 //! - `GET /v1/discovery`: every service and environment with instances or traffic weights,
 //!   what the edge router needs.
 //!
-//! Both answer `{"index": n, ...}` and `X-Slipway-Index: n`. With `?index=n` the answer waits
+//! Both answer `{"index": n, ...}` and `X-Slipway-Index: n`. The index is the routing table's
+//! version. An edge router names itself in `X-Slipway-Router` when it polls discovery; its
+//! `index` is then its report of the version it serves (kept in `routers`, read by the
+//! deployer's route step through `/internal/v1/traffic/...`). With `?index=n` the answer waits
 //! until the index moves past `n` or `wait` passes (default 30 s, at most 2 min; `30s`,
 //! `500ms`, `2m`), then answers the current state; a caller long-polls by sending back the
 //! index it last got. Index and contents are read in one snapshot, so they always agree.
@@ -12,21 +15,22 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use actix_web::{HttpResponse, web};
-use serde::{Deserialize, Serialize};
-use slipway_events::deploy::{Health, ReleaseWeight};
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
 use slipway_http::Problem;
-use slipway_ids::ServiceId;
+use slipway_ids::{InstanceId, ReplicaId};
+use slipway_wire::instances::RouteInstance;
+use slipway_wire::routes::{Discovery, ROUTER_HEADER, Route};
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
-use uuid::Uuid;
 
 use super::config::check_env_name;
 use super::{internal, service_id};
-use crate::db::instances::{self, Instance, State};
-use crate::discovery::IndexWatch;
+use crate::db::instances::{self, Instance};
+use crate::db::routers;
+use crate::discovery::{IndexWatch, RouterGrace};
 
 /// The header carrying the index of an answer.
-pub const INDEX_HEADER: &str = "x-slipway-index";
+pub use slipway_wire::routes::INDEX_HEADER;
 const DEFAULT_WAIT: Duration = Duration::from_secs(30);
 const MAX_WAIT: Duration = Duration::from_secs(120);
 
@@ -143,27 +147,6 @@ async fn of_service(
     ))
 }
 
-/// An instance as the router sees it.
-#[derive(Debug, Serialize)]
-struct RouteInstance {
-    id: Uuid,
-    address: String,
-    release: i32,
-    health: Health,
-    state: State,
-    routable: bool,
-}
-
-/// One service in one environment.
-#[derive(Debug, Serialize)]
-struct Route {
-    service: String,
-    service_id: ServiceId,
-    environment: String,
-    weights: Vec<ReleaseWeight>,
-    instances: Vec<RouteInstance>,
-}
-
 /// Groups instances and weights by service and environment, sorted by name.
 async fn routes(conn: &mut PgConnection) -> Result<Vec<Route>, sqlx::Error> {
     let mut routes: BTreeMap<(String, String), Route> = BTreeMap::new();
@@ -189,7 +172,6 @@ async fn routes(conn: &mut PgConnection) -> Result<Vec<Route>, sqlx::Error> {
             address,
             health,
             state,
-            routable,
             ..
         } = i;
         routes
@@ -202,21 +184,42 @@ async fn routes(conn: &mut PgConnection) -> Result<Vec<Route>, sqlx::Error> {
                 instances: Vec::new(),
             })
             .instances
-            .push(RouteInstance {
-                id,
+            .push(RouteInstance::new(
+                InstanceId::from_uuid(id),
                 address,
                 release,
                 health,
                 state,
-                routable,
-            });
+            ));
     }
     Ok(routes.into_values().collect())
 }
 
+/// The router named in [`ROUTER_HEADER`], if any: 1 to 128 of `A-Z a-z 0-9 . _ -` (replica
+/// ids and pod names), so a garbled header cannot fill the table with odd keys.
+fn router_of(req: &HttpRequest) -> Result<Option<ReplicaId>, Problem> {
+    let Some(value) = req.headers().get(ROUTER_HEADER) else {
+        return Ok(None);
+    };
+    let valid = value.to_str().ok().filter(|v| {
+        (1..=128).contains(&v.len())
+            && v.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+    });
+    match valid {
+        Some(v) => Ok(Some(ReplicaId::from_name(v))),
+        None => Err(Problem::validation(
+            ROUTER_HEADER,
+            "a router id is 1 to 128 letters, digits, `.`, `_` or `-`",
+        )),
+    }
+}
+
 async fn discovery(
+    req: HttpRequest,
     pool: web::Data<PgPool>,
     watch: web::Data<IndexWatch>,
+    grace: web::Data<RouterGrace>,
     query: web::Query<WatchQuery>,
 ) -> Result<HttpResponse, Problem> {
     let blocking = query.blocking()?;
@@ -226,13 +229,30 @@ async fn discovery(
             "not a filter of /v1/discovery, which answers every environment",
         ));
     }
+    if let Some(router) = router_of(&req)? {
+        // The poll is the report: this router serves table `index` and, while the poll is
+        // held, is alive; past the wait plus the grace without another poll it is gone.
+        let held = if blocking.after.is_some() {
+            blocking.wait
+        } else {
+            Duration::ZERO
+        };
+        let live_ms = i64::try_from((held + grace.0).as_millis()).unwrap_or(i64::MAX);
+        let mut conn = pool.acquire().await.map_err(|e| internal("acquire", e))?;
+        routers::polled(&mut conn, &router, blocking.after.unwrap_or(0), live_ms)
+            .await
+            .map_err(|e| internal("record router", e))?;
+    }
     block(&pool, &watch, &blocking).await?;
     let (mut tx, index) = snapshot(&pool).await?;
     let routes = routes(&mut tx)
         .await
         .map_err(|e| internal("read routes", e))?;
-    Ok(answer(
-        index,
-        serde_json::json!({ "index": index, "routes": routes }),
-    ))
+    let body = Discovery {
+        index: u64::try_from(index).unwrap_or(0),
+        routes,
+    };
+    Ok(HttpResponse::Ok()
+        .insert_header((INDEX_HEADER, index.to_string()))
+        .json(body))
 }

@@ -8,22 +8,77 @@
 //! - `GET /internal/v1/services/{name}/environments/{env}/config/{version}`: the config an
 //!   instance runs with, secrets opened, for the deployer. `{version}` is a number or
 //!   `latest`; version 0 (or `latest` before any config) is the empty config.
+//! - `GET /internal/v1/traffic/{service_id}/{env}`: the weights in the routing table for one
+//!   service and environment, the table version they took effect at, and the version each
+//!   router serves, for the deployer's route step.
 
 use std::collections::BTreeMap;
 
 use actix_web::{HttpResponse, web};
 use slipway_http::Problem;
+use slipway_ids::ServiceId;
 use slipway_secrets::SecretBox;
+use slipway_wire::releases::RunConfig;
+use slipway_wire::routes::{RouterStatus, TrafficStatus};
 use sqlx::PgPool;
 
+use super::config::check_env_name;
 use super::{internal, service_id};
-use crate::db::config;
+use crate::db::{config, instances, routers};
+
+/// Routers silent for longer are left out of the traffic status.
+const ROUTERS_RECENT_SECONDS: i64 = 600;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route(
         "/internal/v1/services/{name}/environments/{env}/config/{version}",
         web::get().to(run_config),
+    )
+    .route(
+        "/internal/v1/traffic/{service_id}/{env}",
+        web::get().to(traffic_status),
     );
+}
+
+async fn traffic_status(
+    pool: web::Data<PgPool>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Problem> {
+    let (service, env) = path.into_inner();
+    let service: ServiceId = service.parse().map_err(|_| {
+        Problem::validation("service_id", format!("`{service}` is not a service id"))
+    })?;
+    check_env_name(&env)?;
+    let mut tx = pool.begin().await.map_err(|e| internal("begin", e))?;
+    let index = instances::index(&mut tx)
+        .await
+        .map_err(|e| internal("read index", e))?;
+    let (weights, version) = routers::traffic(&mut tx, service, &env)
+        .await
+        .map_err(|e| internal("read traffic", e))?
+        .unwrap_or_default();
+    let routers = routers::recent(&mut tx, ROUTERS_RECENT_SECONDS)
+        .await
+        .map_err(|e| internal("read routers", e))?
+        .into_iter()
+        .map(|r| RouterStatus {
+            router: r.id,
+            applied: u64::try_from(r.applied).unwrap_or(0),
+            polled_at: r.polled_at,
+            live: r.live,
+        })
+        .collect();
+    let status = TrafficStatus {
+        service_id: service,
+        environment: env,
+        weights,
+        version: u64::try_from(version).unwrap_or(0),
+        index: u64::try_from(index).unwrap_or(0),
+        routers,
+    };
+    Ok(HttpResponse::Ok()
+        .insert_header(("cache-control", "no-store"))
+        .json(status))
 }
 
 /// Which config version is asked for.
@@ -94,5 +149,9 @@ async fn run_config(
     }
     Ok(HttpResponse::Ok()
         .insert_header(("cache-control", "no-store"))
-        .json(serde_json::json!({ "version": version, "vars": vars, "secrets": secrets })))
+        .json(RunConfig {
+            version,
+            vars,
+            secrets,
+        }))
 }

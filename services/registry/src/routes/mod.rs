@@ -35,6 +35,7 @@ pub const ACCESS: AccessRules = AccessRules::new(
             "/internal/v1/services/{name}/environments/{env}/config/{version}",
             &[Deployer],
         ),
+        Rule::new("/internal/v1/traffic/{service_id}/{env}", &[Deployer]),
     ],
 );
 

@@ -13,10 +13,22 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/v1/services/{name}/releases/{number}", web::get().to(get));
 }
 
-fn shown(r: &Release) -> serde_json::Value {
-    let mut value = serde_json::to_value(r).unwrap_or_default();
-    value["version"] = serde_json::json!(r.version());
-    value
+/// A release as answered (the wire contract the deployer reads).
+fn shown(r: &Release) -> slipway_wire::releases::Release {
+    slipway_wire::releases::Release {
+        id: r.id,
+        service_id: r.service_id,
+        number: r.number,
+        version: r.version(),
+        build_id: r.build_id,
+        artifact_purl: r.artifact_purl.clone(),
+        image: r.image.clone(),
+        digest: r.digest.clone(),
+        commit: r.commit.clone(),
+        run: r.run.as_ref().map(|run| run.0.clone()),
+        config: r.config.0.clone(),
+        created_at: r.created_at,
+    }
 }
 
 #[derive(Deserialize)]

@@ -7,6 +7,7 @@ use slipway_events::EventData;
 use slipway_events::slipway::{ServiceCreated, sources};
 use slipway_http::Problem;
 use slipway_ids::ProjectName;
+use slipway_wire::service::{CreateService, Service, ServicePage};
 use sqlx::PgPool;
 
 use super::internal;
@@ -24,10 +25,13 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 async fn create(
     pool: web::Data<PgPool>,
     settings: web::Data<ServiceSettings>,
-    body: web::Json<NewServiceRequest>,
+    body: web::Json<CreateService>,
 ) -> Result<HttpResponse, Problem> {
-    let new = NewService::parse(body.into_inner(), settings.allow_local_repositories)
-        .map_err(|e| Problem::validation(e.field, e.message))?;
+    let new = NewService::parse(
+        request(body.into_inner()),
+        settings.allow_local_repositories,
+    )
+    .map_err(|e| Problem::validation(e.field, e.message))?;
 
     let mut tx = pool.begin().await.map_err(|e| internal("begin", e))?;
     let service = services::insert(&mut tx, &new).await.map_err(|e| match e {
@@ -61,7 +65,34 @@ async fn create(
     tracing::info!(service.id = %service.id, service.name = %service.name, "service created");
     Ok(HttpResponse::Created()
         .insert_header(("location", format!("/v1/services/{}", service.name)))
-        .json(service))
+        .json(answer(service)))
+}
+
+/// The wire form of a create, as the domain parses it.
+fn request(body: CreateService) -> NewServiceRequest {
+    NewServiceRequest {
+        id: body.id,
+        name: body.name,
+        project: body.project,
+        repository: body.repository,
+        branch: body.branch,
+    }
+}
+
+/// A stored service as the wire contract shows it: its repository redacted, since a URL stored
+/// before credentials in URLs were refused may still hold one.
+fn answer(service: services::Service) -> Service {
+    Service {
+        id: service.id,
+        name: service.name,
+        project: service.project,
+        repository: service
+            .repository
+            .as_deref()
+            .map(slipway_events::repository::redact),
+        branch: service.branch,
+        created_at: service.created_at,
+    }
 }
 
 #[derive(Deserialize)]
@@ -95,12 +126,15 @@ async fn list(
     let next = (items.len() as i64 == limit)
         .then(|| items.last().map(|s| s.name.clone()))
         .flatten();
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "items": items, "next": next })))
+    Ok(HttpResponse::Ok().json(ServicePage {
+        items: items.into_iter().map(answer).collect(),
+        next,
+    }))
 }
 
 async fn get(pool: web::Data<PgPool>, name: web::Path<String>) -> Result<HttpResponse, Problem> {
     match services::by_name(&pool, &name).await {
-        Ok(Some(service)) => Ok(HttpResponse::Ok().json(service)),
+        Ok(Some(service)) => Ok(HttpResponse::Ok().json(answer(service))),
         Ok(None) => Err(Problem::not_found(format!("no service named `{name}`"))),
         Err(e) => Err(internal("get service", e)),
     }

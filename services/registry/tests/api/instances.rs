@@ -5,16 +5,22 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::{Value, json};
 use slipway_events::deploy::{
-    Health, HealthCheck, InstanceDraining, InstanceExited, InstanceHealthChanged, InstanceRef,
-    InstanceStarted, InstanceStopped, InstancesHeartbeat, ReleaseWeight, TrafficChanged,
+    Health, HealthCheck, HeartbeatInstance, InstanceDraining, InstanceExited,
+    InstanceHealthChanged, InstanceRef, InstanceStarted, InstanceState, InstanceStopped,
+    InstancesHeartbeat, ReleaseWeight, TrafficChanged,
 };
 use slipway_events::slipway::sources;
 use slipway_events::{CloudEvent, EventData};
-use slipway_ids::ServiceId;
+use slipway_ids::{ReplicaId, ServiceId};
 use slipway_kafka::EventProducer;
 use uuid::Uuid;
 
 use crate::helpers::{TestApp, spawn_app};
+
+/// The address the facts give instance `id`.
+pub fn address_of(id: Uuid) -> String {
+    format!("127.0.0.1:{}", 20_000 + (id.as_u128() % 10_000) as u16)
+}
 
 /// Publishes the deployer's and monitor's facts about one service, as they would.
 pub struct Facts {
@@ -54,10 +60,9 @@ impl Facts {
     }
 
     pub async fn started(&self, id: Uuid, env: &str, release: i32, restarts: u32) {
-        let port = 20_000 + (id.as_u128() % 10_000) as u16;
         let data = InstanceStarted {
             instance: self.at(id, env, release),
-            address: format!("127.0.0.1:{port}"),
+            address: address_of(id),
             target: "process".into(),
             health_check: HealthCheck::default(),
             restarts,
@@ -108,12 +113,44 @@ impl Facts {
         self.send(sources::DEPLOYER, &data).await;
     }
 
+    /// A heartbeat of owner `deployer-test` listing `ids` as running instances of release 1
+    /// (health unknown), at the addresses [`Facts::started`] gives them.
     pub async fn heartbeat(&self, env: &str, ids: &[Uuid], interval_ms: u64) {
+        let records = ids.iter().map(|id| self.record(*id, None)).collect();
+        self.heartbeat_of("deployer-test", env, records, interval_ms)
+            .await;
+    }
+
+    /// What a deployer's heartbeat says of instance `id` (release 1, running).
+    pub fn record(&self, id: Uuid, health: Option<Health>) -> HeartbeatInstance {
+        HeartbeatInstance {
+            instance_id: id,
+            release: 1,
+            address: address_of(id),
+            target: "process".into(),
+            state: InstanceState::Running,
+            health,
+            health_check: HealthCheck::default(),
+            detail: None,
+            restarts: 0,
+            started_at: Utc::now(),
+        }
+    }
+
+    /// A heartbeat of `owner` for `env` with whole `records`.
+    pub async fn heartbeat_of(
+        &self,
+        owner: &str,
+        env: &str,
+        records: Vec<HeartbeatInstance>,
+        interval_ms: u64,
+    ) {
         let data = InstancesHeartbeat {
             service_id: self.service_id,
             service_name: self.service.clone(),
             environment: env.to_owned(),
-            instances: ids.to_vec(),
+            owner: ReplicaId::from_name(owner),
+            instances: records,
             interval_ms,
             at: Utc::now(),
         };

@@ -3,10 +3,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
 mod discovery;
+mod heartbeats;
 mod helpers;
 mod identity;
 mod instances;
 mod internal;
 mod projects;
 mod releases;
+mod routers;
 mod services;

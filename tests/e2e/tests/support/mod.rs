@@ -51,6 +51,12 @@ fn free_port() -> u16 {
 impl Stack {
     /// Starts every service on a fresh database and topic prefix; waits until all are ready.
     pub async fn start() -> Self {
+        Self::start_with_env(&[]).await
+    }
+
+    /// [`Stack::start`] with further environment variables for every service (they win over
+    /// the stack's own), e.g. `SLIPWAY_TELEMETRY__OTLP_ENDPOINT`.
+    pub async fn start_with_env(extra: &[(&str, String)]) -> Self {
         let db = slipway_testkit::fresh_database("unused").await;
         let db_roles = slipway_testkit::roles::service_roles(&db).await;
         let kafka = slipway_testkit::kafka_settings();
@@ -145,6 +151,9 @@ impl Stack {
             "SLIPWAY_DEPLOY__STOP_GRACE_SECONDS".to_owned(),
             "5".to_owned(),
         );
+        for (k, v) in extra {
+            env.insert((*k).to_owned(), v.clone());
+        }
         let admin_db = sqlx::PgPool::connect_with(db.server_options())
             .await
             .unwrap();

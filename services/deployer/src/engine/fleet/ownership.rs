@@ -30,6 +30,7 @@ use uuid::Uuid;
 use super::{EngineError, Fleet, TargetError};
 use crate::db::instances::{self, Instance};
 use crate::db::replicas;
+use crate::domain::InstanceState;
 use crate::target::{Known, Placement};
 
 /// How long a take-over that failed waits before the next try.
@@ -215,7 +216,10 @@ impl Fleet {
             }
         }
         for row in owned {
-            if row.state == "stopping" && supervised.contains(&row.id) && !self.is_busy(row.id) {
+            if row.state == InstanceState::Stopping
+                && supervised.contains(&row.id)
+                && !self.is_busy(row.id)
+            {
                 let fleet = self.clone();
                 tokio::spawn(async move {
                     let Some(_busy) = fleet.busy(row.id) else {
@@ -296,7 +300,7 @@ impl Fleet {
         let Some(row) = row else {
             return Ok(false);
         };
-        if row.state == "stopping" {
+        if row.state == InstanceState::Stopping {
             self.stop_owned(&row, "stopped (resumed by another replica)")
                 .await?;
             return Ok(false);
@@ -329,7 +333,7 @@ impl Fleet {
             instances::delete(&mut conn, id).await?;
             return Ok(false);
         }
-        if row.state == "draining" {
+        if row.state == InstanceState::Draining {
             self.stop_owned(&row, "stopped (found dead while draining)")
                 .await?;
             return Ok(false);
