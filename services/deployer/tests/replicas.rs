@@ -44,7 +44,14 @@ const SERVICE: &str = "sleeper";
 /// which `image()` pushes).
 async fn registry(image: String) -> String {
     let release = serde_json::json!({
+        "id": Uuid::new_v4(),
+        "service_id": service_id(),
         "number": 1,
+        "version": "v1",
+        "build_id": Uuid::new_v4(),
+        "commit": "0000000000000000000000000000000000000000",
+        "created_at": "2026-12-01T00:00:00Z",
+        "config": {},
         "image": image,
         "digest": image.rsplit_once('@').unwrap().1,
         "artifact_purl": "pkg:oci/sleeper",
