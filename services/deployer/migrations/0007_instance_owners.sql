@@ -16,10 +16,16 @@ ALTER TABLE instances
 CREATE INDEX instances_owner ON instances (owner);
 
 -- Liveness of each deployer replica, renewed every few seconds. A replica whose row is missing
--- or older than the liveness timeout is gone: a live replica adopts its instances.
+-- or older than the liveness timeout is gone: a live replica adopts its instances. Its process
+-- (pid, start time, boot, pid namespace) lets a replica on the same node see at once that it
+-- died (SIGKILL, then a restart as a new replica), without waiting for the timeout.
 CREATE TABLE deployer_replicas (
     replica      TEXT PRIMARY KEY,
     node         TEXT NOT NULL,
+    pid          INTEGER,
+    start_time   BIGINT,
+    boot_id      TEXT,
+    pid_ns       TEXT,
     started_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     heartbeat_at TIMESTAMPTZ NOT NULL DEFAULT now()
 );

@@ -181,6 +181,10 @@ struct Replica {
 
 impl World {
     async fn replica(&self, name: &str) -> Replica {
+        self.replica_with(name, LIVENESS).await
+    }
+
+    async fn replica_with(&self, name: &str, liveness: ReplicaSettings) -> Replica {
         let mut settings = ProcessSettings::new(&self.workdir.0);
         settings.restart_initial_ms = 100;
         settings.stop_grace_seconds = 1;
@@ -202,7 +206,7 @@ impl World {
                 stop_grace: Duration::from_secs(1),
                 heartbeat: Duration::from_secs(1),
                 replica: ReplicaId::generate(name),
-                replicas: LIVENESS,
+                replicas: liveness,
             },
         ));
         fleet.recover().await.unwrap();
@@ -564,5 +568,64 @@ async fn an_adopting_replica_never_takes_a_reused_pid_for_the_instance() {
     assert!(std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z")));
     stranger.kill().unwrap();
     let _ = stranger.wait();
+    b.shut_down().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_replica_on_the_same_machine_is_seen_dead_without_waiting_for_its_timeout() {
+    // A timeout far beyond the test: only seeing the process dead can explain an adoption.
+    let patient = ReplicaSettings {
+        timeout_ms: 600_000,
+        ..LIVENESS
+    };
+    let world = world().await;
+    let a = world.replica_with("deployer-a", patient.clone()).await;
+    a.start(1).await;
+    let all = a.owned().await;
+    let replica = a.fleet.replica.clone();
+    a.kill().await;
+    let b = world.replica_with("deployer-b", patient).await;
+    // a's row names a live process (this test's): nothing is adopted.
+    tokio::time::sleep(Duration::from_millis(6 * LIVENESS.poll_ms)).await;
+    assert!(
+        b.owned().await.is_empty(),
+        "a live replica's instances were taken"
+    );
+
+    // Now it names a process that ended, as after a SIGKILL.
+    let mut ended = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    let pid = ended.id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let start: i64 = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap();
+    ended.kill().unwrap();
+    ended.wait().unwrap();
+    sqlx::query("UPDATE deployer_replicas SET pid = $2, start_time = $3 WHERE replica = $1")
+        .bind(&replica)
+        .bind(pid as i32)
+        .bind(start)
+        .execute(&world.pool)
+        .await
+        .unwrap();
+    let adopted = wait_until(Duration::from_secs(10), || async {
+        b.owned().await == all && b.supervised() == all
+    })
+    .await;
+    assert!(adopted, "b owns {:?}", b.owned().await);
+    let everything: Vec<Instance> = rows(&world.pool).await.into_values().collect();
+    b.fleet
+        .retire_many(&everything, "test over", Some(Duration::ZERO))
+        .await
+        .unwrap();
     b.shut_down().await;
 }

@@ -29,6 +29,7 @@ use uuid::Uuid;
 use super::EngineError;
 use super::plan::Set;
 use crate::db::instances::{self, Instance, NewInstance};
+use crate::db::replicas;
 use crate::domain::{InstanceHealth, InstanceState};
 use crate::registry::{RegistryClient, ReleaseInfo};
 use crate::target::{InstanceSpec, Placement, Target, TargetError, TargetEvent};
@@ -78,6 +79,8 @@ pub struct Fleet {
     busy: Mutex<HashSet<Uuid>>,
     /// Adopted instances whose take-over failed, and when to try again.
     retries: Mutex<HashMap<Uuid, tokio::time::Instant>>,
+    /// This deployer's own process, recorded with its liveness.
+    process: Option<replicas::ReplicaProcess>,
 }
 
 /// Marks an instance busy for as long as it lives.
@@ -136,6 +139,7 @@ impl Fleet {
             replicas: settings.replicas,
             busy: Mutex::default(),
             retries: Mutex::default(),
+            process: ownership::this_process(),
         }
     }
 

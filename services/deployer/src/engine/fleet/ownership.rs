@@ -31,7 +31,7 @@ use super::{EngineError, Fleet, TargetError};
 use crate::db::instances::{self, Instance};
 use crate::db::replicas;
 use crate::domain::InstanceState;
-use crate::target::{Known, Placement};
+use crate::target::{Known, Placement, ProcessIdentity};
 
 /// How long a take-over that failed waits before the next try.
 const RETRY_TAKE_OVER: Duration = Duration::from_secs(5);
@@ -87,6 +87,19 @@ impl ReplicaSettings {
     }
 }
 
+/// This process, as its liveness row records it.
+pub(super) fn this_process() -> Option<replicas::ReplicaProcess> {
+    let identity = ProcessIdentity::of(std::process::id(), None)?;
+    Some(replicas::ReplicaProcess {
+        pid: i32::try_from(identity.pid).ok()?,
+        start_time: i64::try_from(identity.start_time).ok()?,
+        boot_id: identity.boot_id,
+        pid_ns: std::fs::read_link("/proc/self/ns/pid")
+            .ok()
+            .map(|l| l.to_string_lossy().into_owned()),
+    })
+}
+
 /// Aborts the task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
@@ -113,13 +126,69 @@ impl Fleet {
         Ok(instances::owned(&self.pool, &self.replica).await?)
     }
 
-    /// Renews this replica's liveness row and, with it, its lease.
+    /// Renews this replica's liveness row and, with it, its lease. If the row had expired
+    /// (this replica was away longer than the timeout, or a neighbour saw its process dead),
+    /// others may have adopted its instances: it lets go of all of them first (they keep
+    /// running; what is still its own is taken back by the next round).
     async fn try_renew(&self) -> Result<(), sqlx::Error> {
         let sent = Instant::now();
-        replicas::renew(&self.pool, &self.replica, &self.node).await?;
+        let ttl_ms = self.replicas.timeout().as_millis() as i64;
+        let renewal = replicas::renew(
+            &self.pool,
+            &self.replica,
+            &self.node,
+            self.process.as_ref(),
+            ttl_ms,
+        );
+        // A database that hangs must not hold the fence back: a renewal that does not answer
+        // within the heartbeat counts as failed.
+        let lost = tokio::time::timeout(self.replicas.heartbeat(), renewal)
+            .await
+            .map_err(|_| {
+                sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "liveness renewal took longer than the heartbeat",
+                ))
+            })??;
+        if lost {
+            tracing::warn!(replica = %self.replica, "liveness had expired; letting go of every instance");
+            self.target.detach().await;
+        }
         self.target
             .lease()
             .renew_until(sent + self.replicas.fence_after());
+        Ok(())
+    }
+
+    /// Declares gone the replicas of this node whose process is dead (killed, then restarted
+    /// as a new replica), so their instances are adopted now rather than after the timeout.
+    /// Only within one boot and one pid namespace, where a pid and start time name a process.
+    async fn bury_dead_neighbours(&self) -> Result<(), EngineError> {
+        let Some(mine) = self.process.as_ref().filter(|p| p.pid_ns.is_some()) else {
+            return Ok(());
+        };
+        let ttl_ms = self.replicas.timeout().as_millis() as i64;
+        for n in replicas::neighbours(&self.pool, &self.replica, &self.node, ttl_ms).await? {
+            if n.process.pid_ns != mine.pid_ns || n.process.boot_id != mine.boot_id {
+                continue;
+            }
+            let (Ok(pid), Ok(start_time)) = (
+                u32::try_from(n.process.pid),
+                u64::try_from(n.process.start_time),
+            ) else {
+                continue;
+            };
+            let identity = ProcessIdentity {
+                pid,
+                pgid: n.process.pid,
+                start_time,
+                boot_id: n.process.boot_id.clone(),
+                uid: None,
+            };
+            if !identity.is_running() && replicas::declare_gone(&self.pool, &n, ttl_ms).await? {
+                tracing::warn!(replica = %n.replica, pid, "replica's process is dead: its instances are adopted now");
+            }
+        }
         Ok(())
     }
 
@@ -179,11 +248,7 @@ impl Fleet {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(self.replicas.heartbeat()) => {}
             }
-            // A database that hangs must not hold the fence back: a renewal that does not
-            // answer within the heartbeat counts as failed.
-            let renewed = tokio::time::timeout(self.replicas.heartbeat(), self.renew())
-                .await
-                .unwrap_or(false);
+            let renewed = self.renew().await;
             if renewed {
                 // Rows of replicas long gone that own nothing any more are only noise.
                 let long_gone = 10 * self.replicas.timeout().as_millis() as i64;
@@ -240,6 +305,7 @@ impl Fleet {
     /// Adopts what may be adopted and stops orphans (also the first pass at start-up).
     pub async fn reconcile(&self) -> Result<Round, EngineError> {
         let mut round = Round::default();
+        self.bury_dead_neighbours().await?;
         let timeout = self.replicas.timeout();
         let candidates =
             instances::adoptable(&self.pool, &self.replica, timeout, &self.node).await?;
