@@ -1,7 +1,8 @@
 //! Which replica supervises which instance, and what happens when a replica is gone.
 //!
 //! Every replica renews its liveness row (`deployer_replicas`) every `heartbeat_ms`; one whose
-//! row is missing or older than `timeout_ms` is gone. Then:
+//! row is missing or older than `timeout_ms` is gone, and so is one of the same node whose
+//! recorded process (pid, start time, boot, pid namespace) is seen dead. Then:
 //! - **Adoption.** A live replica on the same node claims each of its instances (compare-and-
 //!   set on the owner's epoch, so of two replicas adopting at once one wins), checks its
 //!   process by its recorded identity (pid, start time, boot), keeps a running one under its
