@@ -296,6 +296,86 @@ instances_dir() {
   printf '%s\n' "${SLIPWAY_INSTANCES_DIR:-/var/tmp/slipway-instances-$key}"
 }
 
+# ---------------------------------------------------------------------------------------------
+# Instances of the process target
+# ---------------------------------------------------------------------------------------------
+# The deployer records each run of an instance in <workdir>/instances/<id>/instance.json (one
+# "key": value per line): pid, pgid (the run leads its own process group), start_time (field 22
+# of /proc/PID/stat), boot_id and, as root, uid. That is all `scripts/down` needs: no database,
+# no deployer, and nothing a program can rewrite (its title, argv or environment).
+
+# Print the value of KEY in the run record FILE (quotes stripped; `null` for none).
+record_field() {
+  sed -n "s/^ *\"$2\": *\"\{0,1\}\([^\",]*\)\"\{0,1\},\{0,1\} *$/\1/p" "$1" | head -n 1
+}
+
+# Print the live processes of the run recorded in FILE: its leader while it is still that very
+# process (same start time and boot, same uid when recorded), and the members of its group
+# started since (children it forked; while one lives the kernel does not reuse the group's
+# number). A pid reused by an unrelated process has another start time: never printed.
+run_pids() {
+  local file=$1 pid pgid start boot uid now_boot stat p line fields
+  pid=$(record_field "$file" pid)
+  pgid=$(record_field "$file" pgid)
+  start=$(record_field "$file" start_time)
+  boot=$(record_field "$file" boot_id)
+  uid=$(record_field "$file" uid)
+  [[ $pid =~ ^[0-9]+$ && $pgid =~ ^[0-9]+$ && $start =~ ^[0-9]+$ ]] || return 0
+  ((pgid > 1)) || return 0
+  now_boot=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null || true)
+  if [[ -n $boot && $boot != null && -n $now_boot && $boot != "$now_boot" ]]; then
+    return 0 # started before a reboot: long gone
+  fi
+  for stat in /proc/[0-9]*/stat; do
+    p=${stat#/proc/}
+    p=${p%/stat}
+    { read -r line <"$stat"; } 2>/dev/null || continue
+    # The command name (field 2) may contain spaces and parentheses: split after the last ") ".
+    read -r -a fields <<<"${line##*) }"
+    [[ ${fields[0]} != Z ]] || continue
+    if [[ $p == "$pid" ]]; then
+      [[ ${fields[19]} == "$start" ]] || continue
+    elif [[ ${fields[2]} != "$pgid" ]] || ((fields[19] < start)); then
+      continue
+    fi
+    if [[ $uid =~ ^[0-9]+$ ]]; then
+      [[ $(awk '/^Uid:/ { print $2 }' "/proc/$p/status" 2>/dev/null) == "$uid" ]] || continue
+    fi
+    printf '%s\n' "$p"
+  done
+}
+
+# Send SIGNAL to the run recorded in FILE: its whole group while the leader is the recorded
+# process, and each of its live processes. Fails when nothing of it runs.
+signal_run() {
+  local file=$1 signal=$2 pids p
+  pids=$(run_pids "$file")
+  [[ -n $pids ]] || return 1
+  if grep -qxF "$(record_field "$file" pid)" <<<"$pids"; then
+    kill "-$signal" -- "-$(record_field "$file" pgid)" 2>/dev/null || true
+  fi
+  for p in $pids; do kill "-$signal" "$p" 2>/dev/null || true; done
+}
+
+# Stop every instance of the process target working in DIR: SIGTERM to each run's group, up to
+# GRACE seconds (default 10) for them to exit, then SIGKILL for what is left.
+stop_instances() {
+  local dir=$1 grace=${2:-10} file live=() left
+  for file in "$dir"/instances/*/instance.json; do
+    [[ -f $file && -n $(run_pids "$file") ]] && live+=("$file")
+  done
+  ((${#live[@]} > 0)) || return 0
+  log "stopping ${#live[@]} instance(s) of the process target"
+  for file in "${live[@]}"; do signal_run "$file" TERM || true; done
+  for _ in $(seq $((grace * 10))); do
+    left=0
+    for file in "${live[@]}"; do [[ -z $(run_pids "$file") ]] || left=1; done
+    ((left)) || return 0
+    sleep 0.1
+  done
+  for file in "${live[@]}"; do signal_run "$file" KILL || true; done
+}
+
 # Absolute path of PATH with its parent's symlinks resolved but PATH itself kept as is (it may be
 # our own symlink, see pg_home). Works for paths that do not exist (yet).
 abs_path() {

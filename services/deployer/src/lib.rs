@@ -9,7 +9,8 @@
 //! - [`engine`]: plans (strategies as steps), the state machine that drives them, the fleet
 //!   of instances.
 //! - [`target`]: the runtime trait and the process target.
-//! - `db/`: deployments, instances, desired state, release history, policies.
+//! - `db/`: deployments, instances (and their owners), replicas' liveness, desired state,
+//!   release history, policies.
 //! - `registry.rs`: releases and config (secrets decrypted) from the registry.
 //! - `routes.rs`: the internal HTTP API.
 

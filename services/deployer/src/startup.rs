@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use crate::consumers::{Commands, HealthVerdicts};
 use crate::db::uids::PgUids;
+use crate::engine::fleet::{FleetSettings, ReplicaSettings};
 use crate::engine::{DeploySettings, Engine, EngineMetrics, Fleet};
 use crate::registry::RegistryClient;
 use crate::target::process::{ProcessSettings, ProcessTarget, Users, running_as_root};
@@ -30,6 +31,9 @@ pub struct Settings {
     pub upstreams: UpstreamSettings,
     pub deploy: DeploySettings,
     pub process: ProcessSettings,
+    /// Liveness of this replica, and adoption of the instances of replicas that are gone.
+    #[serde(default)]
+    pub replicas: ReplicaSettings,
 }
 
 impl Settings {
@@ -91,20 +95,25 @@ impl Application {
             &settings.base.identity.credential,
         )?;
         let deploy = settings.deploy.clone();
+        // One identity for the process: the owner of its leases and of its instances.
+        let replica = ReplicaId::for_process("deployer");
+        tracing::info!(replica = %replica, "deployer replica");
         let fleet = Arc::new(Fleet::new(
             runtime.pool.clone(),
             target,
             registry,
             runtime.producer.clone(),
-            Duration::from_millis(deploy.drain_ms),
-            Duration::from_secs(deploy.stop_grace_seconds),
-            Duration::from_millis(deploy.heartbeat_ms.max(100)),
+            FleetSettings {
+                drain: Duration::from_millis(deploy.drain_ms),
+                stop_grace: Duration::from_secs(deploy.stop_grace_seconds),
+                heartbeat: Duration::from_millis(deploy.heartbeat_ms.max(100)),
+                replica: replica.clone(),
+                replicas: settings.replicas.clone(),
+            },
         ));
         let metrics = EngineMetrics::register(&runtime.metrics.registry)
             .map_err(slipway_http::metrics::MetricsError)
             .map_err(StartError::from)?;
-        let replica = ReplicaId::for_process("deployer");
-        tracing::info!(replica = %replica, "deployer replica");
         let engine = Engine::new(fleet.clone(), deploy.clone(), replica, metrics);
 
         runtime.consume(
@@ -165,9 +174,11 @@ impl Application {
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
             }
+            let supervising = tokio::spawn(fleet.clone().supervise(cancel.clone()));
             let result = engine.run(cancel).await;
-            // Instances keep serving while the deployer is away; the next start adopts them.
-            fleet.target.detach().await;
+            // Instances keep serving while the deployer is away; another replica or the next
+            // start adopts them (the supervision loop detaches and retires this replica).
+            let _ = supervising.await;
             result
         });
 

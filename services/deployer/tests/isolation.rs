@@ -28,7 +28,7 @@ use oci_client::{Client, Reference};
 use serde_json::Value;
 use slipway_deployer::db::uids::PgUids;
 use slipway_deployer::target::process::{
-    ProcessSettings, ProcessTarget, UidRange, Users, running_as_root, scope_processes,
+    ProcessSettings, ProcessTarget, UidRange, Users, running_as_root, scope_instances,
 };
 use slipway_deployer::target::{InstanceSpec, Placement, Target};
 use slipway_ids::ServiceId;
@@ -129,8 +129,10 @@ struct Cleanup(PathBuf);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {
-        for (pid, _) in scope_processes(&self.0) {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+        for (_, run) in scope_instances(&self.0) {
+            for pid in run.members() {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
+            }
         }
         let _ = std::fs::remove_dir_all(&self.0);
     }
@@ -266,7 +268,7 @@ async fn isolated(marker: &str) {
         uid(&a_who),
         "kept per service"
     );
-    let b_proc = PathBuf::from(format!("/proc/{}", b.pid.unwrap()));
+    let b_proc = PathBuf::from(format!("/proc/{}", b.pid().unwrap()));
     assert_eq!(std::fs::metadata(&b_proc).unwrap().uid(), uid(&b_who));
 
     // Private directories: 0700 and the service's own.
@@ -329,7 +331,6 @@ async fn isolated(marker: &str) {
         "SLIPWAY_INSTANCE",
         "SLIPWAY_RELEASE",
         "SLIPWAY_SERVICE",
-        "SLIPWAY_TARGET_SCOPE",
     ];
     // Python itself may add `LC_CTYPE` when it coerces the C locale.
     names.retain(|n| *n != "LC_CTYPE");

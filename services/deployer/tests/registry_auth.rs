@@ -15,7 +15,7 @@ use oci_client::manifest::OciImageManifest;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use secrecy::SecretString;
-use slipway_deployer::target::process::{ProcessSettings, ProcessTarget, Users, scope_processes};
+use slipway_deployer::target::process::{ProcessSettings, ProcessTarget, Users, scope_instances};
 use slipway_deployer::target::{InstanceSpec, Target, TargetError};
 use slipway_events::slipway::{Command, RunSpec};
 use slipway_ids::ServiceId;
@@ -115,11 +115,13 @@ struct Guard(
 
 impl Drop for Guard {
     fn drop(&mut self) {
-        for (pid, _) in scope_processes(&self.0) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+        for (_, run) in scope_instances(&self.0) {
+            for pid in run.members() {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
         let _ = std::fs::remove_dir_all(&self.0);
     }

@@ -1,8 +1,15 @@
 //! The fleet: starting, retiring and recovering instances on the target, keeping their rows and
 //! announcing every change (started, draining, exited, stopped, heartbeats, output).
+//!
+//! With several deployer replicas, each instance has one owner, the replica that supervises it
+//! (restarts, stops, heartbeats): the one that started it, or the one that adopted it when its
+//! owner was gone ([`ownership`]). Any replica may take an instance out of rotation; stopping
+//! one owned by another replica is asked of its owner (state `stopping`), which stops it.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
+mod ownership;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -22,9 +29,11 @@ use uuid::Uuid;
 use super::EngineError;
 use super::plan::Set;
 use crate::db::instances::{self, Instance, NewInstance};
+use crate::db::replicas;
 use crate::domain::{InstanceHealth, InstanceState};
 use crate::registry::{RegistryClient, ReleaseInfo};
-use crate::target::{InstanceSpec, Known, Target, TargetEvent};
+use crate::target::{InstanceSpec, Placement, Target, TargetError, TargetEvent};
+pub use ownership::ReplicaSettings;
 
 /// Who an instance belongs to.
 #[derive(Debug, Clone)]
@@ -33,6 +42,20 @@ pub struct Owner {
     pub service_name: String,
     pub environment: String,
     pub deployment_id: Option<Uuid>,
+}
+
+/// How a fleet works (from the `[deploy]` and `[replicas]` settings).
+#[derive(Debug, Clone)]
+pub struct FleetSettings {
+    /// How long a draining instance keeps serving before it is stopped.
+    pub drain: Duration,
+    /// SIGTERM → SIGKILL grace.
+    pub stop_grace: Duration,
+    /// How often owned instances are announced.
+    pub heartbeat: Duration,
+    /// This replica.
+    pub replica: ReplicaId,
+    pub replicas: ReplicaSettings,
 }
 
 pub struct Fleet {
@@ -46,8 +69,30 @@ pub struct Fleet {
     /// SIGTERM → SIGKILL grace.
     pub stop_grace: Duration,
     pub heartbeat: Duration,
-    /// This deployer process: the owner its heartbeats name.
+    /// This replica: the owner of the instances it starts or adopts.
     pub replica: ReplicaId,
+    /// Where the target runs instances ([`Target::node`]).
+    node: String,
+    replicas: ReplicaSettings,
+    /// Instances this replica is starting or stopping right now: left alone by adoption (their
+    /// row says "mine, not supervised" for a moment) and by the orphan sweep.
+    busy: Mutex<HashSet<Uuid>>,
+    /// Adopted instances whose take-over failed, and when to try again.
+    retries: Mutex<HashMap<Uuid, tokio::time::Instant>>,
+    /// This deployer's own process, recorded with its liveness.
+    process: Option<replicas::ReplicaProcess>,
+}
+
+/// Marks an instance busy for as long as it lives.
+struct Busy<'a> {
+    fleet: &'a Fleet,
+    id: Uuid,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.fleet.busy_set().remove(&self.id);
+    }
 }
 
 /// Adds `data` to the outbox in `conn`'s transaction.
@@ -77,21 +122,40 @@ impl Fleet {
         target: Arc<dyn Target>,
         registry: RegistryClient,
         producer: EventProducer,
-        drain: Duration,
-        stop_grace: Duration,
-        heartbeat: Duration,
+        settings: FleetSettings,
     ) -> Self {
+        let node = target.node();
         Self {
             pool,
             target,
             registry,
             producer,
             releases: Mutex::default(),
-            drain,
-            stop_grace,
-            heartbeat,
-            replica: ReplicaId::for_process("deployer"),
+            drain: settings.drain,
+            stop_grace: settings.stop_grace,
+            heartbeat: settings.heartbeat,
+            replica: settings.replica,
+            node,
+            replicas: settings.replicas,
+            busy: Mutex::default(),
+            retries: Mutex::default(),
+            process: ownership::this_process(),
         }
+    }
+
+    fn busy_set(&self) -> std::sync::MutexGuard<'_, HashSet<Uuid>> {
+        self.busy.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Marks `id` busy; `None` if it already is.
+    fn busy(&self, id: Uuid) -> Option<Busy<'_>> {
+        // The lock is released before a guard exists: dropping one takes the lock again.
+        let inserted = self.busy_set().insert(id);
+        inserted.then(|| Busy { fleet: self, id })
+    }
+
+    fn is_busy(&self, id: Uuid) -> bool {
+        self.busy_set().contains(&id)
     }
 
     /// A release's artifact and run spec (immutable, so cached).
@@ -145,6 +209,7 @@ impl Fleet {
         health_check: &HealthCheck,
     ) -> Result<(), EngineError> {
         let id = Uuid::now_v7();
+        let _busy = self.busy(id);
         // The row comes first: a deployer killed right after the spawn finds it at recovery.
         instances::insert(
             &self.pool,
@@ -160,6 +225,8 @@ impl Fleet {
                 health_check,
                 target: self.target.kind(),
                 deployment_id: owner.deployment_id,
+                owner: &self.replica,
+                node: &self.node,
             },
         )
         .await?;
@@ -178,20 +245,37 @@ impl Fleet {
                 return Err(e.into());
             }
         };
+        self.record_start(&row, &placement, 0).await?;
+        tracing::info!(instance.id = %id, service = %owner.service_name, release = set.release, address = %placement.address, "instance started");
+        Ok(())
+    }
+
+    /// Records a (re)start by this replica and announces it; nothing when the instance is not
+    /// this replica's any more (another adopted it meanwhile: its word counts).
+    async fn record_start(
+        &self,
+        row: &Instance,
+        placement: &Placement,
+        restarts: u32,
+    ) -> Result<(), EngineError> {
         let mut tx = self.pool.begin().await?;
-        instances::started(
+        let mine = instances::started(
             &mut tx,
-            id,
+            row.id,
+            &self.replica,
             &placement.address,
             placement.port,
-            placement.pid,
-            0,
+            placement.process.as_ref(),
+            restarts,
         )
         .await?;
-        self.announce_started(&mut tx, &row, &placement.address, 0)
+        if !mine {
+            tracing::warn!(instance.id = %row.id, "start not recorded: another replica owns the instance");
+            return Ok(());
+        }
+        self.announce_started(&mut tx, row, &placement.address, restarts)
             .await?;
         tx.commit().await?;
-        tracing::info!(instance.id = %id, service = %owner.service_name, release = set.release, address = %placement.address, "instance started");
         Ok(())
     }
 
@@ -247,10 +331,28 @@ impl Fleet {
     }
 
     async fn stop_one(&self, row: &Instance, reason: &str) -> Result<(), EngineError> {
-        {
+        let owner = {
             let mut conn = self.pool.acquire().await?;
             instances::set_state(&mut conn, row.id, InstanceState::Stopping).await?;
+            // Who owns it now (the caller's copy of the row may predate an adoption).
+            instances::get(&mut conn, row.id)
+                .await?
+                .and_then(|r| r.owner)
+        };
+        if owner.as_ref() != Some(&self.replica) {
+            // Another replica supervises it: `stopping` asks it to stop it (or, if it is gone,
+            // whoever adopts it), and the row goes once it is stopped.
+            return self.await_stop(row.id).await;
         }
+        let Some(_busy) = self.busy(row.id) else {
+            // This replica is stopping it already (a stop request seen by its own loop).
+            return self.await_stop(row.id).await;
+        };
+        self.stop_owned(row, reason).await
+    }
+
+    /// Stops an instance this replica owns, forgets its row and announces it.
+    async fn stop_owned(&self, row: &Instance, reason: &str) -> Result<(), EngineError> {
         self.target.stop(row.id, self.stop_grace).await?;
         let mut tx = self.pool.begin().await?;
         instances::delete(&mut tx, row.id).await?;
@@ -273,22 +375,14 @@ impl Fleet {
                 placement,
                 restarts,
             } => {
-                let mut tx = self.pool.begin().await?;
-                let Some(row) = instances::get(&mut tx, instance_id).await? else {
+                let row = {
+                    let mut conn = self.pool.acquire().await?;
+                    instances::get(&mut conn, instance_id).await?
+                };
+                let Some(row) = row else {
                     return Ok(());
                 };
-                instances::started(
-                    &mut tx,
-                    instance_id,
-                    &placement.address,
-                    placement.port,
-                    placement.pid,
-                    restarts,
-                )
-                .await?;
-                self.announce_started(&mut tx, &row, &placement.address, restarts)
-                    .await?;
-                tx.commit().await?;
+                self.record_start(&row, &placement, restarts).await?;
             }
             TargetEvent::Exited {
                 instance_id,
@@ -302,7 +396,18 @@ impl Fleet {
                 let Some(row) = instances::get(&mut tx, instance_id).await? else {
                     return Ok(());
                 };
-                instances::exited(&mut tx, instance_id, &exit, restarts, crash_loop).await?;
+                let mine = instances::exited(
+                    &mut tx,
+                    instance_id,
+                    &self.replica,
+                    &exit,
+                    restarts,
+                    crash_loop,
+                )
+                .await?;
+                if !mine {
+                    return Ok(());
+                }
                 let data = InstanceExited {
                     instance: row.reference(),
                     exit: exit.clone(),
@@ -349,63 +454,8 @@ impl Fleet {
         Ok(())
     }
 
-    /// After a restart: re-attach to the instances still running, finish stops that were under
-    /// way, restart dead ones, and let the target kill processes nobody knows.
-    pub async fn recover(&self) -> Result<(), EngineError> {
-        let rows = instances::all(&self.pool).await?;
-        let mut known = Vec::new();
-        for row in &rows {
-            match (row.state, row.pid, row.port, &row.address) {
-                (InstanceState::Stopping, ..) => {}
-                (_, Some(pid), Some(port), Some(address)) => known.push(Known {
-                    spec: self.spec(row).await?,
-                    placement: crate::target::Placement {
-                        address: address.clone(),
-                        port: port as u16,
-                        pid: Some(pid as u32),
-                    },
-                    restarts: row.restarts as u32,
-                }),
-                // Never got a process (or we cannot tell which): forget it; the orphan scan
-                // kills a process that may have been spawned for it.
-                _ => {
-                    let mut conn = self.pool.acquire().await?;
-                    instances::delete(&mut conn, row.id).await?;
-                }
-            }
-        }
-        let dead = self.target.recover(known).await?;
-        for row in rows.iter().filter(|r| r.state == InstanceState::Stopping) {
-            self.stop_one(row, "stopped (resumed after a deployer restart)")
-                .await?;
-        }
-        for id in dead {
-            let Some(row) = rows.iter().find(|r| r.id == id) else {
-                continue;
-            };
-            tracing::warn!(instance.id = %id, "instance found dead after a restart; starting it again");
-            let spec = self.spec(row).await?;
-            let placement = self.target.start(spec).await?;
-            let restarts = row.restarts as u32 + 1;
-            let mut tx = self.pool.begin().await?;
-            instances::started(
-                &mut tx,
-                id,
-                &placement.address,
-                placement.port,
-                placement.pid,
-                restarts,
-            )
-            .await?;
-            self.announce_started(&mut tx, row, &placement.address, restarts)
-                .await?;
-            tx.commit().await?;
-        }
-        Ok(())
-    }
-
-    /// Announces the live instances of every environment periodically, so the registry can
-    /// reap instances whose deployer vanished.
+    /// Announces the live instances this replica owns periodically, so the registry can reap
+    /// instances whose deployer vanished.
     pub async fn heartbeats(&self, cancel: CancellationToken) -> Result<(), EngineError> {
         loop {
             tokio::select! {
@@ -424,7 +474,7 @@ impl Fleet {
     /// empty list is how the registry learns that heartbeats go on without the instances it
     /// still lists (it reaps only then, never when heartbeats stop arriving).
     async fn heartbeat_once(&self) -> Result<(), EngineError> {
-        let rows = instances::all(&self.pool).await?;
+        let rows = self.owned_instances().await?;
         let desired = crate::db::state::all(&self.pool).await?;
         let mut groups: BTreeMap<(ServiceId, String), (String, Vec<HeartbeatInstance>)> =
             BTreeMap::new();
@@ -525,6 +575,12 @@ mod tests {
             last_exit: Some("exit code 1".into()),
             created_at: Utc::now(),
             updated_at: Utc::now(),
+            owner: None,
+            owner_epoch: 0,
+            node: None,
+            pgid: None,
+            start_time: None,
+            boot_id: None,
         }
     }
 

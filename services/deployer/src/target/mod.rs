@@ -8,15 +8,19 @@
 
 pub mod process;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use slipway_events::deploy::LogLine;
 use slipway_events::slipway::RunSpec;
 use slipway_ids::ServiceId;
+use tokio::time::Instant;
 use uuid::Uuid;
+
+pub use self::process::ProcessIdentity;
 
 /// Everything a target needs to run one instance.
 #[derive(Clone)]
@@ -55,18 +59,65 @@ pub struct Placement {
     /// `host:port` the edge router and the monitor reach it at.
     pub address: String,
     pub port: u16,
-    /// The process id (process target), for bookkeeping and recovery.
-    pub pid: Option<u32>,
+    /// The process that runs it (process target), for bookkeeping and recovery.
+    pub process: Option<ProcessIdentity>,
 }
 
-/// An instance the deployer's database says runs, handed to [`Target::recover`] after a
-/// restart of the deployer.
+impl Placement {
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(|p| p.pid)
+    }
+}
+
+/// Whether this replica may still act on the instances it supervises (restart them). The
+/// deployer's replica loop renews it as long as its liveness row in the database is fresh;
+/// once it lapses another replica may adopt the instances, so nothing is restarted any more
+/// (a restart then would run a second copy beside the adopter's). Unbounded by default (one
+/// replica, tests).
+#[derive(Debug, Clone, Default)]
+pub struct Lease {
+    /// `None`: unbounded; else valid until then.
+    until: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Lease {
+    /// A lease valid until `until` (and renewed from then on).
+    pub fn bounded(until: Instant) -> Self {
+        Self {
+            until: Arc::new(Mutex::new(Some(until))),
+        }
+    }
+
+    pub fn renew_until(&self, until: Instant) {
+        *self.until.lock().unwrap_or_else(PoisonError::into_inner) = Some(until);
+    }
+
+    pub fn valid(&self) -> bool {
+        self.until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none_or(|until| Instant::now() < until)
+    }
+}
+
+/// An instance the deployer's database says runs, handed to [`Target::adopt`] after a restart
+/// of the deployer or when its replica is gone.
 #[derive(Debug, Clone)]
 pub struct Known {
     pub spec: InstanceSpec,
     pub placement: Placement,
     /// Restarts so far (the backoff continues from there).
     pub restarts: u32,
+}
+
+/// What [`Target::adopt`] found.
+#[derive(Debug, Default)]
+pub struct Adopted {
+    /// Known instances found dead: the caller starts them again.
+    pub dead: Vec<Uuid>,
+    /// Known instances found running, now supervised, where they run according to their run
+    /// record (which may be newer than the database's row).
+    pub running: Vec<(Uuid, Placement)>,
 }
 
 /// What happens to instances, reported by the target as it happens.
@@ -112,6 +163,15 @@ pub enum TargetError {
     Start(String),
     #[error("no instance {0} on this target")]
     Unknown(Uuid),
+    /// The image pull took longer than allowed.
+    #[error("pulling {image} took longer than {seconds} s")]
+    PullTimeout { image: String, seconds: u64 },
+    /// The start was cancelled (the deployer is shutting down).
+    #[error("cancelled")]
+    Cancelled,
+    /// Another replica was asked to stop the instance and did not in time.
+    #[error("instance {0} was not stopped: {1}")]
+    NotStopped(Uuid, String),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -127,17 +187,39 @@ pub trait Target: Send + Sync + 'static {
     /// health is the monitor's business).
     fn start(&self, spec: InstanceSpec) -> BoxFuture<'_, Result<Placement, TargetError>>;
 
-    /// Stops the instance: a polite signal (SIGTERM), then a forced stop after `grace`. No
-    /// restart follows. Stopping an instance the target does not run is not an error.
+    /// Stops the instance: a polite signal (SIGTERM) to its process group, then a forced stop
+    /// after `grace`. No restart follows. An instance this target does not supervise is stopped
+    /// through its recorded process identity (only ever the recorded process and its group);
+    /// stopping an instance that does not run is not an error.
     fn stop(&self, instance_id: Uuid, grace: Duration) -> BoxFuture<'_, Result<(), TargetError>>;
 
-    /// After a deployer restart: supervises again every `known` instance that still runs (no
-    /// second copy is started), and stops every instance of this target's scope that is not in
-    /// `known` (an orphan, e.g. started just before a crash and never recorded). Answers the ids
-    /// of `known` instances found dead; the caller starts them again.
-    fn recover(&self, known: Vec<Known>) -> BoxFuture<'_, Result<Vec<Uuid>, TargetError>>;
+    /// Where this target's instances run (a machine and a work directory): a replica adopts
+    /// only instances of its own node, the only ones whose processes it can see.
+    fn node(&self) -> String;
+
+    /// Supervises every `known` instance that still runs (found by its recorded process
+    /// identity; no second copy is started), watching it since it is not this process's child.
+    /// Answers which were found dead (the caller starts them again) and where the others run.
+    fn adopt(&self, known: Vec<Known>) -> BoxFuture<'_, Result<Adopted, TargetError>>;
+
+    /// The instances with a running process on this node (by their run records).
+    fn running(&self) -> Vec<Uuid>;
+
+    /// Stops those of `orphans` that still run and that this target does not supervise:
+    /// instances [`Target::running`] listed and the database no longer knows (started just
+    /// before a crash and never recorded, or whose row is gone). Answers the ids stopped.
+    fn sweep(&self, orphans: Vec<Uuid>) -> BoxFuture<'_, Vec<Uuid>>;
+
+    /// The instances this target supervises.
+    fn supervised(&self) -> HashSet<Uuid>;
+
+    /// Ends supervision of one instance, leaving it running (another replica owns it now).
+    fn release(&self, instance_id: Uuid) -> BoxFuture<'_, ()>;
+
+    /// The lease restarts are made under.
+    fn lease(&self) -> Lease;
 
     /// Stops supervising without stopping the instances (the deployer is shutting down; the
-    /// instances keep serving and are recovered by the next start).
+    /// instances keep serving and are adopted by another replica or the next start).
     fn detach(&self) -> BoxFuture<'_, ()>;
 }

@@ -13,19 +13,21 @@
 //! that no service reads another's ([`users`]); otherwise every instance runs as the deployer's
 //! user (a warning at start-up says so).
 //!
-//! Instances are started in their own process group with a cleared environment: the release's
-//! config, the port, `PATH` (a setting), `HOME`, and `SLIPWAY_TARGET_SCOPE=<workdir>` and
-//! `SLIPWAY_INSTANCE=<id>`, which let them outlive the deployer and be found again by the next
-//! one ([`Target::recover`], [`scope_processes`]).
+//! Each run of an instance leads its own process group, with a cleared environment: the
+//! release's config, the port, `PATH` (a setting) and `HOME`. Instances outlive the deployer;
+//! the next one, another replica of it on this machine ([`Target::adopt`]) or `scripts/down`
+//! find them again by the run record in `instances/<id>/` ([`ProcessIdentity`]: pid, group,
+//! start time, boot, uid), never by anything the program can rewrite.
 //!
-//! Modules: [`artifact`] (pull and unpack), [`launch`] (command, environment, spawn),
-//! [`supervisor`] (wait, restart with backoff, stop), [`logs`] (output tailing), [`scan`]
-//! (`/proc`), [`users`] (uids and ownership).
+//! Modules: [`artifact`] (pull and unpack), [`launch`] (command, environment, spawn, run
+//! record), [`supervisor`] (wait, restart with backoff, stop), [`logs`] (output tailing),
+//! [`procfs`] (`/proc`, process identity), [`users`] (uids and ownership), [`settings`].
 
 mod artifact;
 mod launch;
 mod logs;
-mod scan;
+mod procfs;
+mod settings;
 mod supervisor;
 mod users;
 
@@ -36,128 +38,20 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use serde::Deserialize;
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use self::artifact::Artifacts;
 use self::launch::LaunchPlan;
-pub use self::scan::scope_processes;
+pub use self::procfs::ProcessIdentity;
+pub use self::settings::ProcessSettings;
 use self::supervisor::{Handle, Run, Supervisor};
 pub use self::users::{UidRange, UidSource, Users, running_as_root};
-use super::{InstanceSpec, Known, Placement, Target, TargetError, TargetEvent};
+use super::{Adopted, InstanceSpec, Known, Lease, Placement, Target, TargetError, TargetEvent};
 
 /// The settings section of the registry login, as named in errors.
 pub const REGISTRY_AUTH: &str = "process.registry_auth";
-
-/// Section `[process]` of the deployer's settings.
-#[derive(Debug, Clone, Deserialize)]
-pub struct ProcessSettings {
-    /// Where releases are unpacked and instances keep their output. Also the scope that tells
-    /// this target's processes from any other's.
-    pub workdir: PathBuf,
-    /// The uids services' instances get when the deployer runs as root (one per service).
-    #[serde(default = "default_uid_range")]
-    pub uid_range: UidRange,
-    /// `PATH` in instances' environment (nothing else of the deployer's environment is passed).
-    #[serde(default = "default_path")]
-    pub path: String,
-    /// The address instances listen on (given their port in `PORT`).
-    #[serde(default = "default_bind_host")]
-    pub bind_host: String,
-    /// Plain HTTP to the OCI registry (a registry on loopback or a trusted network).
-    #[serde(default = "default_true")]
-    pub registry_insecure: bool,
-    /// Login to the OCI registry (section `[process.registry_auth]`): anonymous, basic or bearer.
-    #[serde(default)]
-    pub registry_auth: slipway_settings::RegistryAuthSettings,
-    /// First restart delay after a crash; doubles with each crash in a row.
-    #[serde(default = "default_restart_initial_ms")]
-    pub restart_initial_ms: u64,
-    /// Longest restart delay.
-    #[serde(default = "default_restart_max_ms")]
-    pub restart_max_ms: u64,
-    /// Exits within the window that make a crash loop.
-    #[serde(default = "default_crash_loop_restarts")]
-    pub crash_loop_restarts: u32,
-    /// The crash-loop window; a run longer than it also resets the backoff.
-    #[serde(default = "default_crash_loop_window_seconds")]
-    pub crash_loop_window_seconds: u64,
-    /// Time between SIGTERM and SIGKILL for orphans found at recovery.
-    #[serde(default = "default_stop_grace_seconds")]
-    pub stop_grace_seconds: u64,
-    /// How long output lines are collected before they are sent as one batch.
-    #[serde(default = "default_log_batch_ms")]
-    pub log_batch_ms: u64,
-}
-
-fn default_uid_range() -> UidRange {
-    UidRange::new(61000, 61999).unwrap_or_else(|_| unreachable!("a valid range"))
-}
-fn default_path() -> String {
-    "/usr/local/bin:/usr/bin:/bin".into()
-}
-fn default_bind_host() -> String {
-    "127.0.0.1".into()
-}
-fn default_true() -> bool {
-    true
-}
-fn default_restart_initial_ms() -> u64 {
-    500
-}
-fn default_restart_max_ms() -> u64 {
-    30_000
-}
-fn default_crash_loop_restarts() -> u32 {
-    5
-}
-fn default_crash_loop_window_seconds() -> u64 {
-    60
-}
-fn default_stop_grace_seconds() -> u64 {
-    10
-}
-fn default_log_batch_ms() -> u64 {
-    200
-}
-
-impl ProcessSettings {
-    /// Settings with every default, working in `workdir`.
-    pub fn new(workdir: impl Into<PathBuf>) -> Self {
-        Self {
-            workdir: workdir.into(),
-            uid_range: default_uid_range(),
-            path: default_path(),
-            bind_host: default_bind_host(),
-            registry_insecure: true,
-            registry_auth: Default::default(),
-            restart_initial_ms: default_restart_initial_ms(),
-            restart_max_ms: default_restart_max_ms(),
-            crash_loop_restarts: default_crash_loop_restarts(),
-            crash_loop_window_seconds: default_crash_loop_window_seconds(),
-            stop_grace_seconds: default_stop_grace_seconds(),
-            log_batch_ms: default_log_batch_ms(),
-        }
-    }
-
-    fn restart_initial(&self) -> Duration {
-        Duration::from_millis(self.restart_initial_ms)
-    }
-    fn restart_max(&self) -> Duration {
-        Duration::from_millis(self.restart_max_ms.max(self.restart_initial_ms))
-    }
-    fn crash_loop_window(&self) -> Duration {
-        Duration::from_secs(self.crash_loop_window_seconds)
-    }
-    fn stop_grace(&self) -> Duration {
-        Duration::from_secs(self.stop_grace_seconds)
-    }
-    fn log_batch(&self) -> Duration {
-        Duration::from_millis(self.log_batch_ms)
-    }
-}
 
 /// What the supervisors share with the target.
 pub(crate) struct Context {
@@ -167,6 +61,8 @@ pub(crate) struct Context {
     events: UnboundedSender<TargetEvent>,
     artifacts: Artifacts,
     users: Users,
+    /// Restarts happen only while it is valid (see [`Lease`]).
+    lease: Lease,
 }
 
 impl Context {
@@ -207,7 +103,6 @@ impl Context {
             launch::Dirs {
                 output: self.instance_dir(spec.instance_id),
                 home: self.home_dir(spec.instance_id),
-                scope: &self.scope,
             },
             user,
             &self.settings,
@@ -229,6 +124,8 @@ impl Context {
 /// Instances as supervised local processes.
 pub struct ProcessTarget {
     ctx: Arc<Context>,
+    /// `<host name>:<canonical workdir>`.
+    node: String,
     instances: Mutex<HashMap<Uuid, Handle>>,
     /// Parent of every supervisor's token: dropping the target ends supervision (never the
     /// processes).
@@ -269,7 +166,15 @@ impl ProcessTarget {
             .registry_auth
             .login(REGISTRY_AUTH)
             .map_err(|e| TargetError::Start(e.to_string()))?;
-        let artifacts = Artifacts::new(scope.join("releases"), settings.registry_insecure, login);
+        let detach = CancellationToken::new();
+        let artifacts = Artifacts::new(
+            scope.join("releases"),
+            settings.registry_insecure,
+            login,
+            settings.pull_timeout(),
+            detach.child_token(),
+        );
+        let node = format!("{}:{}", hostname(), scope.display());
         Ok(Self {
             ctx: Arc::new(Context {
                 settings,
@@ -277,13 +182,15 @@ impl ProcessTarget {
                 events,
                 artifacts,
                 users,
+                lease: Lease::default(),
             }),
+            node,
             instances: Mutex::new(HashMap::new()),
-            detach: CancellationToken::new(),
+            detach,
         })
     }
 
-    /// The canonical workdir every instance of this target carries as `SLIPWAY_TARGET_SCOPE`.
+    /// The canonical workdir: the instances under it are this target's.
     pub fn scope(&self) -> &Path {
         &self.ctx.scope
     }
@@ -299,7 +206,7 @@ impl ProcessTarget {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn supervised(&self) -> HashSet<Uuid> {
+    fn supervised_ids(&self) -> HashSet<Uuid> {
         self.handles().keys().copied().collect()
     }
 
@@ -310,7 +217,8 @@ impl ProcessTarget {
         }
         let plan = self.ctx.plan(&spec).await?;
         let launched = launch::launch(&plan)?;
-        tracing::info!(instance = %id, pid = launched.pid, address = %launched.placement.address,
+        tracing::info!(instance = %id, pid = launched.process.pid,
+            start_time = launched.process.start_time, address = %launched.placement.address,
             "instance started");
         let placement = launched.placement.clone();
         let supervisor = Supervisor {
@@ -321,7 +229,7 @@ impl ProcessTarget {
         };
         let run = Run::Owned {
             child: launched.child,
-            pid: launched.pid,
+            process: launched.process,
         };
         let handle = supervisor.spawn(run, self.detach.child_token());
         self.handles().insert(id, handle);
@@ -333,56 +241,114 @@ impl ProcessTarget {
         if let Some(handle) = handle {
             handle.stop(grace).await;
             tracing::info!(instance = %id, "instance stopped");
+            return;
+        }
+        // Not supervised here (its replica is gone, or it was never adopted): stopped through
+        // its run record, which names only its own processes.
+        if let Some(record) = launch::read_record(&self.ctx.instance_dir(id)) {
+            if procfs::run_alive(&record.process) {
+                procfs::terminate_runs(&[record.process], grace).await;
+                tracing::info!(instance = %id, "unsupervised instance stopped");
+            }
+            self.ctx.forget(id);
         }
     }
 
-    async fn recover_instances(&self, known: Vec<Known>) -> Vec<Uuid> {
-        let mut dead = Vec::new();
-        let mut keep: HashSet<Uuid> = self.supervised();
+    /// The process of `k`, if it still runs: by its run record (the truth: written at every
+    /// start, also by a replica that died before its database caught up), else by what the
+    /// database recorded. As root, it must also run as the service's uid.
+    async fn find(&self, k: &Known) -> Result<Option<(ProcessIdentity, Placement)>, TargetError> {
+        let id = k.spec.instance_id;
+        let found = match launch::read_record(&self.ctx.instance_dir(id)) {
+            Some(record) => {
+                let address = record
+                    .address
+                    .clone()
+                    .unwrap_or_else(|| format!("{}:{}", self.ctx.settings.bind_host, record.port));
+                let placement = Placement {
+                    address,
+                    port: record.port,
+                    process: Some(record.process.clone()),
+                };
+                Some((record.process, placement))
+            }
+            None => k
+                .placement
+                .process
+                .clone()
+                .map(|p| (p, k.placement.clone())),
+        };
+        let Some((mut process, mut placement)) = found else {
+            return Ok(None);
+        };
+        if let Some(uid) = self.ctx.user(&k.spec).await? {
+            process.uid = Some(uid);
+        }
+        placement.process = Some(process.clone());
+        Ok(process.is_running().then_some((process, placement)))
+    }
+
+    async fn adopt_instances(&self, known: Vec<Known>) -> Result<Adopted, TargetError> {
+        let mut adopted = Adopted::default();
         for k in known {
             let id = k.spec.instance_id;
-            keep.insert(id);
             if self.handles().contains_key(&id) {
                 continue;
             }
-            let dir = self.ctx.instance_dir(id);
-            let record = launch::read_record(&dir);
-            let pid = record.as_ref().map(|r| r.pid).or(k.placement.pid);
-            let start = record.as_ref().and_then(|r| r.start_time);
-            let alive = pid.and_then(|pid| Some((pid, scan::runs_instance(pid, start, id)?)));
-            let Some((pid, stat)) = alive else {
+            let Some((process, placement)) = self.find(&k).await? else {
                 tracing::info!(instance = %id, "known instance is gone");
-                launch::remove_record(&dir);
-                dead.push(id);
+                launch::remove_record(&self.ctx.instance_dir(id));
+                adopted.dead.push(id);
                 continue;
             };
-            tracing::info!(instance = %id, pid, "adopting a running instance");
+            tracing::info!(instance = %id, pid = process.pid, "adopting a running instance");
             let supervisor = Supervisor {
                 ctx: self.ctx.clone(),
                 spec: k.spec,
                 plan: None,
                 restarts: k.restarts,
             };
-            let run = Run::Adopted {
-                pid,
-                start_time: stat.start_time,
-            };
-            let handle = supervisor.spawn(run, self.detach.child_token());
+            let handle = supervisor.spawn(Run::Adopted { process }, self.detach.child_token());
             self.handles().insert(id, handle);
+            adopted.running.push((id, placement));
         }
+        Ok(adopted)
+    }
 
-        let mut orphans: Vec<i32> = scope_processes(&self.ctx.scope)
+    /// Instances with a run record whose process runs.
+    fn running_instances(&self) -> Vec<Uuid> {
+        scope_instances(&self.ctx.scope)
             .into_iter()
-            .filter(|(_, instance)| !keep.contains(instance))
-            .filter_map(|(pid, instance)| {
-                tracing::warn!(%instance, pid, "stopping an orphan instance");
-                scan::stat(pid).map(|s| s.pgid)
-            })
-            .collect();
-        orphans.sort_unstable();
-        orphans.dedup();
-        scan::terminate_groups(&orphans, self.ctx.settings.stop_grace()).await;
-        dead
+            .map(|(id, _)| id)
+            .collect()
+    }
+
+    async fn sweep_orphans(&self, orphans: Vec<Uuid>) -> Vec<Uuid> {
+        let supervised = self.supervised_ids();
+        let mut runs = Vec::new();
+        let mut stopped = Vec::new();
+        for id in orphans.into_iter().filter(|id| !supervised.contains(id)) {
+            if let Some(record) = launch::read_record(&self.ctx.instance_dir(id))
+                && procfs::run_alive(&record.process)
+            {
+                tracing::warn!(instance = %id, pid = record.process.pid, "stopping an orphan instance");
+                runs.push(record.process);
+                stopped.push(id);
+            }
+        }
+        procfs::terminate_runs(&runs, self.ctx.settings.stop_grace()).await;
+        for id in &stopped {
+            self.ctx.forget(*id);
+        }
+        stopped
+    }
+
+    async fn release_instance(&self, id: Uuid) {
+        let handle = self.handles().remove(&id);
+        if let Some(handle) = handle {
+            handle.detach().await;
+            tracing::info!(instance = %id, "no longer supervised here (another replica owns it)");
+        }
     }
 
     async fn detach_all(&self) {
@@ -399,9 +365,39 @@ impl Drop for ProcessTarget {
     }
 }
 
+/// The instances with a running process under `scope` (a process target's canonical workdir),
+/// found by their run records alone, as `scripts/down` finds them: no database, no deployer.
+pub fn scope_instances(scope: &Path) -> Vec<(Uuid, ProcessIdentity)> {
+    let Ok(entries) = std::fs::read_dir(scope.join("instances")) else {
+        return Vec::new();
+    };
+    let mut found: Vec<(Uuid, ProcessIdentity)> = entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<Uuid>().ok())
+        .filter_map(|id| {
+            let record = launch::read_record(&scope.join("instances").join(id.to_string()))?;
+            procfs::run_alive(&record.process).then_some((id, record.process))
+        })
+        .collect();
+    found.sort_unstable_by_key(|(id, _)| *id);
+    found
+}
+
+/// This machine's name (the node's first half).
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
 impl Target for ProcessTarget {
     fn kind(&self) -> &'static str {
         "process"
+    }
+
+    fn node(&self) -> String {
+        self.node.clone()
     }
 
     fn start(&self, spec: InstanceSpec) -> BoxFuture<'_, Result<Placement, TargetError>> {
@@ -415,8 +411,28 @@ impl Target for ProcessTarget {
         })
     }
 
-    fn recover(&self, known: Vec<Known>) -> BoxFuture<'_, Result<Vec<Uuid>, TargetError>> {
-        Box::pin(async move { Ok(self.recover_instances(known).await) })
+    fn adopt(&self, known: Vec<Known>) -> BoxFuture<'_, Result<Adopted, TargetError>> {
+        Box::pin(self.adopt_instances(known))
+    }
+
+    fn sweep(&self, orphans: Vec<Uuid>) -> BoxFuture<'_, Vec<Uuid>> {
+        Box::pin(self.sweep_orphans(orphans))
+    }
+
+    fn running(&self) -> Vec<Uuid> {
+        self.running_instances()
+    }
+
+    fn supervised(&self) -> HashSet<Uuid> {
+        self.supervised_ids()
+    }
+
+    fn release(&self, instance_id: Uuid) -> BoxFuture<'_, ()> {
+        Box::pin(self.release_instance(instance_id))
+    }
+
+    fn lease(&self) -> Lease {
+        self.ctx.lease.clone()
     }
 
     fn detach(&self) -> BoxFuture<'_, ()> {

@@ -60,7 +60,8 @@ pub struct Replica {
 
 /// The five services (one process or more each), their ports, and where they log.
 pub struct Stack {
-    /// The deployer's process-target workdir: instances carry it in `SLIPWAY_TARGET_SCOPE`.
+    /// The deployer's process-target workdir: its `instances/<id>/instance.json` run records
+    /// name the instances' processes.
     pub scope: PathBuf,
     /// Where builds run (the builder's workdir).
     pub builds_dir: PathBuf,
@@ -241,6 +242,12 @@ impl Stack {
         // Short drains and heartbeats keep the tests quick; production defaults are longer.
         env.insert("SLIPWAY_DEPLOY__DRAIN_MS".to_owned(), "1000".to_owned());
         env.insert("SLIPWAY_DEPLOY__HEARTBEAT_MS".to_owned(), "2000".to_owned());
+        // A SIGKILLed deployer's instances are adopted after its liveness times out.
+        env.insert(
+            "SLIPWAY_REPLICAS__HEARTBEAT_MS".to_owned(),
+            "500".to_owned(),
+        );
+        env.insert("SLIPWAY_REPLICAS__TIMEOUT_MS".to_owned(), "3000".to_owned());
         env.insert(
             "SLIPWAY_DEPLOY__STOP_GRACE_SECONDS".to_owned(),
             "5".to_owned(),
@@ -509,30 +516,41 @@ impl Stack {
 }
 
 impl Stack {
-    /// The instance processes of this stack's deployer, found in the process table by their
-    /// `SLIPWAY_TARGET_SCOPE` (whoever their parent is now): (pid, `SLIPWAY_INSTANCE`).
+    /// The live instances of the stack's process target and the pid leading each: read from the
+    /// run records the deployer keeps in its work directory (`instances/<id>/instance.json`),
+    /// each checked against `/proc` (same start time and boot), as `scripts/down` finds them.
     pub fn instance_processes(&self) -> Vec<(u32, String)> {
-        let scope = format!("SLIPWAY_TARGET_SCOPE={}", self.scope.display());
+        let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
         let mut found = Vec::new();
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+        let Ok(entries) = std::fs::read_dir(self.scope.join("instances")) else {
+            return found;
+        };
+        for entry in entries.flatten() {
+            let Ok(text) = std::fs::read(entry.path().join("instance.json")) else {
                 continue;
             };
-            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            let Ok(record) = serde_json::from_slice::<serde_json::Value>(&text) else {
                 continue;
             };
-            let vars: Vec<String> = environ
-                .split(|b| *b == 0)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .collect();
-            if vars.contains(&scope) {
-                let instance = vars
-                    .iter()
-                    .find_map(|v| v.strip_prefix("SLIPWAY_INSTANCE="))
-                    .unwrap_or_default()
-                    .to_owned();
-                // A zombie keeps its environ unreadable (empty); only live processes count.
-                found.push((pid, instance));
+            let (Some(pid), Some(start)) = (record["pid"].as_u64(), record["start_time"].as_u64())
+            else {
+                continue;
+            };
+            if record["boot_id"].as_str().is_some_and(|b| b != boot.trim()) {
+                continue;
+            }
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                continue;
+            };
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map(|(_, rest)| rest.split_whitespace().collect())
+                .unwrap_or_default();
+            // Field 3 (state) and 22 (start time): a live process, the very one recorded.
+            let live = fields.first().is_some_and(|s| *s != "Z");
+            if live && fields.get(19) == Some(&start.to_string().as_str()) {
+                let instance = entry.file_name().to_string_lossy().into_owned();
+                found.push((pid as u32, instance));
             }
         }
         found
@@ -542,9 +560,15 @@ impl Stack {
 impl Drop for Stack {
     /// Instances outlive their deployer by design; a test must not leave them behind.
     fn drop(&mut self) {
-        let mut pids: Vec<u32> = self.instance_processes().iter().map(|p| p.0).collect();
-        pids.extend(self.stack_processes().iter().map(|p| p.pid));
-        for pid in pids {
+        // Each run leads its own process group: the group goes, children included.
+        for (pid, _) in self.instance_processes() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        // And whatever else runs in the stack's instance and build dirs or as its uids.
+        for pid in self.stack_processes().iter().map(|p| p.pid) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,

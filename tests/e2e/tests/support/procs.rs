@@ -1,6 +1,6 @@
 //! The processes a stack left on the machine, found by what they cannot rewrite: their working
 //! directory (under the stack's instances or builds dir) and their uid (one of the stack's
-//! instance uids), plus the `SLIPWAY_TARGET_SCOPE` marker in their environment.
+//! instance uids). Never their environment: a program may rewrite it.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -18,16 +18,15 @@ pub struct Found {
 
 impl Stack {
     /// Every live process whose working directory is under the instances or builds dir, whose
-    /// uid is one of the stack's instance uids, or whose environment names its scope.
+    /// or whose uid is one of the stack's instance uids.
     pub fn stack_processes(&self) -> Vec<Found> {
-        let marker = format!("SLIPWAY_TARGET_SCOPE={}", self.scope.display());
         let mut found = Vec::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
             let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
                 continue;
             };
             let dir = entry.path();
-            // A zombie has no cwd and no environ to read: it is gone already.
+            // A zombie has no cwd to read: it is gone already.
             let Ok(cwd) = std::fs::read_link(dir.join("cwd")) else {
                 continue;
             };
@@ -36,10 +35,7 @@ impl Stack {
                 .uid_range
                 .is_some_and(|(low, high)| (low..=high).contains(&uid));
             let by_dir = under(&cwd, &self.scope) || under(&cwd, &self.builds_dir);
-            let by_env = std::fs::read(dir.join("environ"))
-                .map(|e| e.split(|b| *b == 0).any(|v| v == marker.as_bytes()))
-                .unwrap_or(false);
-            if by_uid || by_dir || by_env {
+            if by_uid || by_dir {
                 let command = std::fs::read(dir.join("cmdline"))
                     .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
                     .unwrap_or_default();

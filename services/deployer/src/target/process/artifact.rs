@@ -9,12 +9,17 @@
 //! With an owner, `releases/<service>/` and the release directory are `root:<gid>` 0750 (only
 //! that service's instances get in), the unpacked files the owner's, and the image config the
 //! deployer's alone (it decides what runs, so the instance must not rewrite it).
+//!
+//! A pull is bounded (`[process] pull_timeout_seconds`, and a registry that stops sending for
+//! [`READ_TIMEOUT`] fails at once) and cancelled when the target shuts down: a registry that
+//! hangs fails the start with a reason instead of holding a deployment step forever.
 
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use flate2::read::GzDecoder;
 use oci_client::client::{ClientConfig, ClientProtocol};
@@ -23,6 +28,7 @@ use oci_client::{Client, Reference};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use slipway_settings::RegistryLogin;
+use tokio_util::sync::CancellationToken;
 
 use super::users;
 use crate::target::TargetError;
@@ -30,6 +36,10 @@ use crate::target::TargetError;
 /// The image config file kept beside `app/` in a release directory: its presence marks a
 /// complete release, and it answers a cache hit without asking the registry.
 const CONFIG_FILE: &str = "image-config.json";
+/// A registry connection that sends nothing for this long is given up.
+pub(crate) const READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connecting to the registry.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The parts of an OCI image config the process target uses.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -73,16 +83,28 @@ pub(crate) struct Artifacts {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// How many pulls went to the registry (cache misses), for tests and diagnostics.
     pulls: AtomicU64,
+    /// The longest a pull (waiting for a concurrent pull of the same digest included) may take.
+    timeout: Duration,
+    /// Cancelled when the target shuts down: pulls under way end.
+    cancel: CancellationToken,
 }
 
 impl Artifacts {
-    pub fn new(releases: PathBuf, insecure: bool, login: RegistryLogin<'_>) -> Self {
+    pub fn new(
+        releases: PathBuf,
+        insecure: bool,
+        login: RegistryLogin<'_>,
+        timeout: Duration,
+        cancel: CancellationToken,
+    ) -> Self {
         let client = Client::new(ClientConfig {
             protocol: if insecure {
                 ClientProtocol::Http
             } else {
                 ClientProtocol::Https
             },
+            connect_timeout: Some(CONNECT_TIMEOUT.min(timeout)),
+            read_timeout: Some(READ_TIMEOUT.min(timeout)),
             ..Default::default()
         });
         let auth = match login {
@@ -98,6 +120,8 @@ impl Artifacts {
             auth,
             locks: Mutex::new(HashMap::new()),
             pulls: AtomicU64::new(0),
+            timeout,
+            cancel,
         }
     }
 
@@ -106,8 +130,26 @@ impl Artifacts {
     }
 
     /// The unpacked release of `image` (`host:port/repository@sha256:<hex>`), pulled if not
-    /// cached yet, readable by `owner` (a uid, = gid) alone when given.
+    /// cached yet, readable by `owner` (a uid, = gid) alone when given. Fails after the pull
+    /// timeout, or when the target shuts down.
     pub async fn ensure(
+        &self,
+        service_name: &str,
+        image: &str,
+        owner: Option<u32>,
+    ) -> Result<Release, TargetError> {
+        let bounded =
+            tokio::time::timeout(self.timeout, self.ensure_now(service_name, image, owner));
+        tokio::select! {
+            _ = self.cancel.cancelled() => Err(TargetError::Cancelled),
+            done = bounded => done.unwrap_or_else(|_| Err(TargetError::PullTimeout {
+                image: image.to_owned(),
+                seconds: self.timeout.as_secs(),
+            })),
+        }
+    }
+
+    async fn ensure_now(
         &self,
         service_name: &str,
         image: &str,

@@ -1,15 +1,17 @@
 //! Starting one run of an instance: the command, working directory and environment worked out
 //! once per instance ([`LaunchPlan`]), then a fresh port and a spawned child per (re)start.
 //!
-//! Each run is recorded in `<workdir>/instances/<id>/instance.json` (pid, port, start time) so
-//! that a deployer started later can tell the instance's process from an unrelated one that got
-//! the same pid.
+//! Each run leads its own process group and is recorded in
+//! `<workdir>/instances/<id>/instance.json` (owner-only: pid, process group, start time, boot,
+//! uid, port; see [`ProcessIdentity`]) so that a deployer started later, another replica or
+//! `scripts/down` finds it and tells it from an unrelated process that got the same pid, without
+//! the database and whatever the program does to its title or environment.
 //!
 //! The environment is cleared: an instance gets `PATH` (from the settings) and `HOME` (its
 //! private directory) unless its image's `Env` or the release's config say otherwise, then those,
-//! its port, and the markers the target finds it by (`SLIPWAY_INSTANCE`, `SLIPWAY_TARGET_SCOPE`,
-//! beside `SLIPWAY_SERVICE`, `SLIPWAY_ENVIRONMENT` and `SLIPWAY_RELEASE`), which nothing else can
-//! override. Nothing of the deployer's own environment (database passwords, keys) is passed on.
+//! its port, and what it is (`SLIPWAY_INSTANCE`, `SLIPWAY_SERVICE`, `SLIPWAY_ENVIRONMENT`,
+//! `SLIPWAY_RELEASE`), which nothing else can override. Nothing of the deployer's own environment
+//! (database passwords, keys, its work directory) is passed on.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -17,25 +19,28 @@ use std::net::{SocketAddr, TcpListener};
 use std::path::{Component, Path, PathBuf};
 use std::process::Stdio;
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::process::Child;
+use uuid::Uuid;
 
 use super::artifact::Release;
 use super::logs::{STDERR, STDOUT};
-use super::{ProcessSettings, scan, users};
+use super::procfs::ProcessIdentity;
+use super::{ProcessSettings, users};
 use crate::target::{InstanceSpec, Placement, TargetError};
 
 const RECORD: &str = "instance.json";
 
 /// Where an instance's files go.
-pub(crate) struct Dirs<'a> {
+pub(crate) struct Dirs {
     /// Output files and the run record (the deployer's).
     pub output: PathBuf,
     /// The instance's private directory, its `HOME`.
     pub home: PathBuf,
-    /// The canonical workdir.
-    pub scope: &'a Path,
 }
 
 /// How to run an instance, fixed for its lifetime (restarts reuse it with a new port).
@@ -46,8 +51,9 @@ pub(crate) struct LaunchPlan {
     cwd: PathBuf,
     /// `PATH`, `HOME`, the image's and the release's variables.
     env: BTreeMap<String, String>,
-    /// Set last, after the port: the target finds its instances by them.
+    /// Set last, after the port: what the instance is, which its config cannot override.
     markers: BTreeMap<&'static str, String>,
+    instance: Uuid,
     port_env: String,
     bind_host: String,
     /// `<workdir>/instances/<id>`: output files and the run record.
@@ -63,7 +69,7 @@ impl LaunchPlan {
     pub fn new(
         spec: &InstanceSpec,
         release: &Release,
-        dirs: Dirs<'_>,
+        dirs: Dirs,
         user: Option<u32>,
         settings: &ProcessSettings,
     ) -> Result<Self, TargetError> {
@@ -125,10 +131,6 @@ impl LaunchPlan {
             ("SLIPWAY_ENVIRONMENT", spec.environment.clone()),
             ("SLIPWAY_RELEASE", format!("v{}", spec.release)),
             ("SLIPWAY_INSTANCE", spec.instance_id.to_string()),
-            (
-                "SLIPWAY_TARGET_SCOPE",
-                dirs.scope.to_string_lossy().into_owned(),
-            ),
         ]);
 
         Ok(Self {
@@ -137,6 +139,7 @@ impl LaunchPlan {
             cwd,
             env,
             markers,
+            instance: spec.instance_id,
             port_env: spec
                 .run
                 .as_ref()
@@ -153,17 +156,22 @@ impl LaunchPlan {
 #[derive(Debug)]
 pub(crate) struct Launched {
     pub child: Child,
-    pub pid: u32,
+    pub process: ProcessIdentity,
     pub placement: Placement,
 }
 
-/// What `instance.json` holds.
+/// What `instance.json` holds (`scripts/down` reads it too: keep the field names).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct RunRecord {
-    pub pid: u32,
+    /// Absent in records written before it was recorded.
+    #[serde(default)]
+    pub instance: Option<Uuid>,
+    #[serde(flatten)]
+    pub process: ProcessIdentity,
     pub port: u16,
-    /// Field 22 of `/proc/<pid>/stat` right after the spawn.
-    pub start_time: Option<u64>,
+    /// `IP:port` it was announced at (absent in older records: then `bind_host:port`).
+    #[serde(default)]
+    pub address: Option<String>,
     pub started_at: DateTime<Utc>,
 }
 
@@ -191,8 +199,8 @@ pub(crate) fn launch(plan: &LaunchPlan) -> Result<Launched, TargetError> {
         .stdin(Stdio::null())
         .stdout(Stdio::from(output(STDOUT)?))
         .stderr(Stdio::from(output(STDERR)?))
-        // Its own group: signalled as a whole (its children too), and it does not get the
-        // terminal's or the deployer's signals.
+        // Its own group: signalled as a whole (its children too), found again by it, and it
+        // does not get the terminal's or the deployer's signals.
         .process_group(0)
         .kill_on_drop(false);
     if let Some(uid) = plan.user {
@@ -210,29 +218,54 @@ pub(crate) fn launch(plan: &LaunchPlan) -> Result<Launched, TargetError> {
     let pid = child
         .id()
         .ok_or_else(|| TargetError::Start("the process ended before it was recorded".into()))?;
+    // Read right after the spawn: the child is ours and not reaped, so the pid is still its.
+    let Some(process) = ProcessIdentity::of(pid, plan.user) else {
+        return Err(TargetError::Start(
+            "the process ended before it was recorded".into(),
+        ));
+    };
     let record = RunRecord {
-        pid,
+        instance: Some(plan.instance),
+        process: process.clone(),
         port,
-        start_time: scan::stat(pid).map(|s| s.start_time),
+        address: Some(address.to_string()),
         started_at: Utc::now(),
     };
-    let json = serde_json::to_vec_pretty(&record).map_err(std::io::Error::other)?;
-    std::fs::write(plan.dir.join(RECORD), json)?;
+    write_record(&plan.dir, &record)?;
     Ok(Launched {
         child,
-        pid,
+        process: process.clone(),
         placement: Placement {
             address: address.to_string(),
             port,
-            pid: Some(pid),
+            process: Some(process),
         },
     })
+}
+
+/// Writes the run record, owner-only, whole or not at all (a reader never sees half of it).
+fn write_record(dir: &Path, record: &RunRecord) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
+    let tmp = dir.join(format!(".{RECORD}.tmp"));
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    file.write_all(&json)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(RECORD))
 }
 
 /// The run record in an instance directory, if there is one.
 pub(crate) fn read_record(dir: &Path) -> Option<RunRecord> {
     let text = std::fs::read(dir.join(RECORD)).ok()?;
-    serde_json::from_slice(&text).ok()
+    let mut record: RunRecord = serde_json::from_slice(&text).ok()?;
+    if record.process.pgid == 0 {
+        record.process.pgid = i32::try_from(record.process.pid).ok()?;
+    }
+    Some(record)
 }
 
 /// Forgets the run (the instance was stopped on purpose); its output files stay.

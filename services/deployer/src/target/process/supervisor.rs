@@ -17,13 +17,16 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::Context;
 use super::launch::{self, LaunchPlan};
 use super::logs::{Tail, spawn_tailer};
-use super::{Context, scan};
+use super::procfs::{self, ProcessIdentity};
 use crate::target::{InstanceSpec, TargetEvent};
 
 /// How often an adopted process (not our child: no exit notification) is checked.
 const ADOPTED_POLL: Duration = Duration::from_millis(250);
+/// How often a restart waiting for the lease checks it again.
+const LEASE_POLL: Duration = Duration::from_millis(250);
 /// How long to wait for the kernel after SIGKILL.
 const AFTER_KILL: Duration = Duration::from_secs(5);
 /// What an adopted process's end is reported as: its parent was the previous deployer, so its
@@ -33,63 +36,64 @@ pub(crate) const ADOPTED_EXIT: &str = "exited (status unknown: adopted after a d
 /// The current run of an instance.
 pub(crate) enum Run {
     /// Started by this deployer: its exit status is known.
-    Owned { child: Child, pid: u32 },
-    /// Found running after a deployer restart. `start_time` tells it from a later process
-    /// that gets the same pid.
-    Adopted { pid: u32, start_time: u64 },
+    Owned {
+        child: Child,
+        process: ProcessIdentity,
+    },
+    /// Found running after a deployer restart or taken over from a replica that is gone; told
+    /// from a later process that gets the same pid by its recorded identity.
+    Adopted { process: ProcessIdentity },
     /// A restart that could not start (artifact gone, spawn failed): counts as a crash.
     Failed(String),
 }
 
 impl Run {
-    /// Waits for the run to end; answers how it ended.
-    async fn ended(&mut self) -> String {
-        match self {
-            Run::Owned { child, pid } => match child.wait().await {
-                Ok(status) => describe(status),
-                Err(e) => {
-                    // Cannot happen for our own child; make sure nothing keeps running
-                    // beside the copy that will be started.
-                    scan::signal_group(*pid as i32, Signal::SIGKILL);
-                    format!("status unknown: {e}")
-                }
+    /// Waits for the run to end; answers how it ended. Whatever the leader left behind in its
+    /// group (children it forked) is stopped too: the run is over, and the next one must not
+    /// run beside its remains.
+    async fn ended(&mut self, grace: Duration) -> String {
+        let (exit, process) = match self {
+            Run::Owned { child, process } => match child.wait().await {
+                Ok(status) => (describe(status), process),
+                Err(e) => (format!("status unknown: {e}"), process),
             },
-            Run::Adopted { pid, start_time } => loop {
-                let same =
-                    scan::stat(*pid).is_some_and(|s| s.alive() && s.start_time == *start_time);
-                if !same {
-                    return ADOPTED_EXIT.to_owned();
+            Run::Adopted { process } => loop {
+                if !process.is_running() {
+                    break (ADOPTED_EXIT.to_owned(), process);
                 }
                 tokio::time::sleep(ADOPTED_POLL).await;
             },
-            Run::Failed(reason) => reason.clone(),
-        }
+            Run::Failed(reason) => return reason.clone(),
+        };
+        procfs::terminate_runs(std::slice::from_ref(process), grace).await;
+        exit
     }
 
     /// SIGTERM to the group, up to `grace` for it to end, then SIGKILL.
     async fn terminate(self, grace: Duration) {
         match self {
-            Run::Owned { mut child, pid } => {
-                let pgid = pid as i32;
+            Run::Owned { mut child, process } => {
                 let deadline = Instant::now() + grace;
-                scan::signal_group(pgid, Signal::SIGTERM);
+                procfs::signal_run(&process, Signal::SIGTERM);
                 let exited = tokio::time::timeout_at(deadline, child.wait())
                     .await
                     .is_ok();
                 if exited {
                     // The leader is gone; its children in the group get the rest of the grace.
                     let left = deadline.saturating_duration_since(Instant::now());
-                    scan::wait_for(left, || !scan::group_alive(pgid)).await;
+                    procfs::wait_for(left, || !procfs::run_alive(&process)).await;
+                } else {
+                    let _ = child.start_kill();
                 }
-                if !exited || scan::group_alive(pgid) {
-                    scan::signal_group(pgid, Signal::SIGKILL);
+                if procfs::run_alive(&process) {
+                    procfs::signal_run(&process, Signal::SIGKILL);
                 }
                 if !exited {
                     let _ = tokio::time::timeout(AFTER_KILL, child.wait()).await;
                 }
-                scan::wait_for(AFTER_KILL, || !scan::group_alive(pgid)).await;
+                procfs::wait_for(AFTER_KILL, || !procfs::run_alive(&process)).await;
             }
-            Run::Adopted { pid, .. } => scan::terminate_groups(&[pid as i32], grace).await,
+            Run::Adopted { process } => procfs::terminate_runs(&[process], grace).await,
             Run::Failed(_) => {}
         }
     }
@@ -227,6 +231,7 @@ impl Supervisor {
             settings.crash_loop_window(),
             settings.crash_loop_restarts,
         );
+        let grace = settings.stop_grace();
         let mut started = Instant::now();
         loop {
             // Biased: an order that arrives as the process ends wins, so a stopped instance
@@ -242,7 +247,7 @@ impl Supervisor {
                     return;
                 }
                 _ = detach.cancelled() => return,
-                exit = run.ended() => exit,
+                exit = run.ended(grace) => exit,
             };
 
             let last_lines = tail.lock().await.finish();
@@ -258,11 +263,20 @@ impl Supervisor {
                 last_lines,
             });
 
-            let order = tokio::select! {
-                biased;
-                order = &mut stop => Some(order.map_or(Order::Detach, |_| Order::Stop)),
-                _ = detach.cancelled() => Some(Order::Detach),
-                _ = tokio::time::sleep(restart_in) => None,
+            let mut wait = restart_in;
+            let order = loop {
+                let order = tokio::select! {
+                    biased;
+                    order = &mut stop => Some(order.map_or(Order::Detach, |_| Order::Stop)),
+                    _ = detach.cancelled() => Some(Order::Detach),
+                    _ = tokio::time::sleep(wait) => None,
+                };
+                // Restarts only under a valid lease: once it lapsed, another replica may have
+                // adopted the instance and restarted it already.
+                if order.is_some() || self.ctx.lease.valid() {
+                    break order;
+                }
+                wait = LEASE_POLL;
             };
             match order {
                 None => {}
@@ -297,7 +311,7 @@ impl Supervisor {
                 });
                 Run::Owned {
                     child: launched.child,
-                    pid: launched.pid,
+                    process: launched.process,
                 }
             }
             Err(e) => Run::Failed(format!("cannot restart: {e}")),

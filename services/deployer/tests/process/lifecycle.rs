@@ -1,271 +1,17 @@
-//! The process target against a real OCI registry and real child processes: an image with a tiny
-//! Python HTTP server is pushed, then started, killed, crash-looped, stopped and recovered by a
-//! second target on the same workdir (a deployer restart).
-//!
-//! Every test owns a fresh workdir and a [`Cleanup`] guard that SIGKILLs whatever still runs in
-//! its scope, so a failing test leaves no process behind.
+//! Start, output, restart, crash loop, cache, recovery and stop.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
-
-use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
-use oci_client::manifest::OciImageManifest;
-use oci_client::secrets::RegistryAuth;
-use oci_client::{Client, Reference};
-use slipway_deployer::target::process::{ProcessSettings, ProcessTarget, Users, scope_processes};
+use slipway_deployer::target::process::{ProcessTarget, Users, scope_instances};
 use slipway_deployer::target::{InstanceSpec, Known, Placement, Target, TargetEvent};
-use slipway_events::slipway::{Command, RunSpec};
-use slipway_ids::ServiceId;
 use slipway_testkit::wait_until;
-use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::sync::mpsc::unbounded_channel;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-/// Serves its environment as JSON and says so on stdout (and once on stderr).
-const APP: &str = r#"
-import json, os, sys
-from http.server import BaseHTTPRequestHandler, HTTPServer
-
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = json.dumps(dict(os.environ)).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-        print("served " + self.path, flush=True)
-
-    def log_message(self, *args):
-        pass
-
-port = int(os.environ["PORT"])
-print("listening on %d" % port, flush=True)
-print("ready", file=sys.stderr, flush=True)
-HTTPServer(("127.0.0.1", port), Handler).serve_forever()
-"#;
-
-/// Pushes the test app as an image shaped like the builder's; answers the pinned reference.
-async fn push_image() -> String {
-    let registry = slipway_testkit::oci_registry();
-    let mut tar = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(APP.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    tar.append_data(&mut header, "app/app.py", APP.as_bytes())
-        .unwrap();
-    let raw = tar.into_inner().unwrap();
-    let diff_id = format!(
-        "sha256:{}",
-        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&raw))
-    );
-    let mut gz = GzEncoder::new(Vec::new(), Compression::default());
-    gz.write_all(&raw).unwrap();
-    let config = serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {
-            "Cmd": ["python3", "-u", "app.py"],
-            "Env": ["SLIPWAY_SERVICE=pytest", "PORT=8080", "FROM_IMAGE=yes"],
-            "WorkingDir": "/app",
-        },
-        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
-    });
-    let config = Config::oci_v1(serde_json::to_vec(&config).unwrap(), None);
-    let layers = vec![ImageLayer::oci_v1_gzip(gz.finish().unwrap(), None)];
-    let manifest = OciImageManifest::build(&layers, &config, None);
-    let repository = format!("test/process-{}", Uuid::new_v4().simple());
-    let reference: Reference = format!("{registry}/{repository}:v1").parse().unwrap();
-    let client = Client::new(ClientConfig {
-        protocol: ClientProtocol::Http,
-        ..Default::default()
-    });
-    let auth = RegistryAuth::Anonymous;
-    client
-        .push(&reference, &layers, config, &auth, Some(manifest))
-        .await
-        .unwrap();
-    let digest = client
-        .fetch_manifest_digest(&reference, &auth)
-        .await
-        .unwrap();
-    format!("{registry}/{repository}@{digest}")
-}
-
-/// Kills every process of the scope and removes the workdir when the test ends, passed or not.
-struct Cleanup {
-    scope: PathBuf,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        for (pid, _) in scope_processes(&self.scope) {
-            let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
-        let _ = std::fs::remove_dir_all(&self.scope);
-    }
-}
-
-/// A fresh workdir and its guard.
-fn workdir() -> (ProcessSettings, Cleanup) {
-    let dir = std::env::temp_dir().join(format!("slipway-process-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let scope = dir.canonicalize().unwrap();
-    let mut settings = ProcessSettings::new(&scope);
-    settings.restart_initial_ms = 100;
-    settings.stop_grace_seconds = 2;
-    settings.log_batch_ms = 50;
-    (settings, Cleanup { scope })
-}
-
-fn spec(image: &str, command: Option<&[&str]>) -> InstanceSpec {
-    InstanceSpec {
-        instance_id: Uuid::new_v4(),
-        service_id: ServiceId::new(),
-        service_name: "pytest".into(),
-        environment: "staging".into(),
-        release: 3,
-        image: image.into(),
-        run: command.map(|c| RunSpec {
-            command: Command::new(c.iter().map(|s| s.to_string()).collect()).unwrap(),
-            port_env: "PORT".parse().unwrap(),
-            health_path: "/".parse().unwrap(),
-        }),
-        env: BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
-    }
-}
-
-/// What a target reported, kept so that lines can be checked after the fact.
-struct Events {
-    rx: UnboundedReceiver<TargetEvent>,
-    /// `(instance, first_seq, lines)` per batch.
-    logs: Vec<(Uuid, u64, Vec<String>)>,
-}
-
-impl Events {
-    fn new(rx: UnboundedReceiver<TargetEvent>) -> Self {
-        Self {
-            rx,
-            logs: Vec::new(),
-        }
-    }
-
-    /// The next event `pick` accepts (log batches are recorded on the way).
-    async fn next<T>(&mut self, what: &str, mut pick: impl FnMut(&TargetEvent) -> Option<T>) -> T {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(event)) => {
-                    if let TargetEvent::Logs {
-                        instance_id,
-                        first_seq,
-                        lines,
-                    } = &event
-                    {
-                        let text = lines.iter().map(|l| l.line.clone()).collect();
-                        self.logs.push((*instance_id, *first_seq, text));
-                    }
-                    if let Some(found) = pick(&event) {
-                        return found;
-                    }
-                }
-                _ => panic!("timed out waiting for {what}"),
-            }
-        }
-    }
-
-    /// Forgets what was sent so far (e.g. before a stop returned).
-    fn drain(&mut self) {
-        while self.rx.try_recv().is_ok() {}
-    }
-
-    /// Events other than log batches received within `window`.
-    async fn others_within(&mut self, window: Duration) -> Vec<TargetEvent> {
-        let deadline = Instant::now() + window;
-        let mut seen = Vec::new();
-        while let Ok(Some(event)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
-            if !matches!(event, TargetEvent::Logs { .. }) {
-                seen.push(event);
-            }
-        }
-        seen
-    }
-
-    /// Waits until `instance` wrote a line containing `needle`.
-    async fn line(&mut self, instance: Uuid, needle: &str) {
-        if self.lines(instance).iter().any(|l| l.contains(needle)) {
-            return;
-        }
-        self.next(&format!("a line with `{needle}`"), |e| match e {
-            TargetEvent::Logs {
-                instance_id, lines, ..
-            } if *instance_id == instance => {
-                lines.iter().any(|l| l.line.contains(needle)).then_some(())
-            }
-            _ => None,
-        })
-        .await
-    }
-
-    fn lines(&self, instance: Uuid) -> Vec<String> {
-        self.logs
-            .iter()
-            .filter(|(id, _, _)| *id == instance)
-            .flat_map(|(_, _, lines)| lines.clone())
-            .collect()
-    }
-
-    /// The `first_seq` of every batch of `instance`, with the batch's length.
-    fn batches(&self, instance: Uuid) -> Vec<(u64, usize)> {
-        self.logs
-            .iter()
-            .filter(|(id, _, _)| *id == instance)
-            .map(|(_, seq, lines)| (*seq, lines.len()))
-            .collect()
-    }
-}
-
-/// The instance's environment, as its HTTP server reports it (waits for it to listen).
-async fn env_of(address: &str) -> HashMap<String, String> {
-    let url = format!("http://{address}/env");
-    let up = wait_until(Duration::from_secs(15), || async {
-        reqwest::get(&url)
-            .await
-            .is_ok_and(|r| r.status().is_success())
-    })
-    .await;
-    assert!(up, "{url} never answered");
-    reqwest::get(&url).await.unwrap().json().await.unwrap()
-}
-
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
-        s.rsplit_once(')')
-            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
-    })
-}
-
-/// The instances with a process in `scope` (an instance may briefly have several processes
-/// while it starts: `python3` here is a pyenv shim that forks helpers before it execs).
-fn instances(scope: &Path) -> std::collections::BTreeSet<Uuid> {
-    scope_processes(scope)
-        .into_iter()
-        .map(|(_, id)| id)
-        .collect()
-}
-
-fn pid(placement: &Placement) -> u32 {
-    placement.pid.unwrap()
-}
+use crate::support::*;
 
 #[tokio::test]
 async fn an_instance_serves_logs_restarts_after_a_kill_and_stops() {
@@ -291,7 +37,10 @@ async fn an_instance_serves_logs_restarts_after_a_kill_and_stops() {
         "PORT overrides the image's"
     );
     assert_eq!(env["SLIPWAY_INSTANCE"], id.to_string());
-    assert_eq!(Path::new(&env["SLIPWAY_TARGET_SCOPE"]), cleanup.scope);
+    assert!(
+        !env.contains_key("SLIPWAY_TARGET_SCOPE"),
+        "the deployer's workdir is not the instance's business"
+    );
     assert!(
         !env.contains_key("SLIPWAY_TEST_OCI_REGISTRY"),
         "the environment is cleared"
@@ -358,12 +107,25 @@ async fn an_instance_serves_logs_restarts_after_a_kill_and_stops() {
     let record = cleanup.scope.join(format!("instances/{id}/instance.json"));
     let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
     assert_eq!(json["pid"], pid(&again));
+    assert_eq!(json["pgid"], pid(&again), "each run leads its own group");
+    assert_eq!(
+        json["start_time"],
+        again.process.as_ref().unwrap().start_time
+    );
+    assert!(json["boot_id"].as_str().is_some_and(|b| !b.is_empty()));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&record).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the run record is the deployer's alone"
+    );
 
     // Stop: the whole group is gone, the run record too, the output stays, nothing restarts.
     target.stop(id, Duration::from_secs(5)).await.unwrap();
     events.drain();
     assert!(!alive(pid(&again)));
-    assert!(scope_processes(&cleanup.scope).is_empty());
+    assert!(scope_instances(&cleanup.scope).is_empty());
     assert!(!record.exists());
     assert!(
         cleanup
@@ -408,7 +170,7 @@ async fn one_digest_is_pulled_once() {
     for id in [ids.0, ids.1, third_id] {
         target.stop(id, Duration::from_secs(5)).await.unwrap();
     }
-    assert!(scope_processes(&cleanup.scope).is_empty());
+    assert!(scope_instances(&cleanup.scope).is_empty());
 }
 
 #[tokio::test]
@@ -488,7 +250,7 @@ async fn a_crashing_instance_backs_off_into_a_crash_loop_without_spinning() {
     events.drain();
     let after = events.others_within(Duration::from_millis(700)).await;
     assert!(after.is_empty(), "no restart after a stop: {after:?}");
-    assert!(scope_processes(&cleanup.scope).is_empty());
+    assert!(scope_instances(&cleanup.scope).is_empty());
 }
 
 #[tokio::test]
@@ -521,14 +283,25 @@ async fn a_new_target_adopts_known_instances_kills_orphans_and_reports_the_dead(
         placement: placement.clone(),
         restarts: 2,
     };
-    let gone = after
-        .recover(vec![known(&keep, &keep_at), known(&dead, &dead_at)])
+    let adopted = after
+        .adopt(vec![known(&keep, &keep_at), known(&dead, &dead_at)])
         .await
         .unwrap();
-    assert_eq!(gone, vec![dead.instance_id]);
+    assert_eq!(adopted.dead, vec![dead.instance_id]);
+    assert_eq!(adopted.running, vec![(keep.instance_id, keep_at.clone())]);
+    let orphans: Vec<Uuid> = after
+        .running()
+        .into_iter()
+        .filter(|id| *id != keep.instance_id)
+        .collect();
+    assert_eq!(after.sweep(orphans).await, vec![orphan.instance_id]);
+    let left: Vec<(Uuid, u32)> = scope_instances(&cleanup.scope)
+        .into_iter()
+        .map(|(id, p)| (id, p.pid))
+        .collect();
     assert_eq!(
-        scope_processes(&cleanup.scope),
-        vec![(pid(&keep_at), keep.instance_id)],
+        left,
+        vec![(keep.instance_id, pid(&keep_at))],
         "the known one is adopted (no second copy), the orphan is stopped"
     );
     assert!(!alive(pid(&orphan_at)));
@@ -573,7 +346,7 @@ async fn a_new_target_adopts_known_instances_kills_orphans_and_reports_the_dead(
         .stop(keep.instance_id, Duration::from_secs(5))
         .await
         .unwrap();
-    assert!(scope_processes(&cleanup.scope).is_empty());
+    assert!(scope_instances(&cleanup.scope).is_empty());
 }
 
 #[tokio::test]
@@ -609,4 +382,45 @@ async fn a_stop_kills_a_group_that_ignores_sigterm_after_the_grace() {
     events.drain();
     let after = events.others_within(Duration::from_millis(500)).await;
     assert!(after.is_empty(), "no crash report for a stop: {after:?}");
+}
+
+/// A "registry" that accepts connections and never answers.
+fn hanging_registry() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().flatten() {
+            held.push(stream);
+        }
+    });
+    format!("{address}/test/hangs@sha256:{}", "a".repeat(64))
+}
+
+#[tokio::test]
+async fn a_pull_from_a_registry_that_hangs_fails_in_time_and_a_cancelled_one_frees_the_digest() {
+    let (mut settings, _cleanup) = workdir();
+    settings.pull_timeout_seconds = 1;
+    let (tx, _rx) = unbounded_channel();
+    let target = ProcessTarget::new(settings, tx, Users::Shared).unwrap();
+    let image = hanging_registry();
+
+    let asked = Instant::now();
+    let err = target.start(spec(&image, None)).await.unwrap_err();
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(err.to_string().contains(&image), "{err}");
+
+    // A start given up by its caller (a cancelled deployment drops it) ends its pull and
+    // leaves nothing locked: the next start of the same digest gets its own answer.
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(200), target.start(spec(&image, None)));
+    assert!(cancelled.await.is_err(), "the hanging pull was still going");
+    let asked = Instant::now();
+    assert!(target.start(spec(&image, None)).await.is_err());
+    assert!(asked.elapsed() < Duration::from_secs(5));
+    assert!(target.supervised().is_empty());
 }
