@@ -341,6 +341,9 @@ pub async fn cell(
         slipway_testkit::wait_until(Duration::from_secs(60), || async { prober.last_ok(20) })
             .await
             .then(|| healed_from.elapsed());
+    // The edge is watched for 3 s at least (60 probes), also when the work ends at once (a
+    // build failing in a second): too few probes would say nothing about it.
+    tokio::time::sleep_until((from.1 + Duration::from_secs(3)).into()).await;
     let to = (db_now(stack).await, Instant::now());
     Outcome {
         cell: cell.clone(),
