@@ -114,7 +114,9 @@ async fn as_root_a_build_runs_as_the_build_user_and_cannot_read_root_files() {
     std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
     let repo = Repo::from_dir(&example_dir("hello-python"));
     let command = format!(
-        "echo --who; id -u; id -G; stat -c %u .; echo --read; cat {} || echo refused; echo --end",
+        // cat's complaint goes to stdout too: stdout and stderr are separate pipes, read
+        // side by side, so a line on stderr may land anywhere among the sections.
+        "echo --who; id -u; id -G; stat -c %u .; echo --read; cat {} 2>&1 || echo refused; echo --end",
         private.display()
     );
     let commit = repo.change(
