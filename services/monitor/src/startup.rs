@@ -85,7 +85,7 @@ pub struct Application {
 pub struct Probing(Probers);
 
 impl Probing {
-    pub fn instances(&self) -> std::collections::BTreeSet<uuid::Uuid> {
+    pub fn instances(&self) -> std::collections::BTreeSet<slipway_ids::InstanceId> {
         self.0.instances()
     }
 }

@@ -13,7 +13,7 @@ use slipway_events::deploy::{
 };
 use slipway_events::slipway::sources;
 use slipway_events::{CloudEvent, EventData};
-use slipway_ids::{ReplicaId, ServiceId};
+use slipway_ids::{InstanceId, ReplicaId, ServiceId};
 use slipway_registry::{Application, Settings};
 use slipway_testkit::identity::{ServiceCaller, client};
 use slipway_testkit::wait_until;
@@ -68,7 +68,7 @@ async fn the_router_keeps_its_table_while_the_registry_is_down() {
     let backend = Backend::start("v1");
     let producer = slipway_testkit::signing::producer(&base.kafka);
     let instance = InstanceRef {
-        instance_id: uuid::Uuid::now_v7(),
+        instance_id: InstanceId::new(),
         service_id,
         service_name: "hello".into(),
         environment: "prod".into(),

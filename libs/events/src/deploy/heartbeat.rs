@@ -9,8 +9,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use slipway_ids::{ReplicaId, ServiceId};
-use uuid::Uuid;
+use slipway_ids::{InstanceId, ReplicaId, ServiceId};
 
 use super::{Health, HealthCheck};
 use crate::{EventData, Topic};
@@ -51,7 +50,7 @@ impl InstanceState {
 /// One instance in a heartbeat: everything the registry needs to insert its row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeartbeatInstance {
-    pub instance_id: Uuid,
+    pub instance_id: InstanceId,
     /// Release number.
     pub release: i32,
     /// `host:port` reachable by the edge router and the monitor.
@@ -107,7 +106,7 @@ pub struct InstancesHeartbeatV1 {
     pub service_id: ServiceId,
     pub service_name: String,
     pub environment: String,
-    pub instances: Vec<Uuid>,
+    pub instances: Vec<InstanceId>,
     pub interval_ms: u64,
     pub at: DateTime<Utc>,
 }
@@ -131,7 +130,7 @@ mod tests {
             environment: "prod".into(),
             owner: ReplicaId::generate("deployer"),
             instances: vec![HeartbeatInstance {
-                instance_id: Uuid::now_v7(),
+                instance_id: InstanceId::new(),
                 release: 3,
                 address: "127.0.0.1:4000".into(),
                 target: "process".into(),

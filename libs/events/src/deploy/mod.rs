@@ -15,8 +15,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use slipway_ids::{DeploymentId, ProjectName, ServiceId};
-use uuid::Uuid;
+use slipway_ids::{DeploymentId, InstanceId, ProjectName, ServiceId};
 
 use crate::{EventData, Topic};
 
@@ -215,7 +214,7 @@ impl EventData for TrafficChanged {
 /// Identifies an instance in its facts.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstanceRef {
-    pub instance_id: Uuid,
+    pub instance_id: InstanceId,
     pub service_id: ServiceId,
     pub service_name: String,
     pub environment: String,
@@ -356,6 +355,8 @@ impl EventData for InstanceHealthChanged {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
+    use uuid::Uuid;
+
     use super::*;
 
     /// Deployment ids were bare `Uuid`s in these events before [`DeploymentId`]: events
@@ -429,5 +430,52 @@ mod tests {
             "requested_at": Utc::now(),
         });
         assert!(serde_json::from_value::<DeployCancelRequested>(wire).is_err());
+    }
+
+    /// Instance ids were bare `Uuid`s in these events before [`InstanceId`]: events already in
+    /// the log (and consumers not yet upgraded) must see the very same JSON, and a JSON written
+    /// from a bare `Uuid` must read back as the same id.
+    #[test]
+    fn instance_ids_are_written_and_read_as_the_bare_uuids_they_were() {
+        let raw = Uuid::now_v7();
+        let started = InstanceStarted {
+            instance: InstanceRef {
+                instance_id: InstanceId::from_uuid(raw),
+                service_id: ServiceId::new(),
+                service_name: "hello".into(),
+                environment: "prod".into(),
+                release: 2,
+            },
+            address: "127.0.0.1:4000".into(),
+            target: "process".into(),
+            health_check: HealthCheck::default(),
+            restarts: 0,
+            at: Utc::now(),
+        };
+        let wire = serde_json::to_value(&started).unwrap();
+        assert_eq!(
+            wire["instance_id"],
+            serde_json::Value::String(raw.to_string()),
+            "flattened, as a UUID string: {wire}"
+        );
+        let back: InstanceStarted = serde_json::from_value(wire).unwrap();
+        assert_eq!(back, started);
+
+        let beat = InstancesHeartbeatV1 {
+            service_id: ServiceId::new(),
+            service_name: "hello".into(),
+            environment: "prod".into(),
+            instances: vec![InstanceId::from_uuid(raw)],
+            interval_ms: 5000,
+            at: Utc::now(),
+        };
+        let wire = serde_json::to_value(&beat).unwrap();
+        assert_eq!(wire["instances"], serde_json::json!([raw.to_string()]));
+        let back: InstancesHeartbeatV1 = serde_json::from_value(wire).unwrap();
+        assert_eq!(back.instances[0].as_uuid(), raw);
+
+        let mut bad = serde_json::to_value(&started).unwrap();
+        bad["instance_id"] = "not-a-uuid".into();
+        assert!(serde_json::from_value::<InstanceStarted>(bad).is_err());
     }
 }

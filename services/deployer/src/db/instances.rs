@@ -12,7 +12,7 @@ use slipway_events::slipway::RunSpec;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use slipway_ids::{ReplicaId, ServiceId};
+use slipway_ids::{InstanceId, ReplicaId, ServiceId};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -68,7 +68,7 @@ impl Instance {
 
     pub fn reference(&self) -> InstanceRef {
         InstanceRef {
-            instance_id: self.id,
+            instance_id: InstanceId::from_uuid(self.id),
             service_id: self.service_id,
             service_name: self.service_name.clone(),
             environment: self.environment.clone(),
@@ -321,7 +321,7 @@ pub async fn existing(pool: &PgPool, ids: &[Uuid]) -> Result<HashSet<Uuid>, sqlx
 /// The monitor's verdict, applied only to the incarnation it is about.
 pub async fn set_health(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: InstanceId,
     restarts: u32,
     health: InstanceHealth,
     detail: &str,

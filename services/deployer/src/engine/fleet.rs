@@ -20,7 +20,7 @@ use slipway_events::deploy::{
 };
 use slipway_events::slipway::sources;
 use slipway_events::{CloudEvent, EventData};
-use slipway_ids::{ProjectName, ReplicaId, ServiceId};
+use slipway_ids::{InstanceId, ProjectName, ReplicaId, ServiceId};
 use slipway_kafka::EventProducer;
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -532,7 +532,7 @@ fn heartbeat_record(row: &Instance) -> Option<HeartbeatInstance> {
         InstanceHealth::Unhealthy => Health::Unhealthy,
     });
     Some(HeartbeatInstance {
-        instance_id: row.id,
+        instance_id: InstanceId::from_uuid(row.id),
         release: row.release,
         address,
         target: row.target.clone(),

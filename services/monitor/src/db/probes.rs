@@ -2,10 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use slipway_events::deploy::{Health, HealthCheck, InstanceRef, InstanceStarted};
-use slipway_ids::ServiceId;
+use slipway_ids::{InstanceId, ServiceId};
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
-use uuid::Uuid;
 
 /// One probed instance as stored.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,7 +25,7 @@ pub struct Probe {
 
 #[derive(sqlx::FromRow)]
 struct Row {
-    instance_id: Uuid,
+    instance_id: InstanceId,
     service_id: ServiceId,
     service_name: String,
     environment: String,
@@ -162,7 +161,7 @@ pub async fn start(
 }
 
 /// One instance's row, if known.
-pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<Probe>, sqlx::Error> {
+pub async fn get(conn: &mut PgConnection, id: InstanceId) -> Result<Option<Probe>, sqlx::Error> {
     let sql = format!("SELECT {COLUMNS} FROM probes WHERE instance_id = $1");
     let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(id)
@@ -176,7 +175,7 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<Probe>, sql
 /// later incarnation is stored (a stale exit).
 pub async fn exit(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: InstanceId,
     restarts: u32,
     detail: &str,
 ) -> Result<Option<Probe>, sqlx::Error> {
@@ -205,7 +204,7 @@ pub async fn exit(
 }
 
 /// Forgets an instance that was stopped on purpose.
-pub async fn forget(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error> {
+pub async fn forget(conn: &mut PgConnection, id: InstanceId) -> Result<(), sqlx::Error> {
     sqlx::query("DELETE FROM probes WHERE instance_id = $1")
         .bind(id)
         .execute(&mut *conn)
@@ -215,7 +214,7 @@ pub async fn forget(conn: &mut PgConnection, id: Uuid) -> Result<(), sqlx::Error
 
 /// A health transition seen by the prober of incarnation `restarts`.
 pub struct Transition<'a> {
-    pub id: Uuid,
+    pub id: InstanceId,
     pub restarts: u32,
     pub health: Health,
     pub successes: u32,

@@ -8,11 +8,10 @@ use chrono::Utc;
 use slipway_events::deploy::{Health, InstanceHealthChanged};
 use slipway_events::slipway::sources;
 use slipway_events::{CloudEvent, EventData};
-use slipway_ids::{ProjectName, ServiceId};
+use slipway_ids::{InstanceId, ProjectName, ServiceId};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use uuid::Uuid;
 
 use super::machine::{self, ProbeState};
 use super::probe::{self, ProbeResult};
@@ -41,7 +40,7 @@ pub struct Probers {
     client: reqwest::Client,
     /// The service's shutdown token; each prober's token is a child of it.
     shutdown: CancellationToken,
-    running: Arc<Mutex<HashMap<Uuid, Running>>>,
+    running: Arc<Mutex<HashMap<InstanceId, Running>>>,
     held: Arc<Mutex<Held>>,
 }
 
@@ -67,7 +66,7 @@ impl Probers {
     }
 
     /// Whether instance `id` is in a shard this replica holds.
-    pub fn owns(&self, id: Uuid) -> bool {
+    pub fn owns(&self, id: InstanceId) -> bool {
         let held = self
             .held
             .lock()
@@ -77,7 +76,7 @@ impl Probers {
     }
 
     /// The instances probed now.
-    pub fn instances(&self) -> BTreeSet<Uuid> {
+    pub fn instances(&self) -> BTreeSet<InstanceId> {
         self.lock().keys().copied().collect()
     }
 
@@ -90,14 +89,14 @@ impl Probers {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .shards = shards;
-        let wanted: HashSet<Uuid> = probing
+        let wanted: HashSet<InstanceId> = probing
             .iter()
             .map(|p| p.instance.instance_id)
             .filter(|id| self.owns(*id))
             .collect();
         let stale: Vec<Running> = {
             let mut running = self.lock();
-            let gone: Vec<Uuid> = running
+            let gone: Vec<InstanceId> = running
                 .iter()
                 .filter(|(id, r)| {
                     !self.owns(**id) || (!wanted.contains(id) && r.started < loaded_at)
@@ -161,7 +160,7 @@ impl Probers {
     }
 
     /// Stops probing `id` if its prober is at incarnation `restarts` or earlier (`None`: any).
-    pub async fn stop(&self, id: Uuid, restarts: Option<u32>) {
+    pub async fn stop(&self, id: InstanceId, restarts: Option<u32>) {
         let taken = {
             let mut running = self.lock();
             match running.get(&id) {
@@ -182,7 +181,7 @@ impl Probers {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, Running>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<InstanceId, Running>> {
         // A panic while holding this lock leaves the map consistent (single insert/remove).
         self.running
             .lock()

@@ -21,7 +21,7 @@ struct Query {
 
 #[derive(Serialize)]
 struct Item<'a> {
-    instance_id: uuid::Uuid,
+    instance_id: slipway_ids::InstanceId,
     environment: &'a str,
     release: i32,
     address: &'a str,

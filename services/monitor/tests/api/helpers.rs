@@ -8,12 +8,11 @@ use slipway_events::deploy::{
 };
 use slipway_events::slipway::sources;
 use slipway_events::{CloudEvent, EventData, Topic};
-use slipway_ids::ServiceId;
+use slipway_ids::{InstanceId, ServiceId};
 use slipway_kafka::EventProducer;
 use slipway_monitor::{Application, LogSettings, Settings};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use uuid::Uuid;
 
 pub struct TestApp {
     pub address: String,
@@ -82,7 +81,7 @@ impl TestApp {
         self.settings.clone()
     }
 
-    pub async fn publish<D: EventData>(&self, key: ServiceId, subject: Uuid, data: &D) {
+    pub async fn publish<D: EventData>(&self, key: ServiceId, subject: InstanceId, data: &D) {
         let event =
             CloudEvent::new(sources::DEPLOYER, key, Some(subject.to_string()), data).unwrap();
         self.publish_event(&event).await;
@@ -120,7 +119,11 @@ impl TestApp {
     }
 
     /// The health of `instance` as the API shows it.
-    pub async fn health_of(&self, service: &str, instance: Uuid) -> Option<serde_json::Value> {
+    pub async fn health_of(
+        &self,
+        service: &str,
+        instance: InstanceId,
+    ) -> Option<serde_json::Value> {
         let (status, body) = self.get(&format!("/v1/services/{service}/health")).await;
         if status == 404 {
             return None;
@@ -138,7 +141,7 @@ impl TestApp {
 /// An instance of service `web` in `prod`, release 1.
 pub fn instance(service: ServiceId) -> InstanceRef {
     InstanceRef {
-        instance_id: Uuid::now_v7(),
+        instance_id: InstanceId::new(),
         service_id: service,
         service_name: "web".into(),
         environment: "prod".into(),
@@ -189,7 +192,7 @@ pub fn exited(instance: &InstanceRef, restarts: u32, exit: &str) -> InstanceExit
 /// The next health verdict on `instance` within `timeout`, skipping other instances'.
 pub async fn next_health(
     consumer: &StreamConsumer,
-    instance: Uuid,
+    instance: InstanceId,
     timeout: Duration,
 ) -> Option<InstanceHealthChanged> {
     let deadline = tokio::time::Instant::now() + timeout;

@@ -3,13 +3,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use slipway_ids::{ReplicaId, ServiceId};
+use slipway_ids::{InstanceId, ReplicaId, ServiceId};
 use slipway_monitor::{Application, Leases, Probing, Settings, ShardSettings, shard_of};
 use slipway_testkit::wait_until;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
-use uuid::Uuid;
 
 use crate::backend::Backend;
 use crate::helpers::{fast_check, instance, started, test_settings};
@@ -175,7 +174,7 @@ async fn two_monitors_probe_disjoint_halves_and_one_takes_all_when_the_other_sto
     assert!(
         wait_until(Duration::from_secs(30), || async {
             let (pa, pb) = (probed_a.instances(), probed_b.instances());
-            pa.is_disjoint(&pb) && pa.union(&pb).copied().collect::<BTreeSet<Uuid>>() == all
+            pa.is_disjoint(&pb) && pa.union(&pb).copied().collect::<BTreeSet<InstanceId>>() == all
         })
         .await,
         "disjoint and complete: a {:?}, b {:?}, all {all:?}",
@@ -284,7 +283,7 @@ async fn a_new_instance_wakes_the_replica_holding_its_shard() {
     assert!(
         wait_until(Duration::from_secs(20), || async {
             let (pa, pb) = (a.probing.instances(), b.probing.instances());
-            pa.is_disjoint(&pb) && pa.union(&pb).copied().collect::<BTreeSet<Uuid>>() == all
+            pa.is_disjoint(&pb) && pa.union(&pb).copied().collect::<BTreeSet<InstanceId>>() == all
         })
         .await,
         "disjoint and complete: a {:?}, b {:?}",

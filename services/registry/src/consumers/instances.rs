@@ -13,7 +13,6 @@ use slipway_events::deploy::{
     InstancesHeartbeat, InstancesHeartbeatV1, TrafficChanged,
 };
 use slipway_events::{CloudEvent, EventData};
-use slipway_ids::InstanceId;
 use slipway_kafka::{Handled, Handler, HandlerError};
 use sqlx::PgPool;
 
@@ -119,10 +118,7 @@ impl Handler for Discovery {
                     }
                     Fact::Exited(e) => instances::exited(tx, e).await?,
                     Fact::Draining(e) => instances::draining(tx, e).await?,
-                    Fact::Stopped(e) => {
-                        instances::stopped(tx, InstanceId::from_uuid(e.instance.instance_id))
-                            .await?
-                    }
+                    Fact::Stopped(e) => instances::stopped(tx, e.instance.instance_id).await?,
                     // Seen-ness is not part of the index (see `db::instances`); only rows
                     // inserted or reaped are.
                     Fact::Heartbeat(e) => {

@@ -55,15 +55,10 @@ pub async fn apply(
     let mut applied = Applied::default();
     for i in &e.instances {
         if upsert(conn, e, i, interval).await? {
-            applied.inserted.push(InstanceId::from_uuid(i.instance_id));
+            applied.inserted.push(i.instance_id);
         }
     }
-    // The events still carry bare UUIDs (the deployer builds them); typed from here on.
-    let listed: Vec<InstanceId> = e
-        .instances
-        .iter()
-        .map(|i| InstanceId::from_uuid(i.instance_id))
-        .collect();
+    let listed: Vec<InstanceId> = e.instances.iter().map(|i| i.instance_id).collect();
     applied.reaped = reap(
         conn,
         (e.service_id, &e.environment),
@@ -85,12 +80,7 @@ pub async fn apply_v1(
     stale_after: u32,
 ) -> Result<Applied, sqlx::Error> {
     let interval = interval_ms(e.interval_ms, default_ms);
-    let listed: Vec<InstanceId> = e
-        .instances
-        .iter()
-        .copied()
-        .map(InstanceId::from_uuid)
-        .collect();
+    let listed = e.instances.as_slice();
     sqlx::query(
         "UPDATE instances SET last_seen = now(), heartbeat_ms = $4, \
              listed_at = greatest(listed_at, least($5, now())) \
@@ -98,7 +88,7 @@ pub async fn apply_v1(
     )
     .bind(e.service_id)
     .bind(&e.environment)
-    .bind(&listed)
+    .bind(listed)
     .bind(interval)
     .bind(e.at)
     .execute(&mut *conn)
@@ -106,7 +96,7 @@ pub async fn apply_v1(
     let reaped = reap(
         conn,
         (e.service_id, &e.environment),
-        &listed,
+        listed,
         e.at,
         interval,
         stale_after,

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use slipway_events::deploy::Health;
-use uuid::Uuid;
+use slipway_ids::InstanceId;
 
 use crate::helpers::spawn_app;
 use crate::instances::{Facts, eventually, get, item};
@@ -33,10 +33,10 @@ async fn discovery_gives_weights_and_routes_only_to_running_healthy_instances() 
     let app = spawn_app().await;
     let facts = Facts::new(&app, "hello").await;
     let (ok, draining, down, unhealthy) = (
-        Uuid::new_v4(),
-        Uuid::new_v4(),
-        Uuid::new_v4(),
-        Uuid::new_v4(),
+        InstanceId::new(),
+        InstanceId::new(),
+        InstanceId::new(),
+        InstanceId::new(),
     );
     for id in [ok, draining, down, unhealthy] {
         facts.started(id, "prod", 1, 0).await;
@@ -76,7 +76,7 @@ async fn discovery_gives_weights_and_routes_only_to_running_healthy_instances() 
         vec![ok.to_string()],
         "draining, down and unhealthy are not routable: {prod:#}"
     );
-    let by_id = |id: Uuid| {
+    let by_id = |id: InstanceId| {
         prod["instances"]
             .as_array()
             .unwrap()
@@ -104,7 +104,7 @@ async fn discovery_gives_weights_and_routes_only_to_running_healthy_instances() 
 async fn blocking_queries_wake_on_a_change_and_time_out_without_one() {
     let app = spawn_app().await;
     let facts = Facts::new(&app, "hello").await;
-    let a = Uuid::new_v4();
+    let a = InstanceId::new();
     facts.started(a, "prod", 1, 0).await;
     let path = "/v1/services/hello/instances";
     let body = eventually(&app, path, |b| item(b, a).is_some()).await;

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use slipway_events::deploy::Health;
+use slipway_ids::InstanceId;
 use slipway_registry::discovery::DiscoverySettings;
-use uuid::Uuid;
 
 use crate::helpers::{TestApp, spawn_app_with};
 use crate::instances::{Facts, eventually, get, item};
@@ -27,7 +27,7 @@ async fn quick_app() -> TestApp {
 async fn a_heartbeat_puts_back_instances_the_registry_lost_healthy_at_once() {
     let app = quick_app().await;
     let facts = Facts::new(&app, "hello").await;
-    let a = Uuid::new_v4();
+    let a = InstanceId::new();
     facts.started(a, "prod", 1, 0).await;
     facts.health(a, "prod", Health::Healthy, 0).await;
     eventually(&app, PATH, |b| {
@@ -74,7 +74,7 @@ async fn a_heartbeat_puts_back_instances_the_registry_lost_healthy_at_once() {
 async fn nothing_is_reaped_while_no_heartbeat_arrives_at_all() {
     let app = quick_app().await;
     let facts = Facts::new(&app, "hello").await;
-    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let (a, b) = (InstanceId::new(), InstanceId::new());
     facts.started(a, "prod", 1, 0).await;
     facts.started(b, "prod", 1, 0).await;
     facts.heartbeat("prod", &[a, b], 100).await;
@@ -107,7 +107,7 @@ async fn nothing_is_reaped_while_no_heartbeat_arrives_at_all() {
 async fn an_instance_its_owners_heartbeats_go_on_without_is_reaped() {
     let app = quick_app().await;
     let facts = Facts::new(&app, "hello").await;
-    let (kept, dropped, elsewhere) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let (kept, dropped, elsewhere) = (InstanceId::new(), InstanceId::new(), InstanceId::new());
     for id in [kept, dropped] {
         facts.started(id, "prod", 1, 0).await;
     }
@@ -146,7 +146,7 @@ async fn an_instance_its_owners_heartbeats_go_on_without_is_reaped() {
 async fn a_heartbeat_applied_after_a_stop_does_not_bring_the_instance_back() {
     let app = quick_app().await;
     let facts = Facts::new(&app, "hello").await;
-    let (a, marker) = (Uuid::new_v4(), Uuid::new_v4());
+    let (a, marker) = (InstanceId::new(), InstanceId::new());
     facts.started(a, "prod", 1, 0).await;
     facts.stopped(a, "prod").await;
     // Composed before the stop, applied after it (the deployer read its rows, then stopped).

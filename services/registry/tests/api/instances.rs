@@ -11,15 +11,17 @@ use slipway_events::deploy::{
 };
 use slipway_events::slipway::sources;
 use slipway_events::{CloudEvent, EventData};
-use slipway_ids::{ReplicaId, ServiceId};
+use slipway_ids::{InstanceId, ReplicaId, ServiceId};
 use slipway_kafka::EventProducer;
-use uuid::Uuid;
 
 use crate::helpers::{TestApp, spawn_app};
 
 /// The address the facts give instance `id`.
-pub fn address_of(id: Uuid) -> String {
-    format!("127.0.0.1:{}", 20_000 + (id.as_u128() % 10_000) as u16)
+pub fn address_of(id: InstanceId) -> String {
+    format!(
+        "127.0.0.1:{}",
+        20_000 + (id.as_uuid().as_u128() % 10_000) as u16
+    )
 }
 
 /// Publishes the deployer's and monitor's facts about one service, as they would.
@@ -44,7 +46,7 @@ impl Facts {
         }
     }
 
-    fn at(&self, id: Uuid, env: &str, release: i32) -> InstanceRef {
+    fn at(&self, id: InstanceId, env: &str, release: i32) -> InstanceRef {
         InstanceRef {
             instance_id: id,
             service_id: self.service_id,
@@ -59,7 +61,7 @@ impl Facts {
         self.producer.publish(D::TOPIC, &event).await.unwrap();
     }
 
-    pub async fn started(&self, id: Uuid, env: &str, release: i32, restarts: u32) {
+    pub async fn started(&self, id: InstanceId, env: &str, release: i32, restarts: u32) {
         let data = InstanceStarted {
             instance: self.at(id, env, release),
             address: address_of(id),
@@ -71,7 +73,7 @@ impl Facts {
         self.send(sources::DEPLOYER, &data).await;
     }
 
-    pub async fn health(&self, id: Uuid, env: &str, health: Health, restarts: u32) {
+    pub async fn health(&self, id: InstanceId, env: &str, health: Health, restarts: u32) {
         let data = InstanceHealthChanged {
             instance: self.at(id, env, 1),
             health,
@@ -83,7 +85,7 @@ impl Facts {
         self.send(sources::MONITOR, &data).await;
     }
 
-    pub async fn exited(&self, id: Uuid, env: &str, restarts: u32) {
+    pub async fn exited(&self, id: InstanceId, env: &str, restarts: u32) {
         let data = InstanceExited {
             instance: self.at(id, env, 1),
             exit: "exit code 1".into(),
@@ -96,7 +98,7 @@ impl Facts {
         self.send(sources::DEPLOYER, &data).await;
     }
 
-    pub async fn draining(&self, id: Uuid, env: &str) {
+    pub async fn draining(&self, id: InstanceId, env: &str) {
         let data = InstanceDraining {
             instance: self.at(id, env, 1),
             at: Utc::now(),
@@ -104,7 +106,7 @@ impl Facts {
         self.send(sources::DEPLOYER, &data).await;
     }
 
-    pub async fn stopped(&self, id: Uuid, env: &str) {
+    pub async fn stopped(&self, id: InstanceId, env: &str) {
         let data = InstanceStopped {
             instance: self.at(id, env, 1),
             reason: "scaled down".into(),
@@ -115,14 +117,14 @@ impl Facts {
 
     /// A heartbeat of owner `deployer-test` listing `ids` as running instances of release 1
     /// (health unknown), at the addresses [`Facts::started`] gives them.
-    pub async fn heartbeat(&self, env: &str, ids: &[Uuid], interval_ms: u64) {
+    pub async fn heartbeat(&self, env: &str, ids: &[InstanceId], interval_ms: u64) {
         let records = ids.iter().map(|id| self.record(*id, None)).collect();
         self.heartbeat_of("deployer-test", env, records, interval_ms)
             .await;
     }
 
     /// What a deployer's heartbeat says of instance `id` (release 1, running).
-    pub fn record(&self, id: Uuid, health: Option<Health>) -> HeartbeatInstance {
+    pub fn record(&self, id: InstanceId, health: Option<Health>) -> HeartbeatInstance {
         HeartbeatInstance {
             instance_id: id,
             release: 1,
@@ -211,7 +213,7 @@ pub async fn eventually(app: &TestApp, path: &str, check: impl Fn(&Value) -> boo
 }
 
 /// The item with `id` in an instances answer.
-pub fn item(body: &Value, id: Uuid) -> Option<&Value> {
+pub fn item(body: &Value, id: InstanceId) -> Option<&Value> {
     body["items"]
         .as_array()
         .unwrap()
@@ -224,7 +226,7 @@ async fn instances_follow_their_lifecycle_and_ignore_stale_verdicts() {
     let app = spawn_app().await;
     let facts = Facts::new(&app, "hello").await;
     let path = "/v1/services/hello/instances";
-    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let (a, b) = (InstanceId::new(), InstanceId::new());
 
     facts.started(a, "prod", 1, 0).await;
     facts.started(b, "prod", 1, 0).await;
@@ -279,7 +281,7 @@ async fn instances_follow_their_lifecycle_and_ignore_stale_verdicts() {
     eventually(&app, path, |x| item(x, b).is_none()).await;
 
     // Environments filter.
-    let c = Uuid::new_v4();
+    let c = InstanceId::new();
     facts.started(c, "staging", 2, 0).await;
     let staging = eventually(&app, &format!("{path}?environment=staging"), |x| {
         x["items"].as_array().unwrap().len() == 1
@@ -314,7 +316,7 @@ async fn redelivered_facts_apply_once_and_heartbeats_keep_the_index() {
     let app = spawn_app().await;
     let facts = Facts::new(&app, "hello").await;
     let path = "/v1/services/hello/instances";
-    let a = Uuid::new_v4();
+    let a = InstanceId::new();
     facts.started(a, "prod", 1, 0).await;
     let before = eventually(&app, path, |b| item(b, a).is_some()).await;
     let index = before["index"].as_i64().unwrap();
