@@ -287,7 +287,11 @@ async fn check_image(client: &reqwest::Client, image: &str) {
         .unwrap()
         .map(|e| {
             let e = e.unwrap();
-            assert_eq!(e.header().uid().unwrap(), 10001, "owned by the image's user");
+            assert_eq!(
+                e.header().uid().unwrap(),
+                10001,
+                "owned by the image's user"
+            );
             e.path().unwrap().display().to_string()
         })
         .collect();

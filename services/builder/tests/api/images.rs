@@ -124,7 +124,9 @@ async fn a_python_service_on_a_base_runs_in_docker_and_rebuilds_to_the_same_dige
     require_docker();
     let base = base_image();
     let base_digest = base.rsplit_once('@').unwrap().1.to_owned();
-    let app = spawn_configured(test_settings().await).await;
+    let settings = test_settings().await;
+    let workdir = settings.builds.workdir.clone();
+    let app = spawn_configured(settings).await;
     let repo = Repo::from_dir(&example_dir("hello-python"));
     repo.change("app.py", APP);
     let commit = repo.change(
@@ -138,6 +140,15 @@ async fn a_python_service_on_a_base_runs_in_docker_and_rebuilds_to_the_same_dige
     let image = built["image"].as_str().unwrap().to_owned();
     let logs = app.log_text(first).await;
     assert!(logs.contains(&format!("on {base}")), "{logs}");
+
+    // On the same registry the base's layers were mounted, not copied through the builder.
+    let copied = std::fs::read_dir(std::path::Path::new(&workdir).join("base-blobs"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(
+        copied, 0,
+        "a base on the push registry is mounted, never pulled"
+    );
 
     // The same commit again: the same bytes, the same digest.
     let second = app.request(&repo.url, Some(&commit)).await;
