@@ -27,26 +27,42 @@ async fn an_environment_on_the_docker_target_pulls_through_the_engine() {
     app.registry.add_release("hello", 3, &["staging", "qa"]);
 
     // Staging: the engine is asked to pull from a registry that is not there, and says so.
-    let r = request(DeployKind::Deploy, ServiceId::new(), "hello", "staging", Some(3));
+    let r = request(
+        DeployKind::Deploy,
+        ServiceId::new(),
+        "hello",
+        "staging",
+        Some(3),
+    );
     let d = app.ended(app.command(&r).await).await;
     assert_eq!(d["status"], "failed", "{d}");
     assert_eq!(d["reason"]["check"], "artifact", "{d}");
     let message = d["reason"]["message"].as_str().unwrap();
     assert!(message.contains("127.0.0.1:1/hello@sha256:"), "{d}");
-    assert!(message.contains("the pull on unix://"), "the engine's answer: {d}");
+    assert!(
+        message.contains("the pull on unix://"),
+        "the engine's answer: {d}"
+    );
 
     // QA stays on the process target, which fetches the image itself.
     let r = request(DeployKind::Deploy, ServiceId::new(), "hello", "qa", Some(3));
     let d = app.ended(app.command(&r).await).await;
     assert_eq!(d["status"], "failed", "{d}");
     let message = d["reason"]["message"].as_str().unwrap();
-    assert!(!message.contains("the pull on unix://"), "not through the engine: {d}");
+    assert!(
+        !message.contains("the pull on unix://"),
+        "not through the engine: {d}"
+    );
 
     let filter = format!("label=dev.slipway.scope={scope}");
     let out = std::process::Command::new("docker")
         .args(["ps", "-aq", "--filter", &filter])
         .output()
         .expect("the docker CLI runs");
-    assert!(out.status.success(), "no Docker Engine answers: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "no Docker Engine answers: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.stdout.is_empty(), "nothing was created");
 }
