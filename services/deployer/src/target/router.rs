@@ -264,7 +264,161 @@ impl Target for TargetRouter {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap as Map;
+
+    use slipway_ids::ServiceId;
+
     use super::*;
+
+    /// A target that records what it is asked (a stand-in for one piece: the router).
+    #[derive(Default)]
+    struct Fake {
+        name: &'static str,
+        running: Mutex<HashSet<Uuid>>,
+        stops: Mutex<Vec<Uuid>>,
+    }
+
+    impl Target for Fake {
+        fn kind(&self) -> &'static str {
+            self.name
+        }
+        fn start(&self, spec: InstanceSpec) -> BoxFuture<'_, Result<Placement, TargetError>> {
+            self.running.lock().unwrap().insert(spec.instance_id);
+            Box::pin(async move {
+                Ok(Placement {
+                    address: format!("{}:1", self.name),
+                    port: 1,
+                    process: None,
+                })
+            })
+        }
+        fn stop(&self, id: Uuid, _: Duration) -> BoxFuture<'_, Result<(), TargetError>> {
+            self.stops.lock().unwrap().push(id);
+            self.running.lock().unwrap().remove(&id);
+            Box::pin(async { Ok(()) })
+        }
+        fn node(&self) -> String {
+            format!("node-{}", self.name)
+        }
+        fn adopt(&self, known: Vec<Known>) -> BoxFuture<'_, Result<Adopted, TargetError>> {
+            let running = self.running.lock().unwrap().clone();
+            let (alive, dead): (Vec<Known>, Vec<Known>) = known
+                .into_iter()
+                .partition(|k| running.contains(&k.spec.instance_id));
+            Box::pin(async move {
+                Ok(Adopted {
+                    dead: dead.iter().map(|k| k.spec.instance_id).collect(),
+                    running: alive
+                        .into_iter()
+                        .map(|k| (k.spec.instance_id, k.placement))
+                        .collect(),
+                })
+            })
+        }
+        fn running(&self) -> Vec<Uuid> {
+            self.running.lock().unwrap().iter().copied().collect()
+        }
+        fn sweep(&self, orphans: Vec<Uuid>) -> BoxFuture<'_, Vec<Uuid>> {
+            let mut running = self.running.lock().unwrap();
+            let swept = orphans.into_iter().filter(|o| running.remove(o)).collect();
+            Box::pin(async move { swept })
+        }
+        fn supervised(&self) -> HashSet<Uuid> {
+            self.running.lock().unwrap().clone()
+        }
+        fn release(&self, _: Uuid) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+        fn lease(&self) -> Lease {
+            Lease::default()
+        }
+        fn detach(&self) -> BoxFuture<'_, ()> {
+            Box::pin(async {})
+        }
+    }
+
+    fn spec(environment: &str) -> InstanceSpec {
+        InstanceSpec {
+            instance_id: Uuid::new_v4(),
+            service_id: ServiceId::new(),
+            service_name: "shop".into(),
+            environment: environment.into(),
+            release: 1,
+            image: "r/shop@sha256:00".into(),
+            run: None,
+            env: Map::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn starts_go_by_environment_and_other_calls_to_the_target_running_the_instance() {
+        let process = Arc::new(Fake {
+            name: "process",
+            ..Default::default()
+        });
+        let docker = Arc::new(Fake {
+            name: "docker",
+            ..Default::default()
+        });
+        let settings = TargetsSettings {
+            default: TargetKind::Process,
+            environments: BTreeMap::from([(
+                "production".to_owned(),
+                EnvironmentTarget {
+                    kind: TargetKind::Docker,
+                },
+            )]),
+        };
+        let router = TargetRouter::new(
+            settings,
+            vec![
+                (TargetKind::Process, process.clone() as Arc<dyn Target>),
+                (TargetKind::Docker, docker.clone() as Arc<dyn Target>),
+            ],
+            Lease::default(),
+        )
+        .unwrap();
+        assert_eq!(router.node(), "node-process", "the first target's node");
+        assert_eq!(router.kind_for("production"), "docker");
+        assert_eq!(router.kind_for("staging"), "process");
+
+        let (prod, staging) = (spec("production"), spec("staging"));
+        let at = router.start(prod.clone()).await.unwrap();
+        assert_eq!(at.address, "docker:1");
+        router.start(staging.clone()).await.unwrap();
+        assert_eq!(
+            router.supervised(),
+            [prod.instance_id, staging.instance_id].into()
+        );
+        router
+            .stop(prod.instance_id, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(*docker.stops.lock().unwrap(), [prod.instance_id]);
+        assert!(process.stops.lock().unwrap().is_empty(), "only its owner");
+
+        // Adoption splits by environment; orphans go to every target.
+        let other = spec("production");
+        docker.running.lock().unwrap().insert(other.instance_id);
+        let known = |s: &InstanceSpec| Known {
+            spec: s.clone(),
+            placement: at.clone(),
+            restarts: 0,
+        };
+        let adopted = router
+            .adopt(vec![known(&other), known(&prod)])
+            .await
+            .unwrap();
+        assert_eq!(adopted.dead, [prod.instance_id]);
+        assert_eq!(adopted.running.len(), 1);
+        let swept = router
+            .sweep(vec![staging.instance_id, other.instance_id])
+            .await;
+        let mut expected = vec![staging.instance_id, other.instance_id];
+        expected.sort_unstable();
+        assert_eq!(swept, expected);
+        assert!(router.running().is_empty());
+    }
 
     #[test]
     fn environments_pick_their_kind_and_every_kind_needs_a_target() {
