@@ -32,6 +32,8 @@ const RECENT: usize = 20;
 const MAX_LINE: usize = 16 * 1024;
 /// How often pending lines are checked for being due.
 const TICK: Duration = Duration::from_millis(50);
+/// How long to wait before opening a lost log stream again.
+const REOPEN: Duration = Duration::from_millis(500);
 
 /// The output of one instance, across its runs.
 pub(crate) struct Tail {
@@ -139,48 +141,68 @@ fn decode(bytes: &[u8]) -> String {
 }
 
 /// Streams the container's output into `tail` until the run ends (the engine closes the
-/// stream) or the task is aborted. Skips the lines `tail` has read already.
+/// stream) or the task is aborted. Skips the lines `tail` has read already; a stream lost while
+/// the container still runs (the engine restarted, a connection dropped) is opened again.
 pub(crate) fn follow(
     docker: Docker,
     container: String,
     tail: Arc<Mutex<Tail>>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut skip = tail.lock().await.read();
-        let options = LogsOptionsBuilder::default()
-            .follow(true)
-            .stdout(true)
-            .stderr(true)
-            .build();
-        let mut stream = std::pin::pin!(docker.logs(&container, Some(options)));
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
-                chunk = stream.next() => match chunk {
-                    Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
-                        tail.lock().await.take(0, &message, &mut skip);
-                    }
-                    Some(Ok(LogOutput::StdErr { message })) => {
-                        tail.lock().await.take(1, &message, &mut skip);
-                    }
-                    Some(Ok(LogOutput::StdIn { .. })) => {}
-                    Some(Err(e)) => {
-                        tracing::debug!(container = %container, error = %e, "log stream ended");
-                        break;
-                    }
-                    None => break,
-                },
-                _ = tick.tick() => {
-                    let mut tail = tail.lock().await;
-                    if tail.due() {
-                        tail.flush();
-                    }
-                }
+            stream_once(&docker, &container, &tail).await;
+            let running = docker
+                .inspect_container(&container, None)
+                .await
+                .ok()
+                .and_then(|i| i.state?.running)
+                .unwrap_or(false);
+            if !running {
+                break;
             }
+            tracing::debug!(container = %container, "log stream lost; opening it again");
+            tokio::time::sleep(REOPEN).await;
+            // What was after the last newline is read again from the start.
+            tail.lock().await.partial = [Vec::new(), Vec::new()];
         }
         tail.lock().await.flush();
     })
+}
+
+async fn stream_once(docker: &Docker, container: &str, tail: &Mutex<Tail>) {
+    let mut skip = tail.lock().await.read();
+    let options = LogsOptionsBuilder::default()
+        .follow(true)
+        .stdout(true)
+        .stderr(true)
+        .build();
+    let mut stream = std::pin::pin!(docker.logs(container, Some(options)));
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            chunk = stream.next() => match chunk {
+                Some(Ok(LogOutput::StdOut { message } | LogOutput::Console { message })) => {
+                    tail.lock().await.take(0, &message, &mut skip);
+                }
+                Some(Ok(LogOutput::StdErr { message })) => {
+                    tail.lock().await.take(1, &message, &mut skip);
+                }
+                Some(Ok(LogOutput::StdIn { .. })) => {}
+                Some(Err(e)) => {
+                    tracing::debug!(container, error = %e, "log stream ended");
+                    return;
+                }
+                None => return,
+            },
+            _ = tick.tick() => {
+                let mut tail = tail.lock().await;
+                if tail.due() {
+                    tail.flush();
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
