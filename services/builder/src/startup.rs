@@ -10,6 +10,7 @@ use slipway_secrets::SecretBox;
 pub use slipway_secrets::SecretSettings;
 use tokio::sync::Notify;
 
+use crate::builds::dockerfile::DockerSettings;
 use crate::builds::package::RegistrySettings;
 use crate::builds::retention::{self, PruneMetrics, RetentionSettings};
 use crate::builds::sandbox::SandboxError;
@@ -22,6 +23,9 @@ pub struct Settings {
     pub base: BaseSettings,
     pub builds: BuildSettings,
     pub registry: RegistrySettings,
+    /// The Docker Engine Dockerfile builds go through (section `[docker]`; none: buildah).
+    #[serde(default)]
+    pub docker: DockerSettings,
     /// Seals clone credentials at rest.
     pub secrets: SecretSettings,
     #[serde(default)]
@@ -104,6 +108,7 @@ impl Application {
             pool: runtime.pool.clone(),
             settings: settings.builds.clone(),
             registry: settings.registry.clone(),
+            docker: settings.docker.clone(),
             sandbox,
             sealer: sealer.clone(),
             allow_local: settings.services.allow_local_repositories,

@@ -341,6 +341,7 @@ mod tests {
                 package: package.iter().map(|s| s.to_string()).collect(),
             },
             run: None,
+            image: Default::default(),
         }
     }
 

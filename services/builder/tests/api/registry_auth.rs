@@ -35,6 +35,7 @@ fn spec() -> BuildSpec {
             package: vec!["app".into()],
         },
         run: None,
+        image: Default::default(),
     }
 }
 
