@@ -61,6 +61,8 @@ async fn builder(engine: bool) -> TestApp {
         require_engine();
     }
     let mut settings = test_settings().await;
+    // Image builds on a loaded machine are slow (the engine makes a container per LABEL).
+    settings.builds.step_timeout_seconds = 600;
     if engine {
         settings.docker.host = ENGINE.into();
     }
@@ -101,6 +103,27 @@ fn app_repo() -> Repo {
         ("app_logic.py", "def answer():\n    return 'ok'\n"),
         ("test_app.py", TEST),
     ])
+}
+
+/// Waits (longer than [`TestApp::wait_finished`]: image builds are slow) for the build's end.
+async fn finished(app: &TestApp, id: slipway_ids::BuildId) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(900);
+    loop {
+        if let Some(build) = app.build(id).await
+            && matches!(
+                build["status"].as_str(),
+                Some("succeeded" | "failed" | "cancelled")
+            )
+        {
+            return build;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "build {id} did not finish: {}",
+            app.log_text(id).await
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 fn docker(args: &[&str]) -> String {
@@ -157,7 +180,7 @@ async fn builds_pushes_and_runs(engine: bool) {
     let repo = app_repo();
     let commit = repo.head();
     let id = app.request(&repo.url, Some(&commit)).await;
-    let build = app.wait_finished(id).await;
+    let build = finished(&app, id).await;
     let logs = app.log_text(id).await;
     assert_eq!(build["status"], "succeeded", "{build}\n{logs}");
     assert!(
@@ -232,7 +255,7 @@ async fn a_lone_dockerfile_is_built_and_its_cmd_is_the_run_command() {
     );
     let repo = repo(&[("Dockerfile", &dockerfile), ("app.py", APP)]);
     let id = app.request(&repo.url, None).await;
-    let build = app.wait_finished(id).await;
+    let build = finished(&app, id).await;
     let logs = app.log_text(id).await;
     assert_eq!(build["status"], "succeeded", "{build}\n{logs}");
     assert!(logs.contains("build recipe from dockerfile"), "{logs}");
@@ -268,7 +291,7 @@ async fn a_failing_test_stage_stops_the_build_before_the_image() {
     );
     let repo = repo(&[("Dockerfile", &dockerfile)]);
     let id = app.request(&repo.url, None).await;
-    let build = app.wait_finished(id).await;
+    let build = finished(&app, id).await;
     let logs = app.log_text(id).await;
     assert_eq!(build["status"], "failed", "{build}\n{logs}");
     assert_eq!(build["step"], "test", "{build}");
@@ -291,7 +314,7 @@ async fn a_dockerfile_outside_the_source_is_refused() {
     let app = builder(false).await;
     let repo = repo(&[("slipway.toml", "[image]\ndockerfile = \"../Dockerfile\"\n")]);
     let id = app.request(&repo.url, None).await;
-    let build = app.wait_finished(id).await;
+    let build = finished(&app, id).await;
     assert_eq!(build["status"], "failed", "{build}");
     assert_eq!(build["step"], "spec");
     let reason = build["reason"].as_str().unwrap();
@@ -308,7 +331,7 @@ async fn a_dockerfile_outside_the_source_is_refused() {
     std::fs::write(outside.join("Dockerfile"), "FROM scratch\n").unwrap();
     let linked = repo_with_link(&outside.join("Dockerfile"));
     let id = app.request(&linked.url, None).await;
-    let build = app.wait_finished(id).await;
+    let build = finished(&app, id).await;
     assert_eq!(build["status"], "failed", "{build}");
     assert_eq!(build["step"], "spec");
     let reason = build["reason"].as_str().unwrap();
@@ -372,7 +395,7 @@ async fn cancel_stops_the_run_step(engine: bool, seconds: &str) {
         .await
         .unwrap();
     assert!(res.status().is_success(), "{}", res.status());
-    let build = app.wait_finished(id).await;
+    let build = finished(&app, id).await;
     assert_eq!(build["status"], "cancelled", "{build}");
     assert_eq!(build["step"], "build");
     let gone = slipway_testkit::wait_until(Duration::from_secs(30), || {

@@ -279,7 +279,12 @@ impl Builder {
         logs: &mut LogWriter,
         cancel: &CancellationToken,
     ) -> Result<Built, StepError> {
-        let labels = labels(job);
+        // The test stage is thrown away: labels (a build step each, for the engine) only on
+        // the image.
+        let labels = match target {
+            None => labels(job),
+            Some(_) => BTreeMap::new(),
+        };
         match self {
             Self::Engine(e) => e.build(job, target, tag, &labels, step, logs, cancel).await,
             Self::Buildah(b) => b.build(job, target, tag, &labels, step, logs, cancel).await,
