@@ -259,6 +259,10 @@ async fn a_lone_dockerfile_is_built_and_its_cmd_is_the_run_command() {
     let logs = app.log_text(id).await;
     assert_eq!(build["status"], "succeeded", "{build}\n{logs}");
     assert!(logs.contains("build recipe from dockerfile"), "{logs}");
+    assert!(
+        logs.contains("the image exposes 8000/tcp; instances get their port in $PORT"),
+        "{logs}"
+    );
     let consumer = plain_consumer(
         &app.kafka.bootstrap_servers,
         &[&app.kafka.topics().name(Topic::Builds)],
@@ -336,6 +340,23 @@ async fn a_dockerfile_outside_the_source_is_refused() {
     assert_eq!(build["step"], "spec");
     let reason = build["reason"].as_str().unwrap();
     assert!(reason.contains("inside the source"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_that_does_not_answer_fails_the_build_saying_so() {
+    let mut settings = test_settings().await;
+    settings.docker.host = "unix:///nonexistent/docker.sock".into();
+    let app = spawn_configured(settings).await;
+    let repo = repo(&[("Dockerfile", "FROM scratch\n")]);
+    let id = app.request(&repo.url, None).await;
+    let build = finished(&app, id).await;
+    assert_eq!(build["status"], "failed", "{build}");
+    assert_eq!(build["step"], "build");
+    let reason = build["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("the Docker Engine at unix:///nonexistent/docker.sock does not answer"),
+        "{reason}"
+    );
 }
 
 /// A repository whose `Dockerfile` is a link to `target`.

@@ -409,6 +409,17 @@ pub async fn run(
                         has no run command";
             logs.line("package", Stream::Slipway, note).await?;
         }
+        if let Some(run) = &run
+            && !pushed.config.exposed.is_empty()
+        {
+            // EXPOSE stays in the image config; the platform gives the port in the variable.
+            let note = format!(
+                "the image exposes {}; instances get their port in ${}",
+                pushed.config.exposed.join(", "),
+                run.port_env
+            );
+            logs.line("package", Stream::Slipway, &note).await?;
+        }
         let done = format!(
             "pushed {} ({} bytes in {} layers)",
             pushed.image, pushed.size, pushed.layers
