@@ -15,6 +15,7 @@ pub mod archive;
 pub mod dockerfile;
 pub mod ending;
 pub mod fetch;
+pub mod image;
 pub mod lease;
 pub mod logs;
 pub mod output;

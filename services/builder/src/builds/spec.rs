@@ -16,6 +16,7 @@ pub struct BuildSpec {
     #[serde(default)]
     pub build: Step,
     pub run: Option<RunSpec>,
+    /// How the image is made (its base); absent: the builder's defaults.
     #[serde(default)]
     pub image: ImageSection,
 }
@@ -135,6 +136,12 @@ impl BuildSpec {
         Some((spec, "dockerfile"))
     }
 
+    /// The project kind detected in `source` (`cargo`, `go`, `node`, `maven`, `python`), with
+    /// or without a slipway.toml: it picks the builder's base image for that language.
+    pub fn kind(source: &Path) -> Option<&'static str> {
+        Self::detect(source).map(|(_, kind)| kind)
+    }
+
     fn detect(source: &Path) -> Option<(Self, &'static str)> {
         Self::dockerfile(source).or_else(|| Self::detect_kind(source))
     }
@@ -241,6 +248,28 @@ mod tests {
         let run = spec.run.unwrap();
         assert_eq!(run.port_env, "PORT");
         assert_eq!(run.health_path, "/healthz");
+        assert_eq!(spec.image, ImageSection::default(), "no [image]: defaults");
+    }
+
+    #[test]
+    fn the_image_section_is_read_and_strict() {
+        let base = "127.0.0.1:5000/base@sha256:".to_owned() + &"a".repeat(64);
+        let text = format!("[test]\n[build]\n[image]\nbase = \"{base}\"\n");
+        let (spec, _) = BuildSpec::load(&dir_with(&[("slipway.toml", &text)])).unwrap();
+        assert_eq!(spec.image.base.as_deref(), Some(base.as_str()));
+        assert_eq!(spec.image.dockerfile, None);
+        let err = BuildSpec::load(&dir_with(&[(
+            "slipway.toml",
+            "[test]\n[build]\n[image]\nbsae = \"x\"\n",
+        )]))
+        .unwrap_err();
+        assert!(err.to_string().contains("bsae"), "{err}");
+        let kind = BuildSpec::kind(&dir_with(&[("slipway.toml", ""), ("requirements.txt", "")]));
+        assert_eq!(
+            kind,
+            Some("python"),
+            "the kind is detected beside a slipway.toml"
+        );
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod builds;
 mod clone_credentials;
 mod dockerfile;
 mod helpers;
+mod images;
 mod leases;
 mod projects;
 mod registry_auth;

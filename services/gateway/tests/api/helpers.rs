@@ -57,6 +57,7 @@ pub async fn spawn_with(registry_up: bool) -> TestApp {
                 push_timeout_seconds: 60,
             },
             docker: Default::default(),
+            images: Default::default(),
             secrets: slipway_secrets::SecretSettings {
                 key: slipway_testkit::secrets_key().into(),
             },

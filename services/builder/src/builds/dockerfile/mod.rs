@@ -440,6 +440,8 @@ pub async fn run(
                 purl: pushed.purl,
                 layer_size: pushed.size,
                 run,
+                // The BASE build arg when given; a Dockerfile's own FROM is not pinned here.
+                base: job.plan.base.clone(),
             }),
         })
     }
