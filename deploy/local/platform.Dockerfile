@@ -9,6 +9,7 @@ FROM ${BASE}
 # The same writable working directory as Dockerfile's (uid 10001 is the base's user `app`).
 RUN install -d -o 10001 -g 10001 -m 0755 /var/lib/slipway
 COPY bin/ /usr/local/bin/
+COPY registry-link /usr/local/bin/registry-link
 WORKDIR /var/lib/slipway
 USER 10001:10001
 ENV SLIPWAY_HTTP__HOST=0.0.0.0 \
