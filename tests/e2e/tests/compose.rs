@@ -150,7 +150,9 @@ impl ComposeStack {
     /// What docker lists of this project: `docker ARGS... --filter label=<project>`.
     fn leftovers(&self, args: &[&str]) -> String {
         let filter = format!("label=com.docker.compose.project={}", self.project);
-        let output = run(Command::new("docker").args(args).args(["--filter", &filter]));
+        let output = run(Command::new("docker")
+            .args(args)
+            .args(["--filter", &filter]));
         String::from_utf8_lossy(&output.stdout).trim().to_owned()
     }
 }
@@ -244,8 +246,20 @@ async fn the_platform_runs_in_compose_and_deploys_the_sample_app_through_the_gat
     let (ok, said) = stack.down();
     assert!(ok, "scripts/compose down -v failed:\n{said}");
     let project = &stack.project;
-    assert_eq!(stack.leftovers(&["ps", "-aq"]), "", "containers of {project}");
-    assert_eq!(stack.leftovers(&["volume", "ls", "-q"]), "", "volumes of {project}");
-    assert_eq!(stack.leftovers(&["network", "ls", "-q"]), "", "networks of {project}");
+    assert_eq!(
+        stack.leftovers(&["ps", "-aq"]),
+        "",
+        "containers of {project}"
+    );
+    assert_eq!(
+        stack.leftovers(&["volume", "ls", "-q"]),
+        "",
+        "volumes of {project}"
+    );
+    assert_eq!(
+        stack.leftovers(&["network", "ls", "-q"]),
+        "",
+        "networks of {project}"
+    );
     eprintln!("done after {:?}", started.elapsed());
 }

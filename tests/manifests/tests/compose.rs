@@ -242,8 +242,6 @@ fn docker_compose_config_accepts_the_file() {
     );
 }
 
-/// One run (docker-compose takes seconds to start); that every key and password is required
-/// the same way is checked on the file's text below.
 // docker-compose.local.yml over docker-compose.yml (scripts/compose)
 // ---------------------------------------------------------------------------------------------
 
@@ -317,6 +315,8 @@ fn the_local_override_runs_only_images_built_here() {
     }
 }
 
+/// One run (docker-compose takes seconds to start); that every key and password is required
+/// the same way is checked on the file's text below.
 #[test]
 fn docker_compose_refuses_to_start_without_a_secrets_key() {
     let missing = "SLIPWAY_SECRETS_KEY";
