@@ -134,7 +134,10 @@ pub struct KafkaSettings {
     /// host must set different values.
     #[serde(default)]
     pub instance_id: String,
-    /// Use static membership at all (`false`: classic dynamic membership).
+    /// Use static membership at all (`false`, the default: classic dynamic membership). Off by
+    /// default because Tansu 0.6 never expires a static member (missed heartbeats are checked
+    /// only on requests of dynamic members): a replica gone for good would keep its partitions,
+    /// and after a long broker hang the groups did not form again. Worth it on Apache Kafka.
     #[serde(default = "default_static_membership")]
     pub static_membership: bool,
     /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
@@ -181,7 +184,7 @@ fn no_password() -> SecretString {
 }
 
 fn default_static_membership() -> bool {
-    true
+    false
 }
 
 fn default_partitions() -> i32 {

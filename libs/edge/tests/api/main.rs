@@ -6,4 +6,5 @@ mod helpers;
 mod outage;
 mod platform;
 mod routing;
+mod streams;
 mod traffic;

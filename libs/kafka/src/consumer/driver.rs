@@ -11,12 +11,20 @@
 //! States of the member: *consuming* → *draining* (cancelled: commit stored offsets, leave) or
 //! *restarting*: the client is dropped and a new one joins the group after a backoff, when
 //! librdkafka reported a fatal error (e.g. a static member fenced), a pause/seek failed, or the
-//! watchdog found the member outside its group for [`REJOIN_TIMEOUT`]. The last is what left
-//! the builder deaf after a 90 s broker hang: the session expired during the hang, librdkafka
-//! revoked the assignment and then waited for ever (join state `wait-unassign-to-complete`, then
-//! `wait-join`) on requests the broker never answered, with no error to see; polling went on,
-//! nothing was fetched. Offsets are stored only after a message is done with, so a restart
-//! redelivers, never skips.
+//! watchdog found the member outside its group for too long while the broker answers. The last
+//! is what left the builder deaf after a 90 s broker hang: the session expired during the hang,
+//! librdkafka revoked the assignment and then waited for ever (join state
+//! `wait-unassign-to-complete`, then `wait-join`) on requests the broker never answered, with no
+//! error to see; polling went on, nothing was fetched. Offsets are stored only after a message is
+//! done with, so a restart redelivers, never skips.
+//!
+//! The watchdog counts unsettled time only while some broker has answered this client lately
+//! ([`BROKER_SILENT`]; metadata is refreshed every few seconds so an idle client hears from it).
+//! Recreating a client while the broker is hung helps nothing and harms: each abandoned client's
+//! JoinGroup, queued in its socket, is read when the broker resumes and leaves a member behind
+//! that the broker waits for until its session expires; a watchdog quicker than the session
+//! timeout then abandons the next client before that, and the group never forms (seen on Tansu
+//! after a 90 s hang).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -153,6 +161,12 @@ impl ClientContext for RunnerContext {
     }
 
     fn stats(&self, statistics: rdkafka::Statistics) {
+        // `rxidle`: microseconds since the broker last sent anything, -1 when it never did.
+        let silent_us = i64::try_from(BROKER_SILENT.as_micros()).unwrap_or(i64::MAX);
+        let answering = statistics
+            .brokers
+            .values()
+            .any(|b| b.state == "UP" && (0..silent_us).contains(&b.rxidle));
         let Some(cgrp) = statistics.cgrp else {
             return;
         };
@@ -160,11 +174,41 @@ impl ClientContext for RunnerContext {
             .unsettled
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if cgrp.join_state == "steady" {
-            *unsettled = None;
-        } else if unsettled.is_none() {
-            *unsettled = Some((cgrp.join_state, Instant::now()));
-        }
+        *unsettled = next_unsettled(
+            unsettled.take(),
+            &cgrp.join_state,
+            answering,
+            Instant::now(),
+        );
+    }
+}
+
+/// The watchdog's clock after a statistics report: cleared once the member is `steady`, restarted
+/// while the broker is silent (that time does not count), else kept from when the member left
+/// `steady` (its join state updated).
+fn next_unsettled(
+    previous: Option<(String, Instant)>,
+    join_state: &str,
+    broker_answering: bool,
+    now: Instant,
+) -> Option<(String, Instant)> {
+    if join_state == "steady" {
+        return None;
+    }
+    let since = match previous {
+        Some((_, since)) if broker_answering => since,
+        _ => now,
+    };
+    Some((join_state.to_owned(), since))
+}
+
+/// How long a member may stay in `join_state` while the broker answers before its client is
+/// recreated.
+fn rejoin_timeout(join_state: &str, session_timeout: Duration) -> Duration {
+    if join_state.starts_with("wait-unassign") {
+        UNASSIGN_TIMEOUT
+    } else {
+        session_timeout + REJOIN_MARGIN
     }
 }
 
@@ -192,10 +236,22 @@ struct Wait {
     since: DateTime<Utc>,
 }
 
-/// How long a client may stay outside its group (joining) before it is recreated. A join takes
-/// seconds; after a broker hang librdkafka can wait on a JoinGroup request the broker never
-/// answers (for up to `max.poll.interval.ms`), deaf meanwhile.
-const REJOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a client may wait on its own unassignment (join states `wait-unassign-*`) while the
+/// broker answers: that is local bookkeeping, done in a moment unless librdkafka is stuck.
+const UNASSIGN_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How long a client may stay in the other unsettled join states (`wait-join`, `wait-sync`, ...)
+/// while the broker answers, beyond the session timeout: a rebalance legitimately waits for a
+/// member that vanished until its session expires, so giving up sooner would only add members.
+const REJOIN_MARGIN: Duration = Duration::from_secs(15);
+
+/// A broker that sent this client nothing for this long is taken as away (down or hung): time
+/// outside the group is not counted then (see the module doc).
+const BROKER_SILENT: Duration = Duration::from_secs(15);
+
+/// How often the client refreshes metadata: what makes an idle but reachable broker answer well
+/// within [`BROKER_SILENT`].
+const METADATA_REFRESH_MS: &str = "5000";
 
 /// How one member run ended.
 enum Exit {
@@ -237,8 +293,10 @@ impl<P: Process> Driver<'_, P> {
                 (self.settings.session_timeout_ms / 15).max(500).to_string(),
             )
             .set("fetch.wait.max.ms", self.settings.fetch_wait_ms.to_string())
-            // The watchdog reads the group join state from the statistics.
-            .set("statistics.interval.ms", "5000");
+            // The watchdog reads the group join state from the statistics, and hears from an
+            // idle broker through the metadata refresh.
+            .set("statistics.interval.ms", "5000")
+            .set("topic.metadata.refresh.interval.ms", METADATA_REFRESH_MS);
         config
             .create_with_context(RunnerContext::default())
             .map_err(|source| ConsumerError::Create {
@@ -345,13 +403,14 @@ impl<P: Process> Driver<'_, P> {
                     }
                     let state = client.context().group_state();
                     tracing::debug!(group = %self.group, ?state, "consumer watchdog");
+                    let session = Duration::from_millis(self.settings.session_timeout_ms.into());
                     if let Some((join_state, since)) = state
-                        && since.elapsed() > REJOIN_TIMEOUT
+                        && since.elapsed() > rejoin_timeout(&join_state, session)
                     {
                         return Exit::Restart {
                             reason: format!(
-                                "not a settled member of the group for {:?} (join state \
-                                 {join_state}): a rejoin that never completed",
+                                "not a settled member of the group for {:?} while the broker \
+                                 answers (join state {join_state}): a rejoin that never completed",
                                 since.elapsed()
                             ),
                         };
@@ -549,5 +608,42 @@ async fn until(due: Option<Instant>) {
     match due {
         Some(due) => tokio::time::sleep_until(due).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_counts_only_time_the_broker_answers() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(40);
+        // Left `steady` while the broker answers: the clock starts and keeps its start.
+        let first = next_unsettled(None, "wait-join", true, t0);
+        assert_eq!(first, Some(("wait-join".to_owned(), t0)));
+        let kept = next_unsettled(first.clone(), "wait-sync", true, later);
+        assert_eq!(kept, Some(("wait-sync".to_owned(), t0)));
+        // A silent broker (hung, down) restarts the clock: that time does not count.
+        let hung = next_unsettled(first, "wait-join", false, later);
+        assert_eq!(hung, Some(("wait-join".to_owned(), later)));
+        // Steady clears it, whatever the broker did.
+        assert_eq!(next_unsettled(hung, "steady", false, later), None);
+    }
+
+    #[test]
+    fn a_rebalance_may_wait_out_a_vanished_members_session() {
+        let session = Duration::from_secs(45);
+        assert_eq!(
+            rejoin_timeout("wait-unassign-to-complete", session),
+            UNASSIGN_TIMEOUT
+        );
+        assert_eq!(
+            rejoin_timeout("wait-unassign-call", session),
+            UNASSIGN_TIMEOUT
+        );
+        let join = rejoin_timeout("wait-join", session);
+        assert!(join > session, "{join:?}");
+        assert_eq!(rejoin_timeout("wait-sync", session), join);
     }
 }

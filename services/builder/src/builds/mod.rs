@@ -13,6 +13,7 @@
 pub mod archive;
 pub mod ending;
 pub mod fetch;
+pub mod image;
 pub mod lease;
 pub mod logs;
 pub mod output;

@@ -186,6 +186,14 @@ impl Sandbox {
         }
         Ok(dir)
     }
+
+    /// Where base image blobs pulled from another registry are cached by digest: the
+    /// builder's alone (a build must not plant a blob under a digest it does not have).
+    pub fn base_blobs(&self) -> std::io::Result<PathBuf> {
+        let dir = self.root.join("base-blobs");
+        private_dir(&dir, 0o700)?;
+        Ok(dir)
+    }
 }
 
 /// One build's private directory.

@@ -12,6 +12,24 @@ pub struct BuildSpec {
     pub test: Step,
     pub build: Step,
     pub run: Option<RunSpec>,
+    /// How the image is made (its base); absent: the builder's defaults.
+    #[serde(default)]
+    pub image: ImageSection,
+}
+
+/// `[image]` of slipway.toml: how the image is made.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSection {
+    /// The base image (`host[:port]/repo@sha256:<hex>` or a tag, resolved to a digest once).
+    #[serde(default)]
+    pub base: Option<String>,
+    /// Build from this Dockerfile (relative to the source) instead of the build step + packaging.
+    #[serde(default)]
+    pub dockerfile: Option<String>,
+    /// The Dockerfile's build context (relative to the source; default ".").
+    #[serde(default)]
+    pub context: Option<String>,
 }
 
 /// One shell command, run in the checked-out source.
@@ -95,7 +113,14 @@ impl BuildSpec {
                 package: package.iter().map(|p| p.to_string()).collect(),
             },
             run: None,
+            image: ImageSection::default(),
         }
+    }
+
+    /// The project kind detected in `source` (`cargo`, `go`, `node`, `maven`, `python`), with
+    /// or without a slipway.toml: it picks the builder's base image for that language.
+    pub fn kind(source: &Path) -> Option<&'static str> {
+        Self::detect(source).map(|(_, kind)| kind)
     }
 
     fn detect(source: &Path) -> Option<(Self, &'static str)> {
@@ -200,6 +225,28 @@ mod tests {
         let run = spec.run.unwrap();
         assert_eq!(run.port_env, "PORT");
         assert_eq!(run.health_path, "/healthz");
+        assert_eq!(spec.image, ImageSection::default(), "no [image]: defaults");
+    }
+
+    #[test]
+    fn the_image_section_is_read_and_strict() {
+        let base = "127.0.0.1:5000/base@sha256:".to_owned() + &"a".repeat(64);
+        let text = format!("[test]\n[build]\n[image]\nbase = \"{base}\"\n");
+        let (spec, _) = BuildSpec::load(&dir_with(&[("slipway.toml", &text)])).unwrap();
+        assert_eq!(spec.image.base.as_deref(), Some(base.as_str()));
+        assert_eq!(spec.image.dockerfile, None);
+        let err = BuildSpec::load(&dir_with(&[(
+            "slipway.toml",
+            "[test]\n[build]\n[image]\nbsae = \"x\"\n",
+        )]))
+        .unwrap_err();
+        assert!(err.to_string().contains("bsae"), "{err}");
+        let kind = BuildSpec::kind(&dir_with(&[("slipway.toml", ""), ("requirements.txt", "")]));
+        assert_eq!(
+            kind,
+            Some("python"),
+            "the kind is detected beside a slipway.toml"
+        );
     }
 
     #[test]

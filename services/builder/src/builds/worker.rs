@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::ending::with_tail;
+use super::image::ImageSettings;
 use super::lease::{self, Claimed, Lease, LeaseError, Lost};
 use super::logs::{LogLimits, LogWriter, Stream};
 use super::package::{self, RegistrySettings};
@@ -119,6 +120,8 @@ pub struct Context {
     pub pool: PgPool,
     pub settings: BuildSettings,
     pub registry: RegistrySettings,
+    /// The default base images (`[images]`).
+    pub images: ImageSettings,
     pub sandbox: Sandbox,
     /// Opens clone credentials.
     pub sealer: SecretBox,
@@ -414,11 +417,20 @@ impl Job {
         logs.line("package", Stream::Slipway, &pushing).await?;
         logs.flush().await?;
         let tag = format!("build-{}", build.id);
+        let origin = build
+            .repository
+            .as_deref()
+            .map_or_else(|| "upload".into(), slipway_events::repository::redact);
+        let blob_cache = ctx.sandbox.base_blobs().map_err(step::StepError::Wait)?;
         let target = package::Target {
             service: &build.service_name,
             commit: &commit,
             tag: &tag,
             registry: &ctx.registry,
+            images: &ctx.images,
+            kind: BuildSpec::kind(src),
+            source: Some(&origin),
+            blob_cache: &blob_cache,
         };
         let pushed = package::package_and_push(src, &spec, &target, cancel).await;
         let packaged = match pushed {
@@ -431,7 +443,14 @@ impl Job {
                 return Ok(failed("package", None, e.to_string(), Some(commit)));
             }
         };
-        let done = format!("pushed {} ({} bytes)", packaged.image, packaged.layer_size);
+        let on = packaged
+            .base
+            .as_deref()
+            .map_or_else(|| " (no base image)".to_owned(), |b| format!(" on {b}"));
+        let done = format!(
+            "pushed {}{on} (service layer {} bytes)",
+            packaged.image, packaged.layer_size
+        );
         logs.line("package", Stream::Slipway, &done).await?;
         logs.line("package", Stream::Slipway, "build succeeded")
             .await?;

@@ -6,6 +6,7 @@ mod bounds;
 mod builds;
 mod clone_credentials;
 mod helpers;
+mod images;
 mod leases;
 mod projects;
 mod registry_auth;
