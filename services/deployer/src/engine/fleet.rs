@@ -222,7 +222,7 @@ impl Fleet {
                 image: &release.image,
                 run: release.run.as_ref(),
                 health_check,
-                target: self.target.kind(),
+                target: self.target.kind_for(&owner.environment),
                 deployment_id: owner.deployment_id,
                 owner: &self.replica,
                 node: &self.node,

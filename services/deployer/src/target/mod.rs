@@ -1,12 +1,15 @@
 //! Targets: where instances run. One trait, several runtimes; [`process`] (supervised local
-//! processes) is the embedded default. Docker and Kubernetes targets implement the same trait.
+//! processes) is the embedded default; [`docker`] runs instances as containers on Docker
+//! Engines. [`router`] picks one per environment (`[targets]` settings).
 //!
 //! A target starts, supervises and stops *instances*. It does not know about deployments: the
 //! deployment engine decides how many instances of which release run, and learns what happens to
 //! them (restarts, crashes, output) from the [`TargetEvent`]s the target sends on the channel it
 //! was built with.
 
+pub mod docker;
 pub mod process;
+pub mod router;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -180,6 +183,13 @@ pub enum TargetError {
 pub trait Target: Send + Sync + 'static {
     /// `process`, `docker` or `kubernetes`.
     fn kind(&self) -> &'static str;
+
+    /// The kind that runs instances of `environment` (recorded with each instance): the
+    /// target's own kind, except for a [`router::TargetRouter`] over several.
+    fn kind_for(&self, environment: &str) -> &'static str {
+        let _ = environment;
+        self.kind()
+    }
 
     /// Fetches the artifact (cached by digest), starts the instance and supervises it from then
     /// on: a crash is reported ([`TargetEvent::Exited`]) and restarted with exponential backoff
