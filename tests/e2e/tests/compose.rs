@@ -1,7 +1,8 @@
 //! The platform in containers, really started: `scripts/compose up` (docker-compose.yml with
 //! docker-compose.local.yml, every image built here from Debian packages and the binaries this
 //! test run built), the sample app (examples/hello-python) deployed through the gateway as
-//! `scripts/deploy-sample` does, answering through the edge router, then `down -v`.
+//! `scripts/deploy-sample` does onto the Docker target (a container per instance, on the
+//! Python base the stack's registry holds), answering through the edge router, then `down -v`.
 //!
 //! Its own compose project and published ports, so it cannot collide with another run or a
 //! developer's stack; the images stay (content-tagged), so a second run builds nothing that did
@@ -147,6 +148,21 @@ impl ComposeStack {
         (output.status.success(), text(&output))
     }
 
+    /// The running containers the deployer's Docker target made for this stack (its scope is
+    /// the project name) for the sample app, one line each.
+    fn instances(&self) -> String {
+        let scope = format!("label=dev.slipway.scope={}", self.project);
+        let output = run(Command::new("docker").args([
+            "ps",
+            "-q",
+            "--filter",
+            &scope,
+            "--filter",
+            "label=dev.slipway.service=hello",
+        ]));
+        String::from_utf8_lossy(&output.stdout).trim().to_owned()
+    }
+
     /// What docker lists of this project: `docker ARGS... --filter label=<project>`.
     fn leftovers(&self, args: &[&str]) -> String {
         let filter = format!("label=com.docker.compose.project={}", self.project);
@@ -189,7 +205,8 @@ async fn the_platform_runs_in_compose_and_deploys_the_sample_app_through_the_gat
     // The sample app, through the gateway, as scripts/up deploys it.
     let sample = run(Command::new(repo_root().join("scripts/deploy-sample"))
         .env("SLIPWAY_URL", stack.url())
-        .env("SLIPWAY_TOKEN", stack.token()));
+        .env("SLIPWAY_TOKEN", stack.token())
+        .env("SLIPWAY_SAMPLE_TARGET", "docker"));
     if !sample.status.success() {
         let logs = run(&mut stack.script(&["logs", "--tail", "60", "builder", "deployer"]));
         panic!(
@@ -241,6 +258,14 @@ async fn the_platform_runs_in_compose_and_deploys_the_sample_app_through_the_gat
         Some(2),
         "{state}"
     );
+    // On the Docker target: one running container per instance, in this stack's scope.
+    let containers = stack.instances();
+    assert_eq!(
+        containers.lines().count(),
+        2,
+        "the instance containers of {}: {containers:?}\n{state}",
+        stack.project
+    );
 
     // Down with its volumes: nothing of the project is left.
     let (ok, said) = stack.down();
@@ -261,5 +286,6 @@ async fn the_platform_runs_in_compose_and_deploys_the_sample_app_through_the_gat
         "",
         "networks of {project}"
     );
+    assert_eq!(stack.instances(), "", "instance containers of {project}");
     eprintln!("done after {:?}", started.elapsed());
 }

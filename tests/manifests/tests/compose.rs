@@ -209,6 +209,8 @@ fn compose_run(files: &[PathBuf], set: &[&str], args: &[&str]) -> std::process::
     for variable in set {
         command.env(variable, "set-by-the-test");
     }
+    // The group of the Docker socket the deployer joins (no default: it differs per machine).
+    command.env("SLIPWAY_DOCKER_GID", "999");
     // The signing keys have no default either (their own test below).
     for s in SERVICES {
         for kind in ["KEY", "PUB"] {
@@ -490,6 +492,7 @@ fn docker_compose_refuses_to_run_without_signing_keys() {
         .arg(compose_file())
         .args(["config", "-q"])
         .current_dir(repo_root());
+    command.env("SLIPWAY_DOCKER_GID", "999");
     for variable in REQUIRED {
         command.env(variable, "set-by-the-test");
     }
