@@ -31,6 +31,9 @@ pub struct Settings {
     pub upstreams: UpstreamSettings,
     pub deploy: DeploySettings,
     pub process: ProcessSettings,
+    /// The Kubernetes target's clusters per environment (none: no environment runs there).
+    #[serde(default)]
+    pub kubernetes: crate::target::kubernetes::KubernetesSettings,
     /// Liveness of this replica, and adoption of the instances of replicas that are gone.
     #[serde(default)]
     pub replicas: ReplicaSettings,
