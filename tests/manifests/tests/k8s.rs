@@ -284,7 +284,11 @@ fn role_and_binding<'a>(documents: &'a [Document], account: &str, place: &str) -
     let allows = |group: &str, resource: &str, verb: &str| {
         rules.iter().any(|rule| {
             rule.api_groups.iter().flatten().any(|g| g == group)
-                && rule.resources.iter().flatten().any(|r| r == resource || r == "*")
+                && rule
+                    .resources
+                    .iter()
+                    .flatten()
+                    .any(|r| r == resource || r == "*")
                 && rule.verbs.iter().any(|v| v == verb || v == "*")
         })
     };
@@ -332,19 +336,29 @@ fn application_namespaces_grant_the_deployer_the_same_rights() {
     let account = "slipway-deployer";
     let binding = role_and_binding(&documents, account, "k8s/target");
     let namespace = binding.metadata.namespace.as_deref();
-    assert!(namespace.is_some(), "k8s/target: the RoleBinding names its namespace");
+    assert!(
+        namespace.is_some(),
+        "k8s/target: the RoleBinding names its namespace"
+    );
     for d in &documents {
         let meta = match &d.object {
             Object::Role(r) => &r.metadata,
             Object::RoleBinding(b) => &b.metadata,
-            _ => panic!("{}: only a Role and its RoleBinding belong in k8s/target", d.origin),
+            _ => panic!(
+                "{}: only a Role and its RoleBinding belong in k8s/target",
+                d.origin
+            ),
         };
         assert_eq!(meta.namespace.as_deref(), namespace, "{}", d.origin);
     }
     assert!(
-        binding.subjects.iter().flatten().any(|s| s.kind == "ServiceAccount"
-            && s.name == account
-            && s.namespace.as_deref() == Some("slipway")),
+        binding
+            .subjects
+            .iter()
+            .flatten()
+            .any(|s| s.kind == "ServiceAccount"
+                && s.name == account
+                && s.namespace.as_deref() == Some("slipway")),
         "k8s/target: the RoleBinding must bind the deployer's ServiceAccount in `slipway`"
     );
 }

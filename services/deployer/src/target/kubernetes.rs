@@ -35,25 +35,26 @@
 //! restart on the pod the ReplicaSet puts in its place, and follows each bound pod's log
 //! ([`TargetEvent::Logs`]). Supervision (restarts, backoff) is the cluster's.
 
+mod cluster;
 mod objects;
 mod pods;
 pub mod route;
 mod settings;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use k8s_openapi::api::core::v1::{Pod, Service};
+use kube::api::{Api, DeleteParams, ListParams, Patch};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use self::cluster::{Cluster, api_error, is_not_found, listed, lock};
 use self::objects::Names;
 pub use self::settings::{ClusterSettings, KubernetesSettings};
 use super::{
@@ -66,61 +67,6 @@ pub const FIELD_MANAGER: &str = "slipway";
 const POLL: Duration = Duration::from_millis(250);
 /// How often a Deployment write is retried after a conflict with another writer.
 const CONFLICT_RETRIES: usize = 5;
-
-/// One environment's cluster and namespace; the client is made at first use (loading a
-/// kubeconfig is asynchronous).
-pub(crate) struct Cluster {
-    pub environment: String,
-    pub settings: ClusterSettings,
-    client: OnceCell<kube::Client>,
-}
-
-impl Cluster {
-    pub(crate) async fn client(&self) -> Result<kube::Client, TargetError> {
-        let client = self
-            .client
-            .get_or_try_init(|| async {
-                let config = match (&self.settings.kubeconfig, &self.settings.context) {
-                    (None, None) => kube::Config::incluster().map_err(|e| e.to_string())?,
-                    (file, context) => {
-                        let options = KubeConfigOptions {
-                            context: context.clone(),
-                            ..KubeConfigOptions::default()
-                        };
-                        match file {
-                            Some(file) => {
-                                let kubeconfig =
-                                    Kubeconfig::read_from(file).map_err(|e| e.to_string())?;
-                                kube::Config::from_custom_kubeconfig(kubeconfig, &options)
-                                    .await
-                                    .map_err(|e| e.to_string())?
-                            }
-                            None => kube::Config::from_kubeconfig(&options)
-                                .await
-                                .map_err(|e| e.to_string())?,
-                        }
-                    }
-                };
-                kube::Client::try_from(config).map_err(|e| e.to_string())
-            })
-            .await
-            .map_err(|e: String| {
-                TargetError::Start(format!(
-                    "no Kubernetes client for environment `{}`: {e}",
-                    self.environment
-                ))
-            })?;
-        Ok(client.clone())
-    }
-
-    pub(crate) async fn api<K>(&self) -> Result<Api<K>, TargetError>
-    where
-        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope>,
-        <K as kube::Resource>::DynamicType: Default,
-    {
-        Ok(Api::namespaced(self.client().await?, &self.settings.namespace))
-    }
-}
 
 /// An instance this target supervises.
 pub(crate) struct Instance {
@@ -160,167 +106,6 @@ pub(crate) struct Shared {
     /// Woken when bindings may have changed.
     pub changed: Notify,
     pub cancel: CancellationToken,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn api_error(what: &str, e: kube::Error) -> TargetError {
-    TargetError::Start(format!("{what}: {e}"))
-}
-
-fn is_conflict(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 409)
-}
-
-fn is_not_found(e: &kube::Error) -> bool {
-    matches!(e, kube::Error::Api(s) if s.code == 404)
-}
-
-impl Shared {
-    pub(crate) fn instances(&self) -> MutexGuard<'_, HashMap<Uuid, Instance>> {
-        lock(&self.instances)
-    }
-
-    fn cluster(&self, environment: &str) -> Result<&Cluster, TargetError> {
-        self.clusters.get(environment).ok_or_else(|| {
-            TargetError::Start(format!(
-                "no Kubernetes cluster for environment `{environment}` \
-                 (set [kubernetes.environments.{environment}])"
-            ))
-        })
-    }
-
-    fn writer(&self, deployment: &str) -> Arc<tokio::sync::Mutex<()>> {
-        lock(&self.locks)
-            .entry(deployment.to_owned())
-            .or_default()
-            .clone()
-    }
-
-    fn apply_params() -> PatchParams {
-        PatchParams::apply(FIELD_MANAGER).force()
-    }
-
-    /// Reads the Deployment of `spec`'s release, changes its instance list with `change`, and
-    /// applies it (or deletes it and the release's Service at zero), retrying on conflicts.
-    async fn update_instances(
-        &self,
-        spec: &InstanceSpec,
-        change: impl Fn(&mut BTreeSet<String>),
-    ) -> Result<(), TargetError> {
-        let cluster = self.cluster(&spec.environment)?;
-        let names = Names::new(&spec.service_name, &spec.environment);
-        let name = names.release(spec.release);
-        let writer = self.writer(&name);
-        let _guard = writer.lock().await;
-        let api: Api<Deployment> = cluster.api().await?;
-        for _ in 0..CONFLICT_RETRIES {
-            let current = api
-                .get_opt(&name)
-                .await
-                .map_err(|e| api_error("cannot read the Deployment", e))?;
-            let mut ids = current.as_ref().map(listed).unwrap_or_default();
-            change(&mut ids);
-            if ids.is_empty() {
-                if current.is_some() {
-                    delete_release(cluster, &names, spec.release).await?;
-                }
-                return Ok(());
-            }
-            let version = current.and_then(|d| d.metadata.resource_version);
-            let deadline = i32::try_from(self.settings.progress_deadline_seconds).unwrap_or(600);
-            let object = objects::deployment(&names, spec, &ids, deadline, version);
-            match api
-                .patch(&name, &Self::apply_params(), &Patch::Apply(&object))
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(e) if is_conflict(&e) => continue,
-                Err(e) => return Err(api_error("cannot apply the Deployment", e)),
-            }
-        }
-        Err(TargetError::Start(format!(
-            "the Deployment {name} kept changing under this deployer ({CONFLICT_RETRIES} conflicts)"
-        )))
-    }
-
-    async fn apply_release(&self, spec: &InstanceSpec) -> Result<(), TargetError> {
-        let cluster = self.cluster(&spec.environment)?;
-        let names = Names::new(&spec.service_name, &spec.environment);
-        let params = Self::apply_params();
-        let config = names.config(spec.config_version);
-        let maps: Api<ConfigMap> = cluster.api().await?;
-        maps.patch(&config, &params, &Patch::Apply(&objects::config_map(&names, spec)))
-            .await
-            .map_err(|e| api_error("cannot apply the ConfigMap", e))?;
-        let secrets: Api<Secret> = cluster.api().await?;
-        // The error names the object only: the API server's message might quote values.
-        secrets
-            .patch(&config, &params, &Patch::Apply(&objects::secret(&names, spec)))
-            .await
-            .map_err(|e| match e {
-                kube::Error::Api(s) => TargetError::Start(format!(
-                    "cannot apply the Secret {config}: {} ({})",
-                    s.reason, s.code
-                )),
-                _ => TargetError::Start(format!("cannot apply the Secret {config}")),
-            })?;
-        let services: Api<Service> = cluster.api().await?;
-        let own = names.release(spec.release);
-        services
-            .patch(
-                &own,
-                &params,
-                &Patch::Apply(&objects::service(&names, own.clone(), spec.release)),
-            )
-            .await
-            .map_err(|e| api_error("cannot apply the release's Service", e))?;
-        // The stable Service is made once, selecting the first release; after that only
-        // set_weights moves it (an apply here would undo a blue-green switch).
-        let stable = names.stable();
-        let exists = services
-            .get_opt(&stable)
-            .await
-            .map_err(|e| api_error("cannot read the stable Service", e))?
-            .is_some();
-        if !exists {
-            services
-                .patch(
-                    &stable,
-                    &params,
-                    &Patch::Apply(&objects::service(&names, stable.clone(), spec.release)),
-                )
-                .await
-                .map_err(|e| api_error("cannot apply the stable Service", e))?;
-        }
-        Ok(())
-    }
-}
-
-/// The instance ids a Deployment lists.
-fn listed(d: &Deployment) -> BTreeSet<String> {
-    d.metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(objects::INSTANCES))
-        .and_then(|raw| serde_json::from_str(raw).ok())
-        .unwrap_or_default()
-}
-
-async fn delete_release(cluster: &Cluster, names: &Names, release: i32) -> Result<(), TargetError> {
-    let name = names.release(release);
-    let deployments: Api<Deployment> = cluster.api().await?;
-    match deployments.delete(&name, &DeleteParams::foreground()).await {
-        Err(e) if !is_not_found(&e) => return Err(api_error("cannot delete the Deployment", e)),
-        _ => {}
-    }
-    let services: Api<Service> = cluster.api().await?;
-    match services.delete(&name, &DeleteParams::default()).await {
-        Err(e) if !is_not_found(&e) => Err(api_error("cannot delete the release's Service", e)),
-        _ => Ok(()),
-    }
 }
 
 /// Instances as pods of per-release Deployments (see the module's doc).
@@ -570,7 +355,11 @@ impl KubernetesTarget {
         );
         let routes: Api<route::HttpRoute> = cluster.api().await?;
         routes
-            .patch(&names.stable(), &Shared::apply_params(), &Patch::Apply(&route))
+            .patch(
+                &names.stable(),
+                &Shared::apply_params(),
+                &Patch::Apply(&route),
+            )
             .await
             .map_err(|e| api_error("cannot apply the HTTPRoute", e))?;
         // Blue-green: the stable Service follows the release with the most traffic (the

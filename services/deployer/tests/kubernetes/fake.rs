@@ -15,15 +15,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
-use serde::Serialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use slipway_deployer::target::kubernetes::route::HttpRoute;
 use tokio::sync::broadcast;
 
+use crate::validate::validate;
+
 type Key = (String, String, String); // plural, namespace, name
+/// method, plural, name, fieldManager
+type Write = (String, String, String, Option<String>);
 
 #[derive(Debug, Clone)]
 pub struct Event {
@@ -49,7 +48,7 @@ pub struct State {
     /// Images whose pods never become ready.
     never_ready: Mutex<HashSet<String>>,
     /// (method, plural, name, fieldManager) of every write.
-    pub writes: Mutex<Vec<(String, String, String, Option<String>)>>,
+    pub writes: Mutex<Vec<Write>>,
 }
 
 pub struct FakeApi {
@@ -180,7 +179,9 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
             let items: Vec<Value> = store
                 .objects
                 .iter()
-                .filter(|((p, n, _), v)| *p == plural && *n == ns && matches(v, q.get("labelSelector")))
+                .filter(|((p, n, _), v)| {
+                    *p == plural && *n == ns && matches(v, q.get("labelSelector"))
+                })
                 .map(|(_, v)| v.clone())
                 .collect();
             HttpResponse::Ok().json(json!({
@@ -189,10 +190,15 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
             }))
         }
         ("GET", Some(name)) if log => logs(&state, ns, name, &q),
-        ("GET", Some(name)) => match lock(&state.store).objects.get(&(plural.clone(), ns, name.clone())) {
-            Some(v) => HttpResponse::Ok().json(v),
-            None => status(404, "NotFound", format!("{plural} \"{name}\" not found")),
-        },
+        ("GET", Some(name)) => {
+            match lock(&state.store)
+                .objects
+                .get(&(plural.clone(), ns, name.clone()))
+            {
+                Some(v) => HttpResponse::Ok().json(v),
+                None => status(404, "NotFound", format!("{plural} \"{name}\" not found")),
+            }
+        }
         ("PATCH", Some(name)) => {
             let content = req
                 .headers()
@@ -200,10 +206,18 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or_default();
             if content != "application/apply-patch+yaml" {
-                return status(415, "UnsupportedMediaType", format!("only server-side apply here, not {content}"));
+                return status(
+                    415,
+                    "UnsupportedMediaType",
+                    format!("only server-side apply here, not {content}"),
+                );
             }
             let Some(manager) = q.get("fieldManager").cloned() else {
-                return status(400, "BadRequest", "fieldManager is required for apply requests");
+                return status(
+                    400,
+                    "BadRequest",
+                    "fieldManager is required for apply requests",
+                );
             };
             lock(&state.writes).push(("PATCH".into(), plural.clone(), name.clone(), Some(manager)));
             let object: Value = match serde_json::from_slice(&body) {
@@ -224,7 +238,10 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
 }
 
 fn watch(state: &State, plural: String, ns: String, q: BTreeMap<String, String>) -> HttpResponse {
-    let from: u64 = q.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let from: u64 = q
+        .get("resourceVersion")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let selector = q.get("labelSelector").cloned();
     let mut live = state.events.subscribe();
     let past: Vec<Event> = lock(&state.store)
@@ -233,9 +250,12 @@ fn watch(state: &State, plural: String, ns: String, q: BTreeMap<String, String>)
         .filter(|e| e.rv > from)
         .cloned()
         .collect();
-    let keep = move |e: &Event| e.plural == plural && e.namespace == ns && matches(&e.object, selector.as_ref());
+    let keep = move |e: &Event| {
+        e.plural == plural && e.namespace == ns && matches(&e.object, selector.as_ref())
+    };
     let line = |e: &Event| {
-        let mut l = serde_json::to_vec(&json!({"type": e.kind, "object": e.object})).unwrap_or_default();
+        let mut l =
+            serde_json::to_vec(&json!({"type": e.kind, "object": e.object})).unwrap_or_default();
         l.push(b'\n');
         Ok::<_, std::io::Error>(web::Bytes::from(l))
     };
@@ -260,7 +280,9 @@ fn watch(state: &State, plural: String, ns: String, q: BTreeMap<String, String>)
             }
         }
     });
-    HttpResponse::Ok().content_type("application/json").streaming(stream)
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .streaming(stream)
 }
 
 /// A stream fed by a task (no async-stream crate needed).
@@ -289,7 +311,11 @@ fn logs(state: &State, ns: String, name: String, q: &BTreeMap<String, String>) -
         return status(400, "BadRequest", "container name must be given: app");
     }
     let follow = q.get("follow").is_some_and(|f| f == "true");
-    let lines = lock(&state.store).logs.get(&name).cloned().unwrap_or_default();
+    let lines = lock(&state.store)
+        .logs
+        .get(&name)
+        .cloned()
+        .unwrap_or_default();
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
     if !follow {
         return HttpResponse::Ok().content_type("text/plain").body(text);
@@ -301,151 +327,17 @@ fn logs(state: &State, ns: String, name: String, q: &BTreeMap<String, String>) -
         }
         // Open until the pod is deleted, like the kubelet's stream.
         while let Ok(e) = live.recv().await {
-            if e.plural == "pods" && e.kind == "DELETED" && e.object["metadata"]["name"] == name.as_str() {
+            if e.plural == "pods"
+                && e.kind == "DELETED"
+                && e.object["metadata"]["name"] == name.as_str()
+            {
                 return;
             }
         }
     });
-    HttpResponse::Ok().content_type("text/plain").streaming(stream)
-}
-
-/// `T`'s reading of `object`, which must serialise back to `object` exactly.
-fn typed<T: DeserializeOwned + Serialize>(object: &Value) -> Result<T, String> {
-    let typed: T = serde_json::from_value(object.clone()).map_err(|e| e.to_string())?;
-    let back = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
-    if back != *object {
-        return Err(format!("fields not in the schema, or misplaced: sent {object}, understood {back}"));
-    }
-    Ok(typed)
-}
-
-fn dns_label(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
-}
-
-fn label_value(v: &str) -> bool {
-    v.len() <= 63
-        && v.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        && (v.is_empty() || (v.starts_with(|c: char| c.is_ascii_alphanumeric()) && v.ends_with(|c: char| c.is_ascii_alphanumeric())))
-}
-
-fn labels_valid(labels: Option<&BTreeMap<String, String>>) -> Result<(), String> {
-    for (k, v) in labels.into_iter().flatten() {
-        let name = k.rsplit('/').next().unwrap_or_default();
-        if !label_value(name) || name.is_empty() || !label_value(v) {
-            return Err(format!("metadata.labels: invalid label {k}={v}"));
-        }
-    }
-    Ok(())
-}
-
-fn config_key(k: &str) -> bool {
-    !k.is_empty() && k.len() <= 253 && k.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
-}
-
-/// What the API server's validation would refuse of what the target sends.
-fn validate(plural: &str, name: &str, object: &Value) -> Result<(), String> {
-    let meta_name = object["metadata"]["name"].as_str().unwrap_or_default();
-    if meta_name != name {
-        return Err(format!("metadata.name `{meta_name}` is not the URL's `{name}`"));
-    }
-    if !dns_label(name) {
-        return Err(format!("metadata.name: `{name}` is not a DNS-1123 label"));
-    }
-    let (api_version, kind) = match plural {
-        "deployments" => ("apps/v1", "Deployment"),
-        "services" => ("v1", "Service"),
-        "configmaps" => ("v1", "ConfigMap"),
-        "secrets" => ("v1", "Secret"),
-        "httproutes" => ("gateway.networking.k8s.io/v1", "HTTPRoute"),
-        other => return Err(format!("the target has no business writing {other}")),
-    };
-    if object["apiVersion"] != api_version || object["kind"] != kind {
-        return Err(format!("apiVersion/kind must be {api_version}/{kind}"));
-    }
-    match plural {
-        "deployments" => {
-            let d: Deployment = typed(object)?;
-            labels_valid(d.metadata.labels.as_ref())?;
-            let spec = d.spec.ok_or("spec: Required value")?;
-            let template_labels = spec.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default();
-            labels_valid(Some(&template_labels))?;
-            let selector = spec.selector.match_labels.unwrap_or_default();
-            if selector.is_empty() || selector.iter().any(|(k, v)| template_labels.get(k) != Some(v)) {
-                return Err("spec.template.metadata.labels: Invalid value: `selector` does not match template `labels`".into());
-            }
-            if spec.replicas.is_some_and(|r| r < 0) {
-                return Err("spec.replicas: must be greater than or equal to 0".into());
-            }
-            let pod = spec.template.spec.ok_or("spec.template.spec: Required value")?;
-            if pod.containers.is_empty() {
-                return Err("spec.template.spec.containers: Required value".into());
-            }
-            for c in &pod.containers {
-                if !dns_label(&c.name) || c.image.as_deref().is_none_or(str::is_empty) {
-                    return Err(format!("container `{}`: name and image required", c.name));
-                }
-                for e in c.env.iter().flatten() {
-                    if !config_key(&e.name) {
-                        return Err(format!("env `{}`: invalid name", e.name));
-                    }
-                }
-                for p in c.ports.iter().flatten() {
-                    if !(1..=65535).contains(&p.container_port) {
-                        return Err("containerPort out of range".into());
-                    }
-                }
-            }
-        }
-        "services" => {
-            let s: Service = typed(object)?;
-            labels_valid(s.metadata.labels.as_ref())?;
-            if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
-                return Err("metadata.name: a Service name must start with a letter (DNS-1035)".into());
-            }
-            let spec = s.spec.ok_or("spec: Required value")?;
-            labels_valid(spec.selector.as_ref())?;
-            let ports = spec.ports.unwrap_or_default();
-            if ports.is_empty() || ports.iter().any(|p| !(1..=65535).contains(&p.port)) {
-                return Err("spec.ports: Required value".into());
-            }
-        }
-        "configmaps" => {
-            let c: ConfigMap = typed(object)?;
-            labels_valid(c.metadata.labels.as_ref())?;
-            if let Some(k) = c.data.iter().flatten().map(|(k, _)| k).find(|k| !config_key(k)) {
-                return Err(format!("data[{k}]: a valid config key must consist of alphanumerics, '-', '_' or '.'"));
-            }
-        }
-        "secrets" => {
-            let s: Secret = typed(object)?;
-            labels_valid(s.metadata.labels.as_ref())?;
-            if let Some(k) = s.data.iter().flatten().map(|(k, _)| k).find(|k| !config_key(k)) {
-                return Err(format!("data[{k}]: invalid key"));
-            }
-        }
-        "httproutes" => {
-            let r: HttpRoute = typed(object)?;
-            labels_valid(r.metadata.labels.as_ref())?;
-            if r.spec.parent_refs.is_empty() || r.spec.parent_refs.len() > 32 {
-                return Err("spec.parentRefs: 1 to 32 required".into());
-            }
-            if r.spec.rules.len() > 16 {
-                return Err("spec.rules: at most 16".into());
-            }
-            for b in r.spec.rules.iter().flat_map(|r| &r.backend_refs) {
-                if b.weight.is_some_and(|w| w > 1_000_000) || !dns_label(&b.name) || b.port == 0 {
-                    return Err(format!("spec.rules.backendRefs: invalid backend {b:?}"));
-                }
-            }
-        }
-        _ => {}
-    }
-    Ok(())
+    HttpResponse::Ok()
+        .content_type("text/plain")
+        .streaming(stream)
 }
 
 impl State {
@@ -468,38 +360,67 @@ impl State {
             .and_then(|m| m.remove("resourceVersion"))
             .and_then(|v| v.as_str().map(str::to_owned));
         if let Err(why) = validate(plural, name, &object) {
-            return status(422, "Invalid", format!("{plural} \"{name}\" is invalid: {why}"));
+            return status(
+                422,
+                "Invalid",
+                format!("{plural} \"{name}\" is invalid: {why}"),
+            );
         }
         let key: Key = (plural.into(), ns.into(), name.into());
         let stored = {
             let mut store = lock(&self.store);
             let existing = store.objects.get(&key).cloned();
             if let Some(want) = &precondition {
-                let have = existing.as_ref().and_then(|e| e["metadata"]["resourceVersion"].as_str().map(str::to_owned));
+                let have = existing
+                    .as_ref()
+                    .and_then(|e| e["metadata"]["resourceVersion"].as_str().map(str::to_owned));
                 if have.as_deref() != Some(want.as_str()) {
-                    return status(409, "Conflict", format!(
-                        "Operation cannot be fulfilled on {plural} \"{name}\": the object has been modified"));
+                    return status(
+                        409,
+                        "Conflict",
+                        format!(
+                            "Operation cannot be fulfilled on {plural} \"{name}\": the object has been modified"
+                        ),
+                    );
                 }
             }
             if let Some(old) = &existing
                 && old["immutable"] == true
                 && (old["data"] != object["data"] || object["immutable"] != true)
             {
-                return status(422, "Invalid", format!("{plural} \"{name}\" is invalid: data: Forbidden: field is immutable when `immutable` is set"));
+                return status(
+                    422,
+                    "Invalid",
+                    format!(
+                        "{plural} \"{name}\" is invalid: data: Forbidden: field is immutable when `immutable` is set"
+                    ),
+                );
             }
             store.rv += 1;
             let rv = store.rv.to_string();
-            let meta = object["metadata"].as_object_mut().expect("metadata checked");
+            let meta = object["metadata"]
+                .as_object_mut()
+                .expect("metadata checked");
             meta.insert("namespace".into(), ns.into());
             meta.insert("resourceVersion".into(), rv.into());
-            meta.insert("uid".into(), existing.as_ref().map_or_else(|| format!("uid-{}", store.rv).into(), |e| e["metadata"]["uid"].clone()));
+            meta.insert(
+                "uid".into(),
+                existing.as_ref().map_or_else(
+                    || format!("uid-{}", store.rv).into(),
+                    |e| e["metadata"]["uid"].clone(),
+                ),
+            );
             if let Some(old) = &existing
                 && !old["status"].is_null()
             {
                 object["status"] = old["status"].clone();
             }
             store.objects.insert(key, object.clone());
-            let kind = if existing.is_some() { "MODIFIED" } else { "ADDED" };
+            let kind = if existing.is_some() {
+                "MODIFIED"
+            } else {
+                "ADDED"
+            };
             self.record(&mut store, plural, ns, kind, object.clone());
             object
         };
@@ -515,14 +436,18 @@ impl State {
         match plural {
             // The ReplicaSet of a pod's Deployment replaces it.
             "pods" => {
-                if let Some(owner) = removed["metadata"]["annotations"]["fake/deployment"].as_str() {
+                if let Some(owner) = removed["metadata"]["annotations"]["fake/deployment"].as_str()
+                {
                     self.reconcile(ns, owner);
                 }
             }
             // Foreground deletion: the pods go with the Deployment.
             "deployments" => {
                 for pod in self.owned(ns, name) {
-                    let pod_name = pod["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+                    let pod_name = pod["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned();
                     self.remove("pods", ns, &pod_name);
                 }
             }
@@ -534,7 +459,9 @@ impl State {
     /// Removes an object and records the event, nothing else (what controllers do).
     fn remove(&self, plural: &str, ns: &str, name: &str) -> Option<Value> {
         let mut store = lock(&self.store);
-        let removed = store.objects.remove(&(plural.into(), ns.into(), name.into()))?;
+        let removed = store
+            .objects
+            .remove(&(plural.into(), ns.into(), name.into()))?;
         store.rv += 1;
         let mut gone = removed.clone();
         gone["metadata"]["resourceVersion"] = store.rv.to_string().into();
@@ -546,14 +473,22 @@ impl State {
         lock(&self.store)
             .objects
             .iter()
-            .filter(|((p, n, _), v)| p == "pods" && n == ns && v["metadata"]["annotations"]["fake/deployment"] == deployment)
+            .filter(|((p, n, _), v)| {
+                p == "pods"
+                    && n == ns
+                    && v["metadata"]["annotations"]["fake/deployment"] == deployment
+            })
             .map(|(_, v)| v.clone())
             .collect()
     }
 
     /// The Deployment controller (and the ReplicaSet's) for one Deployment.
     fn reconcile(&self, ns: &str, name: &str) {
-        let Some(d) = lock(&self.store).objects.get(&("deployments".into(), ns.into(), name.into())).cloned() else {
+        let Some(d) = lock(&self.store)
+            .objects
+            .get(&("deployments".into(), ns.into(), name.into()))
+            .cloned()
+        else {
             return;
         };
         let template = d["spec"]["template"].clone();
@@ -566,8 +501,15 @@ impl State {
         let want = d["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
         let mut pods = self.owned(ns, name);
         // A new template: the old pods go (the fake rolls all at once).
-        for old in pods.iter().filter(|p| p["metadata"]["labels"]["pod-template-hash"] != hash.as_str()) {
-            self.remove("pods", ns, old["metadata"]["name"].as_str().unwrap_or_default());
+        for old in pods
+            .iter()
+            .filter(|p| p["metadata"]["labels"]["pod-template-hash"] != hash.as_str())
+        {
+            self.remove(
+                "pods",
+                ns,
+                old["metadata"]["name"].as_str().unwrap_or_default(),
+            );
         }
         pods.retain(|p| p["metadata"]["labels"]["pod-template-hash"] == hash.as_str());
         if pods.len() > want {
@@ -575,11 +517,19 @@ impl State {
             pods.sort_by_key(|p| {
                 (
                     is_ready(p),
-                    std::cmp::Reverse(p["metadata"]["annotations"]["fake/ordinal"].as_str().and_then(|o| o.parse::<u64>().ok())),
+                    std::cmp::Reverse(
+                        p["metadata"]["annotations"]["fake/ordinal"]
+                            .as_str()
+                            .and_then(|o| o.parse::<u64>().ok()),
+                    ),
                 )
             });
             for extra in &pods[..pods.len() - want] {
-                self.remove("pods", ns, extra["metadata"]["name"].as_str().unwrap_or_default());
+                self.remove(
+                    "pods",
+                    ns,
+                    extra["metadata"]["name"].as_str().unwrap_or_default(),
+                );
             }
         }
         for _ in pods.len()..want {
@@ -588,7 +538,10 @@ impl State {
     }
 
     fn make_pod(&self, ns: &str, deployment: &str, template: &Value, hash: &str) {
-        let image = template["spec"]["containers"][0]["image"].as_str().unwrap_or_default().to_owned();
+        let image = template["spec"]["containers"][0]["image"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
         let never = lock(&self.never_ready).contains(&image);
         let (name, pod) = {
             let mut store = lock(&self.store);
@@ -619,7 +572,9 @@ impl State {
                                            "restartCount": 0, "state": {"waiting": waiting}}],
                 },
             });
-            store.objects.insert(("pods".into(), ns.into(), name.clone()), pod.clone());
+            store
+                .objects
+                .insert(("pods".into(), ns.into(), name.clone()), pod.clone());
             self.record(&mut store, "pods", ns, "ADDED", pod.clone());
             (name, pod)
         };
@@ -633,7 +588,10 @@ impl State {
             .to_owned();
         lock(&self.store).logs.insert(
             name.clone(),
-            vec!["listening on :8080".to_owned(), format!("release v{release} up")],
+            vec![
+                "listening on :8080".to_owned(),
+                format!("release v{release} up"),
+            ],
         );
         self.mark_ready(ns, &name);
     }

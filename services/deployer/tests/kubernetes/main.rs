@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
 mod fake;
+mod validate;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -153,7 +154,9 @@ impl Harness {
         self.api
             .list("pods", NS)
             .into_iter()
-            .filter(|p| p["metadata"]["labels"]["slipway.dev/release"] == release.to_string().as_str())
+            .filter(|p| {
+                p["metadata"]["labels"]["slipway.dev/release"] == release.to_string().as_str()
+            })
             .collect()
     }
 }
@@ -167,7 +170,12 @@ fn listed(deployment: &Value) -> Vec<String> {
 
 fn secret_value(secret: &Value, key: &str) -> String {
     let b64 = secret["data"][key].as_str().unwrap();
-    String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64).unwrap()).unwrap()
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 fn pod_ip(placement: &Placement) -> String {
@@ -178,7 +186,10 @@ fn pod_ip(placement: &Placement) -> String {
 async fn start_applies_the_release_and_binds_a_ready_pod_per_instance() {
     let mut h = Harness::new(600).await;
     let a = h.spec(1, 1, "hello");
-    let b = InstanceSpec { instance_id: Uuid::now_v7(), ..a.clone() };
+    let b = InstanceSpec {
+        instance_id: Uuid::now_v7(),
+        ..a.clone()
+    };
     let (pa, pb) = tokio::join!(h.start(&a), h.start(&b));
     assert_ne!(pa.address, pb.address, "two instances, two pods");
     assert_eq!(pa.port, 8080);
@@ -193,10 +204,22 @@ async fn start_applies_the_release_and_binds_a_ready_pod_per_instance() {
     assert_eq!(ids, want);
     let container = &d["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(container["image"], a.image.as_str());
-    assert_eq!(container["envFrom"][0]["configMapRef"]["name"], "shop-staging-c1");
-    assert_eq!(container["envFrom"][1]["secretRef"]["name"], "shop-staging-c1");
-    assert_eq!(d["spec"]["template"]["spec"]["automountServiceAccountToken"], false);
-    assert_eq!(container["securityContext"]["capabilities"]["drop"][0], "ALL");
+    assert_eq!(
+        container["envFrom"][0]["configMapRef"]["name"],
+        "shop-staging-c1"
+    );
+    assert_eq!(
+        container["envFrom"][1]["secretRef"]["name"],
+        "shop-staging-c1"
+    );
+    assert_eq!(
+        d["spec"]["template"]["spec"]["automountServiceAccountToken"],
+        false
+    );
+    assert_eq!(
+        container["securityContext"]["capabilities"]["drop"][0],
+        "ALL"
+    );
 
     // The config is a Secret only; the ConfigMap holds Slipway's markers.
     let secret = h.object("secrets", "shop-staging-c1");
@@ -204,16 +227,29 @@ async fn start_applies_the_release_and_binds_a_ready_pod_per_instance() {
     assert_eq!(secret["immutable"], true);
     let map = h.object("configmaps", "shop-staging-c1");
     assert_eq!(map["data"]["SLIPWAY_CONFIG_VERSION"], "1");
-    assert!(!map.to_string().contains("hello"), "a config value in a ConfigMap: {map}");
+    assert!(
+        !map.to_string().contains("hello"),
+        "a config value in a ConfigMap: {map}"
+    );
 
-    assert_eq!(h.object("services", "shop-staging-v1")["spec"]["selector"]["slipway.dev/release"], "1");
-    assert_eq!(h.object("services", "shop-staging")["spec"]["selector"]["slipway.dev/release"], "1");
+    assert_eq!(
+        h.object("services", "shop-staging-v1")["spec"]["selector"]["slipway.dev/release"],
+        "1"
+    );
+    assert_eq!(
+        h.object("services", "shop-staging")["spec"]["selector"]["slipway.dev/release"],
+        "1"
+    );
 
     // Every write is a server-side apply by `slipway`.
     let writes = h.api.state.writes.lock().unwrap().clone();
     assert!(!writes.is_empty());
     for (method, plural, name, manager) in &writes {
-        assert_eq!((method.as_str(), manager.as_deref()), ("PATCH", Some("slipway")), "{plural}/{name}");
+        assert_eq!(
+            (method.as_str(), manager.as_deref()),
+            ("PATCH", Some("slipway")),
+            "{plural}/{name}"
+        );
     }
 
     // Health is the pods' readiness; output is the pod log.
@@ -221,7 +257,11 @@ async fn start_applies_the_release_and_binds_a_ready_pod_per_instance() {
     while healthy.len() < 2 {
         let id = h
             .event("health", |e| match e {
-                TargetEvent::Health { instance_id, healthy: true, .. } => Some(*instance_id),
+                TargetEvent::Health {
+                    instance_id,
+                    healthy: true,
+                    ..
+                } => Some(*instance_id),
                 _ => None,
             })
             .await;
@@ -229,7 +269,11 @@ async fn start_applies_the_release_and_binds_a_ready_pod_per_instance() {
     }
     let line = h
         .event("logs", |e| match e {
-            TargetEvent::Logs { lines, first_seq: 0, .. } => Some(lines[0].line.clone()),
+            TargetEvent::Logs {
+                lines,
+                first_seq: 0,
+                ..
+            } => Some(lines[0].line.clone()),
             _ => None,
         })
         .await;
@@ -244,8 +288,14 @@ async fn an_object_the_api_server_refuses_fails_the_start_without_its_values() {
     // A space is not allowed in a Secret key: the fake answers 422 like the API server.
     spec.env.insert("BAD KEY".into(), "s3cr3t-value".into());
     let err = h.target.start(spec).await.expect_err("refused").to_string();
-    assert!(err.contains("Secret shop-staging-c1") && err.contains("422"), "{err}");
-    assert!(!err.contains("s3cr3t-value"), "a config value in an error: {err}");
+    assert!(
+        err.contains("Secret shop-staging-c1") && err.contains("422"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("s3cr3t-value"),
+        "a config value in an error: {err}"
+    );
     assert!(h.api.get("deployments", NS, "shop-staging-v1").is_none());
 }
 
@@ -258,21 +308,32 @@ async fn a_pod_that_never_becomes_ready_fails_after_the_progress_deadline_with_i
     h.start(&spec).await;
     let (detail, _) = h
         .event("unhealthy", |e| match e {
-            TargetEvent::Health { healthy: false, detail, restarts, .. } => Some((detail.clone(), *restarts)),
+            TargetEvent::Health {
+                healthy: false,
+                detail,
+                restarts,
+                ..
+            } => Some((detail.clone(), *restarts)),
             _ => None,
         })
         .await;
     assert!(detail.contains("CrashLoopBackOff"), "{detail}");
     let exit = h
         .event("deadline", |e| match e {
-            TargetEvent::Exited { instance_id, exit, crash_loop: true, .. } if *instance_id == spec.instance_id => {
-                Some(exit.clone())
-            }
+            TargetEvent::Exited {
+                instance_id,
+                exit,
+                crash_loop: true,
+                ..
+            } if *instance_id == spec.instance_id => Some(exit.clone()),
             _ => None,
         })
         .await;
     assert!(exit.contains("not ready after 1 s"), "{exit}");
-    assert!(exit.contains("CrashLoopBackOff: back-off 10s restarting failed container=app"), "{exit}");
+    assert!(
+        exit.contains("CrashLoopBackOff: back-off 10s restarting failed container=app"),
+        "{exit}"
+    );
     assert_eq!(
         h.object("deployments", "shop-staging-v1")["spec"]["progressDeadlineSeconds"],
         1
@@ -300,7 +361,10 @@ async fn canary_weights_become_the_http_routes_backends() {
     assert_eq!(backends[1]["name"], "shop-staging-v2");
     assert_eq!(backends[1]["weight"], 10);
     // Most traffic still goes to v1: the stable Service stays there.
-    assert_eq!(h.object("services", "shop-staging")["spec"]["selector"]["slipway.dev/release"], "1");
+    assert_eq!(
+        h.object("services", "shop-staging")["spec"]["selector"]["slipway.dev/release"],
+        "1"
+    );
     assert!(h.api.get("services", NS, "shop-staging-v2").is_some());
 }
 
@@ -312,20 +376,30 @@ async fn blue_green_switches_the_stable_service() {
     h.weights(&[(1, 100)]).await;
     h.start(&h.spec(2, 1, "hello")).await;
     // The green release's start leaves the stable Service on blue.
-    assert_eq!(h.object("services", "shop-staging")["spec"]["selector"]["slipway.dev/release"], "1");
+    assert_eq!(
+        h.object("services", "shop-staging")["spec"]["selector"]["slipway.dev/release"],
+        "1"
+    );
     h.weights(&[(1, 0), (2, 100)]).await;
     let stable = h.object("services", "shop-staging");
     assert_eq!(stable["spec"]["selector"]["slipway.dev/release"], "2");
-    let backends = h.object("httproutes", "shop-staging")["spec"]["rules"][0]["backendRefs"].clone();
+    let backends =
+        h.object("httproutes", "shop-staging")["spec"]["rules"][0]["backendRefs"].clone();
     assert_eq!(backends.as_array().unwrap().len(), 1, "{backends}");
     assert_eq!(backends[0]["name"], "shop-staging-v2");
 
     // Blue retired: its Deployment and Service go, the stable Service stays on green.
-    h.target.stop(blue.instance_id, Duration::ZERO).await.unwrap();
+    h.target
+        .stop(blue.instance_id, Duration::ZERO)
+        .await
+        .unwrap();
     assert!(h.api.get("deployments", NS, "shop-staging-v1").is_none());
     assert!(h.api.get("services", NS, "shop-staging-v1").is_none());
     assert!(h.pods_of(1).is_empty());
-    assert_eq!(h.object("services", "shop-staging")["spec"]["selector"]["slipway.dev/release"], "2");
+    assert_eq!(
+        h.object("services", "shop-staging")["spec"]["selector"]["slipway.dev/release"],
+        "2"
+    );
 }
 
 #[tokio::test]
@@ -347,12 +421,24 @@ async fn rollback_runs_the_old_release_with_its_old_config() {
 
     let d = h.object("deployments", "shop-staging-v1");
     let container = &d["spec"]["template"]["spec"]["containers"][0];
-    assert_eq!(container["envFrom"][1]["secretRef"]["name"], "shop-staging-c1");
+    assert_eq!(
+        container["envFrom"][1]["secretRef"]["name"],
+        "shop-staging-c1"
+    );
     assert_eq!(container["env"][1]["value"], "v1");
-    assert_eq!(secret_value(&h.object("secrets", "shop-staging-c1"), "GREETING"), "hello");
+    assert_eq!(
+        secret_value(&h.object("secrets", "shop-staging-c1"), "GREETING"),
+        "hello"
+    );
     // The newer version is kept (immutable, unchanged) for a roll forward.
-    assert_eq!(secret_value(&h.object("secrets", "shop-staging-c2"), "GREETING"), "bonjour");
-    assert_eq!(h.object("services", "shop-staging")["spec"]["selector"]["slipway.dev/release"], "1");
+    assert_eq!(
+        secret_value(&h.object("secrets", "shop-staging-c2"), "GREETING"),
+        "bonjour"
+    );
+    assert_eq!(
+        h.object("services", "shop-staging")["spec"]["selector"]["slipway.dev/release"],
+        "1"
+    );
     assert_eq!(listed(&d), vec![back.instance_id.to_string()]);
 }
 
@@ -364,14 +450,23 @@ async fn scaling_down_stops_exactly_the_instance_asked_for() {
     for s in &specs {
         placements.push(h.start(s).await);
     }
-    assert_eq!(h.object("deployments", "shop-staging-v1")["spec"]["replicas"], 3);
-    h.target.stop(specs[1].instance_id, Duration::from_secs(5)).await.unwrap();
+    assert_eq!(
+        h.object("deployments", "shop-staging-v1")["spec"]["replicas"],
+        3
+    );
+    h.target
+        .stop(specs[1].instance_id, Duration::from_secs(5))
+        .await
+        .unwrap();
 
     let d = h.object("deployments", "shop-staging-v1");
     assert_eq!(d["spec"]["replicas"], 2);
     let mut left = listed(&d);
     left.sort();
-    let mut want = vec![specs[0].instance_id.to_string(), specs[2].instance_id.to_string()];
+    let mut want = vec![
+        specs[0].instance_id.to_string(),
+        specs[2].instance_id.to_string(),
+    ];
     want.sort();
     assert_eq!(left, want);
     // Its pod went; the others still run where they ran.
@@ -396,22 +491,32 @@ async fn a_deleted_pod_is_reported_and_its_replacement_becomes_the_instance() {
     let mut h = Harness::new(600).await;
     let spec = h.spec(1, 1, "hello");
     let first = h.start(&spec).await;
-    let pod = h.pods_of(1)[0]["metadata"]["name"].as_str().unwrap().to_owned();
+    let pod = h.pods_of(1)[0]["metadata"]["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     h.api.delete_pod(NS, &pod);
 
     let exit = h
         .event("exit", |e| match e {
-            TargetEvent::Exited { instance_id, exit, crash_loop: false, restarts: 0, .. }
-                if *instance_id == spec.instance_id => Some(exit.clone()),
+            TargetEvent::Exited {
+                instance_id,
+                exit,
+                crash_loop: false,
+                restarts: 0,
+                ..
+            } if *instance_id == spec.instance_id => Some(exit.clone()),
             _ => None,
         })
         .await;
     assert_eq!(exit, format!("pod {pod} was deleted"));
     let (placement, restarts) = h
         .event("restart", |e| match e {
-            TargetEvent::Restarted { instance_id, placement, restarts } if *instance_id == spec.instance_id => {
-                Some((placement.clone(), *restarts))
-            }
+            TargetEvent::Restarted {
+                instance_id,
+                placement,
+                restarts,
+            } if *instance_id == spec.instance_id => Some((placement.clone(), *restarts)),
             _ => None,
         })
         .await;
@@ -419,10 +524,18 @@ async fn a_deleted_pod_is_reported_and_its_replacement_becomes_the_instance() {
     assert_ne!(placement.address, first.address);
     let pods = h.pods_of(1);
     assert_eq!(pods.len(), 1);
-    assert_eq!(pod_ip(&placement), pods[0]["status"]["podIP"].as_str().unwrap());
+    assert_eq!(
+        pod_ip(&placement),
+        pods[0]["status"]["podIP"].as_str().unwrap()
+    );
     // The restarted incarnation reports its health as such.
     h.event("health of the replacement", |e| match e {
-        TargetEvent::Health { instance_id, restarts: 1, healthy: true, .. } if *instance_id == spec.instance_id => Some(()),
+        TargetEvent::Health {
+            instance_id,
+            restarts: 1,
+            healthy: true,
+            ..
+        } if *instance_id == spec.instance_id => Some(()),
         _ => None,
     })
     .await;

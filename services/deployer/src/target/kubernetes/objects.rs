@@ -14,7 +14,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
 
-use super::route::{ApiVersion, BackendRef, HttpRoute, HttpRouteRule, HttpRouteSpec, Kind, ParentRef};
+use super::route::{
+    ApiVersion, BackendRef, HttpRoute, HttpRouteRule, HttpRouteSpec, Kind, ParentRef,
+};
 use crate::target::InstanceSpec;
 
 pub const MANAGED_BY: &str = "app.kubernetes.io/managed-by";
@@ -170,10 +172,10 @@ pub fn deployment(
         .run
         .as_ref()
         .map_or_else(|| "PORT".to_owned(), |r| r.port_env.to_string());
-    let health_path = spec
-        .run
-        .as_ref()
-        .map_or_else(|| "/healthz".to_owned(), |r| r.health_path.as_str().to_owned());
+    let health_path = spec.run.as_ref().map_or_else(
+        || "/healthz".to_owned(),
+        |r| r.health_path.as_str().to_owned(),
+    );
     let (command, args) = match &spec.run {
         Some(run) => (
             Some(vec![run.command.program().to_owned()]),

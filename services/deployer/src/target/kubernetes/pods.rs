@@ -45,7 +45,9 @@ impl PodInfo {
                 .as_ref()
                 .and_then(|l| l.get(objects::RELEASE))
                 .and_then(|r| r.parse().ok()),
-            ip: status.and_then(|s| s.pod_ip.clone()).filter(|ip| !ip.is_empty()),
+            ip: status
+                .and_then(|s| s.pod_ip.clone())
+                .filter(|ip| !ip.is_empty()),
             ready,
             deleting: pod.metadata.deletion_timestamp.is_some(),
             reason: not_ready_reason(pod),
@@ -280,7 +282,10 @@ pub(crate) fn reconcile(shared: &Arc<Shared>, environment: &str, tick: bool) {
                                 },
                             });
                         }
-                        if !pod.ready && !instance.overdue && instance.bound_at.elapsed() >= deadline {
+                        if !pod.ready
+                            && !instance.overdue
+                            && instance.bound_at.elapsed() >= deadline
+                        {
                             instance.overdue = true;
                             events.push(TargetEvent::Exited {
                                 instance_id: id,
@@ -335,7 +340,13 @@ pub(crate) fn reconcile(shared: &Arc<Shared>, environment: &str, tick: bool) {
         let _ = shared.events.send(event);
     }
     for (id, pod, token) in follow {
-        tokio::spawn(follow_logs(shared.clone(), environment.to_owned(), id, pod, token));
+        tokio::spawn(follow_logs(
+            shared.clone(),
+            environment.to_owned(),
+            id,
+            pod,
+            token,
+        ));
     }
     if bound {
         shared.changed.notify_waiters();
