@@ -10,6 +10,7 @@ use slipway_secrets::SecretBox;
 pub use slipway_secrets::SecretSettings;
 use tokio::sync::Notify;
 
+use crate::builds::dockerfile::DockerSettings;
 use crate::builds::image::ImageSettings;
 use crate::builds::package::RegistrySettings;
 use crate::builds::retention::{self, PruneMetrics, RetentionSettings};
@@ -23,6 +24,9 @@ pub struct Settings {
     pub base: BaseSettings,
     pub builds: BuildSettings,
     pub registry: RegistrySettings,
+    /// The Docker Engine Dockerfile builds go through (section `[docker]`; none: buildah).
+    #[serde(default)]
+    pub docker: DockerSettings,
     /// Default base images (section `[images]`).
     #[serde(default)]
     pub images: ImageSettings,
@@ -111,6 +115,7 @@ impl Application {
             pool: runtime.pool.clone(),
             settings: settings.builds.clone(),
             registry: settings.registry.clone(),
+            docker: settings.docker.clone(),
             images: settings.images.clone(),
             sandbox,
             sealer: sealer.clone(),

@@ -39,6 +39,9 @@ pub struct Settings {
     /// The Docker target (used when an environment's target is `docker`).
     #[serde(default)]
     pub docker: DockerSettings,
+    /// The Kubernetes target's clusters per environment (none: no environment runs there).
+    #[serde(default)]
+    pub kubernetes: crate::target::kubernetes::KubernetesSettings,
     /// Liveness of this replica, and adoption of the instances of replicas that are gone.
     #[serde(default)]
     pub replicas: ReplicaSettings,
@@ -100,13 +103,22 @@ async fn targets(
     if kinds.contains(&TargetKind::Docker) {
         let docker = DockerTarget::connect(
             settings.docker.clone(),
-            events,
+            events.clone(),
             lease.clone(),
             replica.to_string(),
         )
         .await?;
         tracing::info!(hosts = ?settings.docker.all_hosts(), "Docker target ready");
         targets.push((TargetKind::Docker, Arc::new(docker)));
+    }
+    if kinds.contains(&TargetKind::Kubernetes) {
+        // Synchronous: each cluster's client connects on first use.
+        let kubernetes = crate::target::kubernetes::KubernetesTarget::new(
+            settings.kubernetes.clone(),
+            events.clone(),
+        )?;
+        tracing::info!("Kubernetes target ready");
+        targets.push((TargetKind::Kubernetes, Arc::new(kubernetes)));
     }
     Ok(Arc::new(TargetRouter::new(
         settings.targets.clone(),

@@ -5,6 +5,7 @@
 mod bounds;
 mod builds;
 mod clone_credentials;
+mod dockerfile;
 mod helpers;
 mod images;
 mod leases;

@@ -8,6 +8,7 @@
 //! was built with.
 
 pub mod docker;
+pub mod kubernetes;
 pub mod process;
 pub mod router;
 
@@ -17,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use slipway_events::deploy::LogLine;
+use slipway_events::deploy::{LogLine, ReleaseWeight};
 use slipway_events::slipway::RunSpec;
 use slipway_ids::ServiceId;
 use tokio::time::Instant;
@@ -34,6 +35,8 @@ pub struct InstanceSpec {
     pub environment: String,
     /// Release number (given to the instance as `SLIPWAY_RELEASE=v<N>`).
     pub release: i32,
+    /// The config version `env` is (Kubernetes names its ConfigMap and Secret after it).
+    pub config_version: i32,
     /// Pullable by digest: `host:port/repository@sha256:<hex>`.
     pub image: String,
     /// How to run it; absent: the image config's `Cmd` and `PORT`.
@@ -50,6 +53,7 @@ impl fmt::Debug for InstanceSpec {
             .field("service_name", &self.service_name)
             .field("environment", &self.environment)
             .field("release", &self.release)
+            .field("config_version", &self.config_version)
             .field("image", &self.image)
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .finish()
@@ -153,6 +157,24 @@ pub enum TargetEvent {
         first_seq: u64,
         lines: Vec<LogLine>,
     },
+    /// The target itself knows whether the instance is ready (Kubernetes: the pod's readiness,
+    /// probed by the kubelet), for the incarnation `restarts`.
+    Health {
+        instance_id: Uuid,
+        restarts: u32,
+        healthy: bool,
+        detail: String,
+    },
+}
+
+/// A service's traffic split in one environment, as the engine's route step sets it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Traffic {
+    pub service_id: ServiceId,
+    pub service_name: String,
+    pub environment: String,
+    /// Relative weights per release; releases absent or at 0 get no traffic.
+    pub weights: Vec<ReleaseWeight>,
 }
 
 /// Why a target could not do what was asked.
@@ -232,4 +254,11 @@ pub trait Target: Send + Sync + 'static {
     /// Stops supervising without stopping the instances (the deployer is shutting down; the
     /// instances keep serving and are adopted by another replica or the next start).
     fn detach(&self) -> BoxFuture<'_, ()>;
+
+    /// Applies the engine's weights where the target routes traffic itself (Kubernetes:
+    /// HTTPRoute and stable Service). Targets reached through Slipway's edge router ignore it.
+    fn set_weights(&self, traffic: Traffic) -> BoxFuture<'_, Result<(), TargetError>> {
+        let _ = traffic;
+        Box::pin(async { Ok(()) })
+    }
 }

@@ -14,7 +14,7 @@ use futures::future::BoxFuture;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::{Adopted, InstanceSpec, Known, Lease, Placement, Target, TargetError};
+use super::{Adopted, InstanceSpec, Known, Lease, Placement, Target, TargetError, Traffic};
 
 /// A kind of target.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
@@ -212,6 +212,18 @@ impl Target for TargetRouter {
         self.settings.kind_for(environment).as_str()
     }
 
+    /// To the target of the environment: only the Kubernetes target acts on weights (the edge
+    /// router applies them for the others).
+    fn set_weights(&self, traffic: Traffic) -> BoxFuture<'_, Result<(), TargetError>> {
+        let kind = self.settings.kind_for(&traffic.environment);
+        Box::pin(async move {
+            match self.target(kind) {
+                Some(target) => target.set_weights(traffic).await,
+                None => Err(TargetError::Start(format!("no {kind} target is set up"))),
+            }
+        })
+    }
+
     fn start(&self, spec: InstanceSpec) -> BoxFuture<'_, Result<Placement, TargetError>> {
         Box::pin(self.start_instance(spec))
     }
@@ -344,6 +356,7 @@ mod tests {
             service_name: "shop".into(),
             environment: environment.into(),
             release: 1,
+            config_version: 1,
             image: "r/shop@sha256:00".into(),
             run: None,
             env: Map::new(),

@@ -219,6 +219,7 @@ pub fn spec(image: &str) -> InstanceSpec {
         service_name: "pytest".into(),
         environment: "staging".into(),
         release: 3,
+        config_version: 1,
         image: image.into(),
         run: None,
         env: BTreeMap::from([("GREETING".to_owned(), "hello-secret-value".to_owned())]),

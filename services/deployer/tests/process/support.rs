@@ -199,6 +199,7 @@ pub fn spec(image: &str, command: Option<&[&str]>) -> InstanceSpec {
         service_name: "pytest".into(),
         environment: "staging".into(),
         release: 3,
+        config_version: 1,
         image: image.into(),
         run: command.map(|c| RunSpec {
             command: Command::new(c.iter().map(|s| s.to_string()).collect()).unwrap(),

@@ -310,6 +310,7 @@ mod tests {
             service_name: "shop".into(),
             environment: "staging".into(),
             release: 7,
+            config_version: 1,
             image: "127.0.0.1:5000/shop@sha256:00".into(),
             run: None,
             env: BTreeMap::from([("API_KEY".to_owned(), "s3cret-value".to_owned())]),
