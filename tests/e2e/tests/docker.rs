@@ -101,6 +101,21 @@ async fn assert_ps_matches(stack: &Stack, scope: &Scope, when: &str) {
     );
 }
 
+/// Waits until instance `victim` of `prod` has restarted at least `restarts` times and is healthy
+/// again; fails the test with the state otherwise.
+async fn assert_healed(stack: &Stack, victim: &str, restarts: i64, what: &str) {
+    let healed = slipway_testkit::wait_until(Duration::from_secs(60), || async {
+        let state = stack.state("prod").await;
+        state["instances"].as_array().unwrap().iter().any(|i| {
+            i["id"] == victim
+                && i["restarts"].as_i64() >= Some(restarts)
+                && i["health"] == "healthy"
+        })
+    })
+    .await;
+    assert!(healed, "{what} not healed: {}", stack.state("prod").await);
+}
+
 /// Fails the test, saying so, when no Docker Engine answers; answers the base image.
 fn engine_and_base() -> String {
     if Command::new("docker")
@@ -133,7 +148,10 @@ async fn the_docker_target_rolls_out_heals_rolls_back_and_adopts_under_traffic()
         )
         .await;
     assert_eq!(res.status(), 201);
-    assert_eq!(stack.set_config("prod", json!({"GREETING": "one"})).await, 1);
+    assert_eq!(
+        stack.set_config("prod", json!({"GREETING": "one"})).await,
+        1
+    );
     stack.release(&repo, 1).await;
 
     // v1 in two containers.
@@ -163,7 +181,10 @@ async fn the_docker_target_rolls_out_heals_rolls_back_and_adopts_under_traffic()
     );
 
     // Rolling to v2 (config 2), blue-green back to v1, a canary of v3: no request fails.
-    assert_eq!(stack.set_config("prod", json!({"GREETING": "two"})).await, 2);
+    assert_eq!(
+        stack.set_config("prod", json!({"GREETING": "two"})).await,
+        2
+    );
     repo.change("NOTES.md", "v2\n");
     stack.release(&repo, 2).await;
     repo.change("NOTES.md", "v3\n");
@@ -196,16 +217,7 @@ async fn the_docker_target_rolls_out_heals_rolls_back_and_adopts_under_traffic()
     let (victim, container) = scope.running()[0].clone();
     let killed_at = Instant::now();
     docker(&["kill", &container]);
-    let healed = slipway_testkit::wait_until(Duration::from_secs(60), || async {
-        let state = stack.state("prod").await;
-        state["instances"].as_array().unwrap().iter().any(|i| {
-            i["id"] == victim.as_str()
-                && i["restarts"].as_i64() >= Some(1)
-                && i["health"] == "healthy"
-        })
-    })
-    .await;
-    assert!(healed, "container not healed: {}", stack.state("prod").await);
+    assert_healed(&stack, &victim, 1, "container").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_no_loss("a container killed and healed", &traffic.since(killed_at));
     assert_no_loss("a container killed and healed", &traffic.stop().await);
@@ -213,7 +225,10 @@ async fn the_docker_target_rolls_out_heals_rolls_back_and_adopts_under_traffic()
 
     // v4 never becomes healthy (wrong health path) and ships with config 3: rolled back to v3
     // at its deadline, with config 2 again.
-    assert_eq!(stack.set_config("prod", json!({"GREETING": "three"})).await, 3);
+    assert_eq!(
+        stack.set_config("prod", json!({"GREETING": "three"})).await,
+        3
+    );
     let recipe = repo.read("slipway.toml").replace("/healthz", "/not-there");
     repo.change("slipway.toml", &recipe);
     stack.release(&repo, 4).await;
@@ -250,10 +265,17 @@ async fn the_docker_target_rolls_out_heals_rolls_back_and_adopts_under_traffic()
     stack.kill9("deployer");
     stack.restart("deployer").await;
     let swept = slipway_testkit::wait_until(Duration::from_secs(60), || async {
-        !scope.running().iter().any(|(_, c)| orphan.starts_with(c.as_str()))
+        !scope
+            .running()
+            .iter()
+            .any(|(_, c)| orphan.starts_with(c.as_str()))
     })
     .await;
-    assert!(swept, "the orphan container {orphan} still runs: {:?}", scope.running());
+    assert!(
+        swept,
+        "the orphan container {orphan} still runs: {:?}",
+        scope.running()
+    );
     let after = scope.running();
     assert_eq!(
         after, before,
@@ -263,18 +285,7 @@ async fn the_docker_target_rolls_out_heals_rolls_back_and_adopts_under_traffic()
     // Adopted containers are supervised again: a kill is healed by the new deployer.
     let (victim, container) = after[0].clone();
     docker(&["kill", &container]);
-    let healed = slipway_testkit::wait_until(Duration::from_secs(60), || async {
-        let state = stack.state("prod").await;
-        state["instances"].as_array().unwrap().iter().any(|i| {
-            i["id"] == victim.as_str() && i["restarts"].as_i64() >= Some(2) && i["health"] == "healthy"
-        })
-    })
-    .await;
-    assert!(
-        healed,
-        "an adopted container not healed: {}",
-        stack.state("prod").await
-    );
+    assert_healed(&stack, &victim, 2, "an adopted container").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -311,7 +322,9 @@ async fn a_repository_with_its_own_dockerfile_runs_on_the_docker_target() {
     );
     let release = stack.release(&repo, 1).await;
     assert!(
-        release["image"].as_str().is_some_and(|i| i.contains("@sha256:")),
+        release["image"]
+            .as_str()
+            .is_some_and(|i| i.contains("@sha256:")),
         "{release}"
     );
     let id = stack
@@ -340,15 +353,11 @@ async fn a_repository_with_its_own_dockerfile_runs_on_the_docker_target() {
     stack.serves_only("prod", "v2").await;
     let (victim, container) = scope.running()[0].clone();
     docker(&["kill", &container]);
-    let healed = slipway_testkit::wait_until(Duration::from_secs(60), || async {
-        let state = stack.state("prod").await;
-        state["instances"].as_array().unwrap().iter().any(|i| {
-            i["id"] == victim.as_str() && i["restarts"].as_i64() >= Some(1) && i["health"] == "healthy"
-        })
-    })
-    .await;
-    assert!(healed, "container not healed: {}", stack.state("prod").await);
+    assert_healed(&stack, &victim, 1, "container").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert_no_loss("a Dockerfile-built release rolled out and healed", &traffic.stop().await);
+    assert_no_loss(
+        "a Dockerfile-built release rolled out and healed",
+        &traffic.stop().await,
+    );
     assert_ps_matches(&stack, &scope, "v2 from its Dockerfile").await;
 }

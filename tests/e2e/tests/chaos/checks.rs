@@ -152,10 +152,9 @@ pub async fn release_made(stack: &Stack, o: &Outcome, within: Duration) -> Optio
         return None;
     }
     let query = "SELECT count(*) FROM registry.releases WHERE build_id::text = $1";
-    let made = slipway_testkit::wait_until(within, || async {
-        count(stack, query, &o.id).await >= 1
-    })
-    .await;
+    let made =
+        slipway_testkit::wait_until(within, || async { count(stack, query, &o.id).await >= 1 })
+            .await;
     made.then(|| o.instants.1.elapsed())
 }
 
@@ -209,7 +208,9 @@ pub async fn once(stack: &Stack, o: &Outcome, released: Option<Duration>) -> Ver
             )
             .await;
             let want = i64::from(o.status.as_deref() == Some("succeeded"));
-            let after = released.map_or(String::new(), |d| format!(" (made {d:.0?} after the cell ended)"));
+            let after = released.map_or(String::new(), |d| {
+                format!(" (made {d:.0?} after the cell ended)")
+            });
             if finished == 1 && releases == want {
                 pass(format!("1 finish, {releases} release{after}"))
             } else {
