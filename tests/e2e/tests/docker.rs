@@ -1,5 +1,5 @@
 //! The Docker target through the five binaries and a real Docker Engine: the sample Python
-//! service (no Dockerfile) built into a runnable image on a base image made from Debian packages
+//! service (no Dockerfile), uploaded from its folder, built into a runnable image on a base image made from Debian packages
 //! (`SLIPWAY_TEST_BASE_IMAGE`, scripts/base-image), deployed in containers under steady traffic
 //! through the edge router: rolling, blue-green and canary without a failed request, a
 //! `docker kill` healed, a release that never becomes healthy rolled back with the old config,

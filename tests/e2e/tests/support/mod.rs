@@ -576,3 +576,22 @@ impl Drop for Stack {
         }
     }
 }
+
+/// A .tar.gz of `files` (name, contents), names written as given (even malicious ones).
+pub fn tarball(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (name, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_cksum();
+        builder.append(&header, *data).unwrap();
+    }
+    let mut gz = builder.into_inner().unwrap();
+    std::io::Write::flush(&mut gz).unwrap();
+    gz.finish().unwrap()
+}
