@@ -362,7 +362,8 @@ async fn consumers_and_the_producer_come_back_after_a_broker_hang() {
     settings.partitions = 2;
     settings.retry_backoff_ms = 20;
     settings.retry_max_backoff_ms = 1000;
-    // Dynamic membership, as services run by default (the README says why).
+    // Static membership, as services run by default.
+    settings.instance_id = "hang-test".into();
     slipway_kafka::admin::ensure_topics(&settings)
         .await
         .unwrap();

@@ -19,6 +19,10 @@ use serde_json::{Value, json};
 use support::deploy::{ClientLoop, SECRET, assert_no_loss};
 use support::{Stack, StackOptions};
 
+/// One stack at a time: two at once (the test harness runs tests in parallel) overload two
+/// cores, and their image builds and containers compete for the one engine.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn quick_check() -> Value {
     json!({"interval_ms": 300, "timeout_ms": 500, "failure_threshold": 2, "grace_seconds": 20})
 }
@@ -132,6 +136,7 @@ fn engine_and_base() -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_docker_target_rolls_out_heals_rolls_back_and_adopts_under_traffic() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let base = engine_and_base();
     let scope = Scope(format!("e2e{}", slipway_testkit::unique()));
     let options = StackOptions::default()
@@ -290,6 +295,7 @@ async fn the_docker_target_rolls_out_heals_rolls_back_and_adopts_under_traffic()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_repository_with_its_own_dockerfile_runs_on_the_docker_target() {
+    let _one = ONE_AT_A_TIME.lock().await;
     let base = engine_and_base();
     let scope = Scope(format!("e2edf{}", slipway_testkit::unique()));
     let options = StackOptions::default()
