@@ -91,12 +91,24 @@ fn bin_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).unwrap().to_path_buf()
 }
 
+/// A port for a service of the stack to listen on, picked before the service starts: below
+/// the kernel's ephemeral range (32768 and up on Linux), so no `bind(0)` in the meantime (the
+/// gateway's API behind its edge router, instances, clients) can take it, and never one this
+/// process handed out before (a port picked by binding 0 and closing it came back twice, and two
+/// replicas were given the same one).
 pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..10_000 {
+        let port = 20_000 + fastrand::u16(..12_000);
+        if given.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        given.push(port);
+        return port;
+    }
+    panic!("no free port below the ephemeral range after 10,000 tries");
 }
 
 /// A fresh database on the cluster of `superuser` (same shape as `fresh_database`).
