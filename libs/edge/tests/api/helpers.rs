@@ -30,7 +30,6 @@ async fn answer(
     match req.path() {
         "/status/500" => return HttpResponse::InternalServerError().body("backend failed"),
         "/slow" => tokio::time::sleep(Duration::from_secs(3)).await,
-        "/events" => return crate::streams::events().await,
         _ => {}
     }
     let headers: HashMap<String, String> = req
@@ -109,8 +108,8 @@ pub fn hanging_up() -> (String, Arc<AtomicUsize>) {
     (address, accepted)
 }
 
-/// The router on its own listener, in front of a stand-in gateway API (`/v1/ping`, problems
-/// otherwise) as in the gateway, following a discovery stand-in.
+/// The router behind a real HTTP server, with a stand-in gateway route `/v1/ping` registered
+/// after it (as the gateway does), following a discovery stand-in.
 pub struct Router {
     pub port: u16,
     pub edge: Edge,
@@ -152,25 +151,22 @@ impl Router {
         let edge = Edge::new(&settings, discovery.url(), &credential, &metrics.registry).unwrap();
         let cancel = CancellationToken::new();
         tokio::spawn(edge.clone().follow_discovery(cancel.clone()));
+        let routes = edge.configure();
         let server = HttpServer::new(move || {
             App::new()
+                .configure(routes.clone())
                 .route("/v1/ping", web::get().to(ping))
-                .route("/v1/stream", web::get().to(crate::streams::events))
                 .default_service(web::to(slipway_http::problem::not_found))
         })
-        .workers(1)
+        .workers(2)
         .shutdown_timeout(0)
         .disable_signals()
         .bind(("127.0.0.1", 0))
         .unwrap();
-        let gateway = server.addrs()[0];
+        let port = server.addrs()[0].port();
         let server = server.run();
         let handle = server.handle();
         tokio::spawn(server);
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let front = edge.serve(listener, Some(gateway), cancel.clone()).unwrap();
-        let port = front.port();
-        tokio::spawn(front.wait());
         let router = Self {
             port,
             edge,

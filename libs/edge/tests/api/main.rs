@@ -6,5 +6,4 @@ mod helpers;
 mod outage;
 mod platform;
 mod routing;
-mod streams;
 mod traffic;
