@@ -99,7 +99,9 @@ fn bin_dir() -> PathBuf {
 pub(crate) fn free_port() -> u16 {
     use std::sync::Mutex;
     static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     for _ in 0..10_000 {
         let port = 20_000 + fastrand::u16(..12_000);
         if given.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
