@@ -430,9 +430,14 @@ async fn cancel_stops_the_run_step(engine: bool, seconds: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelling_stops_the_engine_build() {
     cancel_stops_the_run_step(true, "2317").await;
-    // The engine removed the build's container too.
-    let left = docker(&["ps", "-a", "--no-trunc", "--format", "{{.Command}}"]);
-    assert!(!left.contains("sleep 2317"), "{left}");
+    // The engine removes the build's container too, once it has seen the request close (after
+    // the process it killed: the container can outlive it by a moment).
+    let left = || docker(&["ps", "-a", "--no-trunc", "--format", "{{.Command}}"]);
+    let removed = slipway_testkit::wait_until(Duration::from_secs(30), || async {
+        !left().contains("sleep 2317")
+    })
+    .await;
+    assert!(removed, "the build's container was removed: {}", left());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
