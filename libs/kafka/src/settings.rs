@@ -115,13 +115,13 @@ pub struct KafkaSettings {
     /// The longest delay between two retries of one message, in milliseconds.
     #[serde(default = "default_max_backoff_ms")]
     pub retry_max_backoff_ms: u64,
-    /// A consumer's group session (`session.timeout.ms`; heartbeats every fifteenth of it):
-    /// how long a member that stopped heartbeating keeps its partitions. A broker hang shorter
-    /// than this is ridden out without a rebalance; a dead member's partitions wait this long
-    /// for another member, unless it comes back under the same `instance_id` (static
-    /// membership) and takes them back at once.
-    #[serde(default = "default_session_timeout_ms")]
-    pub session_timeout_ms: u32,
+    /// A consumer's group session (`session.timeout.ms`), in milliseconds: how long a member
+    /// that stopped heartbeating keeps its partitions. A broker hang shorter than this is
+    /// ridden out without a rebalance; a dead member's partitions wait this long for another
+    /// member, unless it comes back under the same `instance_id` (static membership) and takes
+    /// them back at once. Absent: [`Self::session_timeout_ms`] (longer for static members).
+    #[serde(default, rename = "session_timeout_ms")]
+    pub session_timeout: Option<u32>,
     /// Longest a consumer's fetch waits for data (`fetch.wait.max.ms`). Apache Kafka answers as
     /// soon as data arrives anyway; brokers that do not (Tansu) answer only after this wait, so
     /// it bounds event latency there. Lower means more idle fetch requests.
@@ -200,9 +200,16 @@ fn default_replication() -> i32 {
 fn default_max_backoff_ms() -> u64 {
     30_000
 }
-fn default_session_timeout_ms() -> u32 {
-    45_000
-}
+/// The session of a static member when none is set: longer than any broker hang the platform
+/// rides out (the chaos suite hangs it 90 s). On Tansu 0.6 a group whose members' sessions
+/// expired during a hang never forms again: the expired leader stays the group's leader, so
+/// every new member's SyncGroup answers "rebalance in progress" for ever. A static member that
+/// restarts takes its partitions back at once, so a long session costs only when a member
+/// never comes back (its partitions wait this long, as Kafka's KIP-345 describes).
+const STATIC_SESSION_TIMEOUT_MS: u32 = 300_000;
+
+/// The session of a dynamic member when none is set (Apache Kafka's default).
+const DYNAMIC_SESSION_TIMEOUT_MS: u32 = 45_000;
 fn default_backoff_ms() -> u64 {
     200
 }
@@ -220,7 +227,7 @@ impl KafkaSettings {
             replication_factor: default_replication(),
             retry_backoff_ms: default_backoff_ms(),
             retry_max_backoff_ms: default_max_backoff_ms(),
-            session_timeout_ms: default_session_timeout_ms(),
+            session_timeout: None,
             fetch_wait_ms: default_fetch_wait_ms(),
             instance_id: String::new(),
             static_membership: default_static_membership(),
@@ -234,11 +241,22 @@ impl KafkaSettings {
         }
     }
 
+    /// The group session in milliseconds: the one set, else 300 s for static members and 45 s
+    /// for dynamic ones (see `STATIC_SESSION_TIMEOUT_MS` for why).
+    pub fn session_timeout_ms(&self) -> u32 {
+        self.session_timeout.unwrap_or(if self.static_membership {
+            STATIC_SESSION_TIMEOUT_MS
+        } else {
+            DYNAMIC_SESSION_TIMEOUT_MS
+        })
+    }
+
     /// Checks that the security settings fit together and the CA file is readable.
     pub fn validate(&self) -> Result<(), KafkaSettingsError> {
         // Apache Kafka's default group.min/max.session.timeout.ms: outside, joins are refused.
-        if !(6_000..=1_800_000).contains(&self.session_timeout_ms) {
-            return Err(KafkaSettingsError::SessionTimeout(self.session_timeout_ms));
+        let session = self.session_timeout_ms();
+        if !(6_000..=1_800_000).contains(&session) {
+            return Err(KafkaSettingsError::SessionTimeout(session));
         }
         // librdkafka accepts 1000..=1e9; below 16 KiB no event would fit beside its headers.
         if !(16_384..=1_000_000_000).contains(&self.message_max_bytes) {
@@ -452,7 +470,10 @@ mod tests {
         assert_eq!(k.kafka.retry_backoff_ms, 100);
         assert_eq!(k.kafka.retry_max_backoff_ms, 30_000);
         let mut s = k.kafka;
-        s.session_timeout_ms = 1000;
+        assert_eq!(s.session_timeout_ms(), STATIC_SESSION_TIMEOUT_MS);
+        s.static_membership = false;
+        assert_eq!(s.session_timeout_ms(), DYNAMIC_SESSION_TIMEOUT_MS);
+        s.session_timeout = Some(1000);
         assert_eq!(s.validate(), Err(KafkaSettingsError::SessionTimeout(1000)));
     }
 }

@@ -166,11 +166,20 @@ impl<P: Process> Driver<'_, P> {
             .set("auto.offset.reset", "earliest")
             .set(
                 "session.timeout.ms",
-                self.settings.session_timeout_ms.to_string(),
+                self.settings.session_timeout_ms().to_string(),
             )
+            // librdkafka refuses a poll interval shorter than the session.
+            .set(
+                "max.poll.interval.ms",
+                self.settings.session_timeout_ms().max(300_000).to_string(),
+            )
+            // Every 3 s at most, whatever the session: members learn of a rebalance at their
+            // next heartbeat.
             .set(
                 "heartbeat.interval.ms",
-                (self.settings.session_timeout_ms / 15).max(500).to_string(),
+                (self.settings.session_timeout_ms() / 15)
+                    .clamp(500, 3000)
+                    .to_string(),
             )
             .set("fetch.wait.max.ms", self.settings.fetch_wait_ms.to_string())
             // The watchdog reads the group join state from the statistics, and hears from an
@@ -283,7 +292,7 @@ impl<P: Process> Driver<'_, P> {
                     }
                     let state = client.context().group_state();
                     tracing::debug!(group = %self.group, ?state, "consumer watchdog");
-                    let session = Duration::from_millis(self.settings.session_timeout_ms.into());
+                    let session = Duration::from_millis(self.settings.session_timeout_ms().into());
                     if let Some((join_state, since)) = state
                         && since.elapsed() > rejoin_timeout(&join_state, session)
                     {
