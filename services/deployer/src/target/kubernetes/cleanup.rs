@@ -27,7 +27,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, Preconditions};
 use uuid::Uuid;
 
-use super::cluster::{Cluster, api_error, is_not_found, listed, lock};
+use super::cluster::{Cluster, api_error, is_conflict, is_not_found, listed, lock};
 use super::objects::{self, CONFIG_VERSION, Names, ROLE, SERVICE};
 use super::route::HttpRoute;
 use super::{KubernetesTarget, Shared};
@@ -180,14 +180,13 @@ impl KubernetesTarget {
             tracing::warn!(deployment = %name, orphans = ?gone, "removing orphan instances");
             if gone.len() == ids.len() {
                 // Only orphans: the release goes, unless it changed since it was listed.
-                match delete(&api, &d.metadata, DeleteParams::foreground()).await {
-                    Ok(()) => {
-                        let services: Api<Service> = cluster.api().await?;
-                        delete_named(&services, &name).await?;
-                        removed.extend(gone);
-                    }
-                    Err(e) => tracing::info!(deployment = %name, error = %e,
-                        "orphan release not deleted (changed since listed): left for the next sweep"),
+                if delete(&api, &d.metadata, DeleteParams::foreground()).await? {
+                    let services: Api<Service> = cluster.api().await?;
+                    delete_named(&services, &name).await?;
+                    removed.extend(gone);
+                } else {
+                    tracing::info!(deployment = %name,
+                        "orphan release changed since listed: left for the next sweep");
                 }
                 continue;
             }
@@ -371,26 +370,29 @@ fn config_names(d: &Deployment) -> Vec<String> {
         .collect()
 }
 
-/// Deletes the object `meta` describes if it is still that object at that version (a 409
-/// otherwise); already gone is not an error.
+/// Deletes the object `meta` describes if it is still that object at that version; answers
+/// false when it changed since (409: someone wrote it, it is left alone). Already gone counts
+/// as deleted.
 async fn delete<K>(
     api: &Api<K>,
     meta: &ObjectMeta,
     mut params: DeleteParams,
-) -> Result<(), super::TargetError>
+) -> Result<bool, super::TargetError>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
     let Some(name) = meta.name.as_deref() else {
-        return Ok(());
+        return Ok(false);
     };
     params.preconditions = Some(Preconditions {
         resource_version: meta.resource_version.clone(),
         uid: meta.uid.clone(),
     });
     match api.delete(name, &params).await {
-        Err(e) if !is_not_found(&e) => Err(api_error(&format!("cannot delete {name}"), e)),
-        _ => Ok(()),
+        Ok(_) => Ok(true),
+        Err(e) if is_not_found(&e) => Ok(true),
+        Err(e) if is_conflict(&e) => Ok(false),
+        Err(e) => Err(api_error(&format!("cannot delete {name}"), e)),
     }
 }
 

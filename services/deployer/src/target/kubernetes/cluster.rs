@@ -82,7 +82,7 @@ pub(super) fn api_error(what: &str, e: kube::Error) -> TargetError {
     TargetError::Start(format!("{what}: {e}"))
 }
 
-fn is_conflict(e: &kube::Error) -> bool {
+pub(super) fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
