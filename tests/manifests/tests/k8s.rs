@@ -298,8 +298,12 @@ fn role_and_binding<'a>(documents: &'a [Document], account: &str, place: &str) -
         ("apps", "deployments", manage.as_slice()),
         ("apps", "replicasets", read.as_slice()),
         ("", "services", manage.as_slice()),
-        ("", "configmaps", ["create", "patch"].as_slice()),
-        ("", "secrets", ["create", "patch"].as_slice()),
+        (
+            "",
+            "configmaps",
+            ["list", "create", "patch", "delete"].as_slice(),
+        ),
+        ("", "secrets", ["create", "patch", "delete"].as_slice()),
         ("gateway.networking.k8s.io", "httproutes", manage.as_slice()),
         ("", "pods", ["get", "list", "watch", "delete"].as_slice()),
         ("", "pods/log", ["get"].as_slice()),
@@ -314,7 +318,7 @@ fn role_and_binding<'a>(documents: &'a [Document], account: &str, place: &str) -
     for verb in ["get", "list", "watch"] {
         assert!(
             !allows("", "secrets", verb),
-            "{place}: Role {account} may {verb} Secrets: it only writes config versions"
+            "{place}: Role {account} may {verb} Secrets: it only writes and deletes config versions"
         );
     }
     documents

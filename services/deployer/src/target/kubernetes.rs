@@ -10,7 +10,8 @@
 //! - ConfigMap and Secret `<service>-<env>-c<config version>`, immutable: Slipway's markers
 //!   and the release's config (all of it in the Secret: the deployer is not told which values
 //!   are secret). A Deployment names them, so rolling back to an older release with its older
-//!   config version runs exactly that config again; old versions are kept.
+//!   config version runs exactly that config again; when a release is retired, versions no
+//!   Deployment uses are deleted except the newest `keep_config_versions` ([`cleanup`]).
 //! - Deployment `<service>-<env>-v<release>`: its annotation `slipway.dev/instances` lists the
 //!   instance ids the engine asked for, and `replicas` is their number. [`Target::start`] adds
 //!   the id and answers once a pod of that release is bound to it (its IP is the placement);
@@ -32,23 +33,33 @@
 //! again on every tick: the engine may not have recorded the start yet), a pod not ready
 //! within `progress_deadline_seconds` as a failed instance with the reason from the pod's
 //! status ([`TargetEvent::Exited`], `crash_loop`), a deleted pod as an exit followed by a
-//! restart on the pod the ReplicaSet puts in its place, and follows each bound pod's log
-//! ([`TargetEvent::Logs`]). Supervision (restarts, backoff) is the cluster's.
+//! restart on the pod the ReplicaSet puts in its place, a run of the pod's container that
+//! ended as an exit with its reason and exit code and the kubelet's restart of it as a
+//! restart (a container in `CrashLoopBackOff` as a crash loop, at once), and follows the log
+//! of each run of a bound pod's container ([`logs`], [`TargetEvent::Logs`]). Supervision
+//! (restarts, backoff) is the cluster's.
+//!
+//! After a deployer restart, [`Target::running`] answers the instances the environments'
+//! Deployments list (listed every few seconds) and [`Target::sweep`] takes the engine's
+//! orphans off them, deleting what only they needed ([`cleanup`]).
 
+mod cleanup;
 mod cluster;
+mod logs;
 mod objects;
 mod pods;
 pub mod route;
 mod settings;
+mod status;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Service};
-use kube::api::{Api, DeleteParams, ListParams, Patch};
+use kube::api::{Api, DeleteParams, Patch};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio::sync::{Notify, OnceCell};
 use tokio_util::sync::CancellationToken;
@@ -82,12 +93,66 @@ pub(crate) struct Instance {
     pub ready: Option<bool>,
     /// The start answered (or it was adopted): the engine has its row, health may be sent.
     pub started: bool,
+    /// When it was bound to its pod, or the pod's container last started again.
     pub bound_at: tokio::time::Instant,
     /// The progress deadline's failure was reported for this pod.
     pub overdue: bool,
+    /// The pod was ready since `bound_at` (the deadline no longer applies).
+    pub ever_ready: bool,
+    /// The pod's `restartCount` accounted for (reported, or there when it was bound).
+    pub pod_restarts: u32,
+    /// The end of the container's current run was reported.
+    pub exit_reported: bool,
+    /// Its crash loop was reported (for the current run).
+    pub crash_reported: bool,
     /// Lines of output sent so far (the next batch's `first_seq`).
     pub log_seq: u64,
+    /// The last lines sent, for the reason of an exit.
+    pub recent: VecDeque<String>,
+    /// The follower of the pod's log, and the run (`restartCount`) it follows.
     pub logs: Option<CancellationToken>,
+    pub log_run: Option<u32>,
+}
+
+impl Instance {
+    fn new(spec: &InstanceSpec, restarts: u32) -> Self {
+        Self {
+            environment: spec.environment.clone(),
+            names: Names::new(&spec.service_name, &spec.environment),
+            release: spec.release,
+            pod: None,
+            restarts,
+            lost: false,
+            ready: None,
+            started: false,
+            bound_at: tokio::time::Instant::now(),
+            overdue: false,
+            ever_ready: false,
+            pod_restarts: 0,
+            exit_reported: false,
+            crash_reported: false,
+            log_seq: 0,
+            recent: VecDeque::new(),
+            logs: None,
+            log_run: None,
+        }
+    }
+
+    /// Binds it to the pod `name`: its container's earlier runs are not this instance's.
+    pub(crate) fn bind(&mut self, name: &str, pod: &pods::PodInfo) {
+        if let Some(logs) = self.logs.take() {
+            logs.cancel();
+        }
+        self.pod = Some(name.to_owned());
+        self.bound_at = tokio::time::Instant::now();
+        self.ready = None;
+        self.overdue = false;
+        self.ever_ready = false;
+        self.pod_restarts = pod.restart_count;
+        self.exit_reported = false;
+        self.crash_reported = false;
+        self.log_run = None;
+    }
 }
 
 /// What the target, its watches and log followers share.
@@ -103,6 +168,11 @@ pub(crate) struct Shared {
     /// Environments whose pod watch runs.
     watching: Mutex<HashSet<String>>,
     pub pods: Mutex<HashMap<String, HashMap<String, pods::PodInfo>>>,
+    /// Per environment, the instances its Deployments listed last ([`Target::running`]).
+    seen: Mutex<cleanup::Seen>,
+    /// Read by a start from its first apply to its Deployment write, written by a collection
+    /// ([`cleanup`]): nothing a start just applied is collected under it.
+    collecting: tokio::sync::RwLock<()>,
     /// Woken when bindings may have changed.
     pub changed: Notify,
     pub cancel: CancellationToken,
@@ -152,7 +222,7 @@ impl KubernetesTarget {
                 .collect::<Vec<_>>()
                 .join(",")
         );
-        Ok(Self {
+        let target = Self {
             shared: Arc::new(Shared {
                 settings,
                 clusters,
@@ -162,12 +232,16 @@ impl KubernetesTarget {
                 locks: Mutex::default(),
                 watching: Mutex::default(),
                 pods: Mutex::default(),
+                seen: Mutex::default(),
+                collecting: tokio::sync::RwLock::new(()),
                 changed: Notify::new(),
                 cancel: CancellationToken::new(),
             }),
             lease: Lease::default(),
             node,
-        })
+        };
+        cleanup::spawn_lister(target.shared.clone());
+        Ok(target)
     }
 
     /// Starts the environment's pod watch unless it runs.
@@ -185,23 +259,9 @@ impl KubernetesTarget {
     fn register(&self, spec: &InstanceSpec, restarts: u32) {
         let names = Names::new(&spec.service_name, &spec.environment);
         lock(&self.shared.specs).insert(names.release(spec.release), spec.clone());
-        self.shared.instances().insert(
-            spec.instance_id,
-            Instance {
-                environment: spec.environment.clone(),
-                names,
-                release: spec.release,
-                pod: None,
-                restarts,
-                lost: false,
-                ready: None,
-                started: false,
-                bound_at: tokio::time::Instant::now(),
-                overdue: false,
-                log_seq: 0,
-                logs: None,
-            },
-        );
+        self.shared
+            .instances()
+            .insert(spec.instance_id, Instance::new(spec, restarts));
     }
 
     async fn start_instance(&self, spec: InstanceSpec) -> Result<Placement, TargetError> {
@@ -210,18 +270,21 @@ impl KubernetesTarget {
             return Err(TargetError::Start(format!("instance {id} already runs")));
         }
         self.watch(&spec.environment).await?;
-        self.shared.apply_release(&spec).await?;
-        self.register(&spec, 0);
-        let key = id.to_string();
-        if let Err(e) = self
-            .shared
-            .update_instances(&spec, |ids| {
-                ids.insert(key.clone());
-            })
-            .await
         {
-            self.shared.instances().remove(&id);
-            return Err(e);
+            let _applying = self.shared.collecting.read().await;
+            self.shared.apply_release(&spec).await?;
+            self.register(&spec, 0);
+            let key = id.to_string();
+            if let Err(e) = self
+                .shared
+                .update_instances(&spec, |ids| {
+                    ids.insert(key.clone());
+                })
+                .await
+            {
+                self.shared.instances().remove(&id);
+                return Err(e);
+            }
         }
         tracing::info!(instance = %id, deployment = %Names::new(&spec.service_name, &spec.environment).release(spec.release),
             "instance asked of the Deployment");
@@ -237,7 +300,9 @@ impl KubernetesTarget {
                 return Ok(placement);
             }
             if tokio::time::Instant::now() >= deadline {
-                let why = pods::pending_reason(&self.shared, &spec.environment, spec.release);
+                let names = Names::new(&spec.service_name, &spec.environment);
+                let why =
+                    pods::pending_reason(&self.shared, &spec.environment, &names, spec.release);
                 self.stop_instance(id, Duration::ZERO).await?;
                 return Err(TargetError::Start(format!(
                     "no pod of {} within {} s: {why}",
@@ -292,12 +357,18 @@ impl KubernetesTarget {
             }
         }
         let key = id.to_string();
-        self.shared
+        let retired = self
+            .shared
             .update_instances(&spec, |ids| {
                 ids.remove(&key);
             })
             .await?;
         tracing::info!(instance = %id, "instance stopped");
+        if retired {
+            // The end of a release (a rollout's old set, or a rollback's): what it alone
+            // needed goes, its config version among the kept ones.
+            cleanup::collect(&self.shared, cluster).await;
+        }
         Ok(())
     }
 
@@ -322,6 +393,8 @@ impl KubernetesTarget {
             if let Some(instance) = self.shared.instances().get_mut(&id) {
                 instance.started = bound;
             }
+            // Its log followed, its container's state reported from here on.
+            pods::reconcile(&self.shared, &k.spec.environment, false);
             match bound.then(|| pods::placement(&self.shared, id)).flatten() {
                 Some(placement) => adopted.running.push((id, placement)),
                 None => {
@@ -379,26 +452,13 @@ impl KubernetesTarget {
         Ok(())
     }
 
-    /// Every instance listed by a Deployment of this target's environments (what runs there).
-    pub async fn listed(&self) -> Result<Vec<Uuid>, TargetError> {
-        let mut ids = Vec::new();
-        for cluster in self.shared.clusters.values() {
-            let api: Api<Deployment> = cluster.api().await?;
-            let params = ListParams::default().labels(&format!("{}=slipway", objects::MANAGED_BY));
-            let list = api
-                .list(&params)
-                .await
-                .map_err(|e| api_error("cannot list Deployments", e))?;
-            ids.extend(
-                list.items
-                    .iter()
-                    .flat_map(listed)
-                    .filter_map(|id| id.parse::<Uuid>().ok()),
-            );
+    /// Lists the Deployments of every environment now (also done every few seconds): the
+    /// instances they list are what [`Target::running`] answers.
+    pub async fn refresh(&self) -> Result<(), TargetError> {
+        for (environment, cluster) in &self.shared.clusters {
+            cleanup::refresh(&self.shared, environment, cluster).await?;
         }
-        ids.sort_unstable();
-        ids.dedup();
-        Ok(ids)
+        Ok(())
     }
 }
 
@@ -430,13 +490,15 @@ impl Target for KubernetesTarget {
     }
 
     fn running(&self) -> Vec<Uuid> {
-        self.shared.instances().keys().copied().collect()
+        let mut ids: Vec<Uuid> = self.shared.instances().keys().copied().collect();
+        ids.extend(lock(&self.shared.seen).ids.values().flatten().copied());
+        ids.sort_unstable();
+        ids.dedup();
+        ids
     }
 
-    fn sweep(&self, _orphans: Vec<Uuid>) -> BoxFuture<'_, Vec<Uuid>> {
-        // `running` lists only what this target supervises, so none of it is an orphan.
-        // Instances a crashed deployer left in a Deployment are listed by `listed`.
-        Box::pin(async { Vec::new() })
+    fn sweep(&self, orphans: Vec<Uuid>) -> BoxFuture<'_, Vec<Uuid>> {
+        Box::pin(self.sweep_orphans(orphans))
     }
 
     fn supervised(&self) -> HashSet<Uuid> {

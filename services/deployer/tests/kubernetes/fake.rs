@@ -1,17 +1,22 @@
 //! An in-memory Kubernetes API server, enough of one for the target: namespaced GET, LIST and
 //! WATCH (from a `resourceVersion`, label selectors `k=v,...`), server-side apply (`PATCH`
 //! with `application/apply-patch+yaml` and a `fieldManager`, `metadata.resourceVersion` as a
-//! precondition), DELETE and the pod log. Every applied object is read into its k8s-openapi
+//! precondition), DELETE (with `DeleteOptions` preconditions on `uid` and `resourceVersion`:
+//! 409 when they do not hold) and the pod log (of the container's current run: 400 while it
+//! waits, the followed stream ending with the run). Objects get `uid`, `resourceVersion` and
+//! `creationTimestamp` as the API server sets them; [`FakeApi::age`] lets time pass. Every applied object is read into its k8s-openapi
 //! type (the HTTPRoute into the target's own type) and must serialise back to exactly what was
 //! sent (a field the type does not know is refused), then checked like the API server's
 //! validation does for what the target uses; a refusal is a 422 `Status`.
 //!
-//! A Deployment controller runs on every write: each Deployment has `replicas` pods of its
-//! template (ready shortly after creation unless their image is marked never-ready), a deleted
-//! pod is replaced, extra pods go unready-first then newest-first, a new template replaces the
-//! pods.
+//! A Deployment controller and a kubelet run in [`controllers`]: each Deployment has
+//! `replicas` pods of its template (running and ready shortly after creation unless their
+//! image is marked otherwise), a deleted pod is replaced, extra pods go unready-first then
+//! newest-first, a new template replaces the pods; container runs end when a test says.
 
-use std::collections::{BTreeMap, HashSet};
+mod controllers;
+
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
@@ -19,6 +24,8 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use crate::validate::validate;
+
+pub use self::controllers::Behaviour;
 
 type Key = (String, String, String); // plural, namespace, name
 /// method, plural, name, fieldManager
@@ -45,10 +52,12 @@ struct Store {
 pub struct State {
     store: Mutex<Store>,
     events: broadcast::Sender<Event>,
-    /// Images whose pods never become ready.
-    never_ready: Mutex<HashSet<String>>,
+    /// How the pods of an image behave (absent: [`Behaviour::Ready`]).
+    images: Mutex<HashMap<String, Behaviour>>,
     /// (method, plural, name, fieldManager) of every write.
     pub writes: Mutex<Vec<Write>>,
+    /// (`get`, `list` or `watch`, plural) of every read.
+    pub reads: Mutex<Vec<(String, String)>>,
 }
 
 pub struct FakeApi {
@@ -67,8 +76,9 @@ impl FakeApi {
         let state = Arc::new(State {
             store: Mutex::default(),
             events,
-            never_ready: Mutex::default(),
+            images: Mutex::default(),
             writes: Mutex::default(),
+            reads: Mutex::default(),
         });
         let data = web::Data::from(state.clone());
         let server = HttpServer::new(move || {
@@ -93,8 +103,56 @@ impl FakeApi {
         }
     }
 
+    /// The pods of `image` run but never pass their readiness probe.
     pub fn never_ready(&self, image: &str) {
-        lock(&self.state.never_ready).insert(image.to_owned());
+        lock(&self.state.images).insert(image.to_owned(), Behaviour::NeverReady);
+    }
+
+    /// The pods of `image` crash at once, again after a restart, then back off.
+    pub fn crashing(&self, image: &str) {
+        lock(&self.state.images).insert(image.to_owned(), Behaviour::Crashing);
+    }
+
+    /// The pod's container exits with `exit_code` and the kubelet starts it again at once.
+    pub fn crash(&self, namespace: &str, pod: &str, exit_code: i32, reason: &str) {
+        self.state.end_run(namespace, pod, exit_code, reason, true);
+    }
+
+    /// The pod's container exits with `exit_code` and the kubelet backs off
+    /// (`CrashLoopBackOff`).
+    pub fn crash_loop(&self, namespace: &str, pod: &str, exit_code: i32) {
+        self.state
+            .end_run(namespace, pod, exit_code, "Error", false);
+    }
+
+    /// Lets `seconds` pass for every object's age (their `creationTimestamp` moves back).
+    pub fn age(&self, seconds: i64) {
+        let mut store = lock(&self.state.store);
+        for object in store.objects.values_mut() {
+            let created = object["metadata"]["creationTimestamp"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+            if let Some(created) = created {
+                object["metadata"]["creationTimestamp"] =
+                    stamp(created.to_utc() - chrono::Duration::seconds(seconds)).into();
+            }
+        }
+    }
+
+    /// Creates `object` as another client would (not validated: it is not the target's).
+    pub fn insert(&self, plural: &str, namespace: &str, mut object: Value) {
+        let mut store = lock(&self.state.store);
+        store.rv += 1;
+        let name = object["metadata"]["name"].as_str().unwrap().to_owned();
+        object["metadata"]["namespace"] = namespace.into();
+        object["metadata"]["resourceVersion"] = store.rv.to_string().into();
+        object["metadata"]["uid"] = format!("uid-{}", store.rv).into();
+        object["metadata"]["creationTimestamp"] = now(0).into();
+        store
+            .objects
+            .insert((plural.into(), namespace.into(), name), object.clone());
+        self.state
+            .record(&mut store, plural, namespace, "ADDED", object);
     }
 
     pub fn get(&self, plural: &str, namespace: &str, name: &str) -> Option<Value> {
@@ -117,6 +175,15 @@ impl FakeApi {
     pub fn delete_pod(&self, namespace: &str, name: &str) {
         self.state.delete("pods", namespace, name);
     }
+}
+
+/// A `creationTimestamp`-style time `seconds_ago` before now.
+fn now(seconds_ago: i64) -> String {
+    stamp(chrono::Utc::now() - chrono::Duration::seconds(seconds_ago))
+}
+
+fn stamp(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 fn status(code: u16, reason: &str, message: impl Into<String>) -> HttpResponse {
@@ -172,9 +239,11 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
     let method = req.method().as_str().to_owned();
     match (method.as_str(), name) {
         ("GET", None) if q.get("watch").is_some_and(|w| w == "true" || w == "1") => {
+            lock(&state.reads).push(("watch".into(), plural.clone()));
             watch(&state, plural, ns, q)
         }
         ("GET", None) => {
+            lock(&state.reads).push(("list".into(), plural.clone()));
             let store = lock(&state.store);
             let items: Vec<Value> = store
                 .objects
@@ -191,6 +260,7 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
         }
         ("GET", Some(name)) if log => logs(&state, ns, name, &q),
         ("GET", Some(name)) => {
+            lock(&state.reads).push(("get".into(), plural.clone()));
             match lock(&state.store)
                 .objects
                 .get(&(plural.clone(), ns, name.clone()))
@@ -228,6 +298,22 @@ async fn handle(req: HttpRequest, body: web::Bytes, state: web::Data<State>) -> 
         }
         ("DELETE", Some(name)) => {
             lock(&state.writes).push(("DELETE".into(), plural.clone(), name.clone(), None));
+            let options: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let current = state.object(&plural, &ns, &name);
+            for field in ["uid", "resourceVersion"] {
+                let want = &options["preconditions"][field];
+                let have = current.as_ref().map(|o| &o["metadata"][field]);
+                if !want.is_null() && have.is_some_and(|have| have != want) {
+                    return status(
+                        409,
+                        "Conflict",
+                        format!(
+                            "Precondition failed: {field} in precondition: {want}, {field} in object meta: {}",
+                            have.unwrap_or(&Value::Null)
+                        ),
+                    );
+                }
+            }
             match state.delete(&plural, &ns, &name) {
                 Some(v) => HttpResponse::Ok().json(v),
                 None => status(404, "NotFound", format!("{plural} \"{name}\" not found")),
@@ -303,12 +389,26 @@ fn tokio_stream<T: Send + 'static>(
 }
 
 fn logs(state: &State, ns: String, name: String, q: &BTreeMap<String, String>) -> HttpResponse {
-    let key = ("pods".to_owned(), ns, name.clone());
-    if !lock(&state.store).objects.contains_key(&key) {
-        return status(404, "NotFound", format!("pods \"{name}\" not found"));
-    }
     if q.get("container").map(String::as_str) != Some("app") {
         return status(400, "BadRequest", "container name must be given: app");
+    }
+    // Subscribed before the state is read: the end of this run is not missed.
+    let mut live = state.events.subscribe();
+    let Some(pod) = state.object("pods", &ns, &name) else {
+        return status(404, "NotFound", format!("pods \"{name}\" not found"));
+    };
+    let app = &pod["status"]["containerStatuses"][0];
+    let run = app["restartCount"].clone();
+    let running = !app["state"]["running"].is_null();
+    if !running && app["state"]["terminated"].is_null() {
+        let reason = app["state"]["waiting"]["reason"]
+            .as_str()
+            .unwrap_or("PodInitializing");
+        return status(
+            400,
+            "BadRequest",
+            format!("container \"app\" in pod \"{name}\" is waiting to start: {reason}"),
+        );
     }
     let follow = q.get("follow").is_some_and(|f| f == "true");
     let lines = lock(&state.store)
@@ -317,19 +417,22 @@ fn logs(state: &State, ns: String, name: String, q: &BTreeMap<String, String>) -
         .cloned()
         .unwrap_or_default();
     let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-    if !follow {
+    if !follow || !running {
         return HttpResponse::Ok().content_type("text/plain").body(text);
     }
-    let mut live = state.events.subscribe();
     let stream = async_stream(move |tx| async move {
         if tx.send(Ok(web::Bytes::from(text))).await.is_err() {
             return;
         }
-        // Open until the pod is deleted, like the kubelet's stream.
+        // Open while this run of the container lasts, like the kubelet's stream.
         while let Ok(e) = live.recv().await {
-            if e.plural == "pods"
-                && e.kind == "DELETED"
-                && e.object["metadata"]["name"] == name.as_str()
+            if e.plural != "pods" || e.object["metadata"]["name"] != name.as_str() {
+                continue;
+            }
+            let app = &e.object["status"]["containerStatuses"][0];
+            if e.kind == "DELETED"
+                || app["restartCount"] != run
+                || app["state"]["running"].is_null()
             {
                 return;
             }
@@ -341,6 +444,13 @@ fn logs(state: &State, ns: String, name: String, q: &BTreeMap<String, String>) -
 }
 
 impl State {
+    fn object(&self, plural: &str, ns: &str, name: &str) -> Option<Value> {
+        lock(&self.store)
+            .objects
+            .get(&(plural.into(), ns.into(), name.into()))
+            .cloned()
+    }
+
     fn record(&self, store: &mut Store, plural: &str, ns: &str, kind: &'static str, object: Value) {
         let event = Event {
             rv: store.rv,
@@ -403,6 +513,13 @@ impl State {
                 .expect("metadata checked");
             meta.insert("namespace".into(), ns.into());
             meta.insert("resourceVersion".into(), rv.into());
+            meta.insert(
+                "creationTimestamp".into(),
+                existing.as_ref().map_or_else(
+                    || now(0).into(),
+                    |e| e["metadata"]["creationTimestamp"].clone(),
+                ),
+            );
             meta.insert(
                 "uid".into(),
                 existing.as_ref().map_or_else(
@@ -468,155 +585,4 @@ impl State {
         self.record(&mut store, plural, ns, "DELETED", gone);
         Some(removed)
     }
-
-    fn owned(&self, ns: &str, deployment: &str) -> Vec<Value> {
-        lock(&self.store)
-            .objects
-            .iter()
-            .filter(|((p, n, _), v)| {
-                p == "pods"
-                    && n == ns
-                    && v["metadata"]["annotations"]["fake/deployment"] == deployment
-            })
-            .map(|(_, v)| v.clone())
-            .collect()
-    }
-
-    /// The Deployment controller (and the ReplicaSet's) for one Deployment.
-    fn reconcile(&self, ns: &str, name: &str) {
-        let Some(d) = lock(&self.store)
-            .objects
-            .get(&("deployments".into(), ns.into(), name.into()))
-            .cloned()
-        else {
-            return;
-        };
-        let template = d["spec"]["template"].clone();
-        let hash = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            template.to_string().hash(&mut h);
-            format!("{:08x}", h.finish() as u32)
-        };
-        let want = d["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
-        let mut pods = self.owned(ns, name);
-        // A new template: the old pods go (the fake rolls all at once).
-        for old in pods
-            .iter()
-            .filter(|p| p["metadata"]["labels"]["pod-template-hash"] != hash.as_str())
-        {
-            self.remove(
-                "pods",
-                ns,
-                old["metadata"]["name"].as_str().unwrap_or_default(),
-            );
-        }
-        pods.retain(|p| p["metadata"]["labels"]["pod-template-hash"] == hash.as_str());
-        if pods.len() > want {
-            // Unready first, then the newest.
-            pods.sort_by_key(|p| {
-                (
-                    is_ready(p),
-                    std::cmp::Reverse(
-                        p["metadata"]["annotations"]["fake/ordinal"]
-                            .as_str()
-                            .and_then(|o| o.parse::<u64>().ok()),
-                    ),
-                )
-            });
-            for extra in &pods[..pods.len() - want] {
-                self.remove(
-                    "pods",
-                    ns,
-                    extra["metadata"]["name"].as_str().unwrap_or_default(),
-                );
-            }
-        }
-        for _ in pods.len()..want {
-            self.make_pod(ns, name, &template, &hash);
-        }
-    }
-
-    fn make_pod(&self, ns: &str, deployment: &str, template: &Value, hash: &str) {
-        let image = template["spec"]["containers"][0]["image"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        let never = lock(&self.never_ready).contains(&image);
-        let (name, pod) = {
-            let mut store = lock(&self.store);
-            store.pods_made += 1;
-            let n = store.pods_made;
-            let name = format!("{deployment}-{hash}-p{n}");
-            let mut labels = template["metadata"]["labels"].clone();
-            labels["pod-template-hash"] = hash.into();
-            store.rv += 1;
-            let waiting = if never {
-                json!({"reason": "CrashLoopBackOff", "message": "back-off 10s restarting failed container=app"})
-            } else {
-                json!({"reason": "ContainerCreating"})
-            };
-            let pod = json!({
-                "apiVersion": "v1", "kind": "Pod",
-                "metadata": {
-                    "name": name, "namespace": ns, "labels": labels, "uid": format!("pod-{n}"),
-                    "resourceVersion": store.rv.to_string(),
-                    "annotations": {"fake/deployment": deployment, "fake/ordinal": n.to_string()},
-                },
-                "spec": template["spec"].clone(),
-                "status": {
-                    "phase": "Pending", "podIP": format!("10.1.0.{n}"),
-                    "conditions": [{"type": "Ready", "status": "False", "reason": "ContainersNotReady",
-                                    "message": "containers with unready status: [app]"}],
-                    "containerStatuses": [{"name": "app", "image": image, "imageID": "", "ready": false,
-                                           "restartCount": 0, "state": {"waiting": waiting}}],
-                },
-            });
-            store
-                .objects
-                .insert(("pods".into(), ns.into(), name.clone()), pod.clone());
-            self.record(&mut store, "pods", ns, "ADDED", pod.clone());
-            (name, pod)
-        };
-        if never {
-            return;
-        }
-        // Then ready (a second event, as the kubelet reports it), having printed its lines.
-        let release = pod["metadata"]["labels"]["slipway.dev/release"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned();
-        lock(&self.store).logs.insert(
-            name.clone(),
-            vec![
-                "listening on :8080".to_owned(),
-                format!("release v{release} up"),
-            ],
-        );
-        self.mark_ready(ns, &name);
-    }
-
-    fn mark_ready(&self, ns: &str, name: &str) {
-        let mut store = lock(&self.store);
-        let key = ("pods".to_owned(), ns.to_owned(), name.to_owned());
-        let Some(mut pod) = store.objects.get(&key).cloned() else {
-            return;
-        };
-        store.rv += 1;
-        pod["metadata"]["resourceVersion"] = store.rv.to_string().into();
-        pod["status"]["phase"] = "Running".into();
-        pod["status"]["conditions"] = json!([{"type": "Ready", "status": "True"}]);
-        pod["status"]["containerStatuses"][0]["ready"] = true.into();
-        pod["status"]["containerStatuses"][0]["state"] = json!({"running": {}});
-        store.objects.insert(key, pod.clone());
-        self.record(&mut store, "pods", ns, "MODIFIED", pod);
-    }
-}
-
-fn is_ready(pod: &Value) -> bool {
-    pod["status"]["conditions"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .any(|c| c["type"] == "Ready" && c["status"] == "True")
 }

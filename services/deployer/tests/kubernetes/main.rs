@@ -1,11 +1,15 @@
 //! The Kubernetes target's real kube client code against an in-memory API server ([`fake`]):
 //! apply, a rollout past its progress deadline, canary weights, the blue-green switch, a
-//! rollback restoring its config, scaling, pod loss and adoption by a restarted deployer. No
-//! test here talks to a real cluster (none can be installed where these run).
+//! rollback restoring its config, scaling, pod loss and adoption by a restarted deployer;
+//! container restarts and crash loops ([`restarts`]); the orphan sweep and the pruning of
+//! config versions ([`cleanup`]). No test here talks to a real cluster (none can be
+//! installed where these run).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
+mod cleanup;
 mod fake;
+mod restarts;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -63,6 +67,11 @@ fn kubeconfig(dir: &std::path::Path, url: &str) -> PathBuf {
 
 impl Harness {
     async fn new(progress_deadline_seconds: u64) -> Self {
+        Self::keeping(progress_deadline_seconds, 5).await
+    }
+
+    /// A harness whose target keeps `keep_config_versions` unused config versions.
+    async fn keeping(progress_deadline_seconds: u64, keep_config_versions: usize) -> Self {
         let api = FakeApi::start();
         let dir = std::env::temp_dir().join(format!("slipway-kube-{}", Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -81,6 +90,7 @@ impl Harness {
             )]),
             progress_deadline_seconds,
             log_batch_ms: 20,
+            keep_config_versions,
         };
         let (tx, events) = unbounded_channel();
         let target = KubernetesTarget::new(settings.clone(), tx).unwrap();
@@ -116,10 +126,14 @@ impl Harness {
     }
 
     async fn weights(&self, weights: &[(i32, u32)]) {
+        self.weights_of("shop", weights).await;
+    }
+
+    async fn weights_of(&self, service: &str, weights: &[(i32, u32)]) {
         self.target
             .set_weights(Traffic {
                 service_id: self.service_id,
-                service_name: "shop".into(),
+                service_name: service.into(),
                 environment: ENV.into(),
                 weights: weights
                     .iter()
@@ -306,18 +320,22 @@ async fn a_pod_that_never_becomes_ready_fails_after_the_progress_deadline_with_i
     h.api.never_ready(&spec.image);
     // Started (the pod exists and has an address), not healthy.
     h.start(&spec).await;
-    let (detail, _) = h
+    // Unhealthy, first while its container is created, then running with its probe failing
+    // (health is sent on a change and on every tick, with the pod's latest reason).
+    let detail = h
         .event("unhealthy", |e| match e {
             TargetEvent::Health {
                 healthy: false,
                 detail,
-                restarts,
                 ..
-            } => Some((detail.clone(), *restarts)),
+            } if detail.contains("ContainersNotReady") => Some(detail.clone()),
             _ => None,
         })
         .await;
-    assert!(detail.contains("CrashLoopBackOff"), "{detail}");
+    assert!(
+        detail.ends_with("not ready: ContainersNotReady: containers with unready status: [app]"),
+        "{detail}"
+    );
     let exit = h
         .event("deadline", |e| match e {
             TargetEvent::Exited {
@@ -331,7 +349,7 @@ async fn a_pod_that_never_becomes_ready_fails_after_the_progress_deadline_with_i
         .await;
     assert!(exit.contains("not ready after 1 s"), "{exit}");
     assert!(
-        exit.contains("CrashLoopBackOff: back-off 10s restarting failed container=app"),
+        exit.contains("containers with unready status: [app]"),
         "{exit}"
     );
     assert_eq!(

@@ -82,7 +82,7 @@ pub(super) fn api_error(what: &str, e: kube::Error) -> TargetError {
     TargetError::Start(format!("{what}: {e}"))
 }
 
-fn is_conflict(e: &kube::Error) -> bool {
+pub(super) fn is_conflict(e: &kube::Error) -> bool {
     matches!(e, kube::Error::Api(s) if s.code == 409)
 }
 
@@ -117,11 +117,12 @@ impl Shared {
 
     /// Reads the Deployment of `spec`'s release, changes its instance list with `change`, and
     /// applies it (or deletes it and the release's Service at zero), retrying on conflicts.
+    /// Answers whether the release was deleted.
     pub(super) async fn update_instances(
         &self,
         spec: &InstanceSpec,
         change: impl Fn(&mut BTreeSet<String>),
-    ) -> Result<(), TargetError> {
+    ) -> Result<bool, TargetError> {
         let cluster = self.cluster(&spec.environment)?;
         let names = Names::new(&spec.service_name, &spec.environment);
         let name = names.release(spec.release);
@@ -139,7 +140,7 @@ impl Shared {
                 if current.is_some() {
                     delete_release(cluster, &names, spec.release).await?;
                 }
-                return Ok(());
+                return Ok(current.is_some());
             }
             let version = current.and_then(|d| d.metadata.resource_version);
             let deadline = i32::try_from(self.settings.progress_deadline_seconds).unwrap_or(600);
@@ -148,7 +149,7 @@ impl Shared {
                 .patch(&name, &Self::apply_params(), &Patch::Apply(&object))
                 .await
             {
-                Ok(_) => return Ok(()),
+                Ok(_) => return Ok(false),
                 Err(e) if is_conflict(&e) => continue,
                 Err(e) => return Err(api_error("cannot apply the Deployment", e)),
             }

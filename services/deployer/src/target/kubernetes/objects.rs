@@ -26,6 +26,10 @@ pub const RELEASE: &str = "slipway.dev/release";
 /// On a release's Deployment: the JSON list of the instance ids it runs, how a restarted
 /// deployer (or another replica) knows which instances a Deployment's replicas are.
 pub const INSTANCES: &str = "slipway.dev/instances";
+/// On a ConfigMap and Secret: the config version they hold (what pruning orders them by).
+pub const CONFIG_VERSION: &str = "slipway.dev/config-version";
+/// On a Service: `release` (one release's) or `stable` (the one blue-green switches).
+pub const ROLE: &str = "slipway.dev/role";
 /// The container every release pod runs its service in.
 pub const CONTAINER: &str = "app";
 /// The port the service listens on inside its pod (the image's `ExposedPorts`).
@@ -119,7 +123,10 @@ fn meta(name: String, labels: BTreeMap<String, String>) -> ObjectMeta {
 /// release brings back exactly its config.
 pub fn config_map(names: &Names, spec: &InstanceSpec) -> ConfigMap {
     ConfigMap {
-        metadata: meta(names.config(spec.config_version), names.labels()),
+        metadata: meta(
+            names.config(spec.config_version),
+            config_labels(names, spec),
+        ),
         immutable: Some(true),
         data: Some(BTreeMap::from([
             ("SLIPWAY_SERVICE".to_owned(), spec.service_name.clone()),
@@ -133,11 +140,21 @@ pub fn config_map(names: &Names, spec: &InstanceSpec) -> ConfigMap {
     }
 }
 
+/// A config version's labels (labels may change on an immutable object: only its data may not).
+fn config_labels(names: &Names, spec: &InstanceSpec) -> BTreeMap<String, String> {
+    let mut labels = names.labels();
+    labels.insert(CONFIG_VERSION.to_owned(), spec.config_version.to_string());
+    labels
+}
+
 /// The release's config (variables and secrets alike: the deployer is not told which is
 /// which, so all of it is kept as a Secret), immutable like [`config_map`].
 pub fn secret(names: &Names, spec: &InstanceSpec) -> Secret {
     Secret {
-        metadata: meta(names.config(spec.config_version), names.labels()),
+        metadata: meta(
+            names.config(spec.config_version),
+            config_labels(names, spec),
+        ),
         immutable: Some(true),
         type_: Some("Opaque".to_owned()),
         data: Some(
@@ -283,8 +300,15 @@ fn meta_labels(labels: BTreeMap<String, String>) -> ObjectMeta {
 
 /// A Service selecting `release`'s pods: named after the release, or the stable one.
 pub fn service(names: &Names, name: String, release: i32) -> Service {
+    let mut labels = names.labels();
+    let role = if name == names.stable() {
+        "stable"
+    } else {
+        "release"
+    };
+    labels.insert(ROLE.to_owned(), role.to_owned());
     Service {
-        metadata: meta(name, names.labels()),
+        metadata: meta(name, labels),
         spec: Some(ServiceSpec {
             selector: Some(names.release_labels(release)),
             ports: Some(vec![ServicePort {

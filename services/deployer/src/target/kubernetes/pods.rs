@@ -1,98 +1,23 @@
 //! Pods as instances: one watch per environment keeps a cache of the release pods, and every
-//! change reconciles the instances with it (binding, readiness, progress deadline, pod loss)
-//! and follows bound pods' logs. See the parent module's doc.
+//! change reconciles the instances with it (binding, readiness, progress deadline, pod loss,
+//! the runs of the pod's container) and follows the current run's log. See the parent
+//! module's doc.
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
-use chrono::Utc;
-use futures::{AsyncBufReadExt, StreamExt, TryStreamExt};
+use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams, LogParams, WatchEvent, WatchParams};
-use slipway_events::deploy::LogLine;
+use kube::api::{Api, ListParams, WatchEvent, WatchParams};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::objects::{self, CONTAINER, PORT};
-use super::{Shared, lock};
+pub(crate) use super::status::PodInfo;
+use super::{Instance, Shared, lock, logs};
 use crate::target::{Placement, TargetEvent};
-
-/// What the target needs of a pod.
-#[derive(Debug, Clone)]
-pub(crate) struct PodInfo {
-    pub release: Option<i32>,
-    pub ip: Option<String>,
-    pub ready: bool,
-    /// Being deleted (`deletionTimestamp` set): no longer an instance.
-    pub deleting: bool,
-    /// Why it is not ready, from its status.
-    pub reason: String,
-}
-
-impl PodInfo {
-    fn of(pod: &Pod) -> Self {
-        let status = pod.status.as_ref();
-        let ready = status
-            .and_then(|s| s.conditions.as_ref())
-            .into_iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        Self {
-            release: pod
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(objects::RELEASE))
-                .and_then(|r| r.parse().ok()),
-            ip: status
-                .and_then(|s| s.pod_ip.clone())
-                .filter(|ip| !ip.is_empty()),
-            ready,
-            deleting: pod.metadata.deletion_timestamp.is_some(),
-            reason: not_ready_reason(pod),
-        }
-    }
-}
-
-/// The most specific reason the pod gives: a container's waiting or terminated state, then
-/// the Ready condition, then the phase.
-fn not_ready_reason(pod: &Pod) -> String {
-    let Some(status) = &pod.status else {
-        return "no status yet".into();
-    };
-    for c in status.container_statuses.iter().flatten() {
-        let state = c.state.as_ref();
-        if let Some(w) = state.and_then(|s| s.waiting.as_ref()) {
-            let reason = w.reason.as_deref().unwrap_or("waiting");
-            return match &w.message {
-                Some(m) => format!("container {}: {reason}: {m}", c.name),
-                None => format!("container {}: {reason}", c.name),
-            };
-        }
-        if let Some(t) = state.and_then(|s| s.terminated.as_ref()) {
-            return format!(
-                "container {}: {} (exit code {})",
-                c.name,
-                t.reason.as_deref().unwrap_or("terminated"),
-                t.exit_code
-            );
-        }
-    }
-    if let Some(c) = status
-        .conditions
-        .iter()
-        .flatten()
-        .find(|c| c.type_ == "Ready" && c.status != "True")
-    {
-        return format!(
-            "{}: {}",
-            c.reason.as_deref().unwrap_or("not ready"),
-            c.message.as_deref().unwrap_or("no message")
-        );
-    }
-    format!("phase {}", status.phase.as_deref().unwrap_or("unknown"))
-}
 
 /// Lists then watches `environment`'s release pods until the target is dropped; answers a
 /// notification given once the first list is cached.
@@ -103,10 +28,8 @@ pub(crate) fn spawn_watch(shared: Arc<Shared>, environment: String, api: Api<Pod
     let ticking = shared.clone();
     let env = environment.clone();
     tokio::spawn(async move {
-        let tick = (ticking.settings.progress_deadline() / 4).clamp(
-            std::time::Duration::from_millis(100),
-            std::time::Duration::from_secs(5),
-        );
+        let tick = (ticking.settings.progress_deadline() / 4)
+            .clamp(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             tokio::select! {
                 () = tokio::time::sleep(tick) => reconcile(&ticking, &env, true),
@@ -159,7 +82,7 @@ pub(crate) fn spawn_watch(shared: Arc<Shared>, environment: String, api: Api<Pod
 
 async fn pause(shared: &Shared) {
     tokio::select! {
-        () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        () = tokio::time::sleep(Duration::from_secs(1)) => {}
         () = shared.cancel.cancelled() => {}
     }
 }
@@ -233,6 +156,7 @@ pub(crate) fn reconcile(shared: &Arc<Shared>, environment: &str, tick: bool) {
         .unwrap_or_default();
     let mut events = Vec::new();
     let mut follow = Vec::new();
+    let mut bound = false;
     let deadline = shared.settings.progress_deadline();
     {
         let mut instances = shared.instances();
@@ -260,15 +184,19 @@ pub(crate) fn reconcile(shared: &Arc<Shared>, environment: &str, tick: bool) {
                             instance_id: id,
                             exit: format!("pod {name} was deleted"),
                             restarts: instance.restarts,
-                            restart_in: std::time::Duration::ZERO,
+                            restart_in: Duration::ZERO,
                             crash_loop: false,
-                            last_lines: Vec::new(),
+                            last_lines: instance.recent.iter().cloned().collect(),
                         });
                         instance.pod = None;
                         instance.lost = true;
                         instance.restarts += 1;
                     }
                     Some(pod) => {
+                        if instance.started {
+                            observe_container(id, &name, instance, pod, &mut events);
+                        }
+                        follow_run(shared, id, &name, instance, pod, &mut follow);
                         if instance.started && (tick || instance.ready != Some(pod.ready)) {
                             instance.ready = Some(pod.ready);
                             events.push(TargetEvent::Health {
@@ -282,7 +210,11 @@ pub(crate) fn reconcile(shared: &Arc<Shared>, environment: &str, tick: bool) {
                                 },
                             });
                         }
+                        instance.ever_ready |= pod.ready;
+                        // The deadline is for becoming ready (after binding or a restart of
+                        // the container), not for staying ready.
                         if !pod.ready
+                            && !instance.ever_ready
                             && !instance.overdue
                             && instance.bound_at.elapsed() >= deadline
                         {
@@ -295,9 +227,9 @@ pub(crate) fn reconcile(shared: &Arc<Shared>, environment: &str, tick: bool) {
                                     pod.reason
                                 ),
                                 restarts: instance.restarts,
-                                restart_in: std::time::Duration::ZERO,
+                                restart_in: Duration::ZERO,
                                 crash_loop: true,
-                                last_lines: Vec::new(),
+                                last_lines: instance.recent.iter().cloned().collect(),
                             });
                         }
                         continue;
@@ -308,7 +240,7 @@ pub(crate) fn reconcile(shared: &Arc<Shared>, environment: &str, tick: bool) {
             let mut free: Vec<(&String, &PodInfo)> = pods
                 .iter()
                 .filter(|(n, p)| {
-                    p.release == Some(instance.release)
+                    p.is_of(&instance.names, instance.release)
                         && !p.deleting
                         && p.ip.is_some()
                         && !taken.contains(*n)
@@ -317,13 +249,9 @@ pub(crate) fn reconcile(shared: &Arc<Shared>, environment: &str, tick: bool) {
             free.sort_by_key(|(n, _)| (*n).clone());
             if let Some((name, pod)) = free.first() {
                 taken.insert((*name).clone());
-                instance.pod = Some((*name).clone());
-                instance.bound_at = tokio::time::Instant::now();
-                instance.ready = None;
-                instance.overdue = false;
-                let token = shared.cancel.child_token();
-                instance.logs = Some(token.clone());
-                follow.push((id, (*name).clone(), token));
+                instance.bind(name, pod);
+                bound = true;
+                follow_run(shared, id, name, instance, pod, &mut follow);
                 if instance.lost {
                     instance.lost = false;
                     events.push(TargetEvent::Restarted {
@@ -335,12 +263,11 @@ pub(crate) fn reconcile(shared: &Arc<Shared>, environment: &str, tick: bool) {
             }
         }
     }
-    let bound = !follow.is_empty();
     for event in events {
         let _ = shared.events.send(event);
     }
     for (id, pod, token) in follow {
-        tokio::spawn(follow_logs(
+        tokio::spawn(logs::follow_logs(
             shared.clone(),
             environment.to_owned(),
             id,
@@ -351,6 +278,87 @@ pub(crate) fn reconcile(shared: &Arc<Shared>, environment: &str, tick: bool) {
     if bound {
         shared.changed.notify_waiters();
     }
+}
+
+/// Reports what happened to the bound pod's `app` container since last looked at: a run
+/// that ended ([`TargetEvent::Exited`], a crash loop when the kubelet backs off), a run the
+/// kubelet started again ([`TargetEvent::Restarted`], at the same address).
+fn observe_container(
+    id: Uuid,
+    name: &str,
+    instance: &mut Instance,
+    pod: &PodInfo,
+    events: &mut Vec<TargetEvent>,
+) {
+    let exited = |instance: &Instance, how: String, crash_loop: bool, restart_in: Duration| {
+        TargetEvent::Exited {
+            instance_id: id,
+            exit: format!("container {CONTAINER} of pod {name}: {how}"),
+            restarts: instance.restarts,
+            restart_in,
+            crash_loop,
+            last_lines: instance.recent.iter().cloned().collect(),
+        }
+    };
+    if pod.restart_count > instance.pod_restarts {
+        // Restarted since: its exit is reported first if it was not seen ending.
+        if !instance.exit_reported {
+            let how = pod.last_exit.clone().unwrap_or_else(|| "exited".into());
+            events.push(exited(instance, how, false, Duration::ZERO));
+        }
+        instance.restarts += pod.restart_count - instance.pod_restarts;
+        instance.pod_restarts = pod.restart_count;
+        instance.exit_reported = false;
+        instance.crash_reported = false;
+        instance.ready = None;
+        instance.ever_ready = false;
+        instance.overdue = false;
+        instance.bound_at = tokio::time::Instant::now();
+        tracing::warn!(instance = %id, pod = %name, restarts = instance.restarts, "container restarted");
+        events.push(TargetEvent::Restarted {
+            instance_id: id,
+            placement: placement_of(pod),
+            restarts: instance.restarts,
+        });
+    }
+    let crash_loop = pod.back_off.is_some();
+    let down = pod
+        .exited
+        .clone()
+        .or_else(|| crash_loop.then(|| "exited".to_owned()));
+    if let Some(how) = down
+        && (!instance.exit_reported || (crash_loop && !instance.crash_reported))
+    {
+        let (how, restart_in) = match &pod.back_off {
+            Some((why, wait)) => (format!("{how}; {why}"), *wait),
+            None => (how, Duration::ZERO),
+        };
+        events.push(exited(instance, how, crash_loop, restart_in));
+        instance.exit_reported = true;
+        instance.crash_reported |= crash_loop;
+    }
+}
+
+/// Follows the log of the bound pod's current run of `app` unless it is followed already
+/// (a container's log can be read once it runs; each run has its own stream).
+fn follow_run(
+    shared: &Shared,
+    id: Uuid,
+    name: &str,
+    instance: &mut Instance,
+    pod: &PodInfo,
+    follow: &mut Vec<(Uuid, String, CancellationToken)>,
+) {
+    if !pod.running || instance.log_run == Some(pod.restart_count) {
+        return;
+    }
+    if let Some(old) = instance.logs.take() {
+        old.cancel();
+    }
+    let token = shared.cancel.child_token();
+    instance.logs = Some(token.clone());
+    instance.log_run = Some(pod.restart_count);
+    follow.push((id, name.to_owned(), token));
 }
 
 fn placement_of(pod: &PodInfo) -> Placement {
@@ -371,34 +379,27 @@ pub(crate) fn placement(shared: &Shared, id: Uuid) -> Option<Placement> {
 }
 
 /// Binds `id` to the pod at `ip` (an adopted instance's recorded address) if it is a live
-/// pod of the instance's release bound to nobody else.
-pub(crate) fn bind_by_ip(shared: &Arc<Shared>, id: Uuid, ip: Option<&str>) -> bool {
+/// pod of the instance's release bound to nobody else. Its log is followed from the next
+/// [`reconcile`] on.
+pub(crate) fn bind_by_ip(shared: &Shared, id: Uuid, ip: Option<&str>) -> bool {
     let Some(ip) = ip else { return false };
     let pods = lock(&shared.pods).clone();
-    let token = shared.cancel.child_token();
-    let bound = {
-        let mut instances = shared.instances();
-        let taken: HashSet<String> = instances.values().filter_map(|i| i.pod.clone()).collect();
-        let Some(instance) = instances.get_mut(&id) else {
-            return false;
-        };
-        let found = pods.get(&instance.environment).and_then(|cache| {
-            cache.iter().find(|(n, p)| {
-                p.ip.as_deref() == Some(ip)
-                    && !p.deleting
-                    && p.release == Some(instance.release)
-                    && !taken.contains(*n)
-            })
-        });
-        found.map(|(name, _)| {
-            instance.pod = Some(name.clone());
-            instance.logs = Some(token.clone());
-            (instance.environment.clone(), name.clone())
-        })
+    let mut instances = shared.instances();
+    let taken: HashSet<String> = instances.values().filter_map(|i| i.pod.clone()).collect();
+    let Some(instance) = instances.get_mut(&id) else {
+        return false;
     };
-    match bound {
-        Some((environment, pod)) => {
-            tokio::spawn(follow_logs(shared.clone(), environment, id, pod, token));
+    let found = pods.get(&instance.environment).and_then(|cache| {
+        cache.iter().find(|(n, p)| {
+            p.ip.as_deref() == Some(ip)
+                && !p.deleting
+                && p.is_of(&instance.names, instance.release)
+                && !taken.contains(*n)
+        })
+    });
+    match found {
+        Some((name, pod)) => {
+            instance.bind(name, pod);
             true
         }
         None => false,
@@ -406,13 +407,18 @@ pub(crate) fn bind_by_ip(shared: &Arc<Shared>, id: Uuid, ip: Option<&str>) -> bo
 }
 
 /// Why no pod of `release` is there for an instance yet (for a start that timed out).
-pub(crate) fn pending_reason(shared: &Shared, environment: &str, release: i32) -> String {
+pub(crate) fn pending_reason(
+    shared: &Shared,
+    environment: &str,
+    names: &objects::Names,
+    release: i32,
+) -> String {
     let pods = lock(&shared.pods);
     let reasons: Vec<String> = pods
         .get(environment)
         .into_iter()
         .flatten()
-        .filter(|(_, p)| p.release == Some(release))
+        .filter(|(_, p)| p.is_of(names, release))
         .map(|(n, p)| format!("pod {n}: {}", p.reason))
         .collect();
     if reasons.is_empty() {
@@ -421,78 +427,4 @@ pub(crate) fn pending_reason(shared: &Shared, environment: &str, release: i32) -
     } else {
         reasons.join("; ")
     }
-}
-
-/// Follows a bound pod's log (container `app`) as [`TargetEvent::Logs`] batches until the
-/// pod or the instance goes; the sequence continues over the instance's pods.
-async fn follow_logs(
-    shared: Arc<Shared>,
-    environment: String,
-    id: Uuid,
-    pod: String,
-    token: CancellationToken,
-) {
-    let Some(cluster) = shared.clusters.get(&environment) else {
-        return;
-    };
-    let Ok(api) = cluster.api::<Pod>().await else {
-        return;
-    };
-    let params = LogParams {
-        container: Some(CONTAINER.to_owned()),
-        follow: true,
-        ..LogParams::default()
-    };
-    let reader = tokio::select! {
-        r = api.log_stream(&pod, &params) => r,
-        () = token.cancelled() => return,
-    };
-    let reader = match reader {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::info!(instance = %id, %pod, error = %e, "no log of the pod");
-            return;
-        }
-    };
-    let mut lines = Box::pin(reader.lines());
-    let batch = shared.settings.log_batch();
-    let mut pending: Vec<LogLine> = Vec::new();
-    let flush = |pending: &mut Vec<LogLine>| {
-        if pending.is_empty() {
-            return;
-        }
-        let mut instances = shared.instances();
-        let Some(instance) = instances.get_mut(&id) else {
-            pending.clear();
-            return;
-        };
-        let first_seq = instance.log_seq;
-        instance.log_seq += pending.len() as u64;
-        drop(instances);
-        let _ = shared.events.send(TargetEvent::Logs {
-            instance_id: id,
-            first_seq,
-            lines: std::mem::take(pending),
-        });
-    };
-    loop {
-        let next = tokio::select! {
-            l = lines.next() => l,
-            () = tokio::time::sleep(batch), if !pending.is_empty() => {
-                flush(&mut pending);
-                continue;
-            }
-            () = token.cancelled() => break,
-        };
-        match next {
-            Some(Ok(line)) => pending.push(LogLine {
-                // The pod log API merges the container's stdout and stderr.
-                stream: "stdout".into(),
-                line,
-                at: Utc::now(),
-            }),
-            _ => break,
-        }
-    }
-    flush(&mut pending);
 }

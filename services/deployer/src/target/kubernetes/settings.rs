@@ -20,6 +20,11 @@ pub struct KubernetesSettings {
     /// How long output lines are collected before they are sent as one batch.
     #[serde(default = "default_log_batch_ms")]
     pub log_batch_ms: u64,
+    /// How many config versions (ConfigMap and Secret pairs) no Deployment uses are kept per
+    /// service and environment, newest first, so that a rollback to a recent release finds
+    /// its config; older ones are deleted once a release is retired.
+    #[serde(default = "default_keep_config_versions")]
+    pub keep_config_versions: usize,
 }
 
 /// One environment's cluster.
@@ -50,6 +55,9 @@ fn default_progress_deadline_seconds() -> u64 {
 }
 fn default_log_batch_ms() -> u64 {
     200
+}
+fn default_keep_config_versions() -> usize {
+    5
 }
 fn default_gateway() -> String {
     "slipway".into()
