@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
 mod fake;
+mod resources;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -100,6 +101,7 @@ impl Harness {
             service_id: self.service_id,
             service_name: "shop".into(),
             environment: ENV.into(),
+            target: slipway_deployer::target::TargetKind::Kubernetes,
             release,
             config_version,
             image: format!("registry.test/shop@sha256:{release:064x}"),
@@ -121,6 +123,7 @@ impl Harness {
                 service_id: self.service_id,
                 service_name: "shop".into(),
                 environment: ENV.into(),
+                target: slipway_deployer::target::TargetKind::Kubernetes,
                 weights: weights
                     .iter()
                     .map(|&(release, weight)| ReleaseWeight { release, weight })
