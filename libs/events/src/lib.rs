@@ -8,6 +8,8 @@
 //! - [`slipway`]: slipway's own event types (reverse-DNS, versioned) where CDEvents has none.
 //! - [`inputs`]: user-given values that steer the platform (probe paths, run commands, env
 //!   names), as types that hold only valid ones.
+//! - [`resources`]: the CPUs and memory a release asks for its instances (`[run] cpus`,
+//!   `memory`), as types that hold only values the targets can enforce.
 //! - [`deploy`]: deploy-and-run commands and facts (deployments, instances, traffic, health).
 //! - [`trust`]: the owning service of every event type and the bytes its signature covers.
 //! - [`repository`]: the rule for repository URLs in events (no credentials; local ones only
@@ -23,6 +25,7 @@ pub mod deploy;
 pub mod envelope;
 pub mod inputs;
 pub mod repository;
+pub mod resources;
 pub mod slipway;
 pub mod topics;
 pub mod trust;

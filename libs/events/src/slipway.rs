@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use slipway_ids::{BuildId, ProjectName, ServiceId};
 
 pub use crate::inputs::{Command, EnvName, InvalidInput, ProbePath};
+pub use crate::resources::{Cpus, Memory};
 use crate::{EventData, Topic};
 
 /// The `source` attribute of events each service publishes.
@@ -97,6 +98,21 @@ pub struct RunSpec {
     /// The HTTP path health checks probe, on the instance's own address.
     #[serde(default, deserialize_with = "run_health_path")]
     pub health_path: ProbePath,
+    /// CPUs an instance may use (absent: the target's default). Container targets enforce it,
+    /// up to the ceiling their settings allow; the process target does not.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "run_cpus"
+    )]
+    pub cpus: Option<Cpus>,
+    /// Memory an instance may use (absent: the target's default), like `cpus`.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "run_memory"
+    )]
+    pub memory: Option<Memory>,
 }
 
 fn default_port_env() -> EnvName {
@@ -122,6 +138,14 @@ fn run_port_env<'de, D: Deserializer<'de>>(d: D) -> Result<EnvName, D::Error> {
 
 fn run_health_path<'de, D: Deserializer<'de>>(d: D) -> Result<ProbePath, D::Error> {
     ProbePath::named("run.health_path", d)
+}
+
+fn run_cpus<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cpus>, D::Error> {
+    Cpus::named("run.cpus", d)
+}
+
+fn run_memory<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Memory>, D::Error> {
+    Memory::named("run.memory", d)
 }
 
 /// A release was made (registry): an immutable, numbered pairing of an artifact with the config
@@ -173,6 +197,22 @@ mod tests {
             (defaults.port_env.as_str(), defaults.health_path.as_str()),
             ("PORT", "/healthz")
         );
+        // Run specs from before limits decode without them, and are written as before.
+        assert_eq!((defaults.cpus, defaults.memory), (None, None));
+        assert!(!serde_json::to_string(&defaults).unwrap().contains("cpus"));
+        let limited = serde_json::json!({
+            "command": ["./app"], "port_env": "PORT", "health_path": "/healthz",
+            "cpus": 0.5, "memory": "1GiB"
+        });
+        let run: RunSpec = serde_json::from_value(limited.clone()).unwrap();
+        assert_eq!(run.cpus.map(Cpus::millis), Some(500));
+        assert_eq!(run.memory.map(Memory::mib), Some(1024));
+        assert_eq!(serde_json::to_value(&run).unwrap(), limited);
+        let nulls: RunSpec = serde_json::from_value(
+            serde_json::json!({"command": ["./app"], "cpus": null, "memory": null}),
+        )
+        .unwrap();
+        assert_eq!((nulls.cpus, nulls.memory), (None, None));
 
         for (field, value, named) in [
             (
@@ -193,6 +233,13 @@ mod tests {
                 serde_json::json!("SLIPWAY_INSTANCE"),
                 "run.port_env",
             ),
+            ("cpus", serde_json::json!(0), "run.cpus"),
+            ("cpus", serde_json::json!(65), "run.cpus"),
+            ("cpus", serde_json::json!("2"), "run.cpus"),
+            ("memory", serde_json::json!("8MiB"), "run.memory"),
+            ("memory", serde_json::json!("65GiB"), "run.memory"),
+            ("memory", serde_json::json!("1 GB"), "run.memory"),
+            ("memory", serde_json::json!(1024), "run.memory"),
         ] {
             let mut body = serde_json::json!({"command": ["./app"]});
             body[field] = value;

@@ -8,7 +8,8 @@
 //! - [`routes`]: the registry's routing table (`GET /v1/discovery`), how edge routers report
 //!   the table version they apply, and the traffic status the deployer's route step waits on
 //!   (`GET /internal/v1/traffic/{service_id}/{environment}`).
-//! - [`releases`]: releases, environments and run config as the deployer reads them.
+//! - [`releases`]: releases, environments (and the [`releases::TargetKind`] each runs on) and
+//!   run config as the deployer reads them.
 //! - [`service`]: the registry's services (`/v1/services`), as the gateway reads and creates
 //!   them.
 

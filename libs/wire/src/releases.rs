@@ -39,12 +39,75 @@ pub struct Environments {
     pub items: Vec<Environment>,
 }
 
+/// Where an environment's instances run. Recorded per environment by the registry (the
+/// authority: the deployer starts instances on the target the environment names) and stored
+/// as `TEXT` by both (`process`, `docker`, `kubernetes`, the migrations' `CHECK` lists).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    sqlx::Type,
+)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "TEXT", rename_all = "lowercase")]
+pub enum TargetKind {
+    /// Supervised local processes on the deployer's machine.
+    #[default]
+    Process,
+    /// Containers on Docker Engines.
+    Docker,
+    /// Pods of a Deployment per release in a cluster.
+    Kubernetes,
+}
+
+impl TargetKind {
+    pub const ALL: [TargetKind; 3] = [Self::Process, Self::Docker, Self::Kubernetes];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Process => "process",
+            Self::Docker => "docker",
+            Self::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+impl fmt::Display for TargetKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Not one of [`TargetKind::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a target: must be `process`, `docker` or `kubernetes`")]
+pub struct UnknownTarget(pub String);
+
+impl std::str::FromStr for TargetKind {
+    type Err = UnknownTarget;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.as_str() == s)
+            .ok_or_else(|| UnknownTarget(s.to_owned()))
+    }
+}
+
 /// One environment of a service.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Environment {
     pub name: String,
-    /// Where it runs: `process`, `docker` or `kubernetes`.
-    pub target: String,
+    /// Where it runs.
+    pub target: TargetKind,
     /// The latest config version (0: none yet).
     pub config_version: i32,
     pub created_at: DateTime<Utc>,
@@ -78,6 +141,21 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+
+    #[test]
+    fn target_kinds_keep_their_names_and_refuse_others() {
+        for kind in TargetKind::ALL {
+            let wire = serde_json::to_value(kind).unwrap();
+            assert_eq!(wire, kind.as_str());
+            assert_eq!(serde_json::from_value::<TargetKind>(wire).unwrap(), kind);
+            assert_eq!(kind.as_str().parse::<TargetKind>().unwrap(), kind);
+        }
+        assert!(serde_json::from_value::<TargetKind>(serde_json::json!("vm")).is_err());
+        assert_eq!(
+            "Docker".parse::<TargetKind>().unwrap_err().to_string(),
+            "`Docker` is not a target: must be `process`, `docker` or `kubernetes`"
+        );
+    }
 
     #[test]
     fn run_config_debug_hides_values() {

@@ -1,4 +1,5 @@
-//! What the deployer asks the registry: releases (artifact and run spec), config versions
+//! What the deployer asks the registry: releases (artifact and run spec), environments (the
+//! target each runs on and its newest config version), config versions
 //! (secrets decrypted, from the registry's internal API; held in memory only, never stored),
 //! and the traffic status route steps wait on. The answers are `slipway-wire`'s types, the
 //! ones the registry serialises.
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use slipway_ids::ServiceId;
-use slipway_wire::releases::{Environments, RunConfig};
+use slipway_wire::releases::{Environment, Environments, RunConfig};
 use slipway_wire::routes::TrafficStatus;
 
 /// A release as the deployer needs it (the registry's answer, whole).
@@ -90,19 +91,20 @@ impl RegistryClient {
             .await
     }
 
-    /// The newest release of a service, if any.
-    pub async fn latest_config_version(
+    /// One environment of a service as the registry records it: the target its instances run
+    /// on and its newest config version. Never cached: the target may change between two
+    /// deployments.
+    pub async fn environment(
         &self,
         service: &str,
         environment: &str,
-    ) -> Result<i32, RegistryError> {
+    ) -> Result<Environment, RegistryError> {
         let envs: Environments = self
             .get(&format!("/v1/services/{service}/environments"))
             .await?;
         envs.items
             .into_iter()
             .find(|e| e.name == environment)
-            .map(|e| e.config_version)
             .ok_or_else(|| {
                 RegistryError::NotFound(format!(
                     "service `{service}` has no environment `{environment}`"

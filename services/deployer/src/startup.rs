@@ -17,8 +17,8 @@ use crate::engine::{DeploySettings, Engine, EngineMetrics, Fleet};
 use crate::registry::RegistryClient;
 use crate::target::docker::{DockerSettings, DockerTarget};
 use crate::target::process::{ProcessSettings, ProcessTarget, Users, running_as_root};
-use crate::target::router::{RouterError, TargetKind, TargetRouter, TargetsSettings};
-use crate::target::{Target, TargetError};
+use crate::target::router::{RouterError, TargetRouter, TargetsSettings};
+use crate::target::{Target, TargetError, TargetKind};
 
 /// Where the registry's API is.
 #[derive(Debug, Clone, Deserialize)]
@@ -33,10 +33,11 @@ pub struct Settings {
     pub upstreams: UpstreamSettings,
     pub deploy: DeploySettings,
     pub process: ProcessSettings,
-    /// Which target runs each environment's instances.
+    /// Which targets this deployer sets up (an environment runs on the one the registry
+    /// records for it).
     #[serde(default)]
     pub targets: TargetsSettings,
-    /// The Docker target (used when an environment's target is `docker`).
+    /// The Docker target (set up when `[targets] enabled` names it).
     #[serde(default)]
     pub docker: DockerSettings,
     /// The Kubernetes target's clusters per environment (none: no environment runs there).
@@ -87,7 +88,7 @@ fn instance_users(pool: &sqlx::PgPool, process: &ProcessSettings) -> Users {
     Users::Shared
 }
 
-/// The targets the settings use behind one router. The process target is always there (first:
+/// The targets the settings set up behind one router. The process target is always there (first:
 /// its node is the replica's); the others share its lease.
 async fn targets(
     settings: &Settings,
@@ -120,11 +121,7 @@ async fn targets(
         tracing::info!("Kubernetes target ready");
         targets.push((TargetKind::Kubernetes, Arc::new(kubernetes)));
     }
-    Ok(Arc::new(TargetRouter::new(
-        settings.targets.clone(),
-        targets,
-        lease,
-    )?))
+    Ok(Arc::new(TargetRouter::new(targets, lease)))
 }
 
 pub struct Application {
@@ -133,7 +130,8 @@ pub struct Application {
 
 impl Application {
     pub async fn build(settings: Settings) -> Result<Self, DeployerStartError> {
-        // Checked before anything binds: bad credentials settings stop the process at once.
+        // Checked before anything binds: bad settings stop the process at once.
+        settings.targets.validate()?;
         settings
             .process
             .registry_auth

@@ -162,6 +162,7 @@ fn spec(image: &str, service_id: ServiceId, name: &str) -> InstanceSpec {
         service_id,
         service_name: name.into(),
         environment: "prod".into(),
+        target: slipway_deployer::target::TargetKind::Process,
         release: 1,
         config_version: 1,
         image: image.into(),

@@ -75,6 +75,7 @@ fn spec(image: &str) -> InstanceSpec {
         service_id: ServiceId::new(),
         service_name: "authtest".into(),
         environment: "staging".into(),
+        target: slipway_deployer::target::TargetKind::Process,
         release: 1,
         config_version: 1,
         image: image.into(),
@@ -82,6 +83,8 @@ fn spec(image: &str) -> InstanceSpec {
             command: Command::new(vec!["sleep".into(), "30".into()]).unwrap(),
             port_env: "PORT".parse().unwrap(),
             health_path: "/".parse().unwrap(),
+            cpus: None,
+            memory: None,
         }),
         env: BTreeMap::new(),
     }

@@ -238,6 +238,7 @@ impl Replica {
             service_id: service_id(),
             service_name: SERVICE.into(),
             environment: "staging".into(),
+            target: slipway_deployer::target::TargetKind::Process,
             deployment_id: None,
         };
         let set = Set {

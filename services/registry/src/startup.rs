@@ -18,7 +18,7 @@ pub struct Settings {
     pub services: ServiceSettings,
 }
 
-/// Settings of section `[services]`: what a service may be created with.
+/// Settings of section `[services]`: what a service (and its environments) may be created with.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct ServiceSettings {
     /// Accept `file://` URLs and local paths as repositories: for one machine, where teams try
@@ -26,6 +26,11 @@ pub struct ServiceSettings {
     /// local path lets a service build any repository the builder can read.
     #[serde(default)]
     pub allow_local_repositories: bool,
+    /// The target an environment is recorded on when it is created without one
+    /// (`PUT /v1/services/{name}/environments/{env}` with no `target`). The recorded target is
+    /// where the deployer runs the environment's instances.
+    #[serde(default)]
+    pub default_target: slipway_wire::releases::TargetKind,
 }
 
 impl Settings {

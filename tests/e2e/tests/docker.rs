@@ -141,7 +141,7 @@ async fn the_docker_target_rolls_out_heals_rolls_back_and_adopts_under_traffic()
     let scope = Scope(format!("e2e{}", slipway_testkit::unique()));
     let options = StackOptions::default()
         .env("SLIPWAY_IMAGES__DEFAULT_BASE", &base)
-        .env("SLIPWAY_TARGETS__ENVIRONMENTS__PROD__KIND", "docker")
+        .env("SLIPWAY_TARGETS__ENABLED", "process,docker")
         .env("SLIPWAY_DOCKER__SCOPE", &scope.0)
         .env("SLIPWAY_DOCKER__PUBLISH_HOST", "127.0.0.1");
     let mut stack = Stack::start_with(options).await;
@@ -172,16 +172,24 @@ async fn the_docker_target_rolls_out_heals_rolls_back_and_adopts_under_traffic()
     let (_, _, greeting) = stack.through_edge(&reqwest::Client::new(), "prod").await;
     assert_eq!(greeting, "one");
     assert_ps_matches(&stack, &scope, "v1 deployed").await;
-    // Runs as the non-root user, without capabilities.
+    // Runs as the non-root user, without capabilities, with the CPUs and memory the example's
+    // `[run]` asks for (under the settings' ceiling of 1 CPU and 512 MiB).
     let (_, container) = scope.running()[0].clone();
     let inspect = docker(&[
         "inspect",
         "--format",
-        "{{.Config.User}} {{.HostConfig.CapDrop}} {{.HostConfig.Privileged}}",
+        "{{.Config.User}} {{.HostConfig.CapDrop}} {{.HostConfig.Privileged}} \
+         {{.HostConfig.NanoCpus}} {{.HostConfig.Memory}}",
         &container,
     ]);
     assert!(
         inspect.starts_with("10001") && inspect.contains("ALL") && inspect.contains("false"),
+        "{inspect}"
+    );
+    assert!(
+        inspect
+            .trim_end()
+            .ends_with(&format!("500000000 {}", 256 * 1024 * 1024)),
         "{inspect}"
     );
 
@@ -301,7 +309,7 @@ async fn a_repository_with_its_own_dockerfile_runs_on_the_docker_target() {
     let options = StackOptions::default()
         // The builder builds Dockerfiles through the engine.
         .env("SLIPWAY_DOCKER__HOST", "unix:///var/run/docker.sock")
-        .env("SLIPWAY_TARGETS__ENVIRONMENTS__PROD__KIND", "docker")
+        .env("SLIPWAY_TARGETS__ENABLED", "process,docker")
         .env("SLIPWAY_DOCKER__SCOPE", &scope.0)
         .env("SLIPWAY_DOCKER__PUBLISH_HOST", "127.0.0.1");
     let stack = Stack::start_with(options).await;

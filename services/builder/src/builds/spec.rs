@@ -101,6 +101,8 @@ impl BuildSpec {
                 command: Command::new(vec![format!("./target/release/{bin}")]).ok()?,
                 port_env: "PORT".parse().ok()?,
                 health_path: "/healthz".parse().ok()?,
+                cpus: None,
+                memory: None,
             })
         });
         spec
@@ -249,6 +251,34 @@ mod tests {
         assert_eq!(run.port_env, "PORT");
         assert_eq!(run.health_path, "/healthz");
         assert_eq!(spec.image, ImageSection::default(), "no [image]: defaults");
+    }
+
+    #[test]
+    fn run_limits_are_read_and_bad_ones_refused_by_name() {
+        let text = "[run]\ncommand = [\"./app\"]\ncpus = 2\nmemory = \"512MiB\"\n";
+        let (spec, _) = BuildSpec::load(&dir_with(&[("slipway.toml", text)])).unwrap();
+        let run = spec.run.unwrap();
+        assert_eq!(run.cpus.map(|c| c.millis()), Some(2000));
+        assert_eq!(run.memory.map(|m| m.mib()), Some(512));
+        let text = "[run]\ncommand = [\"./app\"]\ncpus = 0.25\n";
+        let (spec, _) = BuildSpec::load(&dir_with(&[("slipway.toml", text)])).unwrap();
+        let run = spec.run.unwrap();
+        assert_eq!(
+            (run.cpus.map(|c| c.millis()), run.memory),
+            (Some(250), None)
+        );
+        for (line, field) in [
+            ("cpus = 0", "run.cpus"),
+            ("cpus = 100", "run.cpus"),
+            ("cpus = \"lots\"", "run.cpus"),
+            ("memory = \"4MiB\"", "run.memory"),
+            ("memory = \"1 GB\"", "run.memory"),
+            ("memory = 512", "run.memory"),
+        ] {
+            let text = format!("[run]\ncommand = [\"./app\"]\n{line}\n");
+            let err = BuildSpec::load(&dir_with(&[("slipway.toml", &text)])).unwrap_err();
+            assert!(err.to_string().contains(field), "{line}: {err}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use slipway_events::deploy::{DeployRequested, FailureReason, HealthCheck, Strategy};
 use slipway_ids::{DeploymentId, ServiceId};
+use slipway_wire::releases::TargetKind;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 
@@ -49,6 +50,9 @@ pub struct Deployment {
     /// How many times it was claimed; the driver's writes are fenced on it.
     pub lease_epoch: i64,
     pub lease_expires_at: Option<DateTime<Utc>>,
+    /// Where its instances run: the target the registry recorded for the environment when
+    /// the deployment started (absent while queued, and for old ended ones).
+    pub target: Option<TargetKind>,
 }
 
 impl Deployment {
@@ -59,6 +63,13 @@ impl Deployment {
         } else {
             &self.plan.0
         }
+    }
+
+    /// The target its instances run on. A started deployment always has one (the migration
+    /// gave those in flight before targets were recorded theirs); a queued one has none yet,
+    /// so the built-in default stands in, though nothing starts before the deployment does.
+    pub fn target(&self) -> TargetKind {
+        self.target.unwrap_or_default()
     }
 
     /// The API view: the stored row plus the steps described for people.
@@ -166,6 +177,8 @@ pub struct Start<'a> {
     pub plan: &'a [Step],
     pub health_check: &'a HealthCheck,
     pub deadline: DateTime<Utc>,
+    /// The environment's target, as the registry records it.
+    pub target: TargetKind,
 }
 
 /// Starts a queued deployment with its resolved plan (fenced on `lease`).
@@ -178,7 +191,7 @@ pub async fn start(
         "UPDATE deployments SET status = 'progressing', release = $2, config_version = $3, \
          replicas = $4, from_release = $5, from_config = $6, from_replicas = $7, plan = $8, \
          step_index = 0, step_started_at = now(), step_deadline = $9, started_at = now(), \
-         health_check = $10 WHERE id = $1 AND status = 'queued' \
+         health_check = $10, target = $13 WHERE id = $1 AND status = 'queued' \
          AND lease_owner = $11 AND lease_epoch = $12",
     )
     .bind(lease.deployment)
@@ -193,6 +206,7 @@ pub async fn start(
     .bind(Json(s.health_check))
     .bind(&lease.owner)
     .bind(lease.epoch)
+    .bind(s.target)
     .execute(conn)
     .await?;
     lease.fenced(done)

@@ -13,6 +13,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use slipway_ids::{InstanceId, ReplicaId, ServiceId};
+use slipway_wire::releases::TargetKind;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -31,7 +32,8 @@ pub struct Instance {
     pub image: String,
     pub run: Option<Json<RunSpec>>,
     pub health_check: Json<HealthCheck>,
-    pub target: String,
+    /// The target it runs on (its deployment's): stops, restarts and adoption go there.
+    pub target: TargetKind,
     pub deployment_id: Option<Uuid>,
     pub address: Option<String>,
     pub port: Option<i32>,
@@ -95,7 +97,7 @@ pub struct NewInstance<'a> {
     pub image: &'a str,
     pub run: Option<&'a RunSpec>,
     pub health_check: &'a HealthCheck,
-    pub target: &'a str,
+    pub target: TargetKind,
     pub deployment_id: Option<Uuid>,
     /// The replica that starts it, its first owner.
     pub owner: &'a ReplicaId,

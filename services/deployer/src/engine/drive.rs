@@ -60,6 +60,7 @@ pub(super) fn owner(d: &Deployment) -> Owner {
         service_id: d.service_id,
         service_name: d.service_name.clone(),
         environment: d.environment.clone(),
+        target: d.target(),
         // fleet.rs keeps bare UUIDs for now (it is being rewritten elsewhere).
         deployment_id: Some(d.id.as_uuid()),
     }

@@ -31,7 +31,7 @@ use crate::db::instances::{self, Instance, NewInstance};
 use crate::db::replicas;
 use crate::domain::InstanceState;
 use crate::registry::{RegistryClient, ReleaseInfo};
-use crate::target::{InstanceSpec, Placement, Target, TargetError, TargetEvent};
+use crate::target::{InstanceSpec, Placement, Target, TargetError, TargetEvent, TargetKind};
 pub use ownership::ReplicaSettings;
 
 /// Who an instance belongs to.
@@ -40,6 +40,8 @@ pub struct Owner {
     pub service_id: ServiceId,
     pub service_name: String,
     pub environment: String,
+    /// Where its instances run (the deployment's target).
+    pub target: TargetKind,
     pub deployment_id: Option<Uuid>,
 }
 
@@ -180,6 +182,7 @@ impl Fleet {
             service_id: row.service_id,
             service_name: row.service_name.clone(),
             environment: row.environment.clone(),
+            target: row.target,
             release: row.release,
             config_version: row.config_version,
             image: row.image.clone(),
@@ -223,7 +226,7 @@ impl Fleet {
                 image: &release.image,
                 run: release.run.as_ref(),
                 health_check,
-                target: self.target.kind_for(&owner.environment),
+                target: owner.target,
                 deployment_id: owner.deployment_id,
                 owner: &self.replica,
                 node: &self.node,
@@ -289,7 +292,7 @@ impl Fleet {
         let data = InstanceStarted {
             instance: row.reference(),
             address: address.to_owned(),
-            target: row.target.clone(),
+            target: row.target.to_string(),
             health_check: row.health_check.0.clone(),
             restarts,
             at: Utc::now(),

@@ -6,6 +6,7 @@ use slipway_events::deploy::{FailureReason, HealthCheck, ProbePath, Strategy};
 
 use super::plan;
 use crate::domain::{Check, Current, DeploymentKind, DeploymentStatus, Set, Step};
+use crate::target::{NotSetUp, TargetKind};
 
 /// What a deployment asks for, as stored.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +34,12 @@ pub enum Refusal {
     /// The environment has no config version to run with (the registry's words).
     #[error("{0}")]
     NoConfig(String),
+    /// The registry does not know the environment (its words).
+    #[error("{0}")]
+    UnknownEnvironment(String),
+    /// The environment is recorded on a target this deployer has not set up.
+    #[error(transparent)]
+    NotSetUp(#[from] NotSetUp),
 }
 
 impl Refusal {
@@ -81,6 +88,8 @@ pub struct Facts<'a> {
     pub latest_config: Option<Result<i32, String>>,
     /// Replicas when neither the request nor what runs says.
     pub default_replicas: u32,
+    /// The target the registry records for the environment (where the deployment runs).
+    pub target: TargetKind,
 }
 
 /// The config version to run, when known without asking for the environment's newest: the
@@ -99,6 +108,8 @@ pub fn config_version(req: &Request<'_>, facts: &Facts<'_>) -> Option<i32> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resolved {
     pub to: Set,
+    /// Where its instances run.
+    pub target: TargetKind,
     pub replicas: u32,
     pub health_check: HealthCheck,
     pub from: Option<Current>,
@@ -147,6 +158,7 @@ pub fn resolve(req: &Request<'_>, facts: &Facts<'_>) -> Result<Resolved, Refusal
     };
     Ok(Resolved {
         to,
+        target: facts.target,
         replicas,
         health_check,
         from,

@@ -31,6 +31,7 @@ fn facts(running: Option<Current>, release: i32) -> Facts<'static> {
         last_config: None,
         latest_config: None,
         default_replicas: 3,
+        target: TargetKind::Docker,
     }
 }
 
@@ -67,6 +68,15 @@ fn refusals_end_as_request_failures_with_their_message() {
             .reason()
             .message,
         "no release v9"
+    );
+    let not_set_up = Refusal::from(NotSetUp::not_enabled("prod", TargetKind::Kubernetes)).reason();
+    assert_eq!(not_set_up.check, "request");
+    assert!(
+        not_set_up
+            .message
+            .starts_with("environment `prod` is recorded on the kubernetes target"),
+        "{}",
+        not_set_up.message
     );
 }
 
@@ -124,6 +134,11 @@ fn a_first_deploy_starts_the_default_replicas_and_routes_to_them() {
         config_version: 7,
     };
     assert_eq!(r.to, to);
+    assert_eq!(
+        r.target,
+        TargetKind::Docker,
+        "the environment's recorded target"
+    );
     assert_eq!(r.replicas, 3);
     assert_eq!(r.from, None);
     assert_eq!(

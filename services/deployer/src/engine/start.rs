@@ -1,5 +1,5 @@
 //! Starting a queued deployment: looking up what resolving its request needs (what runs, the
-//! release, config versions), resolving it (`resolve.rs` decides), and starting its plan, or
+//! release, the environment's target and config versions), resolving it (`resolve.rs` decides), and starting its plan, or
 //! ending it `failed` when the request cannot be honoured or cannot be resolved in time.
 
 use chrono::Utc;
@@ -65,27 +65,33 @@ impl Engine {
             _ => None,
         };
         drop(conn);
-        let mut facts = Facts {
+        // The environment as the registry records it: the target is authoritative (read at
+        // every start, never cached), its newest config version the fallback.
+        let environment = match self
+            .fleet
+            .registry
+            .environment(&d.service_name, &d.environment)
+            .await
+        {
+            Ok(e) => e,
+            Err(RegistryError::NotFound(m)) => {
+                return Ok((running, Err(Refusal::UnknownEnvironment(m))));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if let Err(not_set_up) = self.fleet.target.serves(environment.target, &d.environment) {
+            return Ok((running, Err(not_set_up.into())));
+        }
+        let facts = Facts {
             running,
             release,
             health_path: info.run.as_ref().map(|r| &r.health_path),
             recorded_config: info.config.get(&d.environment).copied(),
             last_config,
-            latest_config: None,
+            latest_config: Some(Ok(environment.config_version)),
             default_replicas: self.settings.default_replicas,
+            target: environment.target,
         };
-        if resolve::config_version(&req, &facts).is_none() {
-            facts.latest_config = match self
-                .fleet
-                .registry
-                .latest_config_version(&d.service_name, &d.environment)
-                .await
-            {
-                Ok(v) => Some(Ok(v)),
-                Err(RegistryError::NotFound(m)) => Some(Err(m)),
-                Err(e) => return Err(e.into()),
-            };
-        }
         Ok((running, resolve::resolve(&req, &facts)))
     }
 
@@ -135,6 +141,7 @@ impl Engine {
         };
         let Resolved {
             to,
+            target,
             replicas,
             health_check,
             from,
@@ -152,6 +159,7 @@ impl Engine {
                 plan: &plan,
                 health_check: &health_check,
                 deadline: self.deadline(d, plan.first()),
+                target,
             },
         )
         .await;
@@ -171,7 +179,7 @@ impl Engine {
         };
         announce(&mut tx, d.service_id, d.id.to_string(), &data).await?;
         tx.commit().await?;
-        tracing::info!(deployment.id = %d.id, release = to.release, config_version = to.config_version, replicas, steps = plan.len(), "deployment started");
+        tracing::info!(deployment.id = %d.id, %target, release = to.release, config_version = to.config_version, replicas, steps = plan.len(), "deployment started");
         Ok(Progress::Moved)
     }
 }

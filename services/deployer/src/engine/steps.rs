@@ -94,6 +94,7 @@ impl Engine {
             service_id: d.service_id,
             service_name: d.service_name.clone(),
             environment: d.environment.clone(),
+            target: d.target(),
             weights: weights.to_vec(),
         };
         if let Err(e) = self.fleet.target.set_weights(traffic).await {

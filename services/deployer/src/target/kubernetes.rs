@@ -69,7 +69,8 @@ use self::cluster::{Cluster, api_error, is_not_found, listed, lock};
 use self::objects::Names;
 pub use self::settings::{ClusterSettings, KubernetesSettings};
 use super::{
-    Adopted, InstanceSpec, Known, Lease, Placement, Target, TargetError, TargetEvent, Traffic,
+    Adopted, InstanceSpec, Known, Lease, NotSetUp, Placement, Target, TargetError, TargetEvent,
+    TargetKind, Traffic,
 };
 
 /// The field manager of every apply.
@@ -469,8 +470,26 @@ impl Drop for KubernetesTarget {
 }
 
 impl Target for KubernetesTarget {
-    fn kind(&self) -> &'static str {
-        "kubernetes"
+    fn kind(&self) -> TargetKind {
+        TargetKind::Kubernetes
+    }
+
+    /// Only the environments with a cluster (`[kubernetes.environments.<env>]`).
+    fn serves(&self, target: TargetKind, environment: &str) -> Result<(), NotSetUp> {
+        match target {
+            TargetKind::Kubernetes if !self.shared.clusters.contains_key(environment) => {
+                Err(NotSetUp {
+                    environment: environment.to_owned(),
+                    target,
+                    settings: format!(
+                        "add a `[kubernetes.environments.{environment}]` table (its namespace, \
+                         kubeconfig or context) to the deployer's settings"
+                    ),
+                })
+            }
+            TargetKind::Kubernetes => Ok(()),
+            _ => Err(NotSetUp::not_enabled(environment, target)),
+        }
     }
 
     fn start(&self, spec: InstanceSpec) -> BoxFuture<'_, Result<Placement, TargetError>> {

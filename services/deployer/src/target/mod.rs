@@ -1,6 +1,8 @@
 //! Targets: where instances run. One trait, several runtimes; [`process`] (supervised local
-//! processes) is the embedded default; [`docker`] runs instances as containers on Docker
-//! Engines. [`router`] picks one per environment (`[targets]` settings).
+//! processes) is always there; [`docker`] runs instances as containers on Docker Engines,
+//! [`kubernetes`] as pods in clusters, when the deployer's `[targets] enabled` sets them up.
+//! [`router`] sends each instance to the target its deployment recorded: the one the registry
+//! records for the environment ([`TargetKind`]).
 //!
 //! A target starts, supervises and stops *instances*. It does not know about deployments: the
 //! deployment engine decides how many instances of which release run, and learns what happens to
@@ -25,6 +27,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 pub use self::process::ProcessIdentity;
+pub use slipway_wire::releases::TargetKind;
 
 /// Everything a target needs to run one instance.
 #[derive(Clone)]
@@ -33,6 +36,8 @@ pub struct InstanceSpec {
     pub service_id: ServiceId,
     pub service_name: String,
     pub environment: String,
+    /// The target that runs it: its deployment's, recorded on its row.
+    pub target: TargetKind,
     /// Release number (given to the instance as `SLIPWAY_RELEASE=v<N>`).
     pub release: i32,
     /// The config version `env` is (Kubernetes names its ConfigMap and Secret after it).
@@ -52,6 +57,7 @@ impl fmt::Debug for InstanceSpec {
             .field("instance_id", &self.instance_id)
             .field("service_name", &self.service_name)
             .field("environment", &self.environment)
+            .field("target", &self.target)
             .field("release", &self.release)
             .field("config_version", &self.config_version)
             .field("image", &self.image)
@@ -173,6 +179,8 @@ pub struct Traffic {
     pub service_id: ServiceId,
     pub service_name: String,
     pub environment: String,
+    /// The target the deployment runs on (the one applying the weights if any does).
+    pub target: TargetKind,
     /// Relative weights per release; releases absent or at 0 get no traffic.
     pub weights: Vec<ReleaseWeight>,
 }
@@ -201,16 +209,60 @@ pub enum TargetError {
     Io(#[from] std::io::Error),
 }
 
+/// Why this deployer cannot run an environment's instances on the target the registry
+/// records for it: a deployment there fails at once with this reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "environment `{environment}` is recorded on the {target} target, which this deployer has \
+     not set up: {settings}"
+)]
+pub struct NotSetUp {
+    pub environment: String,
+    pub target: TargetKind,
+    /// The settings to add, for people.
+    pub settings: String,
+}
+
+impl NotSetUp {
+    /// The target is not among the deployer's `[targets] enabled`.
+    pub fn not_enabled(environment: &str, target: TargetKind) -> Self {
+        let needs = match target {
+            // Never refused: the process target is always set up.
+            TargetKind::Process => String::new(),
+            TargetKind::Docker => " and the engines in `[docker] hosts` \
+                 (or `[docker.environments.<env>] hosts`)"
+                .to_owned(),
+            TargetKind::Kubernetes => format!(
+                " and a `[kubernetes.environments.{environment}]` table (its namespace, \
+                 kubeconfig or context)"
+            ),
+        };
+        Self {
+            environment: environment.to_owned(),
+            target,
+            settings: format!(
+                "add `{target}` to the deployer's `[targets] enabled` \
+                 (SLIPWAY_TARGETS__ENABLED){needs}, or record the environment on another \
+                 target (PUT /v1/services/{{name}}/environments/{environment})"
+            ),
+        }
+    }
+}
+
 /// A runtime for instances.
 pub trait Target: Send + Sync + 'static {
-    /// `process`, `docker` or `kubernetes`.
-    fn kind(&self) -> &'static str;
+    /// The kind of target it is ([`router::TargetRouter`]: its first target's).
+    fn kind(&self) -> TargetKind;
 
-    /// The kind that runs instances of `environment` (recorded with each instance): the
-    /// target's own kind, except for a [`router::TargetRouter`] over several.
-    fn kind_for(&self, environment: &str) -> &'static str {
-        let _ = environment;
-        self.kind()
+    /// Whether instances of `environment` can run on `target` here: `target` is this target's
+    /// kind (a [`router::TargetRouter`] asks the target of that kind), and the target has what
+    /// it needs for the environment (Kubernetes: its cluster).
+    fn serves(&self, target: TargetKind, environment: &str) -> Result<(), NotSetUp> {
+        if target == self.kind() {
+            Ok(())
+        } else {
+            Err(NotSetUp::not_enabled(environment, target))
+        }
     }
 
     /// Fetches the artifact (cached by digest), starts the instance and supervises it from then

@@ -50,7 +50,9 @@ pub use self::settings::ProcessSettings;
 pub(crate) use self::supervisor::Backoff;
 use self::supervisor::{Handle, Run, Supervisor};
 pub use self::users::{UidRange, UidSource, Users, running_as_root};
-use super::{Adopted, InstanceSpec, Known, Lease, Placement, Target, TargetError, TargetEvent};
+use super::{
+    Adopted, InstanceSpec, Known, Lease, Placement, Target, TargetError, TargetEvent, TargetKind,
+};
 
 /// The settings section of the registry login, as named in errors.
 pub const REGISTRY_AUTH: &str = "process.registry_auth";
@@ -394,8 +396,8 @@ fn hostname() -> String {
 }
 
 impl Target for ProcessTarget {
-    fn kind(&self) -> &'static str {
-        "process"
+    fn kind(&self) -> TargetKind {
+        TargetKind::Process
     }
 
     fn node(&self) -> String {

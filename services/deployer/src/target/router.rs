@@ -1,7 +1,12 @@
-//! Targets per environment: the engine keeps one [`Target`], this router, which starts an
-//! instance on the target of its environment (`[targets.environments.<env>] kind`, else
-//! `[targets] default`) and sends every other call to the target that runs the instance, or
-//! to all of them (each ignores instances it does not know), merging their answers.
+//! The targets this deployer set up, behind one [`Target`]: the engine keeps this router,
+//! which starts an instance on the target its spec names (its deployment's, the one the
+//! registry records for the environment) and sends every other call to the target that runs
+//! the instance, or to all of them (each ignores instances it does not know), merging their
+//! answers. Adoption goes by the target each instance's row recorded, weights by the
+//! deployment's.
+//!
+//! Which targets are set up is the deployer's `[targets] enabled` (the process target always
+//! is); where an environment runs is not the deployer's business.
 //!
 //! Every target behind the router restarts under one [`Lease`] (the replica's, which the
 //! engine renews through [`Target::lease`]): the router is handed the lease they share.
@@ -11,82 +16,105 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Deserializer};
 use uuid::Uuid;
 
-use super::{Adopted, InstanceSpec, Known, Lease, Placement, Target, TargetError, Traffic};
+use super::{
+    Adopted, InstanceSpec, Known, Lease, NotSetUp, Placement, Target, TargetError, TargetKind,
+    Traffic,
+};
 
-/// A kind of target.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TargetKind {
-    #[default]
-    Process,
-    Docker,
-    Kubernetes,
+/// Section `[targets]` of the deployer's settings: which targets it sets up.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TargetsSettings {
+    /// The targets set up besides the process target (always set up): `docker` (the engines of
+    /// `[docker]`), `kubernetes` (the clusters of `[kubernetes.environments]`). A list, or one
+    /// string with commas (as an environment variable gives it); `process` may be named.
+    #[serde(default = "default_enabled", deserialize_with = "kind_list")]
+    pub enabled: Vec<TargetKind>,
+    /// `[targets] default` of before: where environments run is the registry's record now.
+    #[serde(default)]
+    default: Option<IgnoredAny>,
+    /// `[targets.environments.<env>] kind` of before, likewise.
+    #[serde(default)]
+    environments: Option<IgnoredAny>,
 }
 
-impl TargetKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TargetKind::Process => "process",
-            TargetKind::Docker => "docker",
-            TargetKind::Kubernetes => "kubernetes",
+fn default_enabled() -> Vec<TargetKind> {
+    vec![TargetKind::Process]
+}
+
+fn kind_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TargetKind>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Kinds {
+        One(String),
+        Many(Vec<String>),
+    }
+    let names = match Kinds::deserialize(d)? {
+        Kinds::One(s) => s.split(',').map(str::to_owned).collect(),
+        Kinds::Many(v) => v,
+    };
+    names
+        .iter()
+        .map(|n| n.trim())
+        .filter(|n| !n.is_empty())
+        .map(|n| {
+            n.parse::<TargetKind>()
+                .map_err(|e| serde::de::Error::custom(format!("targets.enabled: {e}")))
+        })
+        .collect()
+}
+
+impl Default for TargetsSettings {
+    fn default() -> Self {
+        Self {
+            enabled: default_enabled(),
+            default: None,
+            environments: None,
         }
     }
 }
 
-impl std::fmt::Display for TargetKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// Section `[targets]` of the deployer's settings.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct TargetsSettings {
-    /// Where environments not named below run.
-    #[serde(default)]
-    pub default: TargetKind,
-    #[serde(default)]
-    pub environments: BTreeMap<String, EnvironmentTarget>,
-}
-
-/// `[targets.environments.<name>]`.
-#[derive(Debug, Clone, Deserialize)]
-pub struct EnvironmentTarget {
-    pub kind: TargetKind,
-}
-
 impl TargetsSettings {
-    pub fn kind_for(&self, environment: &str) -> TargetKind {
-        self.environments
-            .get(environment)
-            .map_or(self.default, |e| e.kind)
-    }
-
-    /// Every kind the settings use, the default first.
+    /// Every kind set up, the process target first.
     pub fn kinds(&self) -> Vec<TargetKind> {
-        let mut kinds = vec![self.default];
-        for env in self.environments.values() {
-            if !kinds.contains(&env.kind) {
-                kinds.push(env.kind);
+        let mut kinds = vec![TargetKind::Process];
+        for kind in &self.enabled {
+            if !kinds.contains(kind) {
+                kinds.push(*kind);
             }
         }
         kinds
     }
+
+    /// Refuses the settings of before, saying where they went (checked before anything binds).
+    pub fn validate(&self) -> Result<(), RouterError> {
+        if self.default.is_some() {
+            return Err(RouterError::Moved("targets.default"));
+        }
+        if self.environments.is_some() {
+            return Err(RouterError::Moved("targets.environments"));
+        }
+        Ok(())
+    }
 }
 
-/// Why the router cannot be built.
+/// Why the targets' settings are refused.
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
-    #[error("the settings send environments to the {0} target, which is not set up")]
-    Missing(TargetKind),
+    #[error(
+        "`{0}` is no longer a deployer setting: an environment runs on the target the registry \
+         records for it (PUT /v1/services/{{name}}/environments/{{env}} {{\"target\": ...}}; \
+         the registry's `[services] default_target` for new environments); the deployer's \
+         `[targets] enabled` lists the targets it sets up (e.g. SLIPWAY_TARGETS__ENABLED=docker)"
+    )]
+    Moved(&'static str),
 }
 
-/// One [`Target`] over several, by environment.
+/// One [`Target`] over several, by the target each instance or deployment recorded.
 pub struct TargetRouter {
-    settings: TargetsSettings,
     targets: Vec<(TargetKind, Arc<dyn Target>)>,
     /// Which target runs each instance started or adopted through the router.
     owners: Mutex<HashMap<Uuid, TargetKind>>,
@@ -95,23 +123,19 @@ pub struct TargetRouter {
 
 impl TargetRouter {
     /// A router over `targets` (the first one's node is the router's: build the process
-    /// target first when there is one), all built with `lease`.
-    pub fn new(
-        settings: TargetsSettings,
-        targets: Vec<(TargetKind, Arc<dyn Target>)>,
-        lease: Lease,
-    ) -> Result<Self, RouterError> {
-        for kind in settings.kinds() {
-            if !targets.iter().any(|(k, _)| *k == kind) {
-                return Err(RouterError::Missing(kind));
-            }
-        }
-        Ok(Self {
-            settings,
+    /// target first), all built with `lease`.
+    pub fn new(targets: Vec<(TargetKind, Arc<dyn Target>)>, lease: Lease) -> Self {
+        Self {
             targets,
             owners: Mutex::default(),
             lease,
-        })
+        }
+    }
+
+    /// The target of `kind`, or why there is none for `environment`.
+    fn of(&self, kind: TargetKind, environment: &str) -> Result<&Arc<dyn Target>, TargetError> {
+        self.target(kind)
+            .ok_or_else(|| TargetError::Start(NotSetUp::not_enabled(environment, kind).to_string()))
     }
 
     fn owners(&self) -> std::sync::MutexGuard<'_, HashMap<Uuid, TargetKind>> {
@@ -136,10 +160,8 @@ impl TargetRouter {
     }
 
     async fn start_instance(&self, spec: InstanceSpec) -> Result<Placement, TargetError> {
-        let kind = self.settings.kind_for(&spec.environment);
-        let Some(target) = self.target(kind) else {
-            return Err(TargetError::Start(format!("no {kind} target is set up")));
-        };
+        let kind = spec.target;
+        let target = self.of(kind, &spec.environment)?;
         let id = spec.instance_id;
         let placement = target.start(spec).await?;
         self.owners().insert(id, kind);
@@ -157,16 +179,12 @@ impl TargetRouter {
     async fn adopt_instances(&self, known: Vec<Known>) -> Result<Adopted, TargetError> {
         let mut by_kind: BTreeMap<TargetKind, Vec<Known>> = BTreeMap::new();
         for k in known {
-            by_kind
-                .entry(self.settings.kind_for(&k.spec.environment))
-                .or_default()
-                .push(k);
+            by_kind.entry(k.spec.target).or_default().push(k);
         }
         let mut adopted = Adopted::default();
         for (kind, known) in by_kind {
-            let Some(target) = self.target(kind) else {
-                return Err(TargetError::Start(format!("no {kind} target is set up")));
-            };
+            let environment = known.first().map_or("", |k| k.spec.environment.as_str());
+            let target = self.of(kind, environment)?;
             let part = target.adopt(known).await?;
             let mut owners = self.owners();
             for (id, _) in &part.running {
@@ -204,23 +222,26 @@ impl TargetRouter {
 }
 
 impl Target for TargetRouter {
-    fn kind(&self) -> &'static str {
-        self.settings.default.as_str()
+    fn kind(&self) -> TargetKind {
+        self.targets
+            .first()
+            .map_or(TargetKind::Process, |(kind, _)| *kind)
     }
 
-    fn kind_for(&self, environment: &str) -> &'static str {
-        self.settings.kind_for(environment).as_str()
+    /// Asks the target of that kind, if it is set up.
+    fn serves(&self, target: TargetKind, environment: &str) -> Result<(), NotSetUp> {
+        match self.target(target) {
+            Some(t) => t.serves(target, environment),
+            None => Err(NotSetUp::not_enabled(environment, target)),
+        }
     }
 
-    /// To the target of the environment: only the Kubernetes target acts on weights (the edge
+    /// To the deployment's target: only the Kubernetes target acts on weights (the edge
     /// router applies them for the others).
     fn set_weights(&self, traffic: Traffic) -> BoxFuture<'_, Result<(), TargetError>> {
-        let kind = self.settings.kind_for(&traffic.environment);
         Box::pin(async move {
-            match self.target(kind) {
-                Some(target) => target.set_weights(traffic).await,
-                None => Err(TargetError::Start(format!("no {kind} target is set up"))),
-            }
+            let target = self.of(traffic.target, &traffic.environment)?;
+            target.set_weights(traffic).await
         })
     }
 
@@ -283,22 +304,31 @@ mod tests {
     use super::*;
 
     /// A target that records what it is asked (a stand-in for one piece: the router).
-    #[derive(Default)]
     struct Fake {
-        name: &'static str,
+        kind: TargetKind,
         running: Mutex<HashSet<Uuid>>,
         stops: Mutex<Vec<Uuid>>,
+        weights: Mutex<Vec<String>>,
+    }
+
+    fn fake(kind: TargetKind) -> Arc<Fake> {
+        Arc::new(Fake {
+            kind,
+            running: Mutex::default(),
+            stops: Mutex::default(),
+            weights: Mutex::default(),
+        })
     }
 
     impl Target for Fake {
-        fn kind(&self) -> &'static str {
-            self.name
+        fn kind(&self) -> TargetKind {
+            self.kind
         }
         fn start(&self, spec: InstanceSpec) -> BoxFuture<'_, Result<Placement, TargetError>> {
             self.running.lock().unwrap().insert(spec.instance_id);
             Box::pin(async move {
                 Ok(Placement {
-                    address: format!("{}:1", self.name),
+                    address: format!("{}:1", self.kind),
                     port: 1,
                     process: None,
                 })
@@ -310,7 +340,7 @@ mod tests {
             Box::pin(async { Ok(()) })
         }
         fn node(&self) -> String {
-            format!("node-{}", self.name)
+            format!("node-{}", self.kind)
         }
         fn adopt(&self, known: Vec<Known>) -> BoxFuture<'_, Result<Adopted, TargetError>> {
             let running = self.running.lock().unwrap().clone();
@@ -347,14 +377,19 @@ mod tests {
         fn detach(&self) -> BoxFuture<'_, ()> {
             Box::pin(async {})
         }
+        fn set_weights(&self, traffic: Traffic) -> BoxFuture<'_, Result<(), TargetError>> {
+            self.weights.lock().unwrap().push(traffic.environment);
+            Box::pin(async { Ok(()) })
+        }
     }
 
-    fn spec(environment: &str) -> InstanceSpec {
+    fn spec(environment: &str, target: TargetKind) -> InstanceSpec {
         InstanceSpec {
             instance_id: Uuid::new_v4(),
             service_id: ServiceId::new(),
             service_name: "shop".into(),
             environment: environment.into(),
+            target,
             release: 1,
             config_version: 1,
             image: "r/shop@sha256:00".into(),
@@ -363,42 +398,39 @@ mod tests {
         }
     }
 
+    fn traffic(environment: &str, target: TargetKind) -> Traffic {
+        Traffic {
+            service_id: ServiceId::new(),
+            service_name: "shop".into(),
+            environment: environment.into(),
+            target,
+            weights: Vec::new(),
+        }
+    }
+
     #[tokio::test]
-    async fn starts_go_by_environment_and_other_calls_to_the_target_running_the_instance() {
-        let process = Arc::new(Fake {
-            name: "process",
-            ..Default::default()
-        });
-        let docker = Arc::new(Fake {
-            name: "docker",
-            ..Default::default()
-        });
-        let settings = TargetsSettings {
-            default: TargetKind::Process,
-            environments: BTreeMap::from([(
-                "production".to_owned(),
-                EnvironmentTarget {
-                    kind: TargetKind::Docker,
-                },
-            )]),
-        };
+    async fn starts_go_to_the_recorded_target_and_other_calls_to_the_one_running_the_instance() {
+        let (process, docker) = (fake(TargetKind::Process), fake(TargetKind::Docker));
         let router = TargetRouter::new(
-            settings,
             vec![
                 (TargetKind::Process, process.clone() as Arc<dyn Target>),
                 (TargetKind::Docker, docker.clone() as Arc<dyn Target>),
             ],
             Lease::default(),
-        )
-        .unwrap();
+        );
         assert_eq!(router.node(), "node-process", "the first target's node");
-        assert_eq!(router.kind_for("production"), "docker");
-        assert_eq!(router.kind_for("staging"), "process");
+        assert_eq!(router.kind(), TargetKind::Process);
 
-        let (prod, staging) = (spec("production"), spec("staging"));
+        // The spec's target decides, not the environment's name: one environment may have
+        // instances on two targets (recorded on another target between two deployments).
+        let (prod, staging) = (
+            spec("production", TargetKind::Docker),
+            spec("production", TargetKind::Process),
+        );
         let at = router.start(prod.clone()).await.unwrap();
         assert_eq!(at.address, "docker:1");
-        router.start(staging.clone()).await.unwrap();
+        let there = router.start(staging.clone()).await.unwrap();
+        assert_eq!(there.address, "process:1");
         assert_eq!(
             router.supervised(),
             [prod.instance_id, staging.instance_id].into()
@@ -410,8 +442,20 @@ mod tests {
         assert_eq!(*docker.stops.lock().unwrap(), [prod.instance_id]);
         assert!(process.stops.lock().unwrap().is_empty(), "only its owner");
 
-        // Adoption splits by environment; orphans go to every target.
-        let other = spec("production");
+        // Weights go to the deployment's target.
+        router
+            .set_weights(traffic("production", TargetKind::Docker))
+            .await
+            .unwrap();
+        router
+            .set_weights(traffic("qa", TargetKind::Process))
+            .await
+            .unwrap();
+        assert_eq!(*docker.weights.lock().unwrap(), ["production"]);
+        assert_eq!(*process.weights.lock().unwrap(), ["qa"]);
+
+        // Adoption splits by each instance's recorded target; orphans go to every target.
+        let other = spec("production", TargetKind::Docker);
         docker.running.lock().unwrap().insert(other.instance_id);
         let known = |s: &InstanceSpec| Known {
             spec: s.clone(),
@@ -433,27 +477,77 @@ mod tests {
         assert!(router.running().is_empty());
     }
 
+    #[tokio::test]
+    async fn a_target_not_set_up_is_refused_with_the_settings_to_add() {
+        let process = fake(TargetKind::Process);
+        let router = TargetRouter::new(
+            vec![(TargetKind::Process, process.clone() as Arc<dyn Target>)],
+            Lease::default(),
+        );
+        assert_eq!(router.serves(TargetKind::Process, "prod"), Ok(()));
+        let refused = router.serves(TargetKind::Docker, "prod").unwrap_err();
+        let shown = refused.to_string();
+        assert!(
+            shown.starts_with(
+                "environment `prod` is recorded on the docker target, which this deployer has \
+                 not set up: add `docker` to the deployer's `[targets] enabled`"
+            ),
+            "{shown}"
+        );
+        let e = router
+            .start(spec("prod", TargetKind::Kubernetes))
+            .await
+            .unwrap_err();
+        assert!(
+            e.to_string().contains("[kubernetes.environments.prod]"),
+            "{e}"
+        );
+        assert!(
+            process.running.lock().unwrap().is_empty(),
+            "nothing started"
+        );
+        let e = router
+            .set_weights(traffic("prod", TargetKind::Docker))
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("not set up"), "{e}");
+    }
+
     #[test]
-    fn environments_pick_their_kind_and_every_kind_needs_a_target() {
-        let settings: TargetsSettings = toml::from_str(
+    fn the_settings_list_the_targets_set_up_and_refuse_those_of_before() {
+        let settings: TargetsSettings = toml::from_str(r#"enabled = ["docker"]"#).unwrap();
+        assert_eq!(settings.kinds(), [TargetKind::Process, TargetKind::Docker]);
+        assert!(settings.validate().is_ok());
+        let settings: TargetsSettings =
+            toml::from_str(r#"enabled = "process, kubernetes,docker""#).unwrap();
+        assert_eq!(
+            settings.kinds(),
+            [
+                TargetKind::Process,
+                TargetKind::Kubernetes,
+                TargetKind::Docker
+            ]
+        );
+        assert_eq!(TargetsSettings::default().kinds(), [TargetKind::Process]);
+        let bad = toml::from_str::<TargetsSettings>(r#"enabled = "docker,vm""#).unwrap_err();
+        assert!(bad.to_string().contains("targets.enabled: `vm`"), "{bad}");
+
+        let old: TargetsSettings = toml::from_str(
             r#"
-            default = "process"
+            default = "docker"
             [environments.production]
             kind = "docker"
             "#,
         )
         .unwrap();
-        assert_eq!(settings.kind_for("production"), TargetKind::Docker);
-        assert_eq!(settings.kind_for("staging"), TargetKind::Process);
-        assert_eq!(settings.kinds(), [TargetKind::Process, TargetKind::Docker]);
-        let e = TargetRouter::new(settings, Vec::new(), Lease::default())
-            .err()
-            .unwrap();
-        assert_eq!(
-            e.to_string(),
-            "the settings send environments to the process target, which is not set up"
+        let e = old.validate().unwrap_err().to_string();
+        assert!(
+            e.starts_with("`targets.default` is no longer a deployer setting"),
+            "{e}"
         );
-        let bad = toml::from_str::<TargetsSettings>("default = \"vm\"");
-        assert!(bad.is_err());
+        assert!(e.contains("default_target"), "{e}");
+        let old: TargetsSettings =
+            toml::from_str("[environments.production]\nkind = \"docker\"").unwrap();
+        assert!(old.validate().is_err());
     }
 }

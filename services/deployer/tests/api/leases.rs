@@ -126,6 +126,7 @@ async fn a_stale_owner_is_refused_once_another_replica_took_the_lease_over() {
         plan: &plan,
         health_check: &check,
         deadline: Utc::now(),
+        target: slipway_deployer::target::TargetKind::Process,
     };
     let mut tx = pool.begin().await.unwrap();
     assert!(lost(deployments::start(&mut tx, &lease_a, &start).await));
@@ -315,6 +316,7 @@ async fn a_deployment_whose_owner_died_is_taken_over_and_still_ends_by_its_deadl
             health_check: &check,
             // The step's deadline passed while nobody drove it.
             deadline: Utc::now() - chrono::Duration::seconds(1),
+            target: slipway_deployer::target::TargetKind::Process,
         },
     )
     .await
@@ -409,6 +411,7 @@ async fn a_driver_whose_lease_was_taken_stops_and_writes_nothing_more() {
         plan: &plan,
         health_check: &check,
         deadline: Utc::now() + chrono::Duration::hours(2),
+        target: slipway_deployer::target::TargetKind::Process,
     };
     deployments::start(&mut conn, &lease, &start).await.unwrap();
     leases::release(&mut conn, &lease).await.unwrap();

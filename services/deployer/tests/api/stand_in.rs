@@ -7,6 +7,9 @@
 //! A release can be *held*: its answer waits until the test opens the gate, which keeps a
 //! deployment `queued` in its start for as long as the test needs.
 //!
+//! Environments are those the releases recorded a config version for, each on the target the
+//! test recorded for it ([`StandInRegistry::set_target`]), else `process`.
+//!
 //! The traffic status (what route steps wait on) answers "nothing set, no router" unless the
 //! test set one with [`StandInRegistry::set_traffic`].
 
@@ -28,6 +31,8 @@ struct Catalog {
     seen: Mutex<Vec<String>>,
     /// (service id, environment) → the traffic status answered.
     traffic: Mutex<HashMap<(String, String), Value>>,
+    /// (service, environment) → the target recorded (absent: `process`).
+    targets: Mutex<HashMap<(String, String), String>>,
 }
 
 pub struct StandInRegistry {
@@ -83,10 +88,14 @@ async fn environments(
     if latest.is_empty() {
         return not_found(format!("no service named `{name}`"));
     }
+    let targets = catalog.targets.lock().unwrap();
     let items: Vec<Value> = latest
         .into_iter()
         .map(|(env, version)| {
-            json!({"name": env, "target": "process", "config_version": version,
+            let target = targets
+                .get(&(name.to_string(), env.clone()))
+                .map_or("process", String::as_str);
+            json!({"name": env, "target": target, "config_version": version,
                 "created_at": chrono::Utc::now(), "updated_at": chrono::Utc::now()})
         })
         .collect();
@@ -196,6 +205,15 @@ impl StandInRegistry {
         );
     }
 
+    /// Gives release `number` of `service` the run spec `run` (JSON, as the registry answers).
+    pub fn set_run(&self, service: &str, number: i32, run: Value) {
+        let mut releases = self.catalog.releases.lock().unwrap();
+        let release = releases
+            .get_mut(&(service.to_owned(), number))
+            .expect("add the release first");
+        release["run"] = run;
+    }
+
     /// From now on the traffic status of `service` in `env` holds `weights` (JSON) at table
     /// `version`, with live routers each serving the version given.
     pub fn set_traffic(
@@ -218,6 +236,16 @@ impl StandInRegistry {
             json!({"service_id": service, "environment": env, "weights": weights,
                 "version": version, "index": version, "routers": routers}),
         );
+    }
+
+    /// Records `env` of `service` on `target` (`process`, `docker` or `kubernetes`), as
+    /// `PUT /v1/services/{name}/environments/{env}` does.
+    pub fn set_target(&self, service: &str, env: &str, target: &str) {
+        self.catalog
+            .targets
+            .lock()
+            .unwrap()
+            .insert((service.to_owned(), env.to_owned()), target.to_owned());
     }
 
     /// How many times the traffic status was asked for.

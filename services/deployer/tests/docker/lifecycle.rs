@@ -1,4 +1,5 @@
-//! Start, reachability, environment and labels, limits and security options, logs, a
+//! Start, reachability, environment and labels, limits (the settings' and the run spec's) and
+//! security options, logs, a
 //! `docker kill` healed, a crash loop, stop with grace, a published port, an image without a
 //! base refused, and a container that cannot reach the platform's loopback.
 
@@ -6,6 +7,7 @@ use std::time::Duration;
 
 use slipway_deployer::target::docker::NO_BASE;
 use slipway_deployer::target::{Target, TargetError};
+use slipway_events::slipway::RunSpec;
 
 use crate::support::*;
 
@@ -14,7 +16,7 @@ async fn a_container_serves_is_healed_after_docker_kill_and_stops_with_grace() {
     let (settings, cleanup) = settings();
     let images = images().await;
     let (target, mut events) = connect(settings).await;
-    assert_eq!(target.kind(), "docker");
+    assert_eq!(target.kind(), slipway_deployer::target::TargetKind::Docker);
 
     let spec = spec(&images.app);
     let id = spec.instance_id;
@@ -214,4 +216,54 @@ async fn a_container_cannot_reach_what_the_platform_serves_on_loopback() {
     }
     drop(platform);
     target.stop(id, Duration::from_secs(2)).await.unwrap();
+}
+
+/// The image's own command, with the limits given.
+fn limited(cpus: f64, memory: &str) -> RunSpec {
+    serde_json::from_value(serde_json::json!({
+        "command": ["python3", "-u", "app.py"], "port_env": "PORT", "health_path": "/",
+        "cpus": cpus, "memory": memory,
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_run_specs_limits_are_the_containers_up_to_the_settings_ceiling() {
+    // The settings allow 0.5 CPUs and 128 MiB.
+    let (settings, cleanup) = settings();
+    let images = images().await;
+    let (target, _events) = connect(settings).await;
+    let mut within = spec(&images.app);
+    within.run = Some(limited(0.25, "64MiB"));
+    let id = within.instance_id;
+    let placement = target.start(within).await.unwrap();
+    assert_eq!(
+        env_of(&placement.address).await["SLIPWAY_INSTANCE"],
+        id.to_string(),
+        "it runs within its limits"
+    );
+    let host = &inspect(&container_of(&cleanup, id))["HostConfig"];
+    assert_eq!(host["NanoCpus"], 250_000_000);
+    assert_eq!(host["Memory"], 64 * 1024 * 1024);
+    assert_eq!(host["MemorySwap"], 64 * 1024 * 1024, "no swap beyond it");
+    target.stop(id, Duration::from_secs(2)).await.unwrap();
+
+    // More than the ceiling: refused before any container exists.
+    for (run, named) in [
+        (
+            limited(1.0, "64MiB"),
+            "run.cpus = 1, more than the 0.5 CPUs",
+        ),
+        (
+            limited(0.5, "1GiB"),
+            "run.memory = 1GiB, more than the 128 MiB",
+        ),
+    ] {
+        let mut over = spec(&images.app);
+        over.run = Some(run);
+        let e = target.start(over).await.unwrap_err();
+        assert!(matches!(e, TargetError::Start(_)), "{e:?}");
+        assert!(e.to_string().contains(named), "{e}");
+        assert!(cleanup.containers(true).is_empty(), "nothing was created");
+    }
 }

@@ -218,6 +218,7 @@ pub fn spec(image: &str) -> InstanceSpec {
         service_id: ServiceId::new(),
         service_name: "pytest".into(),
         environment: "staging".into(),
+        target: slipway_deployer::target::TargetKind::Docker,
         release: 3,
         config_version: 1,
         image: image.into(),

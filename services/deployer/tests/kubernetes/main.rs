@@ -10,6 +10,7 @@
 mod cleanup;
 mod fake;
 mod restarts;
+mod resources;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -110,6 +111,7 @@ impl Harness {
             service_id: self.service_id,
             service_name: "shop".into(),
             environment: ENV.into(),
+            target: slipway_deployer::target::TargetKind::Kubernetes,
             release,
             config_version,
             image: format!("registry.test/shop@sha256:{release:064x}"),
@@ -135,6 +137,7 @@ impl Harness {
                 service_id: self.service_id,
                 service_name: service.into(),
                 environment: ENV.into(),
+                target: slipway_deployer::target::TargetKind::Kubernetes,
                 weights: weights
                     .iter()
                     .map(|&(release, weight)| ReleaseWeight { release, weight })

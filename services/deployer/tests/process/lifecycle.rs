@@ -20,7 +20,7 @@ async fn an_instance_serves_logs_restarts_after_a_kill_and_stops() {
     let (tx, rx) = unbounded_channel();
     let target = ProcessTarget::new(settings, tx, Users::Shared).unwrap();
     let mut events = Events::new(rx);
-    assert_eq!(target.kind(), "process");
+    assert_eq!(target.kind(), slipway_deployer::target::TargetKind::Process);
 
     let spec = spec(&image, None);
     let id = spec.instance_id;

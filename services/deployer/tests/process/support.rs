@@ -198,6 +198,7 @@ pub fn spec(image: &str, command: Option<&[&str]>) -> InstanceSpec {
         service_id: ServiceId::new(),
         service_name: "pytest".into(),
         environment: "staging".into(),
+        target: slipway_deployer::target::TargetKind::Process,
         release: 3,
         config_version: 1,
         image: image.into(),
@@ -205,6 +206,8 @@ pub fn spec(image: &str, command: Option<&[&str]>) -> InstanceSpec {
             command: Command::new(c.iter().map(|s| s.to_string()).collect()).unwrap(),
             port_env: "PORT".parse().unwrap(),
             health_path: "/".parse().unwrap(),
+            cpus: None,
+            memory: None,
         }),
         env: BTreeMap::from([("GREETING".to_owned(), "hello".to_owned())]),
     }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use slipway_ids::ServiceId;
+use slipway_wire::releases::TargetKind;
 use sqlx::types::Json;
 use sqlx::{PgConnection, PgPool};
 
@@ -12,7 +13,7 @@ use sqlx::{PgConnection, PgPool};
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Environment {
     pub name: String,
-    pub target: String,
+    pub target: TargetKind,
     /// The latest config version (0: none yet).
     pub config_version: i32,
     pub created_at: DateTime<Utc>,
@@ -28,21 +29,25 @@ pub struct StoredConfig {
     pub created_at: DateTime<Utc>,
 }
 
-/// Creates or changes an environment; `true` when it was created.
+/// Creates or changes an environment; `true` when it was created. `target` absent: a new
+/// environment is recorded on `default`, an existing one keeps its target.
 pub async fn upsert_environment(
     conn: &mut PgConnection,
     service: ServiceId,
     name: &str,
-    target: &str,
+    target: Option<TargetKind>,
+    default: TargetKind,
 ) -> Result<bool, sqlx::Error> {
     let created: bool = sqlx::query_scalar(
-        "INSERT INTO environments (service_id, name, target) VALUES ($1, $2, $3) \
-         ON CONFLICT (service_id, name) DO UPDATE SET target = EXCLUDED.target, updated_at = now() \
+        "INSERT INTO environments (service_id, name, target) VALUES ($1, $2, COALESCE($3, $4)) \
+         ON CONFLICT (service_id, name) DO UPDATE \
+         SET target = COALESCE($3, environments.target), updated_at = now() \
          RETURNING (xmax = 0)",
     )
     .bind(service)
     .bind(name)
     .bind(target)
+    .bind(default)
     .fetch_one(conn)
     .await?;
     Ok(created)

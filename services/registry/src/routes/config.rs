@@ -15,8 +15,11 @@ use slipway_events::slipway::sources;
 use slipway_http::Problem;
 use sqlx::PgPool;
 
+use slipway_wire::releases::TargetKind;
+
 use super::{internal, service_id};
 use crate::db::config::{self, StoredConfig};
+use crate::startup::ServiceSettings;
 use slipway_secrets::SecretBox;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
@@ -56,7 +59,8 @@ pub(crate) fn check_env_name(env: &str) -> Result<(), Problem> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct EnvironmentBody {
-    /// `process` (default), `docker` or `kubernetes`.
+    /// `process`, `docker` or `kubernetes`; absent: `[services] default_target` for a new
+    /// environment, unchanged for an existing one.
     target: Option<String>,
 }
 
@@ -80,6 +84,7 @@ async fn list(pool: web::Data<PgPool>, name: web::Path<String>) -> Result<HttpRe
 
 async fn put_environment(
     pool: web::Data<PgPool>,
+    settings: web::Data<ServiceSettings>,
     path: web::Path<(String, String)>,
     body: Option<web::Json<EnvironmentBody>>,
 ) -> Result<HttpResponse, Problem> {
@@ -87,18 +92,20 @@ async fn put_environment(
     check_env_name(&env)?;
     let target = body
         .and_then(|b| b.into_inner().target)
-        .unwrap_or_else(|| "process".into());
-    if !matches!(target.as_str(), "process" | "docker" | "kubernetes") {
-        return Err(Problem::validation(
-            "target",
-            "must be `process`, `docker` or `kubernetes`",
-        ));
-    }
+        .map(|t| t.parse::<TargetKind>())
+        .transpose()
+        .map_err(|e| Problem::validation("target", e.to_string()))?;
     let service = service_id(&pool, &name).await?;
     let mut tx = pool.begin().await.map_err(|e| internal("begin", e))?;
-    let created = config::upsert_environment(&mut tx, service, &env, &target)
+    let created =
+        config::upsert_environment(&mut tx, service, &env, target, settings.default_target)
+            .await
+            .map_err(|e| internal("upsert environment", e))?;
+    let environment = config::environment(&mut tx, service, &env)
         .await
-        .map_err(|e| internal("upsert environment", e))?;
+        .map_err(|e| internal("read environment", e))?
+        .ok_or_else(Problem::internal)?;
+    let target = environment.target;
     let uri = format!("/v1/services/{name}/environments/{env}");
     let subject = format!("{name}/{env}");
     let event = if created {
@@ -120,10 +127,6 @@ async fn put_environment(
     )
     .await
     .map_err(|e| internal("enqueue event", e))?;
-    let environment = config::environment(&mut tx, service, &env)
-        .await
-        .map_err(|e| internal("read environment", e))?
-        .ok_or_else(Problem::internal)?;
     tx.commit().await.map_err(|e| internal("commit", e))?;
     let status = if created {
         actix_web::http::StatusCode::CREATED

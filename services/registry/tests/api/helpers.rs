@@ -1,4 +1,5 @@
 use slipway_registry::discovery::DiscoverySettings;
+use slipway_registry::startup::ServiceSettings;
 use slipway_registry::{Application, Settings};
 use slipway_runtime::BaseSettings;
 use tokio::sync::oneshot;
@@ -18,6 +19,15 @@ pub async fn spawn_app() -> TestApp {
 
 /// [`spawn_app`] with chosen discovery settings (a short reaper interval).
 pub async fn spawn_app_with(discovery: DiscoverySettings) -> TestApp {
+    spawn(discovery, ServiceSettings::default()).await
+}
+
+/// [`spawn_app`] with chosen `[services]` settings.
+pub async fn spawn_app_with_services(services: ServiceSettings) -> TestApp {
+    spawn(DiscoverySettings::default(), services).await
+}
+
+async fn spawn(discovery: DiscoverySettings, services: ServiceSettings) -> TestApp {
     let base = slipway_testkit::base_settings("registry").await;
     let app = Application::build_with(
         Settings {
@@ -25,7 +35,7 @@ pub async fn spawn_app_with(discovery: DiscoverySettings) -> TestApp {
             secrets: slipway_registry::startup::SecretSettings {
                 key: slipway_testkit::secrets_key().into(),
             },
-            services: Default::default(),
+            services,
         },
         discovery,
     )

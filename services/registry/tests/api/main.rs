@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
 mod discovery;
+mod environments;
 mod heartbeats;
 mod helpers;
 mod identity;

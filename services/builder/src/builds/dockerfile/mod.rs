@@ -260,6 +260,8 @@ fn run_spec(spec: &BuildSpec, image: &push::ImageConfig) -> Option<RunSpec> {
         command: Command::new(args).ok()?,
         port_env: "PORT".parse().ok()?,
         health_path: Default::default(),
+        cpus: None,
+        memory: None,
     })
 }
 

@@ -164,6 +164,8 @@ mod tests {
             command: Command::new(vec!["python3".into(), "app.py".into()]).unwrap(),
             port_env: "PORT".parse().unwrap(),
             health_path: "/healthz".parse().unwrap(),
+            cpus: None,
+            memory: None,
         }
     }
 

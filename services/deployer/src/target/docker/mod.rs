@@ -6,7 +6,8 @@
 //! release, instance, creating replica; never its config) and the release's config and
 //! secrets in its environment only. It runs as the image's numeric non-root user (else
 //! 10001), with every capability dropped, `no-new-privileges`, not privileged, a read-only
-//! image with a tmpfs on `/tmp`, and the CPU, memory and process limits of the settings.
+//! image with a tmpfs on `/tmp`, the CPUs and memory the release's run spec asks for (the
+//! environment's settings are the default and the ceiling) and the settings' process limit.
 //!
 //! Reached at its IP on a user-defined bridge network (`docker.network`, which the edge router
 //! and the monitor share or route to) or at an ephemeral port published on one address of the
@@ -42,7 +43,9 @@ pub use self::settings::{DockerEnvironment, DockerSettings};
 use self::spec::Reach;
 pub use self::spec::{INSTANCE_LABEL, NO_BASE, SCOPE_LABEL};
 use self::supervise::{Handle, Supervisor};
-use super::{Adopted, InstanceSpec, Known, Lease, Placement, Target, TargetError, TargetEvent};
+use super::{
+    Adopted, InstanceSpec, Known, Lease, Placement, Target, TargetError, TargetEvent, TargetKind,
+};
 
 /// What the supervisors share with the target.
 pub(crate) struct Context {
@@ -63,6 +66,12 @@ impl Context {
         spec: &InstanceSpec,
         cancel: &CancellationToken,
     ) -> Result<String, TargetError> {
+        // Before anything is pulled or created: a release asking for more than its
+        // environment may use never gets a container.
+        let limits = self
+            .settings
+            .limits_for(&spec.environment, spec.run.as_ref())
+            .map_err(TargetError::Start)?;
         let login = self
             .settings
             .registry_auth
@@ -79,7 +88,7 @@ impl Context {
             spec,
             &facts,
             spec::labels(spec, &self.settings, &self.replica),
-            self.settings.limits_for(&spec.environment),
+            limits,
             &self.reach,
             self.settings.read_only_root,
         );
@@ -296,8 +305,8 @@ impl Drop for DockerTarget {
 }
 
 impl Target for DockerTarget {
-    fn kind(&self) -> &'static str {
-        "docker"
+    fn kind(&self) -> TargetKind {
+        TargetKind::Docker
     }
 
     fn node(&self) -> String {

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
+use slipway_events::slipway::RunSpec;
 
 /// Section `[docker]` of the deployer's settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -42,10 +43,11 @@ pub struct DockerSettings {
     /// Labels added to every container (e.g. a team's); they are not secret and must not be.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
-    /// CPUs an instance may use (0: no limit) unless its environment says otherwise.
+    /// CPUs an instance may use (0: no limit) unless its environment says otherwise: the
+    /// default for releases that do not say (`[run] cpus`), and the most one may ask for.
     #[serde(default = "default_cpus")]
     pub cpus: f64,
-    /// Memory an instance may use, in MiB (0: no limit), swap included.
+    /// Memory an instance may use, in MiB (0: no limit), swap included; like `cpus`.
     #[serde(default = "default_memory_mb")]
     pub memory_mb: u64,
     /// Most processes (threads) in one container (0: no limit).
@@ -216,13 +218,56 @@ impl DockerSettings {
         all
     }
 
-    pub(crate) fn limits_for(&self, environment: &str) -> Limits {
+    /// The limits of an instance of `environment` whose release asks for `run`'s: the
+    /// release's CPUs and memory where it names them, else the environment's settings
+    /// (`docker.environments.<env>.*`, else `docker.*`), which are also the ceiling (0: none).
+    /// A release asking for more than the ceiling is refused, naming the limit and the setting.
+    pub(crate) fn limits_for(
+        &self,
+        environment: &str,
+        run: Option<&RunSpec>,
+    ) -> Result<Limits, String> {
         let env = self.environments.get(environment);
-        Limits {
-            cpus: env.and_then(|e| e.cpus).unwrap_or(self.cpus),
-            memory_mb: env.and_then(|e| e.memory_mb).unwrap_or(self.memory_mb),
+        let setting = |field: &str, own: bool| {
+            if own {
+                format!("docker.environments.{environment}.{field}")
+            } else {
+                format!("docker.{field}")
+            }
+        };
+        let env_cpus = env.and_then(|e| e.cpus);
+        let env_memory = env.and_then(|e| e.memory_mb);
+        let ceiling_cpus = env_cpus.unwrap_or(self.cpus);
+        let ceiling_memory = env_memory.unwrap_or(self.memory_mb);
+        let cpus = match run.and_then(|r| r.cpus) {
+            Some(asked) if ceiling_cpus > 0.0 && asked.as_f64() > ceiling_cpus => {
+                return Err(format!(
+                    "the release asks for run.cpus = {asked}, more than the {ceiling_cpus} CPUs \
+                     instances of environment `{environment}` may use on the Docker target \
+                     (the ceiling `{}`)",
+                    setting("cpus", env_cpus.is_some())
+                ));
+            }
+            Some(asked) => asked.as_f64(),
+            None => ceiling_cpus,
+        };
+        let memory_mb = match run.and_then(|r| r.memory) {
+            Some(asked) if ceiling_memory > 0 && asked.mib() > ceiling_memory => {
+                return Err(format!(
+                    "the release asks for run.memory = {asked}, more than the {ceiling_memory} MiB \
+                     instances of environment `{environment}` may use on the Docker target \
+                     (the ceiling `{}`)",
+                    setting("memory_mb", env_memory.is_some())
+                ));
+            }
+            Some(asked) => asked.mib(),
+            None => ceiling_memory,
+        };
+        Ok(Limits {
+            cpus,
+            memory_mb,
             pids: self.pids_limit,
-        }
+        })
     }
 
     pub(crate) fn restart_initial(&self) -> Duration {
@@ -267,8 +312,65 @@ mod tests {
             ["https://p1:2376", "https://p2:2376"]
         );
         assert_eq!(s.all_hosts().len(), 4);
-        assert_eq!(s.limits_for("production").memory_mb, 1024);
-        assert_eq!(s.limits_for("staging").memory_mb, 512);
+        assert_eq!(s.limits_for("production", None).unwrap().memory_mb, 1024);
+        assert_eq!(s.limits_for("staging", None).unwrap().memory_mb, 512);
         assert_eq!(s.network, None);
+    }
+
+    fn run(cpus: Option<f64>, memory: Option<&str>) -> RunSpec {
+        let mut run: RunSpec =
+            serde_json::from_value(serde_json::json!({"command": ["./app"]})).unwrap();
+        run.cpus = cpus.map(|c| slipway_events::slipway::Cpus::parse(c).unwrap());
+        run.memory = memory.map(|m| m.parse().unwrap());
+        run
+    }
+
+    #[test]
+    fn the_run_spec_sets_limits_under_the_environments_ceiling() {
+        let s: DockerSettings = toml::from_str(
+            r#"
+            cpus = 2.0
+            memory_mb = 1024
+            [environments.small]
+            cpus = 0.5
+            memory_mb = 256
+            [environments.free]
+            cpus = 0.0
+            memory_mb = 0
+            "#,
+        )
+        .unwrap();
+        // The release's own, within the ceiling.
+        let l = s
+            .limits_for("staging", Some(&run(Some(1.5), Some("512MiB"))))
+            .unwrap();
+        assert_eq!((l.cpus, l.memory_mb), (1.5, 512));
+        // What it does not name: the environment's settings.
+        let l = s
+            .limits_for("small", Some(&run(None, Some("128MiB"))))
+            .unwrap();
+        assert_eq!((l.cpus, l.memory_mb), (0.5, 128));
+        // More than the ceiling: refused, naming the limit and the setting.
+        let e = s
+            .limits_for("small", Some(&run(Some(1.0), None)))
+            .unwrap_err();
+        assert!(
+            e.starts_with("the release asks for run.cpus = 1, more than the 0.5 CPUs"),
+            "{e}"
+        );
+        assert!(e.contains("`docker.environments.small.cpus`"), "{e}");
+        let e = s
+            .limits_for("staging", Some(&run(None, Some("2GiB"))))
+            .unwrap_err();
+        assert!(
+            e.contains("run.memory = 2GiB, more than the 1024 MiB"),
+            "{e}"
+        );
+        assert!(e.contains("`docker.memory_mb`"), "{e}");
+        // No ceiling (0): whatever the release asks.
+        let l = s
+            .limits_for("free", Some(&run(Some(8.0), Some("4GiB"))))
+            .unwrap();
+        assert_eq!((l.cpus, l.memory_mb), (8.0, 4096));
     }
 }

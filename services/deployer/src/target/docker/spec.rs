@@ -309,6 +309,7 @@ mod tests {
             service_id: ServiceId::new(),
             service_name: "shop".into(),
             environment: "staging".into(),
+            target: crate::target::TargetKind::Docker,
             release: 7,
             config_version: 1,
             image: "127.0.0.1:5000/shop@sha256:00".into(),

@@ -7,9 +7,10 @@ use k8s_openapi::ByteString;
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, Container, ContainerPort, EnvFromSource, EnvVar,
-    HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret,
-    SecretEnvSource, SecurityContext, Service, ServicePort, ServiceSpec,
+    HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, Secret, SecretEnvSource, SecurityContext, Service, ServicePort, ServiceSpec,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use sha2::{Digest, Sha256};
@@ -247,6 +248,7 @@ pub fn deployment(
             period_seconds: Some(2),
             ..Probe::default()
         }),
+        resources: resources(spec),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             privileged: Some(false),
@@ -354,6 +356,25 @@ pub fn http_route(
             }],
         },
     }
+}
+
+/// The CPUs and memory the release's run spec asks for, as requests and limits alike (the
+/// scheduler reserves what the container may use); none named: none set, the namespace's
+/// defaults (a `LimitRange`) apply.
+fn resources(spec: &InstanceSpec) -> Option<ResourceRequirements> {
+    let run = spec.run.as_ref()?;
+    let mut amounts = BTreeMap::new();
+    if let Some(cpus) = run.cpus {
+        amounts.insert("cpu".to_owned(), Quantity(cpus.quantity()));
+    }
+    if let Some(memory) = run.memory {
+        amounts.insert("memory".to_owned(), Quantity(memory.quantity()));
+    }
+    (!amounts.is_empty()).then(|| ResourceRequirements {
+        limits: Some(amounts.clone()),
+        requests: Some(amounts),
+        ..ResourceRequirements::default()
+    })
 }
 
 #[cfg(test)]
