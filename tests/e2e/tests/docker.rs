@@ -26,8 +26,10 @@ use support::{Stack, StackOptions};
 /// cores, and their image builds and containers compete for the one engine.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// Quick to see an instance healthy; a probe may take 2 s (five engineers' builds share two
+/// cores: at 500 ms a canary was rolled back on a slow answer, not a sick instance).
 fn quick_check() -> Value {
-    json!({"interval_ms": 300, "timeout_ms": 500, "failure_threshold": 2, "grace_seconds": 20})
+    json!({"interval_ms": 300, "timeout_ms": 2000, "failure_threshold": 2, "grace_seconds": 20})
 }
 
 /// `docker` with `args`; its stdout. Panics (the test fails) with what docker said otherwise.
