@@ -1,7 +1,8 @@
 //! Dockerfile builds on the real Docker Engine and with real buildah: the image is built from
 //! the repository's Dockerfile (a Python HTTP app on the Debian base image of
 //! `SLIPWAY_TEST_BASE_IMAGE`), pushed to the test registry, pulled by digest with `docker pull`
-//! and run with `docker run`; the gate, refused paths and cancellation on both builders.
+//! and run with `docker run`; the gate, refused paths, `.dockerignore` and cancellation on both
+//! builders.
 
 use std::path::Path;
 use std::process::Command;
@@ -243,6 +244,104 @@ async fn a_dockerfile_is_built_through_the_engine_pushed_and_runs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dockerfile_is_built_with_buildah_pushed_and_runs() {
     builds_pushes_and_runs(false).await;
+}
+
+/// The regular files under `/app` of `image` (pulled by digest), from `docker export`.
+fn files_in_app(image: &str) -> Vec<String> {
+    docker(&["pull", "-q", image]);
+    let id = docker(&["create", "--label", LABEL, image]);
+    let out = Command::new("docker")
+        .args(["export", &id])
+        .output()
+        .unwrap();
+    docker(&["rm", "-f", &id]);
+    let _ = Command::new("docker").args(["rmi", image]).output();
+    assert!(
+        out.status.success(),
+        "docker export: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut files: Vec<String> = tar::Archive::new(out.stdout.as_slice())
+        .entries()
+        .unwrap()
+        .map(Result::unwrap)
+        .filter(|e| e.header().entry_type().is_file())
+        .filter_map(|e| {
+            let path = e.path().unwrap().to_string_lossy().into_owned();
+            path.strip_prefix("app/").map(str::to_owned)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// `.dockerignore` leaves files out of `COPY . /app/` and a `!` line brings one back; the
+/// Dockerfile and the `.dockerignore`, excluded too, are still read by the build.
+async fn dockerignore_is_applied(engine: bool) {
+    let app = builder(engine).await;
+    let dockerfile = format!(
+        "FROM {}\nCOPY . /app/\nCMD [\"python3\", \"/app/app.py\"]\n",
+        base_image()
+    );
+    let ignore = "# what stays out of the image\n/secret.env\n*.log\n  docs/  \n!docs/keep.md\n\
+                  **/cache\nDockerfile\n.dockerignore\n";
+    let repo = repo(&[
+        ("Dockerfile", &dockerfile),
+        (".dockerignore", ignore),
+        ("app.py", APP),
+        ("secret.env", "TOKEN=not-for-the-image\n"),
+        ("debug.log", "left out\n"),
+    ]);
+    for (file, text) in [
+        ("docs/guide.md", "left out\n"),
+        ("docs/keep.md", "the exception\n"),
+        ("pkg/cache/blob", "left out\n"),
+        ("pkg/mod.py", "\n"),
+        // `*.log` is the context root's only (Docker's patterns are anchored).
+        ("pkg/trace.log", "kept\n"),
+    ] {
+        repo.change(file, text);
+    }
+    let id = app.request(&repo.url, None).await;
+    let build = finished(&app, id).await;
+    let logs = app.log_text(id).await;
+    assert_eq!(build["status"], "succeeded", "{build}\n{logs}");
+    assert_eq!(
+        files_in_app(build["image"].as_str().unwrap()),
+        ["app.py", "docs/keep.md", "pkg/mod.py", "pkg/trace.log"],
+        "with {}",
+        if engine { "the engine" } else { "buildah" }
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerignore_is_applied_through_the_engine() {
+    dockerignore_is_applied(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dockerignore_is_applied_by_buildah() {
+    // The image is read back with the engine's client.
+    require_engine();
+    dockerignore_is_applied(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dockerignore_docker_refuses_fails_the_spec_step() {
+    let app = builder(false).await;
+    let repo = repo(&[
+        ("Dockerfile", "FROM scratch\n"),
+        (".dockerignore", "target\n!\n"),
+    ]);
+    let id = app.request(&repo.url, None).await;
+    let build = finished(&app, id).await;
+    assert_eq!(build["status"], "failed", "{build}");
+    assert_eq!(build["step"], "spec", "{build}");
+    let reason = build["reason"].as_str().unwrap();
+    assert!(
+        reason.contains(".dockerignore line 2: a lone `!` is not a pattern"),
+        "{reason}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

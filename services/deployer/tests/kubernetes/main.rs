@@ -9,8 +9,8 @@
 
 mod cleanup;
 mod fake;
-mod restarts;
 mod resources;
+mod restarts;
 mod validate;
 
 use std::collections::BTreeMap;

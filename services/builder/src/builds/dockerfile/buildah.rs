@@ -4,7 +4,8 @@
 //! builder's private work directory (the build user cannot reach them), all removed with it.
 //! `RUN` steps run in containers (`--isolation oci`: namespaces, runc's default capability
 //! set) on a private network namespace (`--network private`: out through NAT, not on the
-//! builder's loopback). The base is pulled by buildah with the builder's registry login (in a
+//! builder's loopback). `.dockerignore` is applied by buildah from the reading of
+//! [`super::ignore`], given with `--ignorefile`. The base is pulled by buildah with the builder's registry login (in a
 //! private auth file); plain HTTP is allowed for the builder's own registry only when
 //! `[registry] insecure` says so.
 //!
@@ -37,6 +38,10 @@ impl Buildah {
         Self {
             work: work.to_path_buf(),
         }
+    }
+
+    fn ignore_file(&self) -> PathBuf {
+        self.work.join("dockerignore")
     }
 
     fn runc_root(&self) -> PathBuf {
@@ -84,6 +89,9 @@ impl Buildah {
             ));
         }
         std::fs::write(self.work.join("registries.conf"), conf)?;
+        // The context's `.dockerignore` as read here, so buildah leaves out what the engine
+        // path leaves out (and reads no `.containerignore` of its own).
+        std::fs::write(self.ignore_file(), job.plan.ignore.buildah_file())?;
         let auth = self.work.join("auth.json");
         std::fs::write(&auth, auth_file(job))?;
         std::fs::set_permissions(&auth, std::fs::Permissions::from_mode(0o600))
@@ -123,6 +131,7 @@ impl Buildah {
             "--authfile={}",
             self.work.join("auth.json").display()
         ));
+        args.push(format!("--ignorefile={}", self.ignore_file().display()));
         args.extend(["-f".into(), job.plan.dockerfile.display().to_string()]);
         args.extend(["-t".into(), local(tag)]);
         if let Some(target) = target {

@@ -1,7 +1,8 @@
 //! Dockerfile builds through a Docker Engine's build API (bollard, the classic builder).
 //!
-//! The context is sent as a tar made here from the context directory (links kept as links,
-//! never followed; `.git` left out); the engine resolves every `COPY` inside it. `RUN` steps
+//! The context is sent as a tar made here from the context directory, `.dockerignore` applied
+//! as the Docker CLI applies it ([`super::ignore`]; links kept as links, never followed; `.git`
+//! left out); the engine resolves every `COPY` inside it. `RUN` steps
 //! run on the engine's default bridge network, never the host's. Closing the build request
 //! stops the build (the engine cancels it and removes its containers): a cancel or the step's
 //! deadline drops the request.
@@ -18,7 +19,7 @@ use bollard::query_parameters::{BuildImageOptionsBuilder, BuilderVersion, Remove
 use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use super::{Built, Job};
+use super::{Built, Job, ignore};
 use crate::builds::logs::{LogWriter, Stream};
 use crate::builds::output::LineCutter;
 use crate::builds::step::StepError;
@@ -218,26 +219,22 @@ fn pull_credentials(job: &Job<'_>) -> Option<HashMap<String, DockerCredentials>>
     Some(HashMap::from([(job.registry.address.clone(), credentials)]))
 }
 
-/// The context directory as a tar: links as links, `.git` left out; the Dockerfile added as
-/// [`OUTSIDE_DOCKERFILE`] when it is not inside the context.
+/// The context directory as a tar, as the Docker CLI makes it: what `.dockerignore` leaves
+/// out is not in it, except the `.dockerignore` and the Dockerfile themselves (the engine
+/// reads them, and leaves them out of `COPY` when they are excluded); links as links; `.git`
+/// left out. The Dockerfile is added as [`OUTSIDE_DOCKERFILE`] when it is not in the context.
 fn context_tar(plan: &super::Plan) -> std::io::Result<Vec<u8>> {
+    let inside = plan.dockerfile_in_context();
+    let inside = inside.as_ref().map(|p| p.to_string_lossy());
+    let mut sent = vec![ignore::FILE];
+    sent.extend(inside.as_deref());
+    let ignore = plan.ignore.keeping(&sent);
     let mut tar = tar::Builder::new(Vec::new());
     tar.follow_symlinks(false);
-    let mut entries: Vec<_> = std::fs::read_dir(&plan.context)?.collect::<Result<_, _>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    for entry in entries {
-        let name = entry.file_name();
-        if name == ".git" {
-            continue;
-        }
-        let path = entry.path();
-        if entry.file_type()?.is_dir() {
-            tar.append_dir_all(&name, &path)?;
-        } else {
-            tar.append_path_with_name(&path, &name)?;
-        }
+    for (path, _) in ignore::walk(&plan.context, &ignore)? {
+        tar.append_path_with_name(plan.context.join(&path), &path)?;
     }
-    if plan.dockerfile_in_context().is_none() {
+    if inside.is_none() {
         tar.append_path_with_name(&plan.dockerfile, OUTSIDE_DOCKERFILE)?;
     }
     tar.into_inner()

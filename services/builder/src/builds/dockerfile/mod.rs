@@ -18,6 +18,7 @@
 
 pub mod buildah;
 pub mod engine;
+pub mod ignore;
 pub mod push;
 
 use std::collections::BTreeMap;
@@ -66,6 +67,8 @@ pub enum PlanError {
         path: String,
         what: &'static str,
     },
+    #[error(transparent)]
+    Ignore(#[from] ignore::IgnoreError),
 }
 
 /// A Dockerfile build, its paths checked to stay inside the source.
@@ -81,6 +84,8 @@ pub struct Plan {
     pub test_stage: bool,
     /// `[image] base`, given to the build as `BASE`.
     pub base: Option<String>,
+    /// The context's `.dockerignore` (no rules without one), applied by both builders.
+    pub ignore: ignore::DockerIgnore,
 }
 
 impl Plan {
@@ -111,6 +116,7 @@ impl Plan {
                 what: "a directory",
             });
         }
+        let ignore = ignore::DockerIgnore::read(&root, &context, MAX_DOCKERFILE_BYTES)?;
         let text = std::fs::read_to_string(&dockerfile).unwrap_or_default();
         // slipway.toml's own [test] command wins; detected defaults yield to the Dockerfile.
         let host_test = from == "slipway.toml" && !spec.test.command.trim().is_empty();
@@ -120,6 +126,7 @@ impl Plan {
             shown: shown(name),
             test_stage: !host_test && has_stage(&text, "test"),
             base: spec.image.base.clone().filter(|b| !b.trim().is_empty()),
+            ignore,
         }))
     }
 
