@@ -40,8 +40,9 @@ FROM ${RUNTIME_IMAGE} AS runtime
 # curl: the container healthcheck in docker-compose.yml (`curl -fsS http://127.0.0.1:8080/readyz`);
 # a few hundred KiB, and simpler than shipping a healthcheck subcommand in every binary.
 # git: the builder fetches the commits it builds with the git command line.
+# socat: deploy/registry-link, the image registry's one address (see docker-compose.yml).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates curl git \
+    && apt-get install -y --no-install-recommends ca-certificates curl git socat \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 slipway \
     && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/slipway --create-home \
@@ -53,6 +54,7 @@ COPY --from=builder \
     /app/target/release/slipway-deployer \
     /app/target/release/slipway-monitor \
     /usr/local/bin/
+COPY deploy/registry-link /usr/local/bin/registry-link
 # Working directory the services may write to (relative state such as `.slipway/`); on
 # Kubernetes the root filesystem is read-only and an emptyDir is mounted here and on /tmp.
 WORKDIR /var/lib/slipway

@@ -134,7 +134,14 @@ pub struct KafkaSettings {
     /// host must set different values.
     #[serde(default)]
     pub instance_id: String,
-    /// Use static membership at all (`false`: classic dynamic membership).
+    /// Use static membership at all (`false`: classic dynamic membership). On by default: on
+    /// Tansu 0.6 a dynamic member that dies is dropped when its session expires but its
+    /// partitions are not handed to the others until the next rebalance (a deployer killed
+    /// mid-rollout left health verdicts unconsumed for minutes), while a restarted static
+    /// member takes its partitions back at once. The price, on Tansu only: a static member never
+    /// expires (missed heartbeats are checked only on dynamic members' requests), so an instance
+    /// id that never comes back keeps its partitions: keep `instance_id` stable (a StatefulSet's
+    /// pod name, not a Deployment's).
     #[serde(default = "default_static_membership")]
     pub static_membership: bool,
     /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.

@@ -10,6 +10,8 @@ use slipway_secrets::SecretBox;
 pub use slipway_secrets::SecretSettings;
 use tokio::sync::Notify;
 
+use crate::builds::dockerfile::DockerSettings;
+use crate::builds::image::ImageSettings;
 use crate::builds::package::RegistrySettings;
 use crate::builds::retention::{self, PruneMetrics, RetentionSettings};
 use crate::builds::sandbox::SandboxError;
@@ -22,6 +24,12 @@ pub struct Settings {
     pub base: BaseSettings,
     pub builds: BuildSettings,
     pub registry: RegistrySettings,
+    /// The Docker Engine Dockerfile builds go through (section `[docker]`; none: buildah).
+    #[serde(default)]
+    pub docker: DockerSettings,
+    /// Default base images (section `[images]`).
+    #[serde(default)]
+    pub images: ImageSettings,
     /// Seals clone credentials at rest.
     pub secrets: SecretSettings,
     #[serde(default)]
@@ -54,6 +62,8 @@ pub enum BuilderStartError {
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
     RegistryAuth(#[from] slipway_settings::RegistryAuthError),
+    #[error("invalid base image in the settings, {0}")]
+    Images(#[from] crate::builds::image::BadBase),
 }
 
 impl Settings {
@@ -74,6 +84,7 @@ impl Application {
         // Checked before anything binds: bad credentials settings, a bad key or work dir stop
         // the process at once.
         settings.registry.oci_auth()?;
+        settings.images.check()?;
         let sealer = SecretBox::from_settings(&settings.secrets)?;
         let sandbox = settings.builds.sandbox()?;
         let mut runtime = Runtime::build("builder", &settings.base, &MIGRATOR).await?;
@@ -104,6 +115,8 @@ impl Application {
             pool: runtime.pool.clone(),
             settings: settings.builds.clone(),
             registry: settings.registry.clone(),
+            docker: settings.docker.clone(),
+            images: settings.images.clone(),
             sandbox,
             sealer: sealer.clone(),
             allow_local: settings.services.allow_local_repositories,

@@ -15,7 +15,9 @@ use crate::db::uids::PgUids;
 use crate::engine::fleet::{FleetSettings, ReplicaSettings};
 use crate::engine::{DeploySettings, Engine, EngineMetrics, Fleet};
 use crate::registry::RegistryClient;
+use crate::target::docker::{DockerSettings, DockerTarget};
 use crate::target::process::{ProcessSettings, ProcessTarget, Users, running_as_root};
+use crate::target::router::{RouterError, TargetKind, TargetRouter, TargetsSettings};
 use crate::target::{Target, TargetError};
 
 /// Where the registry's API is.
@@ -31,6 +33,15 @@ pub struct Settings {
     pub upstreams: UpstreamSettings,
     pub deploy: DeploySettings,
     pub process: ProcessSettings,
+    /// Which target runs each environment's instances.
+    #[serde(default)]
+    pub targets: TargetsSettings,
+    /// The Docker target (used when an environment's target is `docker`).
+    #[serde(default)]
+    pub docker: DockerSettings,
+    /// The Kubernetes target's clusters per environment (none: no environment runs there).
+    #[serde(default)]
+    pub kubernetes: crate::target::kubernetes::KubernetesSettings,
     /// Liveness of this replica, and adoption of the instances of replicas that are gone.
     #[serde(default)]
     pub replicas: ReplicaSettings,
@@ -47,8 +58,10 @@ impl Settings {
 pub enum DeployerStartError {
     #[error(transparent)]
     Runtime(#[from] StartError),
-    #[error("cannot set up the process target: {0}")]
+    #[error("cannot set up a target: {0}")]
     Target(#[from] TargetError),
+    #[error(transparent)]
+    Router(#[from] RouterError),
     #[error("invalid registry URL: {0}")]
     Registry(#[from] reqwest::Error),
     #[error(transparent)]
@@ -74,6 +87,46 @@ fn instance_users(pool: &sqlx::PgPool, process: &ProcessSettings) -> Users {
     Users::Shared
 }
 
+/// The targets the settings use behind one router. The process target is always there (first:
+/// its node is the replica's); the others share its lease.
+async fn targets(
+    settings: &Settings,
+    events: mpsc::UnboundedSender<crate::target::TargetEvent>,
+    users: Users,
+    replica: &ReplicaId,
+) -> Result<Arc<dyn Target>, DeployerStartError> {
+    let process = ProcessTarget::new(settings.process.clone(), events.clone(), users)?;
+    let lease = process.lease();
+    let mut targets: Vec<(TargetKind, Arc<dyn Target>)> =
+        vec![(TargetKind::Process, Arc::new(process))];
+    let kinds = settings.targets.kinds();
+    if kinds.contains(&TargetKind::Docker) {
+        let docker = DockerTarget::connect(
+            settings.docker.clone(),
+            events.clone(),
+            lease.clone(),
+            replica.to_string(),
+        )
+        .await?;
+        tracing::info!(hosts = ?settings.docker.all_hosts(), "Docker target ready");
+        targets.push((TargetKind::Docker, Arc::new(docker)));
+    }
+    if kinds.contains(&TargetKind::Kubernetes) {
+        // Synchronous: each cluster's client connects on first use.
+        let kubernetes = crate::target::kubernetes::KubernetesTarget::new(
+            settings.kubernetes.clone(),
+            events.clone(),
+        )?;
+        tracing::info!("Kubernetes target ready");
+        targets.push((TargetKind::Kubernetes, Arc::new(kubernetes)));
+    }
+    Ok(Arc::new(TargetRouter::new(
+        settings.targets.clone(),
+        targets,
+        lease,
+    )?))
+}
+
 pub struct Application {
     running: Running,
 }
@@ -85,19 +138,24 @@ impl Application {
             .process
             .registry_auth
             .login(crate::target::process::REGISTRY_AUTH)?;
+        if settings.targets.kinds().contains(&TargetKind::Docker) {
+            settings
+                .docker
+                .registry_auth
+                .login(crate::target::docker::REGISTRY_AUTH)?;
+        }
         let mut runtime = Runtime::build("deployer", &settings.base, &MIGRATOR).await?;
         let (events, mut target_events) = mpsc::unbounded_channel();
         let users = instance_users(&runtime.pool, &settings.process);
-        let target: Arc<dyn Target> =
-            Arc::new(ProcessTarget::new(settings.process.clone(), events, users)?);
+        // One identity for the process: the owner of its leases and of its instances.
+        let replica = ReplicaId::for_process("deployer");
+        tracing::info!(replica = %replica, "deployer replica");
+        let target = targets(&settings, events, users, &replica).await?;
         let registry = RegistryClient::new(
             &settings.upstreams.registry,
             &settings.base.identity.credential,
         )?;
         let deploy = settings.deploy.clone();
-        // One identity for the process: the owner of its leases and of its instances.
-        let replica = ReplicaId::for_process("deployer");
-        tracing::info!(replica = %replica, "deployer replica");
         let fleet = Arc::new(Fleet::new(
             runtime.pool.clone(),
             target,

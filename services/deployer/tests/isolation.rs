@@ -163,6 +163,7 @@ fn spec(image: &str, service_id: ServiceId, name: &str) -> InstanceSpec {
         service_name: name.into(),
         environment: "prod".into(),
         release: 1,
+        config_version: 1,
         image: image.into(),
         run: None,
         env: BTreeMap::from([("SERVICE_SECRET".to_owned(), format!("{name}-secret"))]),

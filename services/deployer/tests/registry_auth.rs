@@ -76,6 +76,7 @@ fn spec(image: &str) -> InstanceSpec {
         service_name: "authtest".into(),
         environment: "staging".into(),
         release: 1,
+        config_version: 1,
         image: image.into(),
         run: Some(RunSpec {
             command: Command::new(vec!["sleep".into(), "30".into()]).unwrap(),

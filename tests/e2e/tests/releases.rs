@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use rdkafka::Message;
@@ -22,24 +21,7 @@ fn signed_push(repo: &Repo, commit: &str) -> (Vec<(&'static str, String)>, Vec<u
     support::github_push(&repo.url, commit, SECRET)
 }
 
-/// A .tar.gz of `files` (name, contents), names written as given (even malicious ones).
-fn tarball(files: &[(&str, &[u8])]) -> Vec<u8> {
-    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
-        Vec::new(),
-        flate2::Compression::fast(),
-    ));
-    for (name, data) in files {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(data.len() as u64);
-        header.set_mode(0o644);
-        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
-        header.set_cksum();
-        builder.append(&header, *data).unwrap();
-    }
-    let mut gz = builder.into_inner().unwrap();
-    gz.flush().unwrap();
-    gz.finish().unwrap()
-}
+use support::tarball;
 
 async fn wait_build(stack: &Stack, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);

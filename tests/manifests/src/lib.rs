@@ -68,8 +68,17 @@ pub struct Document {
 
 /// All YAML files of `k8s/base/` (`.yaml` and `.yml`), by file name, sorted.
 pub fn base_yaml_files() -> BTreeSet<String> {
-    let dir = k8s_base();
-    let entries = fs::read_dir(&dir).unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()));
+    yaml_files(&k8s_base())
+}
+
+/// `k8s/target/`: what an application namespace needs for the Kubernetes target.
+pub fn k8s_target() -> PathBuf {
+    repo_root().join("k8s/target")
+}
+
+/// All YAML files of `dir` (`.yaml` and `.yml`), by file name, sorted.
+pub fn yaml_files(dir: &Path) -> BTreeSet<String> {
+    let entries = fs::read_dir(dir).unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()));
     entries
         .map(|entry| entry.unwrap_or_else(|e| panic!("listing {}: {e}", dir.display())))
         .filter(|entry| entry.path().is_file())
@@ -150,9 +159,13 @@ pub fn typed<T: DeserializeOwned + Serialize>(value: Value, origin: &str) -> Box
 
 /// Every document of every YAML file in `k8s/base/` except `kustomization.yaml`.
 pub fn load_base() -> Vec<Document> {
-    let dir = k8s_base();
+    load_dir(&k8s_base())
+}
+
+/// Every document of every YAML file in `dir` except `kustomization.yaml`.
+pub fn load_dir(dir: &Path) -> Vec<Document> {
     let mut documents = Vec::new();
-    for file in base_yaml_files()
+    for file in yaml_files(dir)
         .iter()
         .filter(|name| *name != "kustomization.yaml")
     {

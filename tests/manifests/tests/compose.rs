@@ -189,24 +189,28 @@ const REQUIRED: [&str; 7] = [
 /// `docker-compose config -q` with exactly `set` of the required variables set (and no .env
 /// file, so the developer's own one does not count).
 fn compose_config(set: &[&str]) -> std::process::Output {
-    let file = compose_file();
+    compose_run(&[compose_file()], set, &["config", "-q"])
+}
+
+/// `docker-compose -f FILE... ARGS` with exactly `set` of the required variables set.
+fn compose_run(files: &[PathBuf], set: &[&str], args: &[&str]) -> std::process::Output {
     // An empty file (docker-compose wants a regular one, not /dev/null).
     let no_env = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("empty.env");
     std::fs::write(&no_env, "").unwrap();
     let mut command = Command::new("docker-compose");
-    command
-        .arg("--env-file")
-        .arg(&no_env)
-        .arg("-f")
-        .arg(&file)
-        .args(["config", "-q"])
-        .current_dir(repo_root());
+    command.arg("--env-file").arg(&no_env);
+    for file in files {
+        command.arg("-f").arg(file);
+    }
+    command.args(args).current_dir(repo_root());
     for variable in REQUIRED {
         command.env_remove(variable);
     }
     for variable in set {
         command.env(variable, "set-by-the-test");
     }
+    // The group of the Docker socket the deployer joins (no default: it differs per machine).
+    command.env("SLIPWAY_DOCKER_GID", "999");
     // The signing keys have no default either (their own test below).
     for s in SERVICES {
         for kind in ["KEY", "PUB"] {
@@ -238,6 +242,79 @@ fn docker_compose_config_accepts_the_file() {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+// docker-compose.local.yml over docker-compose.yml (scripts/compose)
+// ---------------------------------------------------------------------------------------------
+
+fn local_files() -> [PathBuf; 2] {
+    [compose_file(), repo_root().join("docker-compose.local.yml")]
+}
+
+#[test]
+fn docker_compose_config_accepts_the_local_override() {
+    let output = compose_run(&local_files(), &REQUIRED, &["config", "-q"]);
+    assert!(
+        output.status.success(),
+        "`docker-compose -f docker-compose.yml -f docker-compose.local.yml config -q` failed \
+         ({}):\n{}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// What compose makes of both files: every image it would run is built here (nothing to
+/// pull), the broker is Tansu, Jaeger is never started and nothing exports traces to it.
+#[test]
+fn the_local_override_runs_only_images_built_here() {
+    let output = compose_run(&local_files(), &REQUIRED, &["config"]);
+    assert!(output.status.success(), "{output:?}");
+    let config: Value = serde_yaml::from_slice(&output.stdout).unwrap();
+    let services = config["services"].as_mapping().unwrap();
+    for (name, service) in services {
+        let name = name.as_str().unwrap();
+        let image = service["image"].as_str().unwrap_or_default();
+        if name == "jaeger" {
+            assert!(
+                service["profiles"].is_sequence(),
+                "jaeger must be in a profile nobody enables: {service:?}"
+            );
+            continue;
+        }
+        assert!(
+            image.starts_with("slipway-local/"),
+            "`{name}` runs {image:?}, which cannot be pulled here"
+        );
+        for dependency in service["depends_on"].as_mapping().into_iter().flatten() {
+            assert_ne!(
+                dependency.0.as_str(),
+                Some("jaeger"),
+                "`{name}` waits for jaeger, which never starts"
+            );
+        }
+    }
+    assert!(
+        services["kafka"]["image"]
+            .as_str()
+            .is_some_and(|i| i.starts_with("slipway-local/tansu:")),
+        "{:?}",
+        services["kafka"]
+    );
+    for name in SERVICES {
+        assert_eq!(
+            services[name]["environment"]["SLIPWAY_TELEMETRY__OTLP_ENDPOINT"].as_str(),
+            Some(""),
+            "`{name}` exports traces to a collector that does not run"
+        );
+        assert!(
+            services[name]["image"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("slipway-local/platform:")),
+            "`{name}`: {:?}",
+            services[name]["image"]
+        );
+    }
 }
 
 /// One run (docker-compose takes seconds to start); that every key and password is required
@@ -415,6 +492,7 @@ fn docker_compose_refuses_to_run_without_signing_keys() {
         .arg(compose_file())
         .args(["config", "-q"])
         .current_dir(repo_root());
+    command.env("SLIPWAY_DOCKER_GID", "999");
     for variable in REQUIRED {
         command.env(variable, "set-by-the-test");
     }

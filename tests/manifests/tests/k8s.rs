@@ -258,46 +258,7 @@ fn deployer_has_its_service_account_and_role() {
         }
     }
 
-    let role = documents
-        .iter()
-        .find_map(|d| match &d.object {
-            Object::Role(role) if name_of(&role.metadata) == account => Some(role),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no Role {account}"));
-    let rules = role.rules.as_deref().unwrap_or_default();
-    let allows = |group: &str, resource: &str, verb: &str| {
-        rules.iter().any(|rule| {
-            rule.api_groups.iter().flatten().any(|g| g == group)
-                && rule.resources.iter().flatten().any(|r| r == resource)
-                && rule.verbs.iter().any(|v| v == verb || v == "*")
-        })
-    };
-    let manage = ["get", "list", "watch", "create", "patch", "delete"];
-    for (group, resource, verbs) in [
-        ("apps", "deployments", manage.as_slice()),
-        ("", "services", manage.as_slice()),
-        ("", "configmaps", manage.as_slice()),
-        ("gateway.networking.k8s.io", "httproutes", manage.as_slice()),
-        ("", "pods", ["get", "list", "watch"].as_slice()),
-        ("", "pods/log", ["get"].as_slice()),
-    ] {
-        for verb in verbs {
-            assert!(
-                allows(group, resource, verb),
-                "Role {account} does not allow {verb} on {group}/{resource}"
-            );
-        }
-    }
-
-    let binding = documents
-        .iter()
-        .find_map(|d| match &d.object {
-            Object::RoleBinding(binding) if binding.role_ref.name == account => Some(binding),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("no RoleBinding to Role {account}"));
-    assert_eq!(binding.role_ref.kind, "Role");
+    let binding = role_and_binding(&documents, account, "k8s/base");
     assert!(
         binding
             .subjects
@@ -306,6 +267,99 @@ fn deployer_has_its_service_account_and_role() {
             .any(|subject| subject.kind == "ServiceAccount" && subject.name == account),
         "RoleBinding {} does not bind ServiceAccount {account}",
         name_of(&binding.metadata)
+    );
+}
+
+/// The Role `account` grants what the deployer's Kubernetes target does (and Secrets are
+/// never listed or read); answers its RoleBinding.
+fn role_and_binding<'a>(documents: &'a [Document], account: &str, place: &str) -> &'a RoleBinding {
+    let role = documents
+        .iter()
+        .find_map(|d| match &d.object {
+            Object::Role(role) if name_of(&role.metadata) == account => Some(role),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("{place}: no Role {account}"));
+    let rules = role.rules.as_deref().unwrap_or_default();
+    let allows = |group: &str, resource: &str, verb: &str| {
+        rules.iter().any(|rule| {
+            rule.api_groups.iter().flatten().any(|g| g == group)
+                && rule
+                    .resources
+                    .iter()
+                    .flatten()
+                    .any(|r| r == resource || r == "*")
+                && rule.verbs.iter().any(|v| v == verb || v == "*")
+        })
+    };
+    let manage = ["get", "list", "watch", "create", "patch", "delete"];
+    let read = ["get", "list", "watch"];
+    for (group, resource, verbs) in [
+        ("apps", "deployments", manage.as_slice()),
+        ("apps", "replicasets", read.as_slice()),
+        ("", "services", manage.as_slice()),
+        ("", "configmaps", ["create", "patch"].as_slice()),
+        ("", "secrets", ["create", "patch"].as_slice()),
+        ("gateway.networking.k8s.io", "httproutes", manage.as_slice()),
+        ("", "pods", ["get", "list", "watch", "delete"].as_slice()),
+        ("", "pods/log", ["get"].as_slice()),
+    ] {
+        for verb in verbs {
+            assert!(
+                allows(group, resource, verb),
+                "{place}: Role {account} does not allow {verb} on {group}/{resource}"
+            );
+        }
+    }
+    for verb in ["get", "list", "watch"] {
+        assert!(
+            !allows("", "secrets", verb),
+            "{place}: Role {account} may {verb} Secrets: it only writes config versions"
+        );
+    }
+    documents
+        .iter()
+        .find_map(|d| match &d.object {
+            Object::RoleBinding(binding) if binding.role_ref.name == account => Some(binding),
+            _ => None,
+        })
+        .map(|binding| {
+            assert_eq!(binding.role_ref.kind, "Role", "{place}");
+            binding.as_ref()
+        })
+        .unwrap_or_else(|| panic!("{place}: no RoleBinding to Role {account}"))
+}
+
+#[test]
+fn application_namespaces_grant_the_deployer_the_same_rights() {
+    let documents = load_dir(&k8s_target());
+    let account = "slipway-deployer";
+    let binding = role_and_binding(&documents, account, "k8s/target");
+    let namespace = binding.metadata.namespace.as_deref();
+    assert!(
+        namespace.is_some(),
+        "k8s/target: the RoleBinding names its namespace"
+    );
+    for d in &documents {
+        let meta = match &d.object {
+            Object::Role(r) => &r.metadata,
+            Object::RoleBinding(b) => &b.metadata,
+            _ => panic!(
+                "{}: only a Role and its RoleBinding belong in k8s/target",
+                d.origin
+            ),
+        };
+        assert_eq!(meta.namespace.as_deref(), namespace, "{}", d.origin);
+    }
+    assert!(
+        binding
+            .subjects
+            .iter()
+            .flatten()
+            .any(|s| s.kind == "ServiceAccount"
+                && s.name == account
+                && s.namespace.as_deref() == Some("slipway")),
+        "k8s/target: the RoleBinding must bind the deployer's ServiceAccount in `slipway`"
     );
 }
 

@@ -11,30 +11,38 @@
 //! States of the member: *consuming* → *draining* (cancelled: commit stored offsets, leave) or
 //! *restarting*: the client is dropped and a new one joins the group after a backoff, when
 //! librdkafka reported a fatal error (e.g. a static member fenced), a pause/seek failed, or the
-//! watchdog found the member outside its group for [`REJOIN_TIMEOUT`]. The last is what left
-//! the builder deaf after a 90 s broker hang: the session expired during the hang, librdkafka
-//! revoked the assignment and then waited for ever (join state `wait-unassign-to-complete`, then
-//! `wait-join`) on requests the broker never answered, with no error to see; polling went on,
-//! nothing was fetched. Offsets are stored only after a message is done with, so a restart
-//! redelivers, never skips.
+//! watchdog found the member outside its group for too long while the broker answers. The last
+//! is what left the builder deaf after a 90 s broker hang: the session expired during the hang,
+//! librdkafka revoked the assignment and then waited for ever (join state
+//! `wait-unassign-to-complete`, then `wait-join`) on requests the broker never answered, with no
+//! error to see; polling went on, nothing was fetched. Offsets are stored only after a message is
+//! done with, so a restart redelivers, never skips.
+//!
+//! The watchdog counts unsettled time only while some broker has answered this client lately
+//! ([`super::context`]: 15 s of silence; metadata is refreshed every few seconds so an idle
+//! client hears from it).
+//! Recreating a client while the broker is hung helps nothing and harms: each abandoned client's
+//! JoinGroup, queued in its socket, is read when the broker resumes and leaves a member behind
+//! that the broker waits for until its session expires; a watchdog quicker than the session
+//! timeout then abandons the next client before that, and the group never forms (seen on Tansu
+//! after a 90 s hang).
 
 use std::collections::HashMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::PoisonError;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
-use rdkafka::consumer::{
-    BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
-};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::BorrowedMessage;
-use rdkafka::{ClientContext, Message, Offset, TopicPartitionList};
+use rdkafka::{Message, Offset, TopicPartitionList};
 use slipway_events::Topic;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::ConsumerError;
+use super::context::{METADATA_REFRESH_MS, RunnerContext, rejoin_timeout};
 use super::status::{Cause, ConsumerStatus};
 use crate::KafkaSettings;
 
@@ -114,73 +122,6 @@ impl ConsumerMetrics {
     }
 }
 
-/// What the client's callbacks (run inside `recv`) tell the loop: partitions revoked since
-/// it last looked, and since when the member has not been settled in its group.
-#[derive(Default)]
-pub(crate) struct RunnerContext {
-    revoked: Mutex<Vec<(String, i32)>>,
-    /// The group join state librdkafka last reported (statistics) when it was not `steady`,
-    /// and since when it has not been.
-    unsettled: Mutex<Option<(String, Instant)>>,
-}
-
-impl RunnerContext {
-    fn group_state(&self) -> Option<(String, Instant)> {
-        self.unsettled
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
-/// librdkafka's own logs and errors (session timeouts, fatal errors) go to the service's logs;
-/// rdkafka's default sends them to the `log` crate, which nothing here listens to.
-impl ClientContext for RunnerContext {
-    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
-        use rdkafka::config::RDKafkaLogLevel as L;
-        match level {
-            L::Emerg | L::Alert | L::Critical | L::Error => {
-                tracing::error!(target: "librdkafka", fac, "{log_message}");
-            }
-            L::Warning => tracing::warn!(target: "librdkafka", fac, "{log_message}"),
-            L::Notice | L::Info => tracing::info!(target: "librdkafka", fac, "{log_message}"),
-            L::Debug => tracing::debug!(target: "librdkafka", fac, "{log_message}"),
-        }
-    }
-
-    fn error(&self, error: KafkaError, reason: &str) {
-        tracing::warn!(target: "librdkafka", error = %error, "{reason}");
-    }
-
-    fn stats(&self, statistics: rdkafka::Statistics) {
-        let Some(cgrp) = statistics.cgrp else {
-            return;
-        };
-        let mut unsettled = self
-            .unsettled
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if cgrp.join_state == "steady" {
-            *unsettled = None;
-        } else if unsettled.is_none() {
-            *unsettled = Some((cgrp.join_state, Instant::now()));
-        }
-    }
-}
-
-impl ConsumerContext for RunnerContext {
-    fn pre_rebalance(&self, _: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        if let Rebalance::Revoke(tpl) = rebalance {
-            let mut revoked = self.revoked.lock().unwrap_or_else(PoisonError::into_inner);
-            revoked.extend(
-                tpl.elements()
-                    .iter()
-                    .map(|e| (e.topic().to_owned(), e.partition())),
-            );
-        }
-    }
-}
-
 type Client = StreamConsumer<RunnerContext>;
 
 /// A partition paused (or resumed and awaiting redelivery) on a failed message.
@@ -191,11 +132,6 @@ struct Wait {
     due: Option<Instant>,
     since: DateTime<Utc>,
 }
-
-/// How long a client may stay outside its group (joining) before it is recreated. A join takes
-/// seconds; after a broker hang librdkafka can wait on a JoinGroup request the broker never
-/// answers (for up to `max.poll.interval.ms`), deaf meanwhile.
-const REJOIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How one member run ended.
 enum Exit {
@@ -237,8 +173,10 @@ impl<P: Process> Driver<'_, P> {
                 (self.settings.session_timeout_ms / 15).max(500).to_string(),
             )
             .set("fetch.wait.max.ms", self.settings.fetch_wait_ms.to_string())
-            // The watchdog reads the group join state from the statistics.
-            .set("statistics.interval.ms", "5000");
+            // The watchdog reads the group join state from the statistics, and hears from an
+            // idle broker through the metadata refresh.
+            .set("statistics.interval.ms", "5000")
+            .set("topic.metadata.refresh.interval.ms", METADATA_REFRESH_MS);
         config
             .create_with_context(RunnerContext::default())
             .map_err(|source| ConsumerError::Create {
@@ -345,13 +283,14 @@ impl<P: Process> Driver<'_, P> {
                     }
                     let state = client.context().group_state();
                     tracing::debug!(group = %self.group, ?state, "consumer watchdog");
+                    let session = Duration::from_millis(self.settings.session_timeout_ms.into());
                     if let Some((join_state, since)) = state
-                        && since.elapsed() > REJOIN_TIMEOUT
+                        && since.elapsed() > rejoin_timeout(&join_state, session)
                     {
                         return Exit::Restart {
                             reason: format!(
-                                "not a settled member of the group for {:?} (join state \
-                                 {join_state}): a rejoin that never completed",
+                                "not a settled member of the group for {:?} while the broker \
+                                 answers (join state {join_state}): a rejoin that never completed",
                                 since.elapsed()
                             ),
                         };

@@ -14,6 +14,7 @@
 //! ([`crate::signing`]) goes to the dead-letter topic, with the reason ([`crate::dead_letter`]).
 //! The loop itself, its states and how it survives broker hangs: `driver.rs`.
 
+mod context;
 mod driver;
 mod status;
 

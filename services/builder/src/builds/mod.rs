@@ -8,11 +8,14 @@
 //!
 //! Layout: `store` (requests, reads, cancel, uploads), `lease` (claim, renew, fenced step and
 //! requeue), `ending` (how a build ends, `finish`), `retention` (pruning), `output` (bounded
-//! lines), and the pipeline's parts (worker, sandbox, source, fetch, spec, step, package).
+//! lines), and the pipeline's parts (worker, sandbox, source, fetch, spec, step, package,
+//! dockerfile: images built from a Dockerfile).
 
 pub mod archive;
+pub mod dockerfile;
 pub mod ending;
 pub mod fetch;
+pub mod image;
 pub mod lease;
 pub mod logs;
 pub mod output;

@@ -1,29 +1,37 @@
-//! Packaging: what the build step produced becomes a content-addressed OCI image (one layer
-//! under `/app`, a config holding the run command, environment and exposed port) pushed through
-//! the OCI distribution API. No Docker engine is involved.
+//! Packaging: what the build step produced becomes a content-addressed OCI image pushed through
+//! the OCI distribution API, no Docker engine involved: the base image's layers (unchanged, by
+//! digest) + one service layer under `/app` (annotated `dev.slipway.layer: service`, the one the
+//! process target unpacks), under a config holding the run command, environment, port, user and
+//! labels (see [`super::image`]). Without a base the image holds the service's files only.
 //!
-//! The image holds the service's files only (no base image): the process target runs them on
-//! the host, the container targets put a runtime base under them.
+//! Pushed by digest: the manifest is serialised here and its digest is the sha256 of those
+//! bytes, so the same input gives the same digest (nothing depends on time or machine).
 //!
 //! Bounded and cancellable: writing the layer checks the build's cancel token at every write,
-//! and the push (with the digest read back) must end within `push_timeout_seconds`; a cancel
-//! stops it at once.
+//! and the rest (base read, base blobs mounted or copied, the push) must end within
+//! `push_timeout_seconds`; a cancel stops it at once.
 
-use std::io::Write;
-use std::path::{Component, Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Duration;
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
-use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
-use oci_client::manifest::OciImageManifest;
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::manifest::{
+    IMAGE_CONFIG_MEDIA_TYPE, IMAGE_LAYER_GZIP_MEDIA_TYPE, OCI_IMAGE_MEDIA_TYPE, OciDescriptor,
+    OciImageManifest,
+};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+use super::image::base::{self, Base, Blobs, Transfer};
+use super::image::config::{ConfigInput, image_config};
+use super::image::{BadBase, ImageSettings, layer};
 use super::spec::{BuildSpec, RunSpec};
+
+pub use super::image::config::DEFAULT_PORT;
 
 /// Where images go (section `[registry]`).
 #[derive(Debug, Clone, Deserialize)]
@@ -66,8 +74,10 @@ impl RegistrySettings {
     }
 }
 
-/// The port an image exposes, given to instances in `port_env`.
-pub const DEFAULT_PORT: u16 = 8080;
+/// The annotation on the service layer's descriptor: the layer the process target unpacks.
+pub const LAYER_ANNOTATION: &str = "dev.slipway.layer";
+/// Its value on the service layer.
+pub const SERVICE_LAYER: &str = "service";
 
 /// A pushed image.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -82,6 +92,10 @@ pub struct Packaged {
     pub layer_size: u64,
     /// How to run it.
     pub run: Option<RunSpec>,
+    /// The base it was made on, pinned (`host/repository@sha256:...`); `None`: the service's
+    /// files only.
+    #[serde(default)]
+    pub base: Option<String>,
 }
 
 /// Why packaging failed.
@@ -95,6 +109,10 @@ pub enum PackageError {
     Io(#[from] std::io::Error),
     #[error("invalid image reference `{0}`: {1}")]
     Reference(String, String),
+    #[error("invalid base image, named by {0}")]
+    BadBase(#[from] BadBase),
+    #[error("the base image {base} cannot be used: {reason}")]
+    Base { base: String, reason: String },
     #[error("pushing to {registry} failed: {reason}")]
     Push { registry: String, reason: String },
     #[error("pushing to {registry} did not finish within {seconds}s")]
@@ -103,144 +121,20 @@ pub enum PackageError {
     Cancelled,
 }
 
-/// A writer that fails as soon as the build is cancelled: a big layer stops mid-way.
-struct Cancellable<W> {
-    inner: W,
-    cancel: CancellationToken,
-}
-
-impl<W: Write> Write for Cancellable<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.cancel.is_cancelled() {
-            // Not `Interrupted`: `write_all` retries those forever.
-            return Err(std::io::Error::other("cancelled"));
-        }
-        self.inner.write(buf)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-/// The paths to package, checked to stay inside `source`; the whole source (without `.git`)
-/// when the recipe names none.
-fn package_paths(source: &Path, spec: &BuildSpec) -> Result<Vec<(PathBuf, String)>, PackageError> {
-    let names: Vec<String> = if spec.build.package.is_empty() {
-        let mut all: Vec<String> = std::fs::read_dir(source)?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|n| n != ".git")
-            .collect();
-        all.sort();
-        all
-    } else {
-        spec.build.package.clone()
-    };
-    names
-        .into_iter()
-        .map(|name| {
-            let rel = Path::new(&name);
-            let inside = rel
-                .components()
-                .all(|c| matches!(c, Component::Normal(_) | Component::CurDir));
-            if !inside || name.is_empty() {
-                return Err(PackageError::OutsideSource(name));
-            }
-            let full = source.join(rel);
-            // A symlink could still point outside: resolve and compare.
-            let real = full
-                .canonicalize()
-                .map_err(|_| PackageError::Missing(name.clone()))?;
-            let root = source.canonicalize()?;
-            if !real.starts_with(&root) {
-                return Err(PackageError::OutsideSource(name));
-            }
-            let in_image = format!("app/{}", rel.to_string_lossy().trim_start_matches("./"));
-            Ok((real, in_image.trim_end_matches('/').to_owned()))
-        })
-        .collect()
-}
-
-/// The layer: a deterministic tar (fixed owner and times) of the package, and its gzip.
-fn layer(
-    paths: &[(PathBuf, String)],
-    cancel: &CancellationToken,
-) -> Result<(Vec<u8>, String), PackageError> {
-    let stopped = |e: std::io::Error| {
-        if cancel.is_cancelled() {
-            PackageError::Cancelled
-        } else {
-            PackageError::Io(e)
-        }
-    };
-    let mut tar = tar::Builder::new(Cancellable {
-        inner: Vec::new(),
-        cancel: cancel.clone(),
-    });
-    tar.mode(tar::HeaderMode::Deterministic);
-    tar.follow_symlinks(false);
-    for (path, name) in paths {
-        if cancel.is_cancelled() {
-            return Err(PackageError::Cancelled);
-        }
-        if path.is_dir() {
-            tar.append_dir_all(name, path).map_err(stopped)?;
-        } else {
-            tar.append_path_with_name(path, name).map_err(stopped)?;
-        }
-    }
-    let raw = tar.into_inner().map_err(stopped)?.inner;
-    let diff_id = format!("sha256:{}", hex::encode(Sha256::digest(&raw)));
-    let mut gz = GzEncoder::new(
-        Cancellable {
-            inner: Vec::new(),
-            cancel: cancel.clone(),
-        },
-        Compression::default(),
-    );
-    gz.write_all(&raw).map_err(stopped)?;
-    Ok((gz.finish().map_err(stopped)?.inner, diff_id))
-}
-
-/// The OCI image config: platform, run command, environment, exposed port, labels.
-fn image_config(
-    diff_id: &str,
-    run: Option<&RunSpec>,
-    service: &str,
-    commit: &str,
-) -> serde_json::Value {
-    let mut env = vec![
-        format!("SLIPWAY_SERVICE={service}"),
-        format!("SLIPWAY_COMMIT={commit}"),
-    ];
-    if let Some(run) = run {
-        env.push(format!("{}={DEFAULT_PORT}", run.port_env));
-    }
-    serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {
-            "Cmd": run.map(|r| r.command.clone()),
-            "Env": env,
-            "WorkingDir": "/app",
-            "ExposedPorts": { format!("{DEFAULT_PORT}/tcp"): {} },
-            "Labels": {
-                "dev.slipway.service": service,
-                "dev.slipway.health-path": run.map(|r| r.health_path.clone()),
-                "org.opencontainers.image.revision": commit,
-            },
-        },
-        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
-    })
-}
-
 /// What to package and where to push it.
 pub struct Target<'a> {
     pub service: &'a str,
     pub commit: &'a str,
     pub tag: &'a str,
     pub registry: &'a RegistrySettings,
+    /// The builder's default bases (`[images]`).
+    pub images: &'a ImageSettings,
+    /// The detected project kind, which picks `images.base.<kind>`.
+    pub kind: Option<&'a str>,
+    /// Where the source came from (a redacted URL, or `upload`): the image's source label.
+    pub source: Option<&'a str>,
+    /// Base blobs pulled from another registry are cached here by digest (builder-private).
+    pub blob_cache: &'a Path,
 }
 
 /// Packages `source` per `spec` and pushes it as `<prefix><service>:<tag>`; stops on `cancel`.
@@ -250,60 +144,43 @@ pub async fn package_and_push(
     target: &Target<'_>,
     cancel: &CancellationToken,
 ) -> Result<Packaged, PackageError> {
-    let Target {
-        service,
-        commit,
-        tag,
-        registry,
-    } = *target;
-    let paths = package_paths(source, spec)?;
+    let registry = target.registry;
+    // A bad base fails before anything is packed or sent.
+    let chosen = target
+        .images
+        .choose(spec.image.base.as_deref(), target.kind)?;
+    let paths = layer::package_paths(source, spec)?;
     let token = cancel.clone();
-    let (gz, diff_id) = tokio::task::spawn_blocking(move || layer(&paths, &token))
+    let packed = tokio::task::spawn_blocking(move || layer::pack(&paths, &token))
         .await
         .map_err(|e| PackageError::Io(std::io::Error::other(e)))??;
-    let layer_size = gz.len() as u64;
-    let config_json = image_config(&diff_id, spec.run.as_ref(), service, commit);
-    let config = Config::oci_v1(serde_json::to_vec(&config_json).unwrap_or_default(), None);
-    let layers = vec![ImageLayer::oci_v1_gzip(gz, None)];
-    let manifest = OciImageManifest::build(&layers, &config, None);
 
-    let repository = format!("{}{}", registry.repository_prefix, service);
-    let text = format!("{}/{repository}:{tag}", registry.address);
+    let repository = format!("{}{}", registry.repository_prefix, target.service);
+    let text = format!("{}/{repository}:{}", registry.address, target.tag);
     let reference: Reference = text.parse().map_err(|e: oci_client::ParseError| {
         PackageError::Reference(text.clone(), e.to_string())
     })?;
-    let client = Client::new(ClientConfig {
-        protocol: if registry.insecure {
-            ClientProtocol::Http
-        } else {
-            ClientProtocol::Https
-        },
-        ..Default::default()
-    });
-    let push_err = |e: oci_client::errors::OciDistributionError| PackageError::Push {
-        registry: registry.address.clone(),
-        reason: e.to_string(),
-    };
     let auth = registry.oci_auth().map_err(|e| PackageError::Push {
         registry: registry.address.clone(),
         reason: e.to_string(),
     })?;
-    let push = async {
-        client
-            .push(&reference, &layers, config, &auth, Some(manifest))
-            .await
-            .map_err(push_err)?;
-        client
-            .fetch_manifest_digest(&reference, &auth)
-            .await
-            .map_err(push_err)
+    let client = Client::new(ClientConfig {
+        protocol: protocol(registry, target.images),
+        ..Default::default()
+    });
+    let push = Push {
+        client: &client,
+        auth: &auth,
+        reference: &reference,
+        target,
+        spec,
     };
     let seconds = registry.push_timeout_seconds;
     // Dropping the push future aborts its requests: a cancel or the deadline stops it mid-way.
-    let digest = tokio::select! {
+    let (digest, base) = tokio::select! {
         () = cancel.cancelled() => return Err(PackageError::Cancelled),
-        pushed = tokio::time::timeout(Duration::from_secs(seconds), push) => match pushed {
-            Ok(digest) => digest?,
+        pushed = tokio::time::timeout(Duration::from_secs(seconds), push.run(chosen.map(|(b, _)| b), &packed)) => match pushed {
+            Ok(done) => done?,
             Err(_) => {
                 return Err(PackageError::PushTimedOut {
                     registry: registry.address.clone(),
@@ -316,103 +193,199 @@ pub async fn package_and_push(
     Ok(Packaged {
         image: format!("{}/{repository}@{digest}", registry.address),
         purl: format!(
-            "pkg:oci/{service}@sha256%3A{hex}?repository_url={}/{repository}",
-            registry.address
+            "pkg:oci/{}@sha256%3A{hex}?repository_url={}/{repository}",
+            target.service, registry.address
         ),
         digest,
-        layer_size,
+        layer_size: packed.gzip.len() as u64,
         run: spec.run.clone(),
+        base: base.map(|b| {
+            format!(
+                "{}/{}@{}",
+                b.pinned.registry(),
+                b.pinned.repository(),
+                b.digest
+            )
+        }),
     })
+}
+
+/// Plain HTTP for the push registry when it is `insecure`, and for the base registries named
+/// in `images.insecure_registries`; HTTPS for every other.
+fn protocol(registry: &RegistrySettings, images: &ImageSettings) -> ClientProtocol {
+    let mut plain = images.insecure_registries.clone();
+    if registry.insecure {
+        plain.push(registry.address.clone());
+    }
+    if plain.is_empty() {
+        ClientProtocol::Https
+    } else {
+        ClientProtocol::HttpsExcept(plain)
+    }
+}
+
+/// One push: the base's blobs, the service layer, the config, the manifest.
+struct Push<'a> {
+    client: &'a Client,
+    auth: &'a RegistryAuth,
+    reference: &'a Reference,
+    target: &'a Target<'a>,
+    spec: &'a BuildSpec,
+}
+
+impl Push<'_> {
+    /// Pushes the image; answers its manifest digest and the base it was made on.
+    async fn run(
+        &self,
+        named: Option<base::BaseRef>,
+        packed: &layer::Layer,
+    ) -> Result<(String, Option<Base>), PackageError> {
+        let registry = &self.target.registry.address;
+        let pushing = |e: oci_client::errors::OciDistributionError| PackageError::Push {
+            registry: registry.clone(),
+            reason: e.to_string(),
+        };
+        self.client.store_auth_if_needed(registry, self.auth).await;
+        let base = match named {
+            Some(named) => Some(self.base(named).await?),
+            None => None,
+        };
+
+        let layer_digest = sha256(&packed.gzip);
+        let config = image_config(&ConfigInput {
+            base: base.as_ref(),
+            diff_id: &packed.diff_id,
+            run: self.spec.run.as_ref(),
+            service: self.target.service,
+            commit: self.target.commit,
+            source: self.target.source,
+        });
+        let config = serde_json::to_vec(&config).map_err(std::io::Error::other)?;
+        let config_digest = sha256(&config);
+        self.client
+            .push_blob(self.reference, packed.gzip.clone(), &layer_digest)
+            .await
+            .map_err(pushing)?;
+        self.client
+            .push_blob(self.reference, config.clone(), &config_digest)
+            .await
+            .map_err(pushing)?;
+
+        let manifest = manifest(base.as_ref(), &config, &packed.gzip);
+        let body = serde_json::to_vec(&manifest).map_err(std::io::Error::other)?;
+        let digest = sha256(&body);
+        let media_type = reqwest::header::HeaderValue::from_static(OCI_IMAGE_MEDIA_TYPE);
+        self.client
+            .push_manifest_raw(self.reference, body, media_type)
+            .await
+            .map_err(pushing)?;
+        Ok((digest, base))
+    }
+
+    /// Reads the base and makes its layers present in the service's repository.
+    async fn base(&self, named: base::BaseRef) -> Result<Base, PackageError> {
+        let registry = &self.target.registry.address;
+        let same_registry = named.registry() == registry;
+        let failed = |reason: String| PackageError::Base {
+            base: named.to_string(),
+            reason,
+        };
+        // The push login is for the push registry only; another registry's bases are public.
+        let auth = if same_registry {
+            self.auth.clone()
+        } else {
+            RegistryAuth::Anonymous
+        };
+        let base = base::resolve(self.client, &auth, &named)
+            .await
+            .map_err(failed)?;
+        let blobs = Blobs {
+            client: self.client,
+            target: self.reference,
+            same_registry,
+            cache: self.target.blob_cache,
+        };
+        let mut moved = BTreeMap::<&str, usize>::new();
+        for blob in &base.manifest.layers {
+            let how = blobs.ensure(&base, blob).await.map_err(failed)?;
+            *moved
+                .entry(match how {
+                    Transfer::Present => "present",
+                    Transfer::Mounted => "mounted",
+                    Transfer::Copied => "copied",
+                })
+                .or_default() += 1;
+        }
+        tracing::info!(base = %named, digest = %base.digest, layers = ?moved, "base image layers in place");
+        Ok(base)
+    }
+}
+
+/// The image manifest: the base's layers as they are, then the service layer, annotated.
+fn manifest(base: Option<&Base>, config: &[u8], layer: &[u8]) -> OciImageManifest {
+    let mut layers = base.map(|b| b.manifest.layers.clone()).unwrap_or_default();
+    layers.push(OciDescriptor {
+        media_type: IMAGE_LAYER_GZIP_MEDIA_TYPE.into(),
+        digest: sha256(layer),
+        size: layer.len() as i64,
+        urls: None,
+        artifact_type: None,
+        annotations: Some(BTreeMap::from([(
+            LAYER_ANNOTATION.to_owned(),
+            SERVICE_LAYER.to_owned(),
+        )])),
+    });
+    OciImageManifest {
+        schema_version: 2,
+        media_type: Some(OCI_IMAGE_MEDIA_TYPE.into()),
+        config: OciDescriptor {
+            media_type: IMAGE_CONFIG_MEDIA_TYPE.into(),
+            digest: sha256(config),
+            size: config.len() as i64,
+            urls: None,
+            artifact_type: None,
+            annotations: None,
+        },
+        layers,
+        annotations: base.map(|b| {
+            BTreeMap::from([
+                (
+                    "org.opencontainers.image.base.digest".to_owned(),
+                    b.digest.clone(),
+                ),
+                (
+                    "org.opencontainers.image.base.name".to_owned(),
+                    b.named.name(),
+                ),
+            ])
+        }),
+        ..Default::default()
+    }
+}
+
+fn sha256(data: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(data)))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::builds::spec::Step;
-
-    fn spec(package: &[&str]) -> BuildSpec {
-        BuildSpec {
-            test: Step {
-                command: String::new(),
-                package: vec![],
-            },
-            build: Step {
-                command: String::new(),
-                package: package.iter().map(|s| s.to_string()).collect(),
-            },
-            run: None,
-        }
-    }
 
     #[test]
-    fn package_paths_stay_inside_the_source() {
-        let dir = std::env::temp_dir().join(format!("slipway-pkg-{}", std::process::id()));
-        std::fs::create_dir_all(dir.join("out")).unwrap();
-        std::fs::write(dir.join("out/app"), "x").unwrap();
-        assert!(package_paths(&dir, &spec(&["out"])).is_ok());
-        for bad in ["../etc", "/etc/passwd", "out/../../x"] {
-            assert!(
-                matches!(
-                    package_paths(&dir, &spec(&[bad])),
-                    Err(PackageError::OutsideSource(_))
-                ),
-                "{bad}"
-            );
-        }
-        assert!(matches!(
-            package_paths(&dir, &spec(&["nope"])),
-            Err(PackageError::Missing(_))
-        ));
-        #[cfg(unix)]
-        {
-            let _ = std::os::unix::fs::symlink("/etc", dir.join("escape"));
-            assert!(matches!(
-                package_paths(&dir, &spec(&["escape"])),
-                Err(PackageError::OutsideSource(_))
-            ));
-        }
-    }
-
-    #[test]
-    fn a_cancel_stops_a_layer_mid_write() {
-        let cancel = CancellationToken::new();
-        let mut out = Cancellable {
-            inner: Vec::new(),
-            cancel: cancel.clone(),
-        };
-        out.write_all(&[1; 4096]).unwrap();
-        cancel.cancel();
-        let err = out.write_all(&[2; 4096]).unwrap_err();
-        assert_eq!(err.to_string(), "cancelled");
-        assert_eq!(out.inner.len(), 4096, "nothing written after the cancel");
-    }
-
-    #[test]
-    fn layers_are_reproducible() {
-        let dir = std::env::temp_dir().join(format!("slipway-layer-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("app.py"), "print('hi')").unwrap();
-        let paths = package_paths(&dir, &spec(&["app.py"])).unwrap();
-        let never = CancellationToken::new();
-        let (a, id_a) = layer(&paths, &never).unwrap();
-        // Same content, another modification time: the layer must not change.
-        let file = std::fs::File::options()
-            .write(true)
-            .open(dir.join("app.py"))
-            .unwrap();
-        file.set_modified(
-            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000),
-        )
-        .unwrap();
-        let (b, id_b) = layer(&paths, &never).unwrap();
-        assert_eq!(id_a, id_b, "same files, same diff id");
-        assert_eq!(a, b, "same files, same compressed layer");
-        // Cancelled: no layer, and it says why.
-        let cancelled = CancellationToken::new();
-        cancelled.cancel();
-        assert!(matches!(
-            layer(&paths, &cancelled),
-            Err(PackageError::Cancelled)
-        ));
+    fn the_manifest_appends_an_annotated_service_layer() {
+        let plain = manifest(None, b"{}", b"layer");
+        assert_eq!(plain.layers.len(), 1);
+        assert_eq!(
+            plain.layers[0].annotations.as_ref().unwrap()[LAYER_ANNOTATION],
+            SERVICE_LAYER
+        );
+        assert_eq!(plain.layers[0].digest, sha256(b"layer"));
+        assert_eq!(plain.config.digest, sha256(b"{}"));
+        assert!(plain.annotations.is_none());
+        assert_eq!(
+            serde_json::to_vec(&plain).unwrap(),
+            serde_json::to_vec(&manifest(None, b"{}", b"layer")).unwrap(),
+            "same input, same manifest bytes"
+        );
     }
 }

@@ -9,6 +9,8 @@
 //!   done and `fetch/` is gone, then to the build uid.
 //! - `cache/<service>/` (0700, the build uid): kept between builds, `SLIPWAY_CACHE_DIR`.
 //! - `ssh_known_hosts` (0600, the builder): host keys seen on first use, kept between builds.
+//! - `images/<id>.<epoch>/` (0700, the builder, never the build user): what a Dockerfile
+//!   build keeps while it runs (buildah's storage, the exported image); removed after it.
 //!
 //! The work dir and its parents are traversable (0711), not listable.
 
@@ -177,6 +179,27 @@ impl Sandbox {
         Ok(dir)
     }
 
+    /// A fresh private directory of the builder's own for `attempt` of build `id` (what
+    /// image builds run as root keep: out of the build user's reach). Earlier attempts' go.
+    pub fn image_dir(&self, id: &str, attempt: &str) -> std::io::Result<PathBuf> {
+        let images = self.root.join("images");
+        private_dir(&images, 0o700)?;
+        for entry in std::fs::read_dir(&images)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name == id || name.strip_prefix(id).is_some_and(|r| r.starts_with('.')) {
+                match std::fs::remove_dir_all(entry.path()) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                    _ => {}
+                }
+            }
+        }
+        let dir = images.join(attempt);
+        private_dir(&dir, 0o700)?;
+        Ok(dir)
+    }
+
     /// The service's cache, owned by the build user.
     pub fn cache_dir(&self, service: &str) -> std::io::Result<PathBuf> {
         let dir = self.root.join("cache").join(service);
@@ -184,6 +207,14 @@ impl Sandbox {
         if let Some(u) = self.user {
             lchown(&dir, Some(u.uid), Some(u.gid))?;
         }
+        Ok(dir)
+    }
+
+    /// Where base image blobs pulled from another registry are cached by digest: the
+    /// builder's alone (a build must not plant a blob under a digest it does not have).
+    pub fn base_blobs(&self) -> std::io::Result<PathBuf> {
+        let dir = self.root.join("base-blobs");
+        private_dir(&dir, 0o700)?;
         Ok(dir)
     }
 }

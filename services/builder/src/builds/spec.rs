@@ -1,5 +1,6 @@
 //! What to do with a service's source: its `slipway.toml`, or defaults for the project kinds
-//! slipway recognises (Cargo, Go, Node, Python, Maven) when there is none.
+//! slipway recognises (Cargo, Go, Node, Python, Maven) when there is none. A repository with a
+//! `Dockerfile` and no slipway.toml is built from it (kind `dockerfile`, see `super::dockerfile`).
 
 use std::path::Path;
 
@@ -8,14 +9,35 @@ use serde::Deserialize;
 /// The build recipe of one service.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct BuildSpec {
-    /// The gate: must exit 0 before anything is built.
+    /// The gate: must exit 0 before anything is built. Optional in slipway.toml (a Dockerfile
+    /// build may need nothing but `[image]`): absent, there is no command.
+    #[serde(default)]
     pub test: Step,
+    #[serde(default)]
     pub build: Step,
     pub run: Option<RunSpec>,
+    /// How the image is made (its base); absent: the builder's defaults.
+    #[serde(default)]
+    pub image: ImageSection,
+}
+
+/// `[image]` of slipway.toml: how the image is made.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSection {
+    /// The base image (`host[:port]/repo@sha256:<hex>` or a tag, resolved to a digest once).
+    #[serde(default)]
+    pub base: Option<String>,
+    /// Build from this Dockerfile (relative to the source) instead of the build step + packaging.
+    #[serde(default)]
+    pub dockerfile: Option<String>,
+    /// The Dockerfile's build context (relative to the source; default ".").
+    #[serde(default)]
+    pub context: Option<String>,
 }
 
 /// One shell command, run in the checked-out source.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct Step {
     /// Run with `sh -c`; empty means "nothing to do".
     #[serde(default)]
@@ -36,7 +58,7 @@ pub enum SpecError {
     Invalid(String),
     #[error(
         "no slipway.toml and no recognised project (Cargo.toml, go.mod, package.json, \
-         pyproject.toml/requirements.txt, pom.xml): add a slipway.toml"
+         pyproject.toml/requirements.txt, pom.xml, Dockerfile): add a slipway.toml"
     )]
     Unknown,
 }
@@ -95,10 +117,36 @@ impl BuildSpec {
                 package: package.iter().map(|p| p.to_string()).collect(),
             },
             run: None,
+            image: ImageSection::default(),
         }
     }
 
+    /// Reads the source's recipe like [`Self::load`], but a `Dockerfile` beside no slipway.toml
+    /// wins over the other kinds: the team said how its image is made. The gate stays the
+    /// detected kind's test (if any); `super::dockerfile` prefers the Dockerfile's own `test`
+    /// stage when it has one. Nothing is built or packaged outside the Dockerfile, and the run
+    /// command comes from its CMD.
+    fn dockerfile(source: &Path) -> Option<(Self, &'static str)> {
+        if source.join("Dockerfile").symlink_metadata().is_err() {
+            return None;
+        }
+        let test = Self::detect_kind(source).map(|(spec, _)| spec.test.command);
+        let mut spec = Self::simple(&test.unwrap_or_default(), "", &[]);
+        spec.image.dockerfile = Some("Dockerfile".into());
+        Some((spec, "dockerfile"))
+    }
+
+    /// The project kind detected in `source` (`cargo`, `go`, `node`, `maven`, `python`), with
+    /// or without a slipway.toml: it picks the builder's base image for that language.
+    pub fn kind(source: &Path) -> Option<&'static str> {
+        Self::detect(source).map(|(_, kind)| kind)
+    }
+
     fn detect(source: &Path) -> Option<(Self, &'static str)> {
+        Self::dockerfile(source).or_else(|| Self::detect_kind(source))
+    }
+
+    fn detect_kind(source: &Path) -> Option<(Self, &'static str)> {
         let has = |f: &str| source.join(f).exists();
         if has("Cargo.toml") {
             return Some((Self::cargo(source), "cargo"));
@@ -200,6 +248,28 @@ mod tests {
         let run = spec.run.unwrap();
         assert_eq!(run.port_env, "PORT");
         assert_eq!(run.health_path, "/healthz");
+        assert_eq!(spec.image, ImageSection::default(), "no [image]: defaults");
+    }
+
+    #[test]
+    fn the_image_section_is_read_and_strict() {
+        let base = "127.0.0.1:5000/base@sha256:".to_owned() + &"a".repeat(64);
+        let text = format!("[test]\n[build]\n[image]\nbase = \"{base}\"\n");
+        let (spec, _) = BuildSpec::load(&dir_with(&[("slipway.toml", &text)])).unwrap();
+        assert_eq!(spec.image.base.as_deref(), Some(base.as_str()));
+        assert_eq!(spec.image.dockerfile, None);
+        let err = BuildSpec::load(&dir_with(&[(
+            "slipway.toml",
+            "[test]\n[build]\n[image]\nbsae = \"x\"\n",
+        )]))
+        .unwrap_err();
+        assert!(err.to_string().contains("bsae"), "{err}");
+        let kind = BuildSpec::kind(&dir_with(&[("slipway.toml", ""), ("requirements.txt", "")]));
+        assert_eq!(
+            kind,
+            Some("python"),
+            "the kind is detected beside a slipway.toml"
+        );
     }
 
     #[test]
@@ -244,6 +314,40 @@ mod tests {
         let (spec, _) = BuildSpec::load(&lib).unwrap();
         assert_eq!(spec.build.package, ["target/release"]);
         assert!(spec.run.is_none());
+    }
+
+    #[test]
+    fn a_dockerfile_is_built_from_unless_slipway_toml_says_otherwise() {
+        let (spec, kind) = BuildSpec::load(&dir_with(&[("Dockerfile", "FROM x")])).unwrap();
+        assert_eq!(kind, "dockerfile");
+        assert_eq!(spec.image.dockerfile.as_deref(), Some("Dockerfile"));
+        assert_eq!(spec.test.command, "", "a lone Dockerfile has no host gate");
+        assert!(spec.build.command.is_empty() && spec.build.package.is_empty());
+        // Beside another kind: that kind's test stays the gate, nothing else of it.
+        let (spec, kind) =
+            BuildSpec::load(&dir_with(&[("Dockerfile", ""), ("go.mod", "")])).unwrap();
+        assert_eq!(kind, "dockerfile");
+        assert_eq!(spec.test.command, "go test ./...");
+        assert!(spec.build.command.is_empty());
+        // slipway.toml decides: no [image] dockerfile, no Dockerfile build.
+        let (spec, _) = BuildSpec::load(&dir_with(&[
+            ("Dockerfile", ""),
+            ("slipway.toml", "[test]\ncommand = \"true\"\n"),
+        ]))
+        .unwrap();
+        assert_eq!(spec.image.dockerfile, None);
+        // [image] alone is a whole recipe.
+        let (spec, _) = BuildSpec::load(&dir_with(&[(
+            "slipway.toml",
+            "[image]\ndockerfile = \"docker/Dockerfile\"\ncontext = \"app\"\n",
+        )]))
+        .unwrap();
+        assert_eq!(spec.image.dockerfile.as_deref(), Some("docker/Dockerfile"));
+        assert_eq!(spec.image.context.as_deref(), Some("app"));
+        assert_eq!(spec.test, Step::default());
+        let err =
+            BuildSpec::load(&dir_with(&[("slipway.toml", "[image]\nfile = \"x\"\n")])).unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The build worker: claims queued builds in order (or builds whose lease ran out, see
 //! [`super::lease`]), runs at most `max_parallel` at once, and runs each through fetch → test
-//! (the gate) → build → package (an OCI image, pushed), renewing its lease meanwhile. A build
-//! whose lease is lost stops at once, writes nothing more and publishes nothing.
+//! (the gate) → build → package (an OCI image, pushed), renewing its lease meanwhile; a source
+//! built from its Dockerfile goes fetch → test → image build → push instead ([`dockerfile`]).
+//! A build whose lease is lost stops at once, writes nothing more and publishes nothing.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,7 +16,9 @@ use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::dockerfile::{self, DockerSettings, Plan};
 use super::ending::with_tail;
+use super::image::ImageSettings;
 use super::lease::{self, Claimed, Lease, LeaseError, Lost};
 use super::logs::{LogLimits, LogWriter, Stream};
 use super::package::{self, RegistrySettings};
@@ -119,6 +122,10 @@ pub struct Context {
     pub pool: PgPool,
     pub settings: BuildSettings,
     pub registry: RegistrySettings,
+    /// `[docker]`: the engine Dockerfile builds use (none: buildah).
+    pub docker: DockerSettings,
+    /// The default base images (`[images]`).
+    pub images: ImageSettings,
     pub sandbox: Sandbox,
     /// Opens clone credentials.
     pub sealer: SecretBox,
@@ -339,7 +346,7 @@ impl Job {
         let src = dir.src.as_path();
 
         // Recipe.
-        let spec = match BuildSpec::load(src) {
+        let (spec, from) = match BuildSpec::load(src) {
             Ok((spec, from)) => {
                 logs.line(
                     "spec",
@@ -347,13 +354,29 @@ impl Job {
                     &format!("build recipe from {from}"),
                 )
                 .await?;
-                spec
+                (spec, from)
             }
             Err(e) => {
                 logs.line("spec", Stream::Slipway, &e.to_string()).await?;
                 logs.flush().await?;
                 return Ok(failed("spec", None, e.to_string(), Some(commit)));
             }
+        };
+
+        // Built from a Dockerfile? Its paths are checked before anything runs.
+        let image_plan = match Plan::of(src, &spec, from) {
+            Ok(plan) => plan,
+            Err(e) => {
+                logs.line("spec", Stream::Slipway, &e.to_string()).await?;
+                logs.flush().await?;
+                return Ok(failed("spec", None, e.to_string(), Some(commit)));
+            }
+        };
+        let host_steps = match &image_plan {
+            None => vec![("test", &spec.test.command), ("build", &spec.build.command)],
+            // The Dockerfile is the build; its `test` stage, if it is the gate, runs there.
+            Some(plan) if plan.test_stage => vec![],
+            Some(_) => vec![("test", &spec.test.command)],
         };
 
         // Test gate, then build: as the build user, in a cleared environment.
@@ -367,7 +390,7 @@ impl Job {
             ("SLIPWAY_COMMIT".into(), commit.clone()),
             ("SLIPWAY_CACHE_DIR".into(), cache.display().to_string()),
         ]);
-        for (name, command) in [("test", &spec.test.command), ("build", &spec.build.command)] {
+        for (name, command) in host_steps {
             if command.trim().is_empty() {
                 logs.line(
                     name,
@@ -408,17 +431,51 @@ impl Job {
             }
         }
 
+        if let Some(plan) = &image_plan {
+            let attempt = format!("{}.{}", build.id, lease.epoch());
+            let work = ctx
+                .sandbox
+                .image_dir(&build.id.to_string(), &attempt)
+                .map_err(step::StepError::Wait)?;
+            let job = dockerfile::Job {
+                pool: &ctx.pool,
+                lease,
+                build,
+                commit: &commit,
+                spec: &spec,
+                plan,
+                registry: &ctx.registry,
+                docker: &ctx.docker,
+                work: &work,
+                timeout,
+            };
+            let ended = dockerfile::run(&job, &mut logs, cancel).await;
+            if let Err(e) = tokio::fs::remove_dir_all(&work).await {
+                tracing::warn!(build.id = %build.id, error = %e, "cannot remove the image build directory");
+            }
+            return ended;
+        }
+
         // Package and push.
         super::set_step(&ctx.pool, lease, "package").await?;
         let pushing = format!("packaging and pushing to {}", ctx.registry.address);
         logs.line("package", Stream::Slipway, &pushing).await?;
         logs.flush().await?;
         let tag = format!("build-{}", build.id);
+        let origin = build
+            .repository
+            .as_deref()
+            .map_or_else(|| "upload".into(), slipway_events::repository::redact);
+        let blob_cache = ctx.sandbox.base_blobs().map_err(step::StepError::Wait)?;
         let target = package::Target {
             service: &build.service_name,
             commit: &commit,
             tag: &tag,
             registry: &ctx.registry,
+            images: &ctx.images,
+            kind: BuildSpec::kind(src),
+            source: Some(&origin),
+            blob_cache: &blob_cache,
         };
         let pushed = package::package_and_push(src, &spec, &target, cancel).await;
         let packaged = match pushed {
@@ -431,7 +488,14 @@ impl Job {
                 return Ok(failed("package", None, e.to_string(), Some(commit)));
             }
         };
-        let done = format!("pushed {} ({} bytes)", packaged.image, packaged.layer_size);
+        let on = packaged
+            .base
+            .as_deref()
+            .map_or_else(|| " (no base image)".to_owned(), |b| format!(" on {b}"));
+        let done = format!(
+            "pushed {}{on} (service layer {} bytes)",
+            packaged.image, packaged.layer_size
+        );
         logs.line("package", Stream::Slipway, &done).await?;
         logs.line("package", Stream::Slipway, "build succeeded")
             .await?;

@@ -285,7 +285,23 @@ async fn check_image(client: &reqwest::Client, image: &str) {
     let names: Vec<String> = archive
         .entries()
         .unwrap()
-        .map(|e| e.unwrap().path().unwrap().display().to_string())
+        .map(|e| {
+            let e = e.unwrap();
+            assert_eq!(
+                e.header().uid().unwrap(),
+                10001,
+                "owned by the image's user"
+            );
+            e.path().unwrap().display().to_string()
+        })
         .collect();
-    assert_eq!(names, ["app/app.py"], "only what slipway.toml packages");
+    assert_eq!(
+        names,
+        ["app/", "app/app.py"],
+        "/app, then only what slipway.toml packages"
+    );
+    assert_eq!(
+        manifest["layers"][0]["annotations"]["dev.slipway.layer"], "service",
+        "no base: the one layer is the service's"
+    );
 }

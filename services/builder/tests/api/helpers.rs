@@ -59,6 +59,8 @@ pub async fn test_settings() -> Settings {
             auth: Default::default(),
             push_timeout_seconds: 60,
         },
+        docker: Default::default(),
+        images: Default::default(),
         secrets: SecretSettings {
             key: slipway_testkit::secrets_key().into(),
         },

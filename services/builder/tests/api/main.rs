@@ -5,7 +5,9 @@
 mod bounds;
 mod builds;
 mod clone_credentials;
+mod dockerfile;
 mod helpers;
+mod images;
 mod leases;
 mod projects;
 mod registry_auth;

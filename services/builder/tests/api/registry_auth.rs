@@ -35,6 +35,7 @@ fn spec() -> BuildSpec {
             package: vec!["app".into()],
         },
         run: None,
+        image: Default::default(),
     }
 }
 
@@ -56,6 +57,10 @@ async fn push(
         commit: "abc123",
         tag: "b1",
         registry,
+        images: &Default::default(),
+        kind: None,
+        source: None,
+        blob_cache: &std::env::temp_dir(),
     };
     package_and_push(source, &spec(), &target, cancel).await
 }

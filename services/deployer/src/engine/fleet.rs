@@ -181,6 +181,7 @@ impl Fleet {
             service_name: row.service_name.clone(),
             environment: row.environment.clone(),
             release: row.release,
+            config_version: row.config_version,
             image: row.image.clone(),
             run: row.run.as_ref().map(|r| r.0.clone()),
             env,
@@ -222,7 +223,7 @@ impl Fleet {
                 image: &release.image,
                 run: release.run.as_ref(),
                 health_check,
-                target: self.target.kind(),
+                target: self.target.kind_for(&owner.environment),
                 deployment_id: owner.deployment_id,
                 owner: &self.replica,
                 node: &self.node,
@@ -448,6 +449,28 @@ impl Fleet {
                 if let Err(e) = self.producer.publish(InstanceLogs::TOPIC, &event).await {
                     tracing::warn!(error = %e, "instance output not published");
                 }
+            }
+            TargetEvent::Health {
+                instance_id,
+                restarts,
+                healthy,
+                detail,
+            } => {
+                // As the monitor's verdicts are applied (consumers.rs): per incarnation.
+                let health = if healthy {
+                    crate::domain::InstanceHealth::Healthy
+                } else {
+                    crate::domain::InstanceHealth::Unhealthy
+                };
+                let mut conn = self.pool.acquire().await?;
+                instances::set_health(
+                    &mut conn,
+                    slipway_ids::InstanceId::from_uuid(instance_id),
+                    restarts,
+                    health,
+                    &detail,
+                )
+                .await?;
             }
         }
         Ok(())

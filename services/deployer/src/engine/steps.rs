@@ -22,6 +22,7 @@ use crate::db::leases::{self, Lease};
 use crate::db::state;
 use crate::domain::{Check, InstanceHealth, InstanceState};
 use crate::domain::{Gate, Set, Step};
+use crate::target::Traffic;
 
 impl Engine {
     pub(super) async fn execute(
@@ -87,6 +88,19 @@ impl Engine {
             announce(&mut tx, d.service_id, subject, &data).await?;
         }
         tx.commit().await?;
+        // A target that routes traffic itself (Kubernetes) applies the weights too; waited out
+        // until the deadline like the routers.
+        let traffic = Traffic {
+            service_id: d.service_id,
+            service_name: d.service_name.clone(),
+            environment: d.environment.clone(),
+            weights: weights.to_vec(),
+        };
+        if let Err(e) = self.fleet.target.set_weights(traffic).await {
+            return Ok(Outcome::Wait(format!(
+                "the target did not apply the weights: {e}"
+            )));
+        }
         let status = match self
             .fleet
             .registry

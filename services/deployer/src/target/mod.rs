@@ -1,12 +1,16 @@
 //! Targets: where instances run. One trait, several runtimes; [`process`] (supervised local
-//! processes) is the embedded default. Docker and Kubernetes targets implement the same trait.
+//! processes) is the embedded default; [`docker`] runs instances as containers on Docker
+//! Engines. [`router`] picks one per environment (`[targets]` settings).
 //!
 //! A target starts, supervises and stops *instances*. It does not know about deployments: the
 //! deployment engine decides how many instances of which release run, and learns what happens to
 //! them (restarts, crashes, output) from the [`TargetEvent`]s the target sends on the channel it
 //! was built with.
 
+pub mod docker;
+pub mod kubernetes;
 pub mod process;
+pub mod router;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -14,7 +18,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use slipway_events::deploy::LogLine;
+use slipway_events::deploy::{LogLine, ReleaseWeight};
 use slipway_events::slipway::RunSpec;
 use slipway_ids::ServiceId;
 use tokio::time::Instant;
@@ -31,6 +35,8 @@ pub struct InstanceSpec {
     pub environment: String,
     /// Release number (given to the instance as `SLIPWAY_RELEASE=v<N>`).
     pub release: i32,
+    /// The config version `env` is (Kubernetes names its ConfigMap and Secret after it).
+    pub config_version: i32,
     /// Pullable by digest: `host:port/repository@sha256:<hex>`.
     pub image: String,
     /// How to run it; absent: the image config's `Cmd` and `PORT`.
@@ -47,6 +53,7 @@ impl fmt::Debug for InstanceSpec {
             .field("service_name", &self.service_name)
             .field("environment", &self.environment)
             .field("release", &self.release)
+            .field("config_version", &self.config_version)
             .field("image", &self.image)
             .field("env", &self.env.keys().collect::<Vec<_>>())
             .finish()
@@ -150,6 +157,24 @@ pub enum TargetEvent {
         first_seq: u64,
         lines: Vec<LogLine>,
     },
+    /// The target itself knows whether the instance is ready (Kubernetes: the pod's readiness,
+    /// probed by the kubelet), for the incarnation `restarts`.
+    Health {
+        instance_id: Uuid,
+        restarts: u32,
+        healthy: bool,
+        detail: String,
+    },
+}
+
+/// A service's traffic split in one environment, as the engine's route step sets it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Traffic {
+    pub service_id: ServiceId,
+    pub service_name: String,
+    pub environment: String,
+    /// Relative weights per release; releases absent or at 0 get no traffic.
+    pub weights: Vec<ReleaseWeight>,
 }
 
 /// Why a target could not do what was asked.
@@ -180,6 +205,13 @@ pub enum TargetError {
 pub trait Target: Send + Sync + 'static {
     /// `process`, `docker` or `kubernetes`.
     fn kind(&self) -> &'static str;
+
+    /// The kind that runs instances of `environment` (recorded with each instance): the
+    /// target's own kind, except for a [`router::TargetRouter`] over several.
+    fn kind_for(&self, environment: &str) -> &'static str {
+        let _ = environment;
+        self.kind()
+    }
 
     /// Fetches the artifact (cached by digest), starts the instance and supervises it from then
     /// on: a crash is reported ([`TargetEvent::Exited`]) and restarted with exponential backoff
@@ -222,4 +254,11 @@ pub trait Target: Send + Sync + 'static {
     /// Stops supervising without stopping the instances (the deployer is shutting down; the
     /// instances keep serving and are adopted by another replica or the next start).
     fn detach(&self) -> BoxFuture<'_, ()>;
+
+    /// Applies the engine's weights where the target routes traffic itself (Kubernetes:
+    /// HTTPRoute and stable Service). Targets reached through Slipway's edge router ignore it.
+    fn set_weights(&self, traffic: Traffic) -> BoxFuture<'_, Result<(), TargetError>> {
+        let _ = traffic;
+        Box::pin(async { Ok(()) })
+    }
 }

@@ -46,6 +46,8 @@ use self::artifact::Artifacts;
 use self::launch::LaunchPlan;
 pub use self::procfs::ProcessIdentity;
 pub use self::settings::ProcessSettings;
+// The restart rules, shared with the Docker target.
+pub(crate) use self::supervisor::Backoff;
 use self::supervisor::{Handle, Run, Supervisor};
 pub use self::users::{UidRange, UidSource, Users, running_as_root};
 use super::{Adopted, InstanceSpec, Known, Lease, Placement, Target, TargetError, TargetEvent};

@@ -11,3 +11,4 @@ mod policy;
 mod reads;
 mod routing;
 mod stand_in;
+mod targets;

@@ -94,6 +94,76 @@ pub async fn push_image() -> String {
     format!("{registry}/{repository}@{digest}")
 }
 
+/// Pushes the test app the way the builder makes an image on a base: a "base" layer (a root
+/// filesystem the host must not get) + the service layer annotated `dev.slipway.layer:
+/// service`, under a config carrying the base's `PATH` and the base label.
+pub async fn push_based_image() -> String {
+    fn gzip_tar(files: &[(&str, &[u8])]) -> (Vec<u8>, String) {
+        let mut tar = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(data.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            tar.append_data(&mut header, name, *data).unwrap();
+        }
+        let raw = tar.into_inner().unwrap();
+        let diff_id = format!(
+            "sha256:{}",
+            hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&raw))
+        );
+        let mut gz = GzEncoder::new(Vec::new(), Compression::default());
+        gz.write_all(&raw).unwrap();
+        (gz.finish().unwrap(), diff_id)
+    }
+    let registry = slipway_testkit::oci_registry();
+    let (base, base_id) = gzip_tar(&[
+        ("base-only.txt", b"from the base"),
+        ("usr/bin/tool", b"#!/bin/sh\n"),
+        (
+            "app/app.py",
+            b"raise SystemExit('the base layer was unpacked')",
+        ),
+    ]);
+    let (service, service_id) = gzip_tar(&[("app/app.py", APP.as_bytes())]);
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Cmd": ["python3", "-u", "app.py"],
+            "Env": ["PATH=/base/only/bin", "PORT=8080", "FROM_IMAGE=yes"],
+            "WorkingDir": "/app",
+            "User": "10001:10001",
+            "Labels": { "org.opencontainers.image.base.digest": format!("sha256:{}", "b".repeat(64)) },
+        },
+        "rootfs": { "type": "layers", "diff_ids": [base_id, service_id] },
+    });
+    let config = Config::oci_v1(serde_json::to_vec(&config).unwrap(), None);
+    let annotated =
+        std::collections::BTreeMap::from([("dev.slipway.layer".to_owned(), "service".to_owned())]);
+    let layers = vec![
+        ImageLayer::oci_v1_gzip(base, None),
+        ImageLayer::oci_v1_gzip(service, Some(annotated)),
+    ];
+    let manifest = OciImageManifest::build(&layers, &config, None);
+    let repository = format!("test/based-{}", Uuid::new_v4().simple());
+    let reference: Reference = format!("{registry}/{repository}:v1").parse().unwrap();
+    let client = Client::new(ClientConfig {
+        protocol: ClientProtocol::Http,
+        ..Default::default()
+    });
+    let auth = RegistryAuth::Anonymous;
+    client
+        .push(&reference, &layers, config, &auth, Some(manifest))
+        .await
+        .unwrap();
+    let digest = client
+        .fetch_manifest_digest(&reference, &auth)
+        .await
+        .unwrap();
+    format!("{registry}/{repository}@{digest}")
+}
+
 /// Kills every process of the scope and removes the workdir when the test ends, passed or not.
 pub struct Cleanup {
     pub scope: PathBuf,
@@ -129,6 +199,7 @@ pub fn spec(image: &str, command: Option<&[&str]>) -> InstanceSpec {
         service_name: "pytest".into(),
         environment: "staging".into(),
         release: 3,
+        config_version: 1,
         image: image.into(),
         run: command.map(|c| RunSpec {
             command: Command::new(c.iter().map(|s| s.to_string()).collect()).unwrap(),

@@ -56,6 +56,8 @@ pub async fn spawn_with(registry_up: bool) -> TestApp {
                 auth: Default::default(),
                 push_timeout_seconds: 60,
             },
+            docker: Default::default(),
+            images: Default::default(),
             secrets: slipway_secrets::SecretSettings {
                 key: slipway_testkit::secrets_key().into(),
             },

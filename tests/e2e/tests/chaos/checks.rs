@@ -145,9 +145,23 @@ async fn count(stack: &Stack, query: &str, id: &str) -> i64 {
         .unwrap_or(-1)
 }
 
+/// For a build that succeeded: how long after its cell ended its release appeared in the registry
+/// (`None`: not within `within`, or not a succeeded build).
+pub async fn release_made(stack: &Stack, o: &Outcome, within: Duration) -> Option<Duration> {
+    if !matches!(o.cell.work, Work::Build(_)) || o.status.as_deref() != Some("succeeded") {
+        return None;
+    }
+    let query = "SELECT count(*) FROM registry.releases WHERE build_id::text = $1";
+    let made =
+        slipway_testkit::wait_until(within, || async { count(stack, query, &o.id).await >= 1 })
+            .await;
+    made.then(|| o.instants.1.elapsed())
+}
+
 /// No event applied twice: one started and one finished event per deployment, its replicas
-/// running once; one finished event per build, one release per successful build.
-pub async fn once(stack: &Stack, o: &Outcome) -> Verdict {
+/// running once; one finished event per build, one release per successful build (`released`:
+/// how long after the cell's end the release appeared, see [`release_made`]).
+pub async fn once(stack: &Stack, o: &Outcome, released: Option<Duration>) -> Verdict {
     if o.id.is_empty() {
         return fail("no work");
     }
@@ -194,8 +208,11 @@ pub async fn once(stack: &Stack, o: &Outcome) -> Verdict {
             )
             .await;
             let want = i64::from(o.status.as_deref() == Some("succeeded"));
+            let after = released.map_or(String::new(), |d| {
+                format!(" (made {d:.0?} after the cell ended)")
+            });
             if finished == 1 && releases == want {
-                pass(format!("1 finish, {releases} release"))
+                pass(format!("1 finish, {releases} release{after}"))
             } else {
                 fail(format!(
                     "{finished} finished events, {releases} releases (want {want})"

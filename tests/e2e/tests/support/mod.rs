@@ -91,12 +91,26 @@ fn bin_dir() -> PathBuf {
     exe.parent().and_then(Path::parent).unwrap().to_path_buf()
 }
 
+/// A port for a service of the stack to listen on, picked before the service starts: below
+/// the kernel's ephemeral range (32768 and up on Linux), so no `bind(0)` in the meantime (the
+/// gateway's API behind its edge router, instances, clients) can take it, and never one this
+/// process handed out before (a port picked by binding 0 and closing it came back twice, and two
+/// replicas were given the same one).
 pub(crate) fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for _ in 0..10_000 {
+        let port = 20_000 + fastrand::u16(..12_000);
+        if given.contains(&port) || TcpListener::bind(("127.0.0.1", port)).is_err() {
+            continue;
+        }
+        given.push(port);
+        return port;
+    }
+    panic!("no free port below the ephemeral range after 10,000 tries");
 }
 
 /// A fresh database on the cluster of `superuser` (same shape as `fresh_database`).
@@ -575,4 +589,23 @@ impl Drop for Stack {
             );
         }
     }
+}
+
+/// A .tar.gz of `files` (name, contents), names written as given (even malicious ones).
+pub fn tarball(files: &[(&str, &[u8])]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::fast(),
+    ));
+    for (name, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+        header.set_cksum();
+        builder.append(&header, *data).unwrap();
+    }
+    let mut gz = builder.into_inner().unwrap();
+    std::io::Write::flush(&mut gz).unwrap();
+    gz.finish().unwrap()
 }

@@ -10,6 +10,11 @@
 //! that service's instances get in), the unpacked files the owner's, and the image config the
 //! deployer's alone (it decides what runs, so the instance must not rewrite it).
 //!
+//! An image made on a base (the builder appends the service's layer to a base image's layers)
+//! holds a whole root filesystem the host does not need: only the layers annotated
+//! `dev.slipway.layer: service` are pulled and unpacked. An image with no annotated layer (a
+//! release from before bases) is unpacked whole, as it holds the service's files only.
+//!
 //! A pull is bounded (`[process] pull_timeout_seconds`, and a registry that stops sending for
 //! [`READ_TIMEOUT`] fails at once) and cancelled when the target shuts down: a registry that
 //! hangs fails the start with a reason instead of holding a deployment step forever.
@@ -23,6 +28,7 @@ use std::time::Duration;
 
 use flate2::read::GzDecoder;
 use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::manifest::OciDescriptor;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde::Deserialize;
@@ -62,6 +68,45 @@ pub(crate) struct ContainerConfig {
     /// Absolute inside the image (`/app`); mapped under the release root.
     #[serde(default)]
     pub working_dir: Option<String>,
+    /// Values kept as JSON: images of older builders hold `null` ones.
+    #[serde(default)]
+    pub labels: Option<HashMap<String, serde_json::Value>>,
+}
+
+/// The annotation on the layer(s) the process target runs, and its value.
+const LAYER_ANNOTATION: (&str, &str) = ("dev.slipway.layer", "service");
+/// The label the builder puts on an image made on a base.
+const BASE_LABEL: &str = "org.opencontainers.image.base.digest";
+
+impl ContainerConfig {
+    /// Whether the image was made on a base image: its `Env` then describes the base's
+    /// filesystem (its `PATH` names the base's directories, not the host's).
+    pub fn has_base(&self) -> bool {
+        self.labels
+            .as_ref()
+            .and_then(|l| l.get(BASE_LABEL))
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|d| !d.is_empty())
+    }
+}
+
+/// The layers to unpack on the host: the service's (annotated) when the image names any, else
+/// all of them (an image from before bases holds nothing else).
+fn service_layers(layers: &[OciDescriptor]) -> Vec<&OciDescriptor> {
+    let (key, value) = LAYER_ANNOTATION;
+    let annotated: Vec<&OciDescriptor> = layers
+        .iter()
+        .filter(|l| {
+            l.annotations
+                .as_ref()
+                .is_some_and(|a| a.get(key).is_some_and(|v| v == value))
+        })
+        .collect();
+    if annotated.is_empty() {
+        layers.iter().collect()
+    } else {
+        annotated
+    }
 }
 
 /// An unpacked release.
@@ -210,8 +255,9 @@ impl Artifacts {
         let config: ImageConfig = serde_json::from_str(&config_text)
             .map_err(|e| format!("the image config is not valid: {e}"))?;
 
-        let mut layers = Vec::with_capacity(manifest.layers.len());
-        for layer in &manifest.layers {
+        let wanted = service_layers(&manifest.layers);
+        let mut layers = Vec::with_capacity(wanted.len());
+        for layer in wanted {
             let gzip = match layer.media_type.as_str() {
                 t if t.ends_with("tar+gzip") || t.ends_with("tar.gzip") => true,
                 t if t.ends_with(".tar") || t.ends_with("tar") => false,
@@ -442,6 +488,32 @@ mod tests {
         assert_eq!(digest_hex("h:1/r@sha256:abc"), None);
         assert_eq!(path_component("../etc"), ".._etc");
         assert_eq!(path_component(".."), "_");
+    }
+
+    #[test]
+    fn only_the_service_layer_is_unpacked_when_one_is_annotated() {
+        let layer = |digest: &str, annotated: bool| OciDescriptor {
+            digest: digest.into(),
+            annotations: annotated.then(|| {
+                std::collections::BTreeMap::from([(
+                    "dev.slipway.layer".to_owned(),
+                    "service".to_owned(),
+                )])
+            }),
+            ..Default::default()
+        };
+        let based = [layer("base", false), layer("app", true)];
+        let picked: Vec<_> = service_layers(&based)
+            .iter()
+            .map(|l| l.digest.as_str())
+            .collect();
+        assert_eq!(picked, ["app"]);
+        let old = [layer("one", false), layer("two", false)];
+        let picked: Vec<_> = service_layers(&old)
+            .iter()
+            .map(|l| l.digest.as_str())
+            .collect();
+        assert_eq!(picked, ["one", "two"], "no annotation: the whole image");
     }
 
     #[test]

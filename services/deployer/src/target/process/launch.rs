@@ -120,8 +120,12 @@ impl LaunchPlan {
             ("PATH".to_owned(), settings.path.clone()),
             ("HOME".to_owned(), dirs.home.to_string_lossy().into_owned()),
         ]);
+        // A base image's PATH names the base's directories, which are not unpacked here.
+        let base_path = image.has_base();
         for entry in image.env.iter().flatten() {
-            if let Some((k, v)) = entry.split_once('=') {
+            if let Some((k, v)) = entry.split_once('=')
+                && !(base_path && k == "PATH")
+            {
                 env.insert(k.to_owned(), v.to_owned());
             }
         }
