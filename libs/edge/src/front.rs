@@ -25,8 +25,18 @@ const DRAIN: Duration = Duration::from_secs(10);
 const SWEEP_EVERY: Duration = Duration::from_secs(15);
 
 /// The running listener threads.
+///
+/// The threads belong to whoever holds this value: they stop when the cancel token given to
+/// [`Edge::serve`] fires, and also when the `Front` (or the future of [`Front::wait`]) is
+/// dropped, as when the runtime owning the gateway is dropped without being shut down (a test
+/// ending). Waiting is asynchronous and parks no thread: a thread blocked joining the router's
+/// threads would keep that runtime's shutdown waiting for threads nobody tells to stop.
 pub struct Front {
-    threads: Vec<std::thread::JoinHandle<()>>,
+    /// Each thread sends once when it ended normally; one that panicked drops its sender unsent.
+    ended: tokio::sync::mpsc::UnboundedReceiver<()>,
+    threads: usize,
+    /// Tells the threads to stop when the front is dropped.
+    _stop: tokio_util::sync::DropGuard,
     port: u16,
 }
 
@@ -37,21 +47,17 @@ impl Front {
     }
 
     /// Resolves when every thread has stopped (after the cancel token fired and connections
-    /// drained); an error when one of them panicked.
-    pub async fn wait(self) -> Result<(), String> {
-        tokio::task::spawn_blocking(move || {
-            let mut panicked = 0;
-            for thread in self.threads {
-                panicked += usize::from(thread.join().is_err());
-            }
-            if panicked == 0 {
-                Ok(())
-            } else {
-                Err(format!("{panicked} edge router thread(s) panicked"))
-            }
-        })
-        .await
-        .map_err(|e| e.to_string())?
+    /// drained); an error when one of them panicked. Dropping this future stops the threads.
+    pub async fn wait(mut self) -> Result<(), String> {
+        let mut ended = 0;
+        // `None` once every thread dropped its sender: all of them are done.
+        while self.ended.recv().await.is_some() {
+            ended += 1;
+        }
+        match self.threads - ended {
+            0 => Ok(()),
+            panicked => Err(format!("{panicked} edge router thread(s) panicked")),
+        }
     }
 }
 
@@ -70,27 +76,32 @@ impl Edge {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let mut handles = Vec::with_capacity(threads);
+        // A child token: the front's own drop stops the threads without cancelling the caller.
+        let stop = cancel.child_token();
+        let (ended, ended_rx) = tokio::sync::mpsc::unbounded_channel();
         for n in 0..threads {
             let listener = listener.try_clone().map_err(EdgeError::Serve)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .map_err(EdgeError::Serve)?;
-            let (edge, cancel) = (self.clone(), cancel.clone());
+            let (edge, stop, ended) = (self.clone(), stop.clone(), ended.clone());
             let fallback = gateway.map(|a| a.to_string().into_boxed_str());
-            let handle = std::thread::Builder::new()
+            std::thread::Builder::new()
                 .name(format!("edge-{n}"))
                 .spawn(move || {
                     let worker = Rc::new(Worker { edge, fallback });
-                    LocalSet::new().block_on(&runtime, accept(listener, worker, cancel));
+                    LocalSet::new().block_on(&runtime, accept(listener, worker, stop));
+                    drop(runtime);
+                    let _ = ended.send(());
                 })
                 .map_err(EdgeError::Serve)?;
-            handles.push(handle);
         }
         tracing::info!(port, threads, "edge router listening");
         Ok(Front {
-            threads: handles,
+            ended: ended_rx,
+            threads,
+            _stop: stop.drop_guard(),
             port,
         })
     }
