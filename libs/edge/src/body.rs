@@ -37,12 +37,14 @@ pub enum ReqBody {
     Stream(Limited),
 }
 
-/// The client's body with a byte limit; `over` tells the forwarder why a send failed.
+/// The client's body with a byte limit; `over` tells the forwarder why a send failed, `sent`
+/// that it went out whole (only then may its connection serve another request).
 pub struct Limited {
     incoming: Incoming,
     limit: Option<u64>,
     seen: u64,
     over: Rc<Cell<bool>>,
+    sent: Rc<Cell<bool>>,
 }
 
 impl ReqBody {
@@ -58,8 +60,17 @@ impl ReqBody {
             limit,
             seen: 0,
             over: over.clone(),
+            sent: Rc::new(Cell::new(false)),
         });
         (body, over)
+    }
+
+    /// Set once a streamed body went out whole; `None` for one in memory, written at once.
+    pub fn sent(&self) -> Option<Rc<Cell<bool>>> {
+        match self {
+            Self::Full(_) => None,
+            Self::Stream(body) => Some(body.sent.clone()),
+        }
     }
 
     /// The same body again, when it was in memory.
@@ -120,7 +131,10 @@ impl Body for ReqBody {
             Self::Stream(body) => {
                 let frame = match Pin::new(&mut body.incoming).poll_frame(cx) {
                     Poll::Pending => return Poll::Pending,
-                    Poll::Ready(None) => return Poll::Ready(None),
+                    Poll::Ready(None) => {
+                        body.sent.set(true);
+                        return Poll::Ready(None);
+                    }
                     Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
                     Poll::Ready(Some(Ok(frame))) => frame,
                 };
@@ -132,6 +146,10 @@ impl Body for ReqBody {
                         body.over.set(true);
                         return Poll::Ready(Some(Err(BodyError::TooLarge(limit))));
                     }
+                }
+                // hyper stops polling after the frame that ends the body.
+                if body.incoming.is_end_stream() {
+                    body.sent.set(true);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

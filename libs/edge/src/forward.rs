@@ -335,6 +335,7 @@ async fn exchange(
             Ok(lease) => lease,
             Err(e) => return Err(Failure::Unsent(Box::new(request), e.to_string())),
         };
+        lease.body_sent = request.body().sent();
         let sending = lease.sender.try_send_request(request);
         let sent = match deadline {
             Some(deadline) => match tokio::time::timeout_at(started + deadline, sending).await {

@@ -5,7 +5,7 @@
 //! connection is leased for one exchange and given back when the answer was read to its end.
 //! Upgraded connections (WebSocket) are never pooled.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
@@ -56,6 +56,11 @@ pub struct Lease {
     slot: Option<Rc<Slot>>,
     /// Taken from the pool (it may have been closed by the instance meanwhile).
     pub reused: bool,
+    /// Whether the streamed request body went out whole (`None`: a body in memory). An
+    /// instance may answer before reading the body (a 401, a 413): the connection is then still
+    /// busy sending it, for as long as the client takes, and is not pooled, so that no other
+    /// request waits on it.
+    pub body_sent: Option<Rc<Cell<bool>>>,
 }
 
 impl Lease {
@@ -63,6 +68,7 @@ impl Lease {
     pub fn give_back(self) {
         if let Some(slot) = self.slot
             && !self.sender.is_closed()
+            && self.body_sent.is_none_or(|sent| sent.get())
         {
             let mut idle = slot.idle.borrow_mut();
             if idle.len() < MAX_IDLE {
@@ -88,6 +94,7 @@ pub async fn checkout(
             sender,
             slot: None,
             reused: false,
+            body_sent: None,
         });
     }
     let slot = SLOTS.with_borrow_mut(|slots| match slots.get(address) {
@@ -114,6 +121,7 @@ pub async fn checkout(
             sender,
             slot: Some(slot),
             reused: true,
+            body_sent: None,
         });
     }
     let sender = dial(address, connect_timeout, false).await?;
@@ -121,6 +129,7 @@ pub async fn checkout(
         sender,
         slot: Some(slot),
         reused: false,
+        body_sent: None,
     })
 }
 

@@ -260,3 +260,33 @@ pub async fn assert_problem(res: reqwest::Response, status: u16) -> Value {
     assert_eq!(body["status"], status);
     body
 }
+
+/// An instance that answers `200 ok` (keep-alive) as soon as a request's head arrived, without
+/// reading its body, then only reads (and discards) what else comes on that connection; answers
+/// its address.
+pub fn answering_before_the_body() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if stream.write_all(answer).is_err() {
+                    return;
+                }
+                while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    address
+}
