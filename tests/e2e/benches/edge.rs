@@ -141,6 +141,7 @@ async fn gateway(bin: &Path, port: u16, registry: &str, log: &Path) -> Proc {
         .envs(slipway_testkit::identity::env(
             slipway_testkit::identity::ServiceCaller::Gateway,
         ))
+        .envs(slipway_testkit::signing::env("gateway"))
         .env("SLIPWAY_SECRETS__KEY", slipway_testkit::secrets_key())
         .env(
             "SLIPWAY_AUTH__BOOTSTRAP_TOKEN",
