@@ -97,6 +97,9 @@ ensure_bench_deps() {
   if ! command -v nginx >/dev/null 2>&1 && [[ ! -x /usr/sbin/nginx ]]; then
     apt_install nginx-light || apt_install nginx || log "warning: could not install nginx; the edge bench will skip"
   fi
+  if ! command -v haproxy >/dev/null 2>&1 && [[ ! -x /usr/sbin/haproxy ]]; then
+    apt_install haproxy || log "warning: could not install haproxy; the edge bench will skip"
+  fi
   command -v wrk >/dev/null 2>&1 || apt_install wrk || log "warning: could not install wrk; the edge bench will skip"
 }
 

@@ -11,26 +11,38 @@
 //! blue-green switch is a single swap. Instances claiming one of the platform's own addresses
 //! are never routed ([`platform`]).
 //!
+//! The data path is hyper's, on threads of its own ([`front`]): the router listens on the
+//! gateway's public port and passes every request that is not its own on to the gateway's API.
+//!
 //! Layout:
 //! - [`table`]: the discovery answer, the table built from it, release and instance selection.
 //! - [`discovery`]: the long-poll loop with backoff.
 //! - [`platform`]: the platform's own listeners, which no route may lead to.
-//! - [`proxy`]: host/path matching, forwarding, retries on connect failures, problems.
+//! - [`front`]: the listener threads; [`target`]: which requests are the router's.
+//! - `forward`: forwarding, retries, upgrades, problems; `pool`: each thread's connections to
+//!   instances; `body`: streamed bodies with the size limit; `headers`: hop-by-hop and
+//!   `x-forwarded-*`.
 //! - [`metrics`]: Prometheus collectors on the service's registry.
 //! - `standin` (feature `test-support`): a stand-in discovery server for tests and benches.
 
+mod body;
 pub mod discovery;
+mod forward;
+pub mod front;
+mod headers;
 pub mod metrics;
 pub mod platform;
-pub mod proxy;
+mod pool;
 pub mod table;
+pub mod target;
+
+pub use forward::MAX_ATTEMPTS;
 
 #[cfg(feature = "test-support")]
 pub mod standin;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Deserialize;
@@ -47,13 +59,17 @@ use crate::table::{Discovery, Refused, Table};
 pub struct EdgeSettings {
     /// `Host: <service>.<environment>.<domain>` is routed to that service.
     pub domain: String,
-    /// Longest wait for an instance's complete answer, body included (504 beyond).
+    /// Longest wait for an instance's answer headers (504 beyond); the body is then streamed
+    /// for as long as it lasts (server-sent events, downloads).
     pub upstream_timeout_seconds: u64,
     /// Longest wait for a TCP connection to an instance; a failure here is retried elsewhere.
     pub connect_timeout_ms: u64,
-    /// Largest request body forwarded (413 beyond). Bodies are buffered so that a request can
-    /// be sent again to another instance when the first one refused the connection.
+    /// Largest request body forwarded (413 beyond). Bodies are streamed; one declared up to
+    /// 64 KiB is read whole first, so an idempotent request can be sent again elsewhere.
     pub max_body_bytes: usize,
+    /// Threads serving the router's listener, each with its own connections to instances;
+    /// 0: one per core.
+    pub workers: usize,
     /// How long the registry may hold a discovery poll when nothing changed.
     pub discovery_wait_seconds: u64,
     /// `host:port` of the platform's own listeners: an instance at one of them is never routed.
@@ -69,6 +85,7 @@ impl Default for EdgeSettings {
             upstream_timeout_seconds: 30,
             connect_timeout_ms: 1000,
             max_body_bytes: 10 * 1024 * 1024,
+            workers: 0,
             discovery_wait_seconds: 30,
             platform_addresses: Vec::new(),
         }
@@ -78,8 +95,8 @@ impl Default for EdgeSettings {
 /// Why the router could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum EdgeError {
-    #[error("cannot create the HTTP client: {0}")]
-    Client(#[source] reqwest::Error),
+    #[error("cannot start the edge router's listener threads: {0}")]
+    Serve(#[source] std::io::Error),
     #[error("cannot register the edge metrics: {0}")]
     Metrics(#[source] prometheus::Error),
     #[error("invalid edge settings: {0}")]
@@ -97,9 +114,6 @@ struct Inner {
     table: ArcSwap<Table>,
     /// `.<domain>`, lower case, for host matching.
     host_suffix: String,
-    /// Proves at start-up that clients can be built; each HTTP worker builds its own (see
-    /// [`proxy`]) and falls back to this one.
-    client: reqwest::Client,
     /// The registry's base URL.
     registry: String,
     /// `Authorization` with the gateway's service credential, for discovery polls only (never
@@ -142,13 +156,11 @@ impl Edge {
         let platform =
             PlatformAddresses::parse(settings.platform_addresses.iter().map(String::as_str))
                 .map_err(EdgeError::Settings)?;
-        let client = build_client(settings).map_err(EdgeError::Client)?;
         let metrics = EdgeMetrics::register(registry).map_err(EdgeError::Metrics)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 table: ArcSwap::from_pointee(Table::default()),
                 host_suffix: format!(".{domain}"),
-                client,
                 registry: registry_url.trim_end_matches('/').to_owned(),
                 credential: credential.headers(),
                 platform: ArcSwap::from_pointee(platform),
@@ -184,7 +196,7 @@ impl Edge {
 
     /// Replaces the whole table with one built from `discovery` (one atomic swap).
     pub fn replace_table(&self, discovery: &Discovery) {
-        let table = Table::build(discovery, &self.inner.platform.load());
+        let table = Table::build(discovery, &self.inner.platform.load(), &self.inner.metrics);
         self.log_refused(&table.refused);
         self.inner.metrics.table_index.set(discovery.index as i64);
         self.inner.table.store(Arc::new(table));
@@ -216,25 +228,4 @@ impl Edge {
         }
         *logged = refused.iter().cloned().collect();
     }
-
-    /// Registers the router's routes: requests whose host names a service (before any other
-    /// route registered after it, e.g. the gateway's `/v1`), and `/apps/<service>/<env>/...`.
-    pub fn configure(&self) -> impl Fn(&mut actix_web::web::ServiceConfig) + Clone + use<> {
-        let edge = self.clone();
-        move |cfg| proxy::configure(cfg, edge.clone())
-    }
-}
-
-/// A pooled client for instances (keep-alive across requests, connect timeout, no redirects).
-fn build_client(settings: &EdgeSettings) -> Result<reqwest::Client, reqwest::Error> {
-    reqwest::Client::builder()
-        // Instances are on this machine or network: an environment proxy would be wrong.
-        .no_proxy()
-        .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
-        .timeout(Duration::from_secs(settings.upstream_timeout_seconds))
-        .pool_idle_timeout(Duration::from_secs(60))
-        .tcp_nodelay(true)
-        // The client's answer is the instance's answer: redirects go back to the client.
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
 }

@@ -83,3 +83,56 @@ pub fn code_class(status: u16) -> &'static str {
         _ => "5xx",
     }
 }
+
+/// One release's collectors, looked up when the table is built, never per request.
+#[derive(Debug, Clone)]
+pub struct ReleaseMetrics {
+    /// By status class: `1xx` ... `5xx` (index = first digit - 1).
+    answers: [prometheus::IntCounter; 5],
+    pub duration: prometheus::Histogram,
+}
+
+impl ReleaseMetrics {
+    fn new(metrics: &EdgeMetrics, service: &str, environment: &str, release: &str) -> Self {
+        let answers = ["1xx", "2xx", "3xx", "4xx", "5xx"].map(|code| {
+            metrics
+                .requests
+                .with_label_values(&[service, environment, release, code])
+        });
+        Self {
+            answers,
+            duration: metrics
+                .duration
+                .with_label_values(&[service, environment, release]),
+        }
+    }
+
+    /// Counts one answer with `status`.
+    pub fn answered(&self, status: u16) {
+        let class = usize::from((status / 100).clamp(1, 5)) - 1;
+        self.answers[class].inc();
+    }
+}
+
+/// One route's collectors: its retries and the answers that reached no release.
+#[derive(Debug, Clone)]
+pub struct RouteMetrics {
+    pub retries: prometheus::IntCounter,
+    /// Release [`NO_RELEASE`]: 503 (nothing routable) and 502 (no instance reachable).
+    pub unrouted: ReleaseMetrics,
+}
+
+impl EdgeMetrics {
+    /// The collectors of `release` of a route (label values resolved once).
+    pub fn release(&self, service: &str, environment: &str, release: i32) -> ReleaseMetrics {
+        ReleaseMetrics::new(self, service, environment, &release.to_string())
+    }
+
+    /// The collectors of a route.
+    pub fn route(&self, service: &str, environment: &str) -> RouteMetrics {
+        RouteMetrics {
+            retries: self.retries.with_label_values(&[service, environment]),
+            unrouted: ReleaseMetrics::new(self, service, environment, NO_RELEASE),
+        }
+    }
+}

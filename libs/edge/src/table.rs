@@ -10,8 +10,10 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use http::HeaderValue;
 use slipway_ids::InstanceId;
 
+use crate::metrics::{EdgeMetrics, ReleaseMetrics, RouteMetrics};
 use crate::platform::PlatformAddresses;
 
 /// The registry's answer and its parts, from the wire contract the registry serialises.
@@ -22,8 +24,10 @@ pub use slipway_wire::routes::{Discovery, ReleaseWeight as WeightEntry, Route as
 #[derive(Debug)]
 pub struct Upstream {
     pub id: InstanceId,
-    /// `http://host:port`, without a trailing slash.
-    pub base_url: String,
+    /// `host:port`, what is dialled (and the key of the connection pools).
+    pub address: Box<str>,
+    /// The same as a `Host` header value: the instance sees its own address as host.
+    pub host: HeaderValue,
 }
 
 /// The routable instances of one release, and its weight.
@@ -34,6 +38,7 @@ struct Pool {
     instances: Vec<Upstream>,
     /// Round-robin position; wraps harmlessly.
     next: AtomicUsize,
+    metrics: ReleaseMetrics,
 }
 
 /// Where requests for one service in one environment go.
@@ -45,6 +50,7 @@ pub struct Route {
     pools: Vec<Pool>,
     /// No weights were set: every routable instance gets an equal share.
     equal_share: bool,
+    pub metrics: RouteMetrics,
 }
 
 /// The instance picked for one attempt.
@@ -52,6 +58,8 @@ pub struct Route {
 pub struct Choice<'a> {
     pub release: i32,
     pub upstream: &'a Upstream,
+    /// The release's collectors.
+    pub metrics: &'a ReleaseMetrics,
 }
 
 /// An instance left out of the table because its address is one of the platform's own.
@@ -63,7 +71,12 @@ pub struct Refused {
 }
 
 impl Route {
-    fn build(entry: &RouteEntry, platform: &PlatformAddresses, refused: &mut Vec<Refused>) -> Self {
+    fn build(
+        entry: &RouteEntry,
+        platform: &PlatformAddresses,
+        metrics: &EdgeMetrics,
+        refused: &mut Vec<Refused>,
+    ) -> Self {
         let equal_share = entry.weights.is_empty();
         let mut pools: Vec<Pool> = Vec::new();
         for instance in entry.instances.iter().filter(|i| i.routable) {
@@ -75,7 +88,7 @@ impl Route {
                 });
                 continue;
             }
-            let Some(base_url) = base_url(&instance.address) else {
+            let Some(host) = host_port(&instance.address) else {
                 tracing::warn!(
                     service = %entry.service,
                     instance = %instance.id,
@@ -86,7 +99,8 @@ impl Route {
             };
             let upstream = Upstream {
                 id: instance.id,
-                base_url,
+                address: instance.address.as_str().into(),
+                host,
             };
             match pools.iter_mut().find(|p| p.release == instance.release) {
                 Some(pool) => pool.instances.push(upstream),
@@ -95,6 +109,7 @@ impl Route {
                     weight: 0,
                     instances: vec![upstream],
                     next: AtomicUsize::new(0),
+                    metrics: metrics.release(&entry.service, &entry.environment, instance.release),
                 }),
             }
         }
@@ -118,6 +133,7 @@ impl Route {
             environment: entry.environment.clone(),
             pools,
             equal_share,
+            metrics: metrics.route(&entry.service, &entry.environment),
         }
     }
 
@@ -169,6 +185,7 @@ impl Route {
             .map(|upstream| Choice {
                 release: pool.release,
                 upstream,
+                metrics: &pool.metrics,
             })
     }
 
@@ -178,14 +195,17 @@ impl Route {
     }
 }
 
-/// `http://{address}` when `address` looks like `host:port`.
-fn base_url(address: &str) -> Option<String> {
+/// `address` as a `Host` value when it looks like `host:port`.
+fn host_port(address: &str) -> Option<HeaderValue> {
     let (host, port) = address.rsplit_once(':')?;
     let valid_host = !host.is_empty()
         && host
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '[' | ']' | ':'));
-    (valid_host && port.parse::<u16>().is_ok()).then(|| format!("http://{address}"))
+    if !(valid_host && port.parse::<u16>().is_ok()) {
+        return None;
+    }
+    HeaderValue::from_str(address).ok()
 }
 
 /// Every route, by service then environment.
@@ -201,7 +221,12 @@ pub struct Table {
 
 impl Table {
     /// The table of `discovery`, without any instance at one of `platform`'s addresses.
-    pub fn build(discovery: &Discovery, platform: &PlatformAddresses) -> Self {
+    /// Every route's collectors are resolved here, once per table, not per request.
+    pub fn build(
+        discovery: &Discovery,
+        platform: &PlatformAddresses,
+        metrics: &EdgeMetrics,
+    ) -> Self {
         let mut routes: HashMap<String, HashMap<String, Route>> = HashMap::new();
         let mut refused = Vec::new();
         for entry in &discovery.routes {
@@ -210,7 +235,7 @@ impl Table {
                 .or_default()
                 .insert(
                     entry.environment.to_ascii_lowercase(),
-                    Route::build(entry, platform, &mut refused),
+                    Route::build(entry, platform, metrics, &mut refused),
                 );
         }
         Self {
@@ -223,8 +248,17 @@ impl Table {
     /// The route of `service` in `environment` (names compared in lower case, like host names).
     pub fn route(&self, service: &str, environment: &str) -> Option<&Route> {
         self.routes
-            .get(service.to_ascii_lowercase().as_str())?
-            .get(environment.to_ascii_lowercase().as_str())
+            .get(lower(service).as_ref())?
+            .get(lower(environment).as_ref())
+    }
+}
+
+/// `text` in lower case, allocating only when it is not already.
+fn lower(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.bytes().any(|b| b.is_ascii_uppercase()) {
+        text.to_ascii_lowercase().into()
+    } else {
+        text.into()
     }
 }
 
@@ -235,6 +269,10 @@ mod tests {
     use super::*;
 
     use slipway_ids::ServiceId;
+
+    fn metrics() -> EdgeMetrics {
+        EdgeMetrics::register(&prometheus::Registry::new()).unwrap()
+    }
 
     /// The id of the instance named `name` in a test (same name, same id).
     fn id(name: &str) -> InstanceId {
@@ -283,6 +321,7 @@ mod tests {
                 instances,
             },
             platform,
+            &metrics(),
             &mut refused,
         );
         (route, refused)
@@ -415,13 +454,10 @@ mod tests {
 
     #[test]
     fn rejects_addresses_that_are_not_host_port() {
-        assert_eq!(
-            base_url("127.0.0.1:8080").as_deref(),
-            Some("http://127.0.0.1:8080")
-        );
-        assert!(base_url("127.0.0.1").is_none());
-        assert!(base_url("evil.com/x:80").is_none());
-        assert!(base_url("host:99999").is_none());
+        assert_eq!(host_port("127.0.0.1:8080").unwrap(), "127.0.0.1:8080");
+        assert!(host_port("127.0.0.1").is_none());
+        assert!(host_port("evil.com/x:80").is_none());
+        assert!(host_port("host:99999").is_none());
     }
 
     #[test]
@@ -452,12 +488,12 @@ mod tests {
                     "health": "healthy", "state": "running", "routable": true}]}]
         }))
         .unwrap();
-        let table = Table::build(&answer, &PlatformAddresses::default());
+        let table = Table::build(&answer, &PlatformAddresses::default(), &metrics());
         assert_eq!(table.index, Some(12));
         let route = table.route("hello", "PROD").unwrap();
         assert_eq!(
-            route.choose(0, &[]).unwrap().upstream.base_url,
-            "http://127.0.0.1:41234"
+            &*route.choose(0, &[]).unwrap().upstream.address,
+            "127.0.0.1:41234"
         );
         assert!(table.route("hello", "staging").is_none());
     }

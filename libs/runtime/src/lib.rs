@@ -181,6 +181,21 @@ impl Runtime {
         })
     }
 
+    /// Hands the public listener to a server in front of the HTTP API (the gateway's edge
+    /// router) and binds the API to a loopback port of its own, which that server forwards to;
+    /// answers the public listener and the API's new address.
+    pub fn front_listener(&mut self) -> Result<(TcpListener, std::net::SocketAddr), StartError> {
+        let inner = TcpListener::bind("127.0.0.1:0").map_err(|source| StartError::Bind {
+            address: "127.0.0.1:0".into(),
+            source,
+        })?;
+        let address = inner.local_addr().map_err(|source| StartError::Bind {
+            address: "127.0.0.1:0".into(),
+            source,
+        })?;
+        Ok((std::mem::replace(&mut self.listener, inner), address))
+    }
+
     /// The port the listener is bound to.
     pub fn port(&self) -> u16 {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)

@@ -91,6 +91,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 pub struct Application {
     running: Running,
+    /// The public port: the edge router's listener, in front of the API.
+    port: u16,
 }
 
 impl Application {
@@ -102,14 +104,17 @@ impl Application {
         runtime.relay_outbox()?;
         // Every service's dead letters, for `/v1/admin/dead-letters`.
         runtime.consume_dead_letters(crate::dead_letters::Store::new(runtime.pool.clone()));
-        // Routes are learnt from the registry's discovery endpoint in the background. The
-        // gateway's own listener and its upstreams are never routes, whatever discovery says.
+        // The edge router takes the public port and passes what is not its own to the API on
+        // a loopback port. Routes are learnt from the registry's discovery endpoint in the
+        // background. The gateway's listeners and its upstreams are never routes, whatever
+        // discovery says.
+        let public_port = runtime.port();
+        let (public, api) = runtime.front_listener()?;
         let mut edge_settings = settings.edge.clone();
-        edge_settings.platform_addresses.push(format!(
-            "{}:{}",
-            settings.base.http.host,
-            runtime.port()
-        ));
+        edge_settings
+            .platform_addresses
+            .push(format!("{}:{}", settings.base.http.host, public_port));
+        edge_settings.platform_addresses.push(api.to_string());
         edge_settings
             .platform_addresses
             .extend(settings.upstreams.addresses());
@@ -123,7 +128,8 @@ impl Application {
             "edge discovery",
             edge.clone().follow_discovery(runtime.cancel.clone()),
         );
-        let edge_routes = edge.configure();
+        let front = edge.serve(public, Some(api), runtime.cancel.clone())?;
+        runtime.spawn("edge router", front.wait());
 
         let bootstrap = settings.auth.bootstrap_token.expose_secret();
         let given = (!bootstrap.is_empty()).then(|| bootstrap.to_owned());
@@ -162,20 +168,22 @@ impl Application {
         let webhooks = actix_web::web::Data::new(settings.webhooks.clone());
         let producer = actix_web::web::Data::new(runtime.producer.clone());
         let running = runtime.start(Access::Public, move |cfg| {
-            // First: a service's host name must win over the gateway's own routes.
-            cfg.configure(edge_routes.clone())
-                .app_data(pool.clone())
+            cfg.app_data(pool.clone())
                 .app_data(upstreams.clone())
                 .app_data(sealer.clone())
                 .app_data(webhooks.clone())
                 .app_data(producer.clone())
                 .configure(crate::routes::configure);
         })?;
-        Ok(Self { running })
+        Ok(Self {
+            running,
+            port: public_port,
+        })
     }
 
+    /// The public port (the edge router's, in front of the API).
     pub fn port(&self) -> u16 {
-        self.running.port()
+        self.port
     }
 
     pub async fn run_until_stopped(self) -> Result<(), String> {

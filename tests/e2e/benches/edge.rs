@@ -1,16 +1,18 @@
-//! The edge router's proxy overhead next to nginx's, on the same backend and the same load.
-//! Prints figures, asserts nothing about speed.
+//! The edge router next to nginx and HAProxy, side by side in one run, on the same backend and
+//! the same load. Prints figures, asserts nothing about speed.
 //!
 //! - backend: an nginx process answering a fixed `200 hello` (one worker);
-//! - nginx: Debian's binary as a reverse proxy to it (`worker_processes auto`, upstream
-//!   keep-alive), run as a non-daemon child with a generated config in a temporary directory;
-//! - slipway: the real gateway binary from `target/release` (the edge router mounted in it,
-//!   with its metrics and tracing middleware), on the PostgreSQL and broker `scripts/test --bench`
-//!   starts, learning the route from a stand-in discovery server in this process; requests go
-//!   through `/apps/bench/prod/`.
+//! - nginx and HAProxy: Debian's binaries as reverse proxies to it (one worker per core,
+//!   upstream keep-alive), each adding what the router adds: `X-Forwarded-For`, `-Host`,
+//!   `-Proto` and a request id; run as non-daemon children with generated configs;
+//! - slipway: the real gateway binary from `target/release` (the edge router on its public
+//!   port), on the PostgreSQL and broker `scripts/test --bench` starts, learning the route from a
+//!   stand-in discovery server in this process; requests go through `/apps/bench/prod/`.
 //!
-//! Each target gets a warm-up, then `wrk -t2 -c32 -d10s --latency`. Without nginx or wrk the
-//! bench says why and exits 0.
+//! Three cases: small GETs, 64 KiB POSTs, and GETs with keep-alive off (`Connection: close`).
+//! [`ROUNDS`] rounds, the targets' order rotating each round, each run a warm-up then
+//! `wrk -t2 -c32 --latency`; the median of the rounds is reported, with slipway's ratio to each
+//! peer. Without nginx, HAProxy or wrk the bench says why and exits 0.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench reports failure by panicking
 
@@ -24,8 +26,11 @@ use slipway_edge::standin::build::{healthy, route};
 
 const CONNECTIONS: u32 = 32;
 const THREADS: u32 = 2;
-const WARM_UP_SECONDS: u32 = 3;
-const SECONDS: u32 = 10;
+const WARM_UP_SECONDS: u32 = 1;
+/// Seconds per measured run (`SLIPWAY_BENCH_SECONDS` overrides).
+const SECONDS: u32 = 5;
+const ROUNDS: usize = 3;
+const POST_BYTES: usize = 64 * 1024;
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -136,6 +141,7 @@ async fn gateway(bin: &Path, port: u16, registry: &str, log: &Path) -> Proc {
         .envs(slipway_testkit::identity::env(
             slipway_testkit::identity::ServiceCaller::Gateway,
         ))
+        .envs(slipway_testkit::signing::env("gateway"))
         .env("SLIPWAY_SECRETS__KEY", slipway_testkit::secrets_key())
         .env(
             "SLIPWAY_AUTH__BOOTSTRAP_TOKEN",
@@ -151,22 +157,71 @@ async fn gateway(bin: &Path, port: u16, registry: &str, log: &Path) -> Proc {
     }
 }
 
-/// Requests/s, p99 in ms, and non-2xx answers of one wrk run.
+/// Starts HAProxy in the foreground with `config`.
+fn haproxy(bin: &Path, dir: &Path, config: &str) -> Proc {
+    let file = dir.join("haproxy.cfg");
+    std::fs::write(&file, config).unwrap();
+    let child = Command::new(bin)
+        .arg("-db")
+        .arg("-f")
+        .arg(&file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    Proc {
+        name: "haproxy",
+        child,
+    }
+}
+
+/// Requests/s, p50 and p99 in ms, and failed answers of one wrk run.
+#[derive(Clone, Copy)]
 struct Figures {
     rate: f64,
+    p50_ms: f64,
     p99_ms: f64,
     errors: u64,
 }
 
-fn wrk(bin: &Path, url: &str, seconds: u32) -> Figures {
+/// One kind of load.
+#[derive(Clone, Copy)]
+enum Case {
+    SmallGet,
+    Post64k,
+    KeepAliveOff,
+}
+
+impl Case {
+    const ALL: [Case; 3] = [Case::SmallGet, Case::Post64k, Case::KeepAliveOff];
+
+    fn name(self) -> &'static str {
+        match self {
+            Case::SmallGet => "small GET",
+            Case::Post64k => "64 KiB POST",
+            Case::KeepAliveOff => "GET, keep-alive off",
+        }
+    }
+
+    fn args(self, post_script: &Path) -> Vec<String> {
+        match self {
+            Case::SmallGet => Vec::new(),
+            Case::Post64k => vec!["-s".into(), post_script.display().to_string()],
+            Case::KeepAliveOff => vec!["-H".into(), "Connection: close".into()],
+        }
+    }
+}
+
+fn wrk(bin: &Path, url: &str, seconds: u32, extra: &[String]) -> Figures {
     let out = Command::new(bin)
         .args([
             &format!("-t{THREADS}"),
             &format!("-c{CONNECTIONS}"),
             &format!("-d{seconds}s"),
             "--latency",
-            url,
         ])
+        .args(extra)
+        .arg(url)
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -180,6 +235,7 @@ fn wrk(bin: &Path, url: &str, seconds: u32) -> Figures {
     let rate = value("Requests/sec:")
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no Requests/sec in wrk's output:\n{text}"));
+    let p50 = value("50%").unwrap_or_else(|| panic!("no 50% latency in wrk's output:\n{text}"));
     let p99 = value("99%").unwrap_or_else(|| panic!("no 99% latency in wrk's output:\n{text}"));
     let errors = value("Non-2xx or 3xx responses:")
         .and_then(|v| v.parse().ok())
@@ -192,6 +248,7 @@ fn wrk(bin: &Path, url: &str, seconds: u32) -> Figures {
         });
     Figures {
         rate,
+        p50_ms: duration_ms(&p50),
         p99_ms: duration_ms(&p99),
         errors,
     }
@@ -213,22 +270,44 @@ fn duration_ms(text: &str) -> f64 {
     }
 }
 
-fn measure(wrk_bin: &Path, name: &str, url: &str) -> Figures {
-    eprintln!("{name}: warm-up {WARM_UP_SECONDS}s, then {SECONDS}s on {url}");
-    wrk(wrk_bin, url, WARM_UP_SECONDS);
-    let figures = wrk(wrk_bin, url, SECONDS);
-    if figures.errors > 0 {
-        println!("warning: {name} had {} failed answers", figures.errors);
-    }
-    figures
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
 }
 
+/// The median of each figure over the rounds.
+fn medians(runs: &[Figures]) -> Figures {
+    Figures {
+        rate: median(runs.iter().map(|f| f.rate).collect()),
+        p50_ms: median(runs.iter().map(|f| f.p50_ms).collect()),
+        p99_ms: median(runs.iter().map(|f| f.p99_ms).collect()),
+        errors: runs.iter().map(|f| f.errors).sum(),
+    }
+}
+
+const TARGETS: [&str; 4] = ["backend (direct)", "nginx", "haproxy", "slipway"];
+
 async fn run() {
-    let (Some(nginx_bin), Some(wrk_bin)) = (find_tool("nginx"), find_tool("wrk")) else {
+    let tools = ["nginx", "haproxy", "wrk"].map(|t| (t, find_tool(t)));
+    let [
+        (_, Some(nginx_bin)),
+        (_, Some(haproxy_bin)),
+        (_, Some(wrk_bin)),
+    ] = tools.clone()
+    else {
+        let said: Vec<String> = tools
+            .iter()
+            .map(|(t, p)| {
+                format!(
+                    "{t} ({})",
+                    p.as_ref()
+                        .map_or("missing".into(), |p| p.display().to_string())
+                )
+            })
+            .collect();
         println!(
-            "edge bench skipped: needs nginx ({}) and wrk ({}); `scripts/test --bench` installs them",
-            find_tool("nginx").map_or("missing".into(), |p| p.display().to_string()),
-            find_tool("wrk").map_or("missing".into(), |p| p.display().to_string()),
+            "edge bench skipped: needs {}; `scripts/test --bench` installs them",
+            said.join(", ")
         );
         return;
     };
@@ -245,9 +324,22 @@ async fn run() {
         );
         return;
     }
+    let seconds: u32 = std::env::var("SLIPWAY_BENCH_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(SECONDS);
     let dir =
         std::env::temp_dir().join(format!("slipway-edge-bench-{}", slipway_testkit::unique()));
     std::fs::create_dir_all(&dir).unwrap();
+    let post_script = dir.join("post.lua");
+    std::fs::write(
+        &post_script,
+        format!(
+            "wrk.method = \"POST\"\nwrk.body = string.rep(\"x\", {POST_BYTES})\n\
+             wrk.headers[\"Content-Type\"] = \"application/octet-stream\"\n"
+        ),
+    )
+    .unwrap();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
 
     let backend_port = free_port();
@@ -257,13 +349,15 @@ async fn run() {
         "backend",
         "1",
         &format!(
-            "  server {{ listen 127.0.0.1:{backend_port}; keepalive_requests 100000;\n\
+            "  server {{ listen 127.0.0.1:{backend_port}; keepalive_requests 1000000;\n\
+             client_max_body_size 1m;\n\
              location / {{ default_type text/plain; return 200 \"hello\\n\"; }} }}"
         ),
     );
     let backend_url = format!("http://127.0.0.1:{backend_port}/");
     wait_ok(&client, "backend nginx", &backend_url, &mut backend).await;
 
+    // The headers the edge router adds, added by each peer too.
     let nginx_port = free_port();
     let mut proxy = nginx(
         &nginx_bin,
@@ -272,13 +366,40 @@ async fn run() {
         "auto",
         &format!(
             "  upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 64; }}\n\
-             server {{ listen 127.0.0.1:{nginx_port}; keepalive_requests 100000;\n\
+             server {{ listen 127.0.0.1:{nginx_port}; keepalive_requests 1000000;\n\
+             client_max_body_size 10m; client_body_buffer_size 128k;\n\
              location / {{ proxy_pass http://backend; proxy_http_version 1.1;\n\
-             proxy_set_header Connection \"\"; }} }}"
+             proxy_set_header Connection \"\";\n\
+             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n\
+             proxy_set_header X-Forwarded-Host $http_host;\n\
+             proxy_set_header X-Forwarded-Proto $scheme;\n\
+             proxy_set_header X-Request-Id $request_id; }} }}"
         ),
     );
     let nginx_url = format!("http://127.0.0.1:{nginx_port}/");
     wait_ok(&client, "proxy nginx", &nginx_url, &mut proxy).await;
+
+    let haproxy_port = free_port();
+    let mut ha = haproxy(
+        &haproxy_bin,
+        &dir,
+        &format!(
+            "global\n  maxconn 4096\n  nbthread {cores}\n\
+             defaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n\
+             \x20 option http-keep-alive\n  http-reuse always\n\
+             frontend fe\n  bind 127.0.0.1:{haproxy_port}\n\
+             \x20 unique-id-format %{{+X}}o%ci:%cp_%fi:%fp_%Ts_%rt:%pid\n\
+             \x20 option forwardfor\n\
+             \x20 http-request set-header X-Forwarded-Host %[req.hdr(host)]\n\
+             \x20 http-request set-header X-Forwarded-Proto http\n\
+             \x20 http-request set-header X-Request-Id %[unique-id]\n\
+             \x20 default_backend be\n\
+             backend be\n  server s1 127.0.0.1:{backend_port}\n",
+            cores = std::thread::available_parallelism().map_or(1, |n| n.get()),
+        ),
+    );
+    let haproxy_url = format!("http://127.0.0.1:{haproxy_port}/");
+    wait_ok(&client, "haproxy", &haproxy_url, &mut ha).await;
 
     let discovery = DiscoveryStandIn::start(vec![route(
         "bench",
@@ -298,31 +419,67 @@ async fn run() {
     let slipway_url = format!("http://127.0.0.1:{gateway_port}/apps/bench/prod/");
     wait_ok(&client, "gateway", &slipway_url, &mut gw).await;
 
-    let direct = measure(&wrk_bin, "backend (direct)", &backend_url);
-    let nginx_figures = measure(&wrk_bin, "nginx", &nginx_url);
-    let slipway = measure(&wrk_bin, "slipway", &slipway_url);
+    let urls = [&backend_url, &nginx_url, &haproxy_url, &slipway_url];
+    // runs[case][target]: one figure per round.
+    let mut runs = vec![vec![Vec::new(); TARGETS.len()]; Case::ALL.len()];
+    for round in 0..ROUNDS {
+        for (c, case) in Case::ALL.into_iter().enumerate() {
+            for k in 0..TARGETS.len() {
+                // Each round starts with another target, so none always runs first or last.
+                let t = (k + round) % TARGETS.len();
+                let args = case.args(&post_script);
+                eprintln!("round {}: {} on {}", round + 1, case.name(), TARGETS[t]);
+                wrk(&wrk_bin, urls[t], WARM_UP_SECONDS, &args);
+                let figures = wrk(&wrk_bin, urls[t], seconds, &args);
+                if figures.errors > 0 {
+                    println!(
+                        "warning: {} had {} failed answers ({})",
+                        TARGETS[t],
+                        figures.errors,
+                        case.name()
+                    );
+                }
+                runs[c][t].push(figures);
+            }
+        }
+    }
 
     println!();
     println!(
-        "edge proxy, wrk -t{THREADS} -c{CONNECTIONS} -d{SECONDS}s, {} cores; slipway = the release gateway binary (router mounted in it), path /apps/bench/prod/",
+        "edge proxy: wrk -t{THREADS} -c{CONNECTIONS} -d{seconds}s, median of {ROUNDS} alternating rounds, {} cores; \
+         slipway = the release gateway binary, path /apps/bench/prod/; ratios are slipway / peer",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
-    println!("{:<18} {:>12} {:>10}", "target", "requests/s", "p99 ms");
-    for (name, f) in [
-        ("backend (direct)", &direct),
-        ("nginx", &nginx_figures),
-        ("slipway", &slipway),
-    ] {
-        println!("{name:<18} {:>12.0} {:>10.2}", f.rate, f.p99_ms);
-    }
     println!(
-        "{:<18} {:>12.2} {:>10.2}",
-        "slipway / nginx",
-        slipway.rate / nginx_figures.rate,
-        slipway.p99_ms / nginx_figures.p99_ms
+        "{:<20} {:<17} {:>11} {:>8} {:>8}",
+        "case", "target", "requests/s", "p50 ms", "p99 ms"
     );
+    for (c, case) in Case::ALL.into_iter().enumerate() {
+        let m: Vec<Figures> = runs[c].iter().map(|r| medians(r)).collect();
+        for (t, f) in m.iter().enumerate() {
+            println!(
+                "{:<20} {:<17} {:>11.0} {:>8.3} {:>8.3}",
+                case.name(),
+                TARGETS[t],
+                f.rate,
+                f.p50_ms,
+                f.p99_ms
+            );
+        }
+        let slipway = m[3];
+        for (t, peer) in [(1, "nginx"), (2, "haproxy")] {
+            println!(
+                "{:<20} {:<17} {:>10.2}x {:>7.2}x {:>7.2}x",
+                case.name(),
+                format!("slipway / {peer}"),
+                slipway.rate / m[t].rate,
+                slipway.p50_ms / m[t].p50_ms,
+                slipway.p99_ms / m[t].p99_ms
+            );
+        }
+    }
 
-    drop((gw, proxy, backend));
+    drop((gw, ha, proxy, backend));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

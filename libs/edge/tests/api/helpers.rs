@@ -30,6 +30,7 @@ async fn answer(
     match req.path() {
         "/status/500" => return HttpResponse::InternalServerError().body("backend failed"),
         "/slow" => tokio::time::sleep(Duration::from_secs(3)).await,
+        "/events" => return crate::streams::events().await,
         _ => {}
     }
     let headers: HashMap<String, String> = req
@@ -108,8 +109,8 @@ pub fn hanging_up() -> (String, Arc<AtomicUsize>) {
     (address, accepted)
 }
 
-/// The router behind a real HTTP server, with a stand-in gateway route `/v1/ping` registered
-/// after it (as the gateway does), following a discovery stand-in.
+/// The router on its own listener, in front of a stand-in gateway API (`/v1/ping`, problems
+/// otherwise) as in the gateway, following a discovery stand-in.
 pub struct Router {
     pub port: u16,
     pub edge: Edge,
@@ -151,22 +152,25 @@ impl Router {
         let edge = Edge::new(&settings, discovery.url(), &credential, &metrics.registry).unwrap();
         let cancel = CancellationToken::new();
         tokio::spawn(edge.clone().follow_discovery(cancel.clone()));
-        let routes = edge.configure();
         let server = HttpServer::new(move || {
             App::new()
-                .configure(routes.clone())
                 .route("/v1/ping", web::get().to(ping))
+                .route("/v1/stream", web::get().to(crate::streams::events))
                 .default_service(web::to(slipway_http::problem::not_found))
         })
-        .workers(2)
+        .workers(1)
         .shutdown_timeout(0)
         .disable_signals()
         .bind(("127.0.0.1", 0))
         .unwrap();
-        let port = server.addrs()[0].port();
+        let gateway = server.addrs()[0];
         let server = server.run();
         let handle = server.handle();
         tokio::spawn(server);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let front = edge.serve(listener, Some(gateway), cancel.clone()).unwrap();
+        let port = front.port();
+        tokio::spawn(front.wait());
         let router = Self {
             port,
             edge,
@@ -255,4 +259,34 @@ pub async fn assert_problem(res: reqwest::Response, status: u16) -> Value {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["status"], status);
     body
+}
+
+/// An instance that answers `200 ok` (keep-alive) as soon as a request's head arrived, without
+/// reading its body, then only reads (and discards) what else comes on that connection; answers
+/// its address.
+pub fn answering_before_the_body() -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                if stream.write_all(answer).is_err() {
+                    return;
+                }
+                while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    address
 }

@@ -3,7 +3,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
 mod helpers;
+mod lifetime;
 mod outage;
 mod platform;
 mod routing;
+mod streams;
 mod traffic;

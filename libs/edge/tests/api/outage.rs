@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use actix_web::{App, HttpServer};
 use chrono::Utc;
 use serde_json::{Value, json};
 use slipway_edge::{Edge, EdgeSettings};
@@ -118,15 +117,10 @@ async fn the_router_keeps_its_table_while_the_registry_is_down() {
     let cancel = CancellationToken::new();
     let _stop_following = cancel.clone().drop_guard();
     tokio::spawn(edge.clone().follow_discovery(cancel.clone()));
-    let routes = edge.configure();
-    let server = HttpServer::new(move || App::new().configure(routes.clone()))
-        .workers(1)
-        .shutdown_timeout(0)
-        .disable_signals()
-        .bind(("127.0.0.1", 0))
-        .unwrap();
-    let port = server.addrs()[0].port();
-    tokio::spawn(server.run());
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let front = edge.serve(listener, None, cancel.clone()).unwrap();
+    let port = front.port();
+    tokio::spawn(front.wait());
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let url = format!("http://127.0.0.1:{port}/apps/hello/prod/x");
     let get = || async { http.get(&url).send().await.unwrap() };

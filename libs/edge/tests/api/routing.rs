@@ -172,3 +172,85 @@ async fn oversized_bodies_are_refused_with_413() {
     assert_problem(res, 413).await;
     assert_eq!(v1.hits(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_bodies_are_forwarded_and_cut_at_the_limit() {
+    let v1 = Backend::start("v1");
+    let router = Router::start(vec![route(
+        "hello",
+        "prod",
+        &[],
+        vec![healthy("i1", &v1.address, 1)],
+    )])
+    .await;
+    // No length declared: the body is streamed through (chunked), and counted as it passes.
+    let chunked = |chunks: usize| {
+        let parts = (0..chunks).map(|_| Ok::<_, std::io::Error>(vec![b'x'; 300]));
+        reqwest::Body::wrap_stream(futures::stream::iter(parts))
+    };
+    let res = router
+        .client
+        .post(router.url("/apps/hello/prod/upload"))
+        .body(chunked(3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let seen: Value = res.json().await.unwrap();
+    assert_eq!(seen["body"].as_str().unwrap().len(), 900);
+
+    let res = router
+        .client
+        .post(router.url("/apps/hello/prod/upload"))
+        .body(chunked(5))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(res, 413).await;
+}
+
+/// An instance may answer before it read the body (a refusal, typically) while the client is
+/// still sending it: that connection is busy for as long as the client takes, so it must not
+/// go back to the pool where the next request to the instance would wait on it. One router
+/// thread, so both requests meet the same pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_before_the_body_ended_does_not_hold_the_next_request() {
+    let instance = crate::helpers::answering_before_the_body();
+    let router = Router::start_with(
+        slipway_edge::EdgeSettings {
+            workers: 1,
+            ..slipway_edge::EdgeSettings::default()
+        },
+        vec![route(
+            "hello",
+            "prod",
+            &[(1, 100)],
+            vec![healthy("a", &instance, 1)],
+        )],
+    )
+    .await;
+
+    // A body whose end never comes while the test runs (the sender is kept).
+    let (tx, rx) = futures::channel::mpsc::unbounded::<Result<Vec<u8>, std::io::Error>>();
+    tx.unbounded_send(Ok(b"first part".to_vec())).unwrap();
+    let res = router
+        .client
+        .post(router.url("/apps/hello/prod/upload"))
+        .body(reqwest::Body::wrap_stream(rx))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "ok");
+
+    // Another client's request to the same instance is answered (on a new connection).
+    let other = reqwest::Client::builder().no_proxy().build().unwrap();
+    let res = other
+        .get(router.url("/apps/hello/prod/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.text().await.unwrap(), "ok");
+    drop(tx);
+}
