@@ -38,9 +38,13 @@ fn fail(text: impl Into<String>) -> Verdict {
 pub fn ends(o: &Outcome) -> Verdict {
     match &o.status {
         Some(s) if o.cell.expected().is_some_and(|want| want != s) => fail(format!(
-            "{s} in {:.0?}, want {}",
+            "{s} in {:.0?}, want {}{}",
             o.took,
-            o.cell.expected().unwrap_or_default()
+            o.cell.expected().unwrap_or_default(),
+            o.reason
+                .as_ref()
+                .map(|r| format!(" ({r})"))
+                .unwrap_or_default()
         )),
         Some(s) => pass(format!("{s} in {:.0?}", o.took)),
         None if o.id.is_empty() => fail("never started"),

@@ -20,6 +20,8 @@ pub struct Outcome {
     pub id: String,
     /// Its final status, if it reached one within the deadline.
     pub status: Option<String>,
+    /// The reason it records with that status (a failed or rolled-back one's), if any.
+    pub reason: Option<String>,
     pub took: Duration,
     /// The cell's time span, in the database's clock and in ours.
     pub window: (DateTime<Utc>, DateTime<Utc>),
@@ -107,6 +109,21 @@ async fn progress(stack: &Stack, work: Work, id: &str) -> Option<(String, i32, u
         .ok()
         .flatten()?;
     Some((row.0, row.1, row.2 as usize))
+}
+
+/// The reason the deployment or build records (`reason` as text), if any.
+async fn reason(stack: &Stack, work: Work, id: &str) -> Option<String> {
+    let query = match work {
+        Work::Deploy(_) => "SELECT reason::text FROM deployer.deployments WHERE id::text = $1",
+        Work::Build(_) => "SELECT reason FROM builder.builds WHERE id::text = $1",
+    };
+    sqlx::query_scalar::<_, Option<String>>(query)
+        .bind(id)
+        .fetch_optional(stack.db())
+        .await
+        .ok()
+        .flatten()
+        .flatten()
 }
 
 fn is_final(status: &str) -> bool {
@@ -318,6 +335,10 @@ pub async fn cell(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let took = from.1.elapsed();
+    let reason = match status {
+        Some(_) => reason(stack, cell.work, &id).await,
+        None => None,
+    };
     let mut instances = None;
     if matches!(cell.work, Work::Deploy(_)) && status.is_some() {
         // Retired instances stop within the drain and grace times after the last step.
@@ -350,6 +371,7 @@ pub async fn cell(
         fault,
         id,
         status,
+        reason,
         took,
         window: (from.0, to.0),
         instants: (from.1, to.1),
@@ -369,12 +391,17 @@ pub async fn group(group: &Group) -> (Stack, Vec<Outcome>, super::prober::Prober
         println!("chaos [{}] cell {}: {}", group.name, n + 1, c.name());
         let outcome = cell(&mut stack, &repo, &prober, c, n).await;
         println!(
-            "chaos [{}] cell {}: {:?} after {:.0?} ({})",
+            "chaos [{}] cell {}: {:?} after {:.0?} ({}){}",
             group.name,
             n + 1,
             outcome.status,
             outcome.took,
-            outcome.fault.as_ref().unwrap_or_else(|e| e)
+            outcome.fault.as_ref().unwrap_or_else(|e| e),
+            outcome
+                .reason
+                .as_ref()
+                .map(|r| format!("; reason: {r}"))
+                .unwrap_or_default()
         );
         outcomes.push(outcome);
     }
