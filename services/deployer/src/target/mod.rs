@@ -29,6 +29,26 @@ use uuid::Uuid;
 pub use self::process::ProcessIdentity;
 pub use slipway_wire::releases::TargetKind;
 
+/// A settings list given as a TOML list or as one comma-separated string (what an
+/// environment variable can carry), entries trimmed, empty ones dropped.
+pub(crate) fn comma_list<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum List {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match <List as serde::Deserialize>::deserialize(d)? {
+        List::One(s) => s.split(',').map(str::to_owned).collect(),
+        List::Many(v) => v,
+    };
+    Ok(items
+        .into_iter()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .collect())
+}
+
 /// Everything a target needs to run one instance.
 #[derive(Clone)]
 pub struct InstanceSpec {

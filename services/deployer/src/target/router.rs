@@ -46,20 +46,8 @@ fn default_enabled() -> Vec<TargetKind> {
 }
 
 fn kind_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<TargetKind>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Kinds {
-        One(String),
-        Many(Vec<String>),
-    }
-    let names = match Kinds::deserialize(d)? {
-        Kinds::One(s) => s.split(',').map(str::to_owned).collect(),
-        Kinds::Many(v) => v,
-    };
-    names
+    super::comma_list(d)?
         .iter()
-        .map(|n| n.trim())
-        .filter(|n| !n.is_empty())
         .map(|n| {
             n.parse::<TargetKind>()
                 .map_err(|e| serde::de::Error::custom(format!("targets.enabled: {e}")))

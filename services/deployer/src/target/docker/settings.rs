@@ -14,7 +14,10 @@ pub struct DockerSettings {
     /// `unix:///var/run/docker.sock`, `https://host:2376` or `tcp://host:2376` (TLS with the
     /// `tls_*` files), `http://host:2375` (plain: a trusted network only). A list, or one string
     /// with commas (as an environment variable gives it).
-    #[serde(default = "default_hosts", deserialize_with = "host_list")]
+    #[serde(
+        default = "default_hosts",
+        deserialize_with = "crate::target::comma_list"
+    )]
     pub hosts: Vec<String>,
     /// Per environment: its own hosts and limits (`[docker.environments.<name>]`).
     #[serde(default)]
@@ -82,30 +85,12 @@ pub struct DockerSettings {
 /// `[docker.environments.<name>]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct DockerEnvironment {
-    #[serde(default, deserialize_with = "host_list")]
+    #[serde(default, deserialize_with = "crate::target::comma_list")]
     pub hosts: Vec<String>,
     #[serde(default)]
     pub cpus: Option<f64>,
     #[serde(default)]
     pub memory_mb: Option<u64>,
-}
-
-fn host_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Hosts {
-        One(String),
-        Many(Vec<String>),
-    }
-    let hosts = match Hosts::deserialize(d)? {
-        Hosts::One(s) => s.split(',').map(str::to_owned).collect(),
-        Hosts::Many(v) => v,
-    };
-    Ok(hosts
-        .into_iter()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .collect())
 }
 
 fn non_empty<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
