@@ -59,8 +59,8 @@ pub(crate) async fn handle(
 ) -> Result<Response<RespBody>, Infallible> {
     let (parts, incoming) = req.into_parts();
     let inner = &worker.edge.inner;
-    let table = inner.table.load_full();
-    let (route, path_and_query) = match target::of(&parts, &inner.host_suffix) {
+    let target = target::of(&parts, &inner.host_suffix);
+    let (service, environment, rest) = match &target {
         Target::Gateway => return Ok(to_gateway(&worker, parts, incoming).await),
         Target::BadPath => {
             return Ok(problem(
@@ -70,28 +70,28 @@ pub(crate) async fn handle(
                 "expected /apps/<service>/<environment>/<path>".into(),
             ));
         }
-        _ if table.index.is_none() => {
-            return Ok(problem(
-                &parts.uri,
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                "the edge router has not received its routes from the registry yet".into(),
-            ));
+        Target::Host(service, environment) => (service.as_str(), environment.as_str(), None),
+        Target::Path(service, environment, rest) => (*service, *environment, Some(*rest)),
+    };
+    // A router that just started waits (bounded) for its first table rather than refusing.
+    let Some(table) = worker.edge.loaded_table().await else {
+        return Ok(problem(
+            &parts.uri,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the edge router has not received its routes from the registry yet".into(),
+        ));
+    };
+    let Some(route) = table.route(service, environment) else {
+        return Ok(unknown(&parts.uri, service, environment));
+    };
+    let path_and_query = match rest {
+        None => parts.uri.path_and_query().cloned(),
+        Some(rest) => match parts.uri.query() {
+            Some(query) => PathAndQuery::try_from(format!("{rest}?{query}")),
+            None => PathAndQuery::try_from(rest),
         }
-        Target::Host(service, environment) => match table.route(&service, &environment) {
-            Some(route) => (route, parts.uri.path_and_query().cloned()),
-            None => return Ok(unknown(&parts.uri, &service, &environment)),
-        },
-        Target::Path(service, environment, rest) => match table.route(service, environment) {
-            Some(route) => {
-                let path_and_query = match parts.uri.query() {
-                    Some(query) => PathAndQuery::try_from(format!("{rest}?{query}")),
-                    None => PathAndQuery::try_from(rest),
-                };
-                (route, path_and_query.ok())
-            }
-            None => return Ok(unknown(&parts.uri, service, environment)),
-        },
+        .ok(),
     };
     Ok(proxy(&worker.edge, route, peer, parts, incoming, path_and_query).await)
 }

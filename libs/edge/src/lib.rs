@@ -43,6 +43,7 @@ pub mod standin;
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use serde::Deserialize;
@@ -72,6 +73,10 @@ pub struct EdgeSettings {
     pub workers: usize,
     /// How long the registry may hold a discovery poll when nothing changed.
     pub discovery_wait_seconds: u64,
+    /// How long a request that arrives before the first discovery answer (a router that just
+    /// started) waits for it, milliseconds; 503 when it has not come by then. Clients whose
+    /// connections queued while the gateway started are then routed, not refused.
+    pub first_table_wait_ms: u64,
     /// `host:port` of the platform's own listeners: an instance at one of them is never routed.
     /// The gateway adds its own listener and its upstreams; list others here (e.g. a second
     /// gateway, or an address the upstreams are also reachable at).
@@ -87,6 +92,7 @@ impl Default for EdgeSettings {
             max_body_bytes: 10 * 1024 * 1024,
             workers: 0,
             discovery_wait_seconds: 30,
+            first_table_wait_ms: 5000,
             platform_addresses: Vec::new(),
         }
     }
@@ -112,6 +118,8 @@ pub struct Edge {
 struct Inner {
     /// Swapped whole on every discovery answer; readers never block.
     table: ArcSwap<Table>,
+    /// `true` once a discovery answer was applied: requests that came before wait on it.
+    loaded: tokio::sync::watch::Sender<bool>,
     /// `.<domain>`, lower case, for host matching.
     host_suffix: String,
     /// The registry's base URL.
@@ -160,6 +168,7 @@ impl Edge {
         Ok(Self {
             inner: Arc::new(Inner {
                 table: ArcSwap::from_pointee(Table::default()),
+                loaded: tokio::sync::watch::Sender::new(false),
                 host_suffix: format!(".{domain}"),
                 registry: registry_url.trim_end_matches('/').to_owned(),
                 credential: credential.headers(),
@@ -200,6 +209,24 @@ impl Edge {
         self.log_refused(&table.refused);
         self.inner.metrics.table_index.set(discovery.index as i64);
         self.inner.table.store(Arc::new(table));
+        self.inner.loaded.send_replace(true);
+    }
+
+    /// The table in use, once discovery answered: waits up to `edge.first_table_wait_ms` for
+    /// the first answer; `None` when it has not come by then.
+    pub(crate) async fn loaded_table(&self) -> Option<Arc<Table>> {
+        let table = self.inner.table.load_full();
+        if table.index.is_some() {
+            return Some(table);
+        }
+        let wait = Duration::from_millis(self.inner.settings.first_table_wait_ms);
+        let mut loaded = self.inner.loaded.subscribe();
+        tokio::time::timeout(wait, loaded.wait_for(|l| *l))
+            .await
+            .ok()?
+            .ok()?;
+        let table = self.inner.table.load_full();
+        table.index.is_some().then_some(table)
     }
 
     /// Looks the platform's named listeners up again (their addresses may change when a

@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use slipway_edge::standin::DiscoveryStandIn;
+use slipway_edge::standin::build::{healthy, route};
 use slipway_edge::{Edge, EdgeSettings};
 use slipway_testkit::identity::ServiceCaller;
 use tokio_util::sync::CancellationToken;
@@ -18,8 +20,12 @@ fn dropping_the_owning_runtime_stops_the_router() {
     let port = runtime.block_on(async {
         let metrics = slipway_http::Metrics::new("gateway");
         let credential = slipway_testkit::identity::settings(ServiceCaller::Gateway).credential;
+        let settings = EdgeSettings {
+            first_table_wait_ms: 200,
+            ..EdgeSettings::default()
+        };
         let edge = Edge::new(
-            &EdgeSettings::default(),
+            &settings,
             "http://127.0.0.1:9",
             &credential,
             &metrics.registry,
@@ -54,5 +60,78 @@ fn dropping_the_owning_runtime_stops_the_router() {
     assert!(
         closed,
         "the router still listens on {port} after its runtime was dropped"
+    );
+}
+
+/// A router with `settings`, following `discovery`, serving on a fresh port (its cancel token
+/// fires on drop of the returned guard).
+async fn started(settings: &EdgeSettings, discovery: &str) -> (u16, tokio_util::sync::DropGuard) {
+    let metrics = slipway_http::Metrics::new("gateway");
+    let credential = slipway_testkit::identity::settings(ServiceCaller::Gateway).credential;
+    let edge = Edge::new(settings, discovery, &credential, &metrics.registry).unwrap();
+    let cancel = CancellationToken::new();
+    tokio::spawn(edge.clone().follow_discovery(cancel.clone()));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let front = edge.serve(listener, None, cancel.clone()).unwrap();
+    let port = front.port();
+    tokio::spawn(front.wait());
+    (port, cancel.drop_guard())
+}
+
+/// A router that just started, whose first discovery answer comes late (the registry failed
+/// its first polls), holds the requests that came before it and routes them once it has its
+/// table: clients that connected while a gateway restarted are served, not answered 503.
+#[tokio::test]
+async fn requests_before_the_first_table_wait_for_it() {
+    let backend = crate::helpers::Backend::start("a");
+    let discovery = DiscoveryStandIn::start(vec![route(
+        "hello",
+        "prod",
+        &[],
+        vec![healthy("a", &backend.address, 1)],
+    )])
+    .unwrap();
+    discovery.fail(true);
+    let (port, _stop) = started(&EdgeSettings::default(), discovery.url()).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let early = tokio::spawn(
+        http.get(format!("http://127.0.0.1:{port}/apps/hello/prod/x"))
+            .send(),
+    );
+    // Still waiting while discovery fails.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(!early.is_finished(), "the early request was answered before any table");
+    assert!(discovery.polls() >= 1, "the router never polled discovery");
+    discovery.fail(false);
+    let res = early.await.unwrap().unwrap();
+    assert_eq!(res.status(), 200, "{:?}", res.text().await);
+    assert_eq!(res.headers()["x-backend"], "a");
+    assert_eq!(backend.hits(), 1);
+}
+
+/// The wait for the first table is bounded: past `edge.first_table_wait_ms` the request gets
+/// the 503 problem saying why.
+#[tokio::test]
+async fn the_wait_for_the_first_table_is_bounded() {
+    let discovery = DiscoveryStandIn::start(Vec::new()).unwrap();
+    discovery.fail(true);
+    let settings = EdgeSettings {
+        first_table_wait_ms: 300,
+        ..EdgeSettings::default()
+    };
+    let (port, _stop) = started(&settings, discovery.url()).await;
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let res = http
+        .get(format!("http://127.0.0.1:{port}/apps/hello/prod/"))
+        .send()
+        .await
+        .unwrap();
+    let body = crate::helpers::assert_problem(res, 503).await;
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("has not received its routes"),
+        "{body}"
     );
 }

@@ -41,7 +41,12 @@ impl Prober {
                         }
                         // A gateway that answers decides: a balancer does not retry a 503.
                         Ok(res) => {
-                            failure = Some(format!("{} from :{port}", res.status().as_u16()));
+                            let status = res.status().as_u16();
+                            // The problem body says which 503 it is (no table yet, no healthy
+                            // instance, ...): the reason is what a failed cell must show.
+                            let body = res.text().await.unwrap_or_default();
+                            let detail: String = body.chars().take(300).collect();
+                            failure = Some(format!("{status} from :{port}: {detail}"));
                             break;
                         }
                         Err(e) if e.is_connect() || e.is_request() => {
