@@ -9,6 +9,10 @@
 //!   port), on the PostgreSQL and broker `scripts/test --bench` starts, learning the route from a
 //!   stand-in discovery server in this process; requests go through `/apps/bench/prod/`.
 //!
+//! - slipway baseline (only with `SLIPWAY_BENCH_EDGE_BASELINE=<a gateway binary>`): another
+//!   build of the gateway, measured in the same rounds, for A/B choices such as the allocator;
+//!   ratios slipway / baseline are printed too.
+//!
 //! Three cases: small GETs, 64 KiB POSTs, and GETs with keep-alive off (`Connection: close`).
 //! [`ROUNDS`] rounds, the targets' order rotating each round, each run a warm-up then
 //! `wrk -t2 -c32 --latency`; the median of the rounds is reported, with slipway's ratio to each
@@ -285,7 +289,13 @@ fn medians(runs: &[Figures]) -> Figures {
     }
 }
 
-const TARGETS: [&str; 4] = ["backend (direct)", "nginx", "haproxy", "slipway"];
+const TARGETS: [&str; 5] = [
+    "backend (direct)",
+    "nginx",
+    "haproxy",
+    "slipway",
+    "slipway baseline",
+];
 
 async fn run() {
     let tools = ["nginx", "haproxy", "wrk"].map(|t| (t, find_tool(t)));
@@ -419,18 +429,35 @@ async fn run() {
     let slipway_url = format!("http://127.0.0.1:{gateway_port}/apps/bench/prod/");
     wait_ok(&client, "gateway", &slipway_url, &mut gw).await;
 
-    let urls = [&backend_url, &nginx_url, &haproxy_url, &slipway_url];
+    let mut urls = vec![
+        backend_url.clone(),
+        nginx_url.clone(),
+        haproxy_url.clone(),
+        slipway_url.clone(),
+    ];
+    let baseline_bin = std::env::var_os("SLIPWAY_BENCH_EDGE_BASELINE").map(PathBuf::from);
+    let mut baseline = None;
+    if let Some(bin) = &baseline_bin {
+        assert!(bin.is_file(), "SLIPWAY_BENCH_EDGE_BASELINE: {} is not a file", bin.display());
+        let port = free_port();
+        let mut proc = gateway(bin, port, discovery.url(), &dir.join("baseline.log")).await;
+        let url = format!("http://127.0.0.1:{port}/apps/bench/prod/");
+        wait_ok(&client, "baseline gateway", &url, &mut proc).await;
+        urls.push(url);
+        baseline = Some(proc);
+    }
+    let targets = urls.len();
     // runs[case][target]: one figure per round.
-    let mut runs = vec![vec![Vec::new(); TARGETS.len()]; Case::ALL.len()];
+    let mut runs = vec![vec![Vec::new(); targets]; Case::ALL.len()];
     for round in 0..ROUNDS {
         for (c, case) in Case::ALL.into_iter().enumerate() {
-            for k in 0..TARGETS.len() {
+            for k in 0..targets {
                 // Each round starts with another target, so none always runs first or last.
-                let t = (k + round) % TARGETS.len();
+                let t = (k + round) % targets;
                 let args = case.args(&post_script);
                 eprintln!("round {}: {} on {}", round + 1, case.name(), TARGETS[t]);
-                wrk(&wrk_bin, urls[t], WARM_UP_SECONDS, &args);
-                let figures = wrk(&wrk_bin, urls[t], seconds, &args);
+                wrk(&wrk_bin, &urls[t], WARM_UP_SECONDS, &args);
+                let figures = wrk(&wrk_bin, &urls[t], seconds, &args);
                 if figures.errors > 0 {
                     println!(
                         "warning: {} had {} failed answers ({})",
@@ -467,7 +494,8 @@ async fn run() {
             );
         }
         let slipway = m[3];
-        for (t, peer) in [(1, "nginx"), (2, "haproxy")] {
+        let peers = [(1, "nginx"), (2, "haproxy"), (4, "baseline")];
+        for (t, peer) in peers.into_iter().filter(|(t, _)| *t < targets) {
             println!(
                 "{:<20} {:<17} {:>10.2}x {:>7.2}x {:>7.2}x",
                 case.name(),
@@ -479,7 +507,10 @@ async fn run() {
         }
     }
 
-    drop((gw, ha, proxy, backend));
+    if let Some(bin) = &baseline_bin {
+        println!("slipway baseline = {}", bin.display());
+    }
+    drop((baseline, gw, ha, proxy, backend));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
