@@ -332,16 +332,19 @@ async fn run() {
     // The router must serve the big table before its memory counts.
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
     let index = discovery_index(&stack).await;
-    wait_for(
-        "the gateway's edge router serves the registry's latest index",
-        Duration::from_secs(300),
-        || async {
-            router_index(&client, &stack)
-                .await
-                .is_some_and(|i| i >= index)
-        },
-    )
-    .await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let served = loop {
+        let served = router_index(&client, &stack).await;
+        if served.is_some_and(|i| i >= index) || Instant::now() > deadline {
+            break served;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let router_note = format!(
+        "edge router table index {} of the registry's {index}",
+        served.map_or("(no gauge)".into(), |i| i.to_string())
+    );
+    eprintln!("{router_note}");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let known = memory(&stack);
 
@@ -508,6 +511,7 @@ async fn run() {
         sum(&known),
         sum(&after)
     );
+    println!("{router_note} when memory was read as known");
     println!("load average before {load_before}, after {load_after}");
 
     drop(etcd);
