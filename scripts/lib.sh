@@ -100,7 +100,11 @@ ensure_bench_deps() {
   if ! command -v haproxy >/dev/null 2>&1 && [[ ! -x /usr/sbin/haproxy ]]; then
     apt_install haproxy || log "warning: could not install haproxy; the edge bench will skip"
   fi
-  command -v wrk >/dev/null 2>&1 || apt_install wrk || log "warning: could not install wrk; the edge bench will skip"
+  command -v wrk >/dev/null 2>&1 || apt_install wrk || log "warning: could not install wrk; the edge and discovery benches will skip"
+  # etcd 3.4 (Debian's), the discovery bench's peer; etcdctl beside it for a look by hand.
+  if ! command -v etcd >/dev/null 2>&1; then
+    apt_install etcd-server etcd-client || log "warning: could not install etcd; the discovery bench will skip"
+  fi
 }
 
 # The workspace builds with rustup's cargo (the pinned toolchain of rust-toolchain.toml), which

@@ -6,8 +6,10 @@
 //! Blocking queries wait on a `tokio::sync::watch` of the latest index rather than polling the
 //! database. The watch is fed by `LISTEN slipway_discovery`: every change, made by any registry
 //! replica, bumps the index and notifies in its transaction, so all replicas wake at once.
+//! The same listener keeps the answers of `crate::answers` honest about heartbeats.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -16,6 +18,7 @@ use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::answers::AnswerCache;
 use crate::db::{heartbeats, instances, routers};
 
 /// How stopped-instance marks are kept, and how long a silent router is remembered.
@@ -36,6 +39,10 @@ pub struct DiscoverySettings {
     /// A router counts as live for its poll's wait plus this, milliseconds; route steps wait
     /// for live routers only.
     pub router_grace_ms: u64,
+    /// How long an answer of a service's instances is kept in memory at most, milliseconds.
+    /// Changes and heartbeats drop answers at once (see `answers`); this bounds what nothing
+    /// notifies, such as rows changed by hand. 0: every read goes to the database.
+    pub answer_ttl_ms: u64,
 }
 
 impl Default for DiscoverySettings {
@@ -45,6 +52,7 @@ impl Default for DiscoverySettings {
             default_heartbeat_ms: 10_000,
             reap_every_ms: 1_000,
             router_grace_ms: 10_000,
+            answer_ttl_ms: 5_000,
         }
     }
 }
@@ -84,6 +92,9 @@ impl DiscoverySettings {
         if !(100..=600_000).contains(&self.router_grace_ms) {
             return bad("router_grace_ms", "must be 100 to 600000");
         }
+        if self.answer_ttl_ms > 60_000 {
+            return bad("answer_ttl_ms", "must be 0 to 60000");
+        }
         Ok(())
     }
 }
@@ -96,6 +107,13 @@ pub struct RouterGrace(pub Duration);
 #[derive(Clone)]
 pub struct IndexWatch(pub watch::Receiver<i64>);
 
+impl IndexWatch {
+    /// The index as last notified (it may trail the table by a notification in flight).
+    pub fn current(&self) -> i64 {
+        *self.0.borrow()
+    }
+}
+
 /// Raises the watched index to `index` (never lowers it: notifications may arrive late).
 fn publish(sender: &watch::Sender<i64>, index: i64) {
     sender.send_if_modified(|current| {
@@ -107,19 +125,25 @@ fn publish(sender: &watch::Sender<i64>, index: i64) {
     });
 }
 
-/// Feeds `sender` from `LISTEN slipway_discovery` until `cancel` fires. After each (re)connect
-/// it reads the index from the table, so a change made while it was not listening still wakes
-/// the waiters. Dropping `sender` at the end wakes every waiter, which then answers.
+/// Feeds `sender` from `LISTEN slipway_discovery` until `cancel` fires, and drops the answers
+/// of a service from `answers` when `slipway_discovery_seen` names it (a heartbeat moved its
+/// `last_seen`). After each (re)connect it reads the index from the table, so a change made
+/// while it was not listening still wakes the waiters, and it drops every kept answer, since a
+/// seen-notification may have been missed. Dropping `sender` at the end wakes every waiter,
+/// which then answers.
 pub async fn watch_index(
     pool: PgPool,
     sender: watch::Sender<i64>,
+    answers: Arc<AnswerCache>,
     cancel: CancellationToken,
 ) -> Result<(), Infallible> {
     let retry = Duration::from_secs(1);
     loop {
         let listener = async {
             let mut listener = PgListener::connect_with(&pool).await?;
-            listener.listen(instances::CHANNEL).await?;
+            listener
+                .listen_all([instances::CHANNEL, instances::SEEN_CHANNEL])
+                .await?;
             Ok::<_, sqlx::Error>(listener)
         };
         let mut listener = tokio::select! {
@@ -136,6 +160,7 @@ pub async fn watch_index(
             },
         };
         // Listening now: whatever committed before is in the table, whatever after, notified.
+        answers.clear();
         match sqlx::query_scalar::<_, i64>("SELECT value FROM discovery_index")
             .fetch_one(&pool)
             .await
@@ -149,6 +174,9 @@ pub async fn watch_index(
                 n = listener.try_recv() => n,
             };
             match next {
+                Ok(Some(n)) if n.channel() == instances::SEEN_CHANNEL => {
+                    answers.forget(n.payload());
+                }
                 Ok(Some(n)) => match n.payload().parse::<i64>() {
                     Ok(index) => publish(&sender, index),
                     Err(_) => tracing::warn!(payload = n.payload(), "odd discovery notification"),

@@ -10,9 +10,11 @@
 //! - `db/`: queries; writing functions take a transaction so the outbox row shares it.
 //! - `consumers/`: event handlers (artifact published → release; instance facts → discovery).
 //! - `discovery.rs`: the index watcher behind blocking queries, and the stale-instance reaper.
+//! - `answers.rs`: instance answers kept in memory per discovery index (the read path).
 //! - `routes/`: the internal HTTP API, one file per resource.
 //! - `startup.rs`: settings and [`Application`].
 
+pub mod answers;
 pub mod consumers;
 pub mod db;
 pub mod discovery;

@@ -87,14 +87,19 @@ impl Application {
             Discovery::new(runtime.pool.clone(), &discovery),
         );
         let (index_sender, index_receiver) = tokio::sync::watch::channel(0_i64);
+        let answers = std::sync::Arc::new(crate::answers::AnswerCache::new(
+            std::time::Duration::from_millis(discovery.answer_ttl_ms),
+        ));
         runtime.spawn(
             "discovery index watcher",
             crate::discovery::watch_index(
                 runtime.pool.clone(),
                 index_sender,
+                answers.clone(),
                 runtime.cancel.clone(),
             ),
         );
+        let answers = actix_web::web::Data::from(answers);
         let grace = actix_web::web::Data::new(RouterGrace(std::time::Duration::from_millis(
             discovery.router_grace_ms,
         )));
@@ -112,6 +117,7 @@ impl Application {
                 .app_data(services.clone())
                 .app_data(index.clone())
                 .app_data(grace.clone())
+                .app_data(answers.clone())
                 .configure(crate::routes::configure);
         })?;
         Ok(Self { running })

@@ -20,6 +20,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench reports failure by panicking
 
+#[path = "common/wrk.rs"]
+mod wrk;
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,6 +30,7 @@ use std::time::Duration;
 
 use slipway_edge::standin::DiscoveryStandIn;
 use slipway_edge::standin::build::{healthy, route};
+use wrk::{Figures, Load, medians};
 
 const CONNECTIONS: u32 = 32;
 const THREADS: u32 = 2;
@@ -179,15 +183,6 @@ fn haproxy(bin: &Path, dir: &Path, config: &str) -> Proc {
     }
 }
 
-/// Requests/s, p50 and p99 in ms, and failed answers of one wrk run.
-#[derive(Clone, Copy)]
-struct Figures {
-    rate: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
-}
-
 /// One kind of load.
 #[derive(Clone, Copy)]
 enum Case {
@@ -213,79 +208,6 @@ impl Case {
             Case::Post64k => vec!["-s".into(), post_script.display().to_string()],
             Case::KeepAliveOff => vec!["-H".into(), "Connection: close".into()],
         }
-    }
-}
-
-fn wrk(bin: &Path, url: &str, seconds: u32, extra: &[String]) -> Figures {
-    let out = Command::new(bin)
-        .args([
-            &format!("-t{THREADS}"),
-            &format!("-c{CONNECTIONS}"),
-            &format!("-d{seconds}s"),
-            "--latency",
-        ])
-        .args(extra)
-        .arg(url)
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "wrk failed: {text}");
-    let value = |prefix: &str| {
-        text.lines()
-            .map(str::trim)
-            .find_map(|l| l.strip_prefix(prefix))
-            .map(|v| v.trim().to_owned())
-    };
-    let rate = value("Requests/sec:")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no Requests/sec in wrk's output:\n{text}"));
-    let p50 = value("50%").unwrap_or_else(|| panic!("no 50% latency in wrk's output:\n{text}"));
-    let p99 = value("99%").unwrap_or_else(|| panic!("no 99% latency in wrk's output:\n{text}"));
-    let errors = value("Non-2xx or 3xx responses:")
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-        + value("Socket errors:").map_or(0, |v| {
-            // "connect 0, read 0, write 0, timeout 0"
-            v.split(|c: char| !c.is_ascii_digit())
-                .filter_map(|n| n.parse::<u64>().ok())
-                .sum()
-        });
-    Figures {
-        rate,
-        p50_ms: duration_ms(&p50),
-        p99_ms: duration_ms(&p99),
-        errors,
-    }
-}
-
-/// wrk's durations: `812.00us`, `1.23ms`, `2.00s`, `1.00m`.
-fn duration_ms(text: &str) -> f64 {
-    let split = text
-        .find(|c: char| c.is_ascii_alphabetic())
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let n: f64 = number.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        "m" => n * 60_000.0,
-        _ => f64::NAN,
-    }
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[values.len() / 2]
-}
-
-/// The median of each figure over the rounds.
-fn medians(runs: &[Figures]) -> Figures {
-    Figures {
-        rate: median(runs.iter().map(|f| f.rate).collect()),
-        p50_ms: median(runs.iter().map(|f| f.p50_ms).collect()),
-        p99_ms: median(runs.iter().map(|f| f.p99_ms).collect()),
-        errors: runs.iter().map(|f| f.errors).sum(),
     }
 }
 
@@ -456,8 +378,13 @@ async fn run() {
                 let t = (k + round) % targets;
                 let args = case.args(&post_script);
                 eprintln!("round {}: {} on {}", round + 1, case.name(), TARGETS[t]);
-                wrk(&wrk_bin, &urls[t], WARM_UP_SECONDS, &args);
-                let figures = wrk(&wrk_bin, &urls[t], seconds, &args);
+                let load = |seconds| Load {
+                    threads: THREADS,
+                    connections: CONNECTIONS,
+                    seconds,
+                };
+                wrk::wrk(&wrk_bin, &urls[t], load(WARM_UP_SECONDS), &args);
+                let figures = wrk::wrk(&wrk_bin, &urls[t], load(seconds), &args);
                 if figures.errors > 0 {
                     println!(
                         "warning: {} had {} failed answers ({})",

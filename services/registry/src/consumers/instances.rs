@@ -138,6 +138,11 @@ impl Handler for Discovery {
                     if let Fact::Traffic(e) = &fact {
                         instances::traffic_version(tx, e.service_id, &e.environment, index).await?;
                     }
+                } else if let Fact::Heartbeat(InstancesHeartbeat { service_name, .. })
+                | Fact::HeartbeatV1(InstancesHeartbeatV1 { service_name, .. }) = &fact
+                {
+                    // `last_seen` moved: kept answers of this service go (no bump, see above).
+                    instances::seen(tx, service_name).await?;
                 }
                 Ok(())
             }

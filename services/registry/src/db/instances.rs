@@ -4,8 +4,9 @@
 //! `/v1/discovery` would see returns whether it changed something, and the caller then calls
 //! [`bump`] in the same transaction. So an index names one state, and a watcher that saw index
 //! `n` is woken by any change after it. Heartbeats only move `last_seen` and do not bump: a
-//! bump per heartbeat would wake every watcher every interval for nothing. Heartbeats and
-//! reaping live in [`super::heartbeats`].
+//! bump per heartbeat would wake every watcher every interval for nothing; they notify
+//! [`SEEN_CHANNEL`] instead, which only drops kept answers. Heartbeats and reaping live in
+//! [`super::heartbeats`].
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -141,6 +142,21 @@ pub async fn bump(conn: &mut PgConnection) -> Result<i64, sqlx::Error> {
         .execute(&mut *conn)
         .await?;
     Ok(index)
+}
+
+/// The channel a heartbeat that changed nothing else notifies on, its payload the service's
+/// name: `last_seen` moved, so replicas drop the answers they keep for that service (see
+/// `crate::answers`) though the index stays.
+pub const SEEN_CHANNEL: &str = "slipway_discovery_seen";
+
+/// Tells every replica that `service`'s instances were seen again (delivered on commit).
+pub async fn seen(conn: &mut PgConnection, service: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(SEEN_CHANNEL)
+        .bind(service)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// The current index.

@@ -11,10 +11,14 @@
 //! until the index moves past `n` or `wait` passes (default 30 s, at most 2 min; `30s`,
 //! `500ms`, `2m`), then answers the current state; a caller long-polls by sending back the
 //! index it last got. Index and contents are read in one snapshot, so they always agree.
+//! A service's instances are answered from memory while the index has not moved past the
+//! answer and no heartbeat of the service came since (see `crate::answers`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use actix_web::http::header::ContentType;
+use actix_web::web::Bytes;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use slipway_http::Problem;
@@ -25,6 +29,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use super::config::check_env_name;
 use super::{internal, service_id};
+use crate::answers::AnswerCache;
 use crate::db::instances::{self, Instance};
 use crate::db::routers;
 use crate::discovery::{IndexWatch, RouterGrace};
@@ -85,10 +90,15 @@ impl WatchQuery {
     }
 }
 
-/// Returns once the index is past `after` (at once without one), or when `wait` passes.
-async fn block(pool: &PgPool, watch: &IndexWatch, blocking: &Blocking) -> Result<(), Problem> {
+/// Returns once the index is past `after` (at once without one), or when `wait` passes; with
+/// the index the table had when it looked (`None` when it did not), which an answer must reach.
+async fn block(
+    pool: &PgPool,
+    watch: &IndexWatch,
+    blocking: &Blocking,
+) -> Result<Option<i64>, Problem> {
     let Some(after) = blocking.after else {
-        return Ok(());
+        return Ok(None);
     };
     let mut receiver = watch.0.clone();
     // The table first: this replica's watch may trail a change by one notification.
@@ -99,11 +109,11 @@ async fn block(pool: &PgPool, watch: &IndexWatch, blocking: &Blocking) -> Result
     drop(conn);
     // An index from the future (another installation, a restored database) is not waited on.
     if current != after {
-        return Ok(());
+        return Ok(Some(current));
     }
     // Err: the watcher stopped (shutdown); answer what is there.
     let _ = tokio::time::timeout(blocking.wait, receiver.wait_for(|i| *i > after)).await;
-    Ok(())
+    Ok(Some(current))
 }
 
 /// A read-only snapshot: the index and the rows read after it belong to one state.
@@ -119,32 +129,51 @@ async fn snapshot(pool: &PgPool) -> Result<(Transaction<'static, Postgres>, i64)
     Ok((tx, index))
 }
 
-fn answer(index: i64, body: serde_json::Value) -> HttpResponse {
+fn answer(index: i64, body: Bytes) -> HttpResponse {
     HttpResponse::Ok()
         .insert_header((INDEX_HEADER, index.to_string()))
-        .json(body)
+        .insert_header(ContentType::json())
+        .body(body)
 }
 
+/// A service's instances: from the [`AnswerCache`] while the index has not moved past its
+/// answer, else read in a snapshot (and kept). A kept answer names an existing service, so a
+/// hit skips the name lookup too; a miss looks it up first, so an unknown name still gets 404.
 async fn of_service(
     pool: web::Data<PgPool>,
     watch: web::Data<IndexWatch>,
+    answers: web::Data<AnswerCache>,
     name: web::Path<String>,
     query: web::Query<WatchQuery>,
 ) -> Result<HttpResponse, Problem> {
     let blocking = query.blocking()?;
-    if let Some(env) = &query.environment {
+    let environment = query.environment.as_deref();
+    if let Some(env) = environment {
         check_env_name(env)?;
     }
+    if blocking.after.is_none()
+        && let Some((index, body)) = answers.get(&name, environment, watch.current())
+    {
+        return Ok(answer(index, body));
+    }
     let service = service_id(&pool, &name).await?;
-    block(&pool, &watch, &blocking).await?;
+    let seen = block(&pool, &watch, &blocking).await?;
+    // Past the wait: an answer at the watched index, or at the table's when that was ahead.
+    let min_index = watch.current().max(seen.unwrap_or(0));
+    if let Some((index, body)) = answers.get(&name, environment, min_index) {
+        return Ok(answer(index, body));
+    }
+    let generation = answers.generation();
     let (mut tx, index) = snapshot(&pool).await?;
-    let items = instances::of_service(&mut tx, service, query.environment.as_deref())
+    let items = instances::of_service(&mut tx, service, environment)
         .await
         .map_err(|e| internal("list instances", e))?;
-    Ok(answer(
-        index,
-        serde_json::json!({ "index": index, "items": items }),
-    ))
+    drop(tx);
+    let body = serde_json::to_vec(&serde_json::json!({ "index": index, "items": items }))
+        .map_err(|e| internal("serialize instances", e))?;
+    let body = Bytes::from(body);
+    answers.put(&name, environment, (index, generation), body.clone());
+    Ok(answer(index, body))
 }
 
 /// Groups instances and weights by service and environment, sorted by name.

@@ -27,8 +27,21 @@ pub async fn spawn_app_with_services(services: ServiceSettings) -> TestApp {
     spawn(DiscoverySettings::default(), services).await
 }
 
+/// Another replica of `of`'s registry: the same database, topics and consumer group.
+pub async fn spawn_replica(of: &TestApp, discovery: DiscoverySettings) -> TestApp {
+    spawn_on(of.settings.clone(), discovery, ServiceSettings::default()).await
+}
+
 async fn spawn(discovery: DiscoverySettings, services: ServiceSettings) -> TestApp {
     let base = slipway_testkit::base_settings("registry").await;
+    spawn_on(base, discovery, services).await
+}
+
+async fn spawn_on(
+    base: BaseSettings,
+    discovery: DiscoverySettings,
+    services: ServiceSettings,
+) -> TestApp {
     let app = Application::build_with(
         Settings {
             base: base.clone(),

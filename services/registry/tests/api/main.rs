@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
+mod answers;
 mod discovery;
 mod environments;
 mod heartbeats;
