@@ -207,7 +207,11 @@ async fn ended(stack: &Stack, ids: &[String]) -> Vec<(String, String, f64, f64, 
 }
 
 /// Sends one request per environment at once (each on its own task and connection).
-async fn request_all(stack: &Arc<Stack>, envs: &[String], body: Value) -> (f64, Vec<(String, f64)>) {
+async fn request_all(
+    stack: &Arc<Stack>,
+    envs: &[String],
+    body: Value,
+) -> (f64, Vec<(String, f64)>) {
     let first = now_epoch();
     let mut posts = JoinSet::new();
     for env in envs {
