@@ -101,7 +101,18 @@ struct DirectRound {
     per: Vec<f64>,
 }
 
+/// `python3` as the process target finds it for instances: on its default `[process] path`
+/// (a shell's own PATH may find a slower wrapper first, such as a version manager's shim).
+fn instance_python() -> std::path::PathBuf {
+    "/usr/local/bin:/usr/bin:/bin"
+        .split(':')
+        .map(|dir| Path::new(dir).join("python3"))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| "python3".into())
+}
+
 async fn direct(n: usize, dir: &Path) -> DirectRound {
+    let python = instance_python();
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
@@ -112,7 +123,7 @@ async fn direct(n: usize, dir: &Path) -> DirectRound {
     for _ in 0..n {
         let port = support::free_port();
         let started = Instant::now();
-        let child = tokio::process::Command::new("python3")
+        let child = tokio::process::Command::new(&python)
             .args(["-S", "app.py"])
             .current_dir(dir)
             .env("PORT", port.to_string())
