@@ -18,13 +18,14 @@ use tokio::sync::Notify;
 
 use crate::db::{deployments, instances, state, trace};
 use crate::domain::InstanceHealth;
+use crate::engine::Nudges;
 
 /// Handles the command and services topics.
 pub struct Commands {
     pub pool: PgPool,
     pub catalog: ServiceCatalog,
     pub wake: Arc<Notify>,
-    pub nudge: Arc<Notify>,
+    pub nudges: Arc<Nudges>,
     pub default_timeout: u32,
 }
 
@@ -34,9 +35,12 @@ fn permanent(e: impl std::error::Error + Send + Sync + 'static) -> HandlerError 
 
 impl Handler for Commands {
     async fn handle(&self, event: &CloudEvent) -> Result<Handled, HandlerError> {
+        // Whom the command concerns: the drivers of its environment, or (not known) everybody.
+        let mut environment = None;
         let handled = match event.ty.as_str() {
             DeployRequested::TYPE => {
                 let data: DeployRequested = event.data_as().map_err(permanent)?;
+                environment = Some((data.service_id, data.environment.clone()));
                 let timeout = self.default_timeout;
                 // The engine continues this trace when it drives the deployment.
                 let trace = trace::of_command(event);
@@ -75,7 +79,10 @@ impl Handler for Commands {
             _ => return self.catalog.handle(event).await,
         };
         self.wake.notify_one();
-        self.nudge.notify_waiters();
+        match environment {
+            Some((service, env)) => self.nudges.environment(service, &env),
+            None => self.nudges.everyone(),
+        }
         Ok(handled)
     }
 }
@@ -140,7 +147,7 @@ impl Commands {
 pub struct HealthVerdicts {
     pub pool: PgPool,
     pub wake: Arc<Notify>,
-    pub nudge: Arc<Notify>,
+    pub nudges: Arc<Nudges>,
 }
 
 impl Handler for HealthVerdicts {
@@ -163,7 +170,9 @@ impl Handler for HealthVerdicts {
         .await
         .map_err(HandlerError::from_sqlx)?;
         self.wake.notify_one();
-        self.nudge.notify_waiters();
+        // Only the drivers of the instance's environment read its health.
+        self.nudges
+            .environment(data.instance.service_id, &data.instance.environment);
         Ok(Handled::Applied)
     }
 }

@@ -183,7 +183,7 @@ impl Application {
                     "deploy_targets",
                 ),
                 wake: engine.wake.clone(),
-                nudge: engine.nudge.clone(),
+                nudges: engine.nudges.clone(),
                 default_timeout: deploy.step_timeout_seconds,
             },
         );
@@ -193,7 +193,7 @@ impl Application {
             HealthVerdicts {
                 pool: runtime.pool.clone(),
                 wake: engine.wake.clone(),
-                nudge: engine.nudge.clone(),
+                nudges: engine.nudges.clone(),
             },
         );
         runtime.relay_outbox()?;

@@ -12,10 +12,12 @@
 //! - `steps.rs`: executing one step (scale, route, pause gates).
 //! - `lease.rs`: keeping a claimed lease alive while its deployment is driven.
 //! - `metrics.rs`: outcomes, failed checks and takeovers.
+//! - `nudge.rs`: waking the drivers that wait on one environment (or all of them).
 //! - [`fleet`]: instances on the target (start, drain and stop, recovery, heartbeats).
 //!
 //! A loop claims runnable deployments whose lease is free or expired (`db::leases`), waking on
-//! new commands, health verdicts and a short tick, and runs one task per claimed deployment.
+//! new commands, health verdicts and a short tick, and runs one task per claimed deployment; a
+//! waiting task wakes on its tick and on the facts about its own environment (`nudge.rs`).
 //! Every write of that task to the deployment is compare-and-set on its lease, and each pass
 //! starts by checking the lease (and pauses while renewals fail): when another replica took the
 //! deployment over (this one stopped renewing: it hung, or lost the database), the task stops
@@ -27,6 +29,7 @@ mod drive;
 pub mod fleet;
 mod lease;
 pub mod metrics;
+mod nudge;
 pub mod plan;
 mod resolve;
 mod start;
@@ -50,6 +53,7 @@ use crate::target::TargetError;
 pub use fleet::Fleet;
 use lease::Held;
 pub use metrics::EngineMetrics;
+pub use nudge::Nudges;
 
 /// Why the engine could not do something (retried on the next tick unless it is a verdict).
 #[derive(Debug, thiserror::Error)]
@@ -109,8 +113,9 @@ pub struct Engine {
     metrics: EngineMetrics,
     /// Woken by commands and health verdicts (the loop that starts drivers).
     pub wake: Arc<Notify>,
-    /// Every driver waiting on health or its turn wakes on this (health verdicts, commands).
-    pub nudge: Arc<Notify>,
+    /// Drivers waiting on health or their turn wake on these: the ones of an environment on
+    /// its health verdicts and commands, all of them on facts of no one environment.
+    pub nudges: Arc<Nudges>,
     driving: Mutex<HashSet<DeploymentId>>,
 }
 
@@ -127,7 +132,7 @@ impl Engine {
             replica,
             metrics,
             wake: Arc::new(Notify::new()),
-            nudge: Arc::new(Notify::new()),
+            nudges: Arc::default(),
             driving: Mutex::default(),
         })
     }
@@ -208,7 +213,17 @@ impl Engine {
             let (held, pool, stop) = (held.clone(), self.fleet.pool.clone(), stop.clone());
             tokio::spawn(async move { held.keep_alive(&pool, stop).await })
         };
-        self.passes(&held, &cancel).await;
+        // Which environment's facts wake this driver (unknown if the read fails: it then wakes
+        // on its tick and on nudges for everybody only).
+        let environment =
+            match crate::db::deployments::get(&self.fleet.pool, held.lease.deployment).await {
+                Ok(Some(d)) => Some((d.service_id, d.environment)),
+                _ => None,
+            };
+        let nudged = self
+            .nudges
+            .subscribe(environment.as_ref().map(|(s, e)| (*s, e.as_str())));
+        self.passes(&held, &cancel, &nudged).await;
         stop.cancel();
         let _ = renewer.await;
         if held.lost.is_cancelled() {
@@ -224,18 +239,20 @@ impl Engine {
             Err(e) => tracing::warn!(deployment.id = %held.lease.deployment, error = %e,
                 "lease not handed back; it expires"),
         }
+        // Another deployment of the environment may be waiting for its turn.
+        if let Some((service, env)) = &environment {
+            self.nudges.environment(*service, env);
+        }
     }
 
-    async fn passes(&self, held: &Held, cancel: &CancellationToken) {
+    async fn passes(&self, held: &Held, cancel: &CancellationToken, nudges: &nudge::Subscription) {
         let id = held.lease.deployment;
         loop {
             if cancel.is_cancelled() || held.lost.is_cancelled() {
                 return;
             }
             // Registered before the pass, so a verdict arriving during it is not missed.
-            let nudged = self.nudge.notified();
-            tokio::pin!(nudged);
-            nudged.as_mut().enable();
+            let nudged = nudges.notified();
             // Renewals are failing: act on nothing until one succeeds (or the lease is lost).
             if held.usable() {
                 match self.step_once(&held.lease).await {
