@@ -240,11 +240,32 @@ pub async fn transition(conn: &mut PgConnection, t: &Transition<'_>) -> Result<b
     Ok(done.rows_affected() == 1)
 }
 
-/// Every incarnation still to probe (at start-up).
-pub async fn probing(pool: &PgPool) -> Result<Vec<Probe>, sqlx::Error> {
-    let sql = format!("SELECT {COLUMNS} FROM probes WHERE probing ORDER BY instance_id");
+/// Every incarnation still to probe, as `(instance, restarts)`: what a shard round compares
+/// with the probers running. Read every round, so only these two columns; the whole rows of
+/// the few that need a prober come from [`probing_of`].
+pub async fn probing(pool: &PgPool) -> Result<Vec<(InstanceId, u32)>, sqlx::Error> {
+    let rows: Vec<(InstanceId, i64)> =
+        sqlx::query_as("SELECT instance_id, restarts FROM probes WHERE probing")
+            .fetch_all(pool)
+            .await?;
+    rows.into_iter()
+        .map(|(id, restarts)| {
+            u32::try_from(restarts)
+                .map(|r| (id, r))
+                .map_err(|e| sqlx::Error::Decode(Box::new(e)))
+        })
+        .collect()
+}
+
+/// The incarnations still to probe among `ids`, whole.
+pub async fn probing_of(pool: &PgPool, ids: &[InstanceId]) -> Result<Vec<Probe>, sqlx::Error> {
+    let ids: Vec<uuid::Uuid> = ids.iter().map(InstanceId::as_uuid).collect();
+    let sql = format!(
+        "SELECT {COLUMNS} FROM probes WHERE probing AND instance_id = ANY($1) ORDER BY instance_id"
+    );
     rows(
         sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(ids)
             .fetch_all(pool)
             .await?,
     )

@@ -1,6 +1,6 @@
 //! The prober tasks and their registry.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -81,38 +81,56 @@ impl Probers {
     }
 
     /// Makes the shards held `shards` and the probers match `probing` (every incarnation to
-    /// probe, read from the database after `loaded_at`): probers of other shards, or of
-    /// instances no longer probed, stop; the held shards' incarnations are probed. A prober
-    /// started after `loaded_at` is left alone (the read may predate its instance).
-    pub async fn reconcile(&self, shards: BTreeSet<u32>, probing: Vec<Probe>, loaded_at: Instant) {
-        self.held
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .shards = shards;
-        let wanted: HashSet<InstanceId> = probing
+    /// probe, `(instance, restarts)`, read from the database after `loaded_at`): probers of
+    /// other shards, or of instances no longer probed, stop. A prober started after
+    /// `loaded_at` is left alone (the read may predate its instance). Returns the held shards'
+    /// incarnations that have no prober running at them, to be loaded and [`Probers::ensure`]d;
+    /// a round thus decodes whole rows only for those, not for every instance every round.
+    pub async fn reconcile(
+        &self,
+        shards: BTreeSet<u32>,
+        probing: &[(InstanceId, u32)],
+        loaded_at: Instant,
+    ) -> Vec<InstanceId> {
+        let count = {
+            let mut held = self
+                .held
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            held.shards.clone_from(&shards);
+            held.count
+        };
+        let owned = |id: InstanceId| shards.contains(&super::shards::shard_of(id, count));
+        let wanted: HashMap<InstanceId, u32> = probing
             .iter()
-            .map(|p| p.instance.instance_id)
-            .filter(|id| self.owns(*id))
+            .filter(|(id, _)| owned(*id))
+            .copied()
             .collect();
-        let stale: Vec<Running> = {
+        let (stale, missing) = {
             let mut running = self.lock();
             let gone: Vec<InstanceId> = running
                 .iter()
                 .filter(|(id, r)| {
-                    !self.owns(**id) || (!wanted.contains(id) && r.started < loaded_at)
+                    !owned(**id) || (!wanted.contains_key(id) && r.started < loaded_at)
                 })
                 .map(|(id, _)| *id)
                 .collect();
-            gone.iter().filter_map(|id| running.remove(id)).collect()
+            let stale: Vec<Running> = gone.iter().filter_map(|id| running.remove(id)).collect();
+            let missing: Vec<InstanceId> = wanted
+                .iter()
+                .filter(|(id, restarts)| {
+                    !running
+                        .get(id)
+                        .is_some_and(|r| r.restarts == **restarts && !r.task.is_finished())
+                })
+                .map(|(id, _)| *id)
+                .collect();
+            (stale, missing)
         };
         for r in stale {
             stop(r).await;
         }
-        for probe in probing {
-            if wanted.contains(&probe.instance.instance_id) {
-                self.ensure(probe).await;
-            }
-        }
+        missing
     }
 
     /// Probes `probe`'s incarnation, replacing any prober of an earlier (or the same)

@@ -253,7 +253,12 @@ pub async fn reconcile_once(leases: &Leases, probers: &Probers) -> Result<(), sq
     // Taken before the read: a prober started after it may be missing from what is read.
     let loaded_at = Instant::now();
     let probing = probes::probing(&leases.pool).await?;
-    probers.reconcile(held, probing, loaded_at).await;
+    let missing = probers.reconcile(held, &probing, loaded_at).await;
+    if !missing.is_empty() {
+        for probe in probes::probing_of(&leases.pool, &missing).await? {
+            probers.ensure(probe).await;
+        }
+    }
     Ok(())
 }
 
@@ -308,7 +313,7 @@ pub async fn run(
                 if renewed.elapsed() >= give_up {
                     tracing::warn!("shard leases may have expired: probing nothing until renewed");
                     probers
-                        .reconcile(BTreeSet::new(), Vec::new(), Instant::now())
+                        .reconcile(BTreeSet::new(), &[], Instant::now())
                         .await;
                 }
             }

@@ -25,6 +25,8 @@ pub struct StackOptions {
     replicas: HashMap<&'static str, usize>,
     env: Vec<(String, String)>,
     own_infra: bool,
+    /// The services started (all when empty); the others keep their ports, unanswered.
+    only: Vec<&'static str>,
 }
 
 impl StackOptions {
@@ -37,6 +39,12 @@ impl StackOptions {
     /// An extra setting for every service (wins over the stack's own).
     pub fn env(mut self, key: &str, value: &str) -> Self {
         self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Starts only `services` (a bench of one service needs only its binary built).
+    pub fn only(mut self, services: &[&'static str]) -> Self {
+        self.only = services.to_vec();
         self
     }
 
@@ -301,12 +309,16 @@ impl Stack {
             uid_range,
             infra,
         };
-        for service in SERVICES {
+        let started: Vec<&'static str> = SERVICES
+            .into_iter()
+            .filter(|s| options.only.is_empty() || options.only.contains(s))
+            .collect();
+        for service in started.iter().copied() {
             for i in 0..stack.replicas[service].len() {
                 stack.spawn(service, i);
             }
         }
-        for service in SERVICES {
+        for service in started {
             stack.wait_ready(service).await;
         }
         stack
