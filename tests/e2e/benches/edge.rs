@@ -360,7 +360,11 @@ async fn run() {
     let baseline_bin = std::env::var_os("SLIPWAY_BENCH_EDGE_BASELINE").map(PathBuf::from);
     let mut baseline = None;
     if let Some(bin) = &baseline_bin {
-        assert!(bin.is_file(), "SLIPWAY_BENCH_EDGE_BASELINE: {} is not a file", bin.display());
+        assert!(
+            bin.is_file(),
+            "SLIPWAY_BENCH_EDGE_BASELINE: {} is not a file",
+            bin.display()
+        );
         let port = free_port();
         let mut proc = gateway(bin, port, discovery.url(), &dir.join("baseline.log")).await;
         let url = format!("http://127.0.0.1:{port}/apps/bench/prod/");

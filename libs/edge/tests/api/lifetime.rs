@@ -100,7 +100,10 @@ async fn requests_before_the_first_table_wait_for_it() {
     );
     // Still waiting while discovery fails.
     tokio::time::sleep(Duration::from_millis(700)).await;
-    assert!(!early.is_finished(), "the early request was answered before any table");
+    assert!(
+        !early.is_finished(),
+        "the early request was answered before any table"
+    );
     assert!(discovery.polls() >= 1, "the router never polled discovery");
     discovery.fail(false);
     let res = early.await.unwrap().unwrap();
