@@ -61,6 +61,18 @@ pub struct TrafficStatus {
     pub index: u64,
     /// Every router heard from recently, live or not.
     pub routers: Vec<RouterStatus>,
+    /// Releases with instances the routers may send requests to (running and healthy as the
+    /// registry has them), with how many. The registry learns of health from the same verdicts
+    /// as the deployer, but on its own consumer: it may lag behind the deployer's view.
+    #[serde(default)]
+    pub routable: Vec<RoutableRelease>,
+}
+
+/// How many routable instances one release has in the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoutableRelease {
+    pub release: i32,
+    pub instances: u32,
 }
 
 /// What one edge router last reported.
@@ -86,6 +98,27 @@ impl TrafficStatus {
             .iter()
             .filter(|r| r.live && r.applied < version)
             .map(|r| &r.router)
+            .collect()
+    }
+
+    /// The releases `weights` gives traffic to that have no routable instance in this table,
+    /// when live routers would act on it (none live: nothing routes through edge routers).
+    /// Announcing such weights would have the routers answer 503 for that share until the
+    /// registry sees the release's instances healthy.
+    pub fn unroutable(&self, weights: &[ReleaseWeight]) -> Vec<i32> {
+        if !self.routers.iter().any(|r| r.live) {
+            return Vec::new();
+        }
+        weights
+            .iter()
+            .filter(|w| w.weight > 0)
+            .filter(|w| {
+                !self
+                    .routable
+                    .iter()
+                    .any(|r| r.release == w.release && r.instances > 0)
+            })
+            .map(|w| w.release)
             .collect()
     }
 }
@@ -140,6 +173,7 @@ mod tests {
                 router("b", 6, true),
                 router("c", 1, false),
             ],
+            routable: vec![],
         };
         let lagging = status.lagging(7);
         assert_eq!(lagging, vec![&status.routers[1].router]);
@@ -148,5 +182,46 @@ mod tests {
             status.lagging(7).is_empty(),
             "no router live: nothing to wait for"
         );
+    }
+
+    #[test]
+    fn weights_on_a_release_without_routable_instances_are_unroutable_while_routers_live() {
+        let weight = |release, weight| ReleaseWeight { release, weight };
+        let mut status = TrafficStatus {
+            service_id: ServiceId::new(),
+            environment: "prod".into(),
+            weights: vec![],
+            version: 1,
+            index: 1,
+            routers: vec![RouterStatus {
+                router: ReplicaId::generate("edge"),
+                applied: 1,
+                polled_at: Utc::now(),
+                live: true,
+            }],
+            routable: vec![
+                RoutableRelease {
+                    release: 1,
+                    instances: 2,
+                },
+                RoutableRelease {
+                    release: 3,
+                    instances: 0,
+                },
+            ],
+        };
+        // v2 has no row, v3 none routable; v1 is fine, and a zero weight asks for nothing.
+        let weights = [weight(1, 50), weight(2, 30), weight(3, 20), weight(4, 0)];
+        assert_eq!(status.unroutable(&weights), vec![2, 3]);
+        assert!(status.unroutable(&[weight(1, 100)]).is_empty());
+        // An answer from a registry without the field: nothing is known routable.
+        let old: TrafficStatus = serde_json::from_value(serde_json::json!({
+            "service_id": status.service_id, "environment": "prod", "weights": [],
+            "version": 1, "index": 1, "routers": []}))
+        .unwrap();
+        assert!(old.routable.is_empty());
+        // No live router: nobody would answer 503, so nothing is waited for.
+        status.routers[0].live = false;
+        assert!(status.unroutable(&weights).is_empty());
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! One service (a trivial app: `tests/e2e/fixtures/trivial`, built once into release v1) and
 //! one fresh environment per deployment, 1 instance each. For each size (default 10, 100 and
-//! 1,000; `SLIPWAY_BENCH_DEPLOYS=10,100`), in rounds that alternate which side goes first:
+//! 1,000; `SLIPWAY_BENCH_DEPLOYS=10,100`), in rounds (3; `SLIPWAY_BENCH_DEPLOYS_ROUNDS`) that
+//! alternate which side goes first:
 //!
 //! - platform: every `POST .../deployments` sent at once through the gateway's REST API, then
 //!   until every deployment ended (each one's `finished_at` as the deployer recorded it; the
@@ -32,7 +33,14 @@ use support::Stack;
 use support::deploy::SECRET;
 use tokio::task::JoinSet;
 
-const ROUNDS: usize = 3;
+/// Rounds per size (`SLIPWAY_BENCH_DEPLOYS_ROUNDS`, default 3): the medians are over these.
+fn rounds() -> usize {
+    std::env::var("SLIPWAY_BENCH_DEPLOYS_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(3)
+}
 /// The health check of every deployment: the monitor probes each new instance this often.
 const PROBE_INTERVAL_MS: u64 = 200;
 /// How often the direct peer polls each app it started.
@@ -90,6 +98,8 @@ struct PlatformRound {
     phases: [f64; 3],
     succeeded: usize,
     others: HashMap<String, usize>,
+    /// Why the others did not succeed: `status: step / check` → how many, and one message.
+    reasons: HashMap<String, (usize, String)>,
     /// CPU seconds of each service during the round.
     cpu: HashMap<&'static str, f64>,
     deployer_peak_rss_mib: f64,
@@ -172,7 +182,12 @@ async fn environments(stack: &Arc<Stack>, prefix: &str, n: usize) -> Vec<String>
                         json!({"target": "process"}),
                     )
                     .await;
-                assert!(res.status().is_success(), "{env}: {}", res.status());
+                let status = res.status();
+                assert!(
+                    status.is_success(),
+                    "{env}: {status} {}",
+                    res.text().await.unwrap_or_default()
+                );
             }
         });
     }
@@ -183,17 +198,31 @@ async fn environments(stack: &Arc<Stack>, prefix: &str, n: usize) -> Vec<String>
 }
 
 /// A deployment as the deployer recorded it: id, status, created, started, finished (seconds
-/// since the epoch; the last two not yet set while it is queued or running).
-type Recorded = (String, String, f64, Option<f64>, Option<f64>);
+/// since the epoch; the last two not yet set while it is queued or running), and its reason
+/// (`step / check: message`) when it has one.
+type Recorded = (
+    String,
+    String,
+    f64,
+    Option<f64>,
+    Option<f64>,
+    Option<String>,
+);
+
+/// One ended deployment: id, status, created, started, finished (seconds since the epoch),
+/// reason.
+type Ended = (String, String, f64, f64, f64, Option<String>);
 
 /// Waits until every deployment of `ids` ended; answers (id, status, created, started,
-/// finished) with the times as seconds since the epoch.
-async fn ended(stack: &Stack, ids: &[String]) -> Vec<(String, String, f64, f64, f64)> {
+/// finished, reason) with the times as seconds since the epoch.
+async fn ended(stack: &Stack, ids: &[String]) -> Vec<Ended> {
     let deadline = Instant::now() + Duration::from_secs(900);
     loop {
         let rows: Vec<Recorded> = sqlx::query_as(
             "SELECT id::text, status, extract(epoch FROM created_at)::float8, \
-             extract(epoch FROM started_at)::float8, extract(epoch FROM finished_at)::float8 \
+             extract(epoch FROM started_at)::float8, extract(epoch FROM finished_at)::float8, \
+             (reason->>'step') || ' / ' || (reason->>'check') || ': ' || \
+             left(reason->>'message', 200) \
              FROM deployer.deployments WHERE id::text = ANY($1)",
         )
         .bind(ids)
@@ -204,7 +233,7 @@ async fn ended(stack: &Stack, ids: &[String]) -> Vec<(String, String, f64, f64, 
         if done == ids.len() {
             return rows
                 .into_iter()
-                .map(|(id, s, c, st, f)| (id, s, c, st.unwrap_or(c), f.unwrap_or(c)))
+                .map(|(id, s, c, st, f, why)| (id, s, c, st.unwrap_or(c), f.unwrap_or(c), why))
                 .collect();
         }
         assert!(
@@ -295,7 +324,8 @@ async fn platform(stack: &Arc<Stack>, envs: &[String]) -> PlatformRound {
     let sent: HashMap<String, f64> = sent.into_iter().collect();
     let (mut per, mut phases) = (Vec::new(), [Vec::new(), Vec::new(), Vec::new()]);
     let (mut last, mut succeeded, mut others) = (first, 0, HashMap::new());
-    for (id, status, created, started, finished) in rows {
+    let mut reasons: HashMap<String, (usize, String)> = HashMap::new();
+    for (id, status, created, started, finished, why) in rows {
         last = last.max(finished);
         if status == "succeeded" {
             succeeded += 1;
@@ -304,6 +334,12 @@ async fn platform(stack: &Arc<Stack>, envs: &[String]) -> PlatformRound {
             phases[1].push(started - created);
             phases[2].push(finished - started);
         } else {
+            let why = why.unwrap_or_else(|| "no reason recorded".into());
+            let (kind, message) = why.split_once(": ").unwrap_or((&why, ""));
+            let entry = reasons
+                .entry(format!("{status}: {kind}"))
+                .or_insert_with(|| (0, message.to_owned()));
+            entry.0 += 1;
             *others.entry(status).or_insert(0) += 1;
         }
     }
@@ -314,6 +350,7 @@ async fn platform(stack: &Arc<Stack>, envs: &[String]) -> PlatformRound {
         phases: phases.map(median),
         succeeded,
         others,
+        reasons,
         cpu,
         deployer_peak_rss_mib: peak.load(Ordering::Relaxed) as f64 / 1024.0,
     }
@@ -353,7 +390,8 @@ fn print_tables(rows: &[Row]) {
     let ms = |s: f64| s * 1000.0;
     println!();
     println!(
-        "deployments at once, 1 instance each, process target (median of {ROUNDS} rounds; probes every {PROBE_INTERVAL_MS} ms)"
+        "deployments at once, 1 instance each, process target (median of {} rounds; probes every {PROBE_INTERVAL_MS} ms)",
+        rounds()
     );
     println!(
         "{:>6} {:>9} {:>10} {:>9} {:>9} {:>9} | {:>9} {:>9} {:>9} | {:>10} {:>7}",
@@ -436,7 +474,17 @@ fn print_tables(rows: &[Row]) {
             if !r.others.is_empty() {
                 println!("n={} round {}: not succeeded: {:?}", row.n, i + 1, r.others);
             }
+            print_reasons(r);
         }
+    }
+}
+
+/// The most frequent reasons of a round's deployments that did not succeed.
+fn print_reasons(r: &PlatformRound) {
+    let mut reasons: Vec<_> = r.reasons.iter().collect();
+    reasons.sort_by_key(|(_, (count, _))| std::cmp::Reverse(*count));
+    for (kind, (count, message)) in reasons.iter().take(5) {
+        println!("  {count} x {kind}, e.g. {message}");
     }
 }
 
@@ -484,7 +532,7 @@ async fn run() {
             platform: Vec::new(),
             direct: Vec::new(),
         };
-        for round in 0..ROUNDS {
+        for round in 0..rounds() {
             let envs = environments(&stack, &format!("b{n}r{round}"), n).await;
             let direct_first = round % 2 == 1;
             if direct_first {
@@ -500,6 +548,7 @@ async fn run() {
                 percentile(&p.per, 0.99) * 1000.0,
                 p.cpu["deployer"],
             );
+            print_reasons(&p);
             row.platform.push(p);
             scale_down(&stack, &envs).await;
             if !direct_first {

@@ -96,13 +96,32 @@ pub struct DeploySettings {
     pub drain_ms: u64,
     /// SIGTERM → SIGKILL grace when stopping instances.
     pub stop_grace_seconds: u64,
-    /// How often the engine re-checks active deployments without being woken.
+    /// How often the engine re-checks active deployments without being woken, at first: a
+    /// deployment that keeps waiting is looked at less and less often, up to `wait_max_ms`
+    /// (woken at once by facts about its environment: health verdicts, commands).
     pub tick_ms: u64,
+    /// The longest a waiting deployment goes unchecked when nothing wakes it (what a route step
+    /// waiting for the routers, or a pause, may run late by).
+    #[serde(default = "default_wait_max_ms")]
+    pub wait_max_ms: u64,
     /// How often live instances are announced to the registry.
     pub heartbeat_ms: u64,
     /// How long a replica's lease on a deployment lasts unrenewed (renewed every third of it);
     /// after that another replica takes the deployment over.
     pub lease_ttl_ms: u64,
+}
+
+fn default_wait_max_ms() -> u64 {
+    1000
+}
+
+/// How long a driver sleeps (unless woken) after its `waits`-th pass in a row that found its
+/// deployment waiting: `tick` doubled each time, up to `max` (never below `tick`). Many
+/// deployments waiting at once (a thousand, on their health checks and routers) then cost a
+/// pass each per `max` rather than per tick.
+fn backoff(tick: Duration, max: Duration, waits: u32) -> Duration {
+    let doubled = tick.saturating_mul(1u32 << waits.saturating_sub(1).min(16));
+    doubled.min(max).max(tick)
 }
 
 pub struct Engine {
@@ -247,6 +266,9 @@ impl Engine {
 
     async fn passes(&self, held: &Held, cancel: &CancellationToken, nudges: &nudge::Subscription) {
         let id = held.lease.deployment;
+        let max_wait = Duration::from_millis(self.settings.wait_max_ms);
+        // Passes in a row that found the deployment waiting (or failing): the sleep grows.
+        let mut waits = 0u32;
         loop {
             if cancel.is_cancelled() || held.lost.is_cancelled() {
                 return;
@@ -257,8 +279,11 @@ impl Engine {
             if held.usable() {
                 match self.step_once(&held.lease).await {
                     Ok(drive::Progress::Ended | drive::Progress::Yield) => return,
-                    Ok(drive::Progress::Moved) => continue,
-                    Ok(drive::Progress::Waiting) => {}
+                    Ok(drive::Progress::Moved) => {
+                        waits = 0;
+                        continue;
+                    }
+                    Ok(drive::Progress::Waiting) => waits += 1,
                     Err(EngineError::LeaseLost { epoch, .. }) => {
                         tracing::warn!(deployment.id = %id, epoch,
                             "another replica drives the deployment now; stopping");
@@ -266,6 +291,7 @@ impl Engine {
                         return;
                     }
                     Err(e) => {
+                        waits += 1;
                         tracing::warn!(deployment.id = %id, error = %e, "deployment step failed; retrying")
                     }
                 }
@@ -273,9 +299,27 @@ impl Engine {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = held.lost.cancelled() => return,
-                _ = nudged => {}
-                _ = tokio::time::sleep(self.tick()) => {}
+                // A fact about its environment: look at once, then from the first tick again.
+                _ = nudged => waits = 0,
+                _ = tokio::time::sleep(backoff(self.tick(), max_wait, waits)) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn a_waiting_deployment_is_looked_at_less_often_up_to_the_ceiling() {
+        let (tick, max) = (Duration::from_millis(200), Duration::from_millis(1000));
+        let sleeps: Vec<u128> = (0..6).map(|n| backoff(tick, max, n).as_millis()).collect();
+        assert_eq!(sleeps, [200, 200, 400, 800, 1000, 1000]);
+        // Many waits in a row neither overflow nor go past the ceiling.
+        assert_eq!(backoff(tick, max, u32::MAX), max);
+        // A ceiling below the tick leaves the tick.
+        assert_eq!(backoff(tick, Duration::from_millis(50), 3), tick);
     }
 }

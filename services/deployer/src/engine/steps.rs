@@ -9,6 +9,11 @@
 //! applies weights, or no gateway running) the step ends once the registry holds the weights:
 //! there is nobody to wait for, and waiting would only run into the deadline. Past the step's
 //! deadline it fails with "routers did not apply the table: <router ids>".
+//!
+//! Before it announces new weights, it waits until the registry's table has a routable
+//! instance of every release they give traffic to: the registry applies the monitor's verdicts
+//! on its own consumer and may lag behind the deployer's view (a restarted registry catching
+//! up), and a switch before then would have the routers answer 503 for that share.
 
 use chrono::Utc;
 use slipway_events::deploy::{ReleaseWeight, Strategy, TrafficChanged};
@@ -23,6 +28,7 @@ use crate::db::state;
 use crate::domain::{Check, InstanceHealth, InstanceState};
 use crate::domain::{Gate, Set, Step};
 use crate::target::Traffic;
+use slipway_wire::releases::TargetKind;
 
 impl Engine {
     pub(super) async fn execute(
@@ -59,6 +65,19 @@ impl Engine {
         lease: &Lease,
         weights: &[ReleaseWeight],
     ) -> Result<Outcome, EngineError> {
+        let stored = state::get(
+            &mut *self.fleet.pool.acquire().await?,
+            d.service_id,
+            &d.environment,
+        )
+        .await?
+        .map(|s| s.weights.0)
+        .unwrap_or_default();
+        if stored != weights
+            && let Some(waiting) = self.unroutable(d, weights).await
+        {
+            return Ok(waiting);
+        }
         let mut tx = self.fleet.pool.begin().await?;
         // The weights are not compare-and-set themselves: a replica that lost the lease must
         // not announce them, so the lease is checked (and held) in this transaction.
@@ -130,6 +149,41 @@ impl Engine {
             "routers did not apply the table: {} (version {} needed)",
             ids.join(", "),
             status.version
+        )))
+    }
+
+    /// Before new weights are announced: a wait when edge routers would have nowhere to send a
+    /// weighted release's share. The deployer saw the release's instances healthy (its scale
+    /// step), but the registry, which builds the routers' table, applies the same verdicts on
+    /// its own consumer and may not have yet (a restarted registry catching up, say): switching
+    /// then has the routers answer 503 until it does. Targets that route traffic themselves
+    /// (Kubernetes) are not asked about.
+    async fn unroutable(&self, d: &Deployment, weights: &[ReleaseWeight]) -> Option<Outcome> {
+        if d.target() == TargetKind::Kubernetes {
+            return None;
+        }
+        let status = match self
+            .fleet
+            .registry
+            .traffic(d.service_id, &d.environment)
+            .await
+        {
+            Ok(status) => status,
+            Err(e) => {
+                return Some(Outcome::Wait(format!(
+                    "cannot ask the registry whether the routers can reach the new weights' releases: {e}"
+                )));
+            }
+        };
+        let missing = status.unroutable(weights);
+        if missing.is_empty() {
+            return None;
+        }
+        let releases: Vec<String> = missing.iter().map(|r| format!("v{r}")).collect();
+        Some(Outcome::Wait(format!(
+            "the registry has no healthy instance of {} in the routers' table yet (its health \
+             verdicts may still be on their way); the weights are announced once it has",
+            releases.join(", ")
         )))
     }
 

@@ -19,7 +19,7 @@ use slipway_http::Problem;
 use slipway_ids::ServiceId;
 use slipway_secrets::SecretBox;
 use slipway_wire::releases::RunConfig;
-use slipway_wire::routes::{RouterStatus, TrafficStatus};
+use slipway_wire::routes::{RoutableRelease, RouterStatus, TrafficStatus};
 use sqlx::PgPool;
 
 use super::config::check_env_name;
@@ -68,6 +68,20 @@ async fn traffic_status(
             live: r.live,
         })
         .collect();
+    // Read in the same transaction as the index: the counts are those of that table version.
+    let mut routable: Vec<RoutableRelease> = Vec::new();
+    for i in instances::of_service(&mut tx, service, Some(&env))
+        .await
+        .map_err(|e| internal("read instances", e))?
+    {
+        match routable.iter_mut().find(|r| r.release == i.release) {
+            Some(r) => r.instances += u32::from(i.routable),
+            None => routable.push(RoutableRelease {
+                release: i.release,
+                instances: u32::from(i.routable),
+            }),
+        }
+    }
     let status = TrafficStatus {
         service_id: service,
         environment: env,
@@ -75,6 +89,7 @@ async fn traffic_status(
         version: u64::try_from(version).unwrap_or(0),
         index: u64::try_from(index).unwrap_or(0),
         routers,
+        routable,
     };
     Ok(HttpResponse::Ok()
         .insert_header(("cache-control", "no-store"))

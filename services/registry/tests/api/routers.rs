@@ -133,3 +133,46 @@ async fn bad_router_ids_and_service_ids_are_problems_and_only_the_deployer_reads
         .unwrap();
     assert_eq!(res.status(), 403, "the gateway may not read it");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_counts_the_routable_instances_of_each_release_as_the_registry_sees_them() {
+    use slipway_events::deploy::Health;
+    let app = spawn_app().await;
+    let facts = Facts::new(&app, "hello").await;
+    let id = slipway_ids::InstanceId::new();
+    facts.started(id, "prod", 1, 0).await;
+    let counted = |release, n| {
+        let facts = &facts;
+        let app = &app;
+        async move {
+            status(app, facts, "prod")
+                .await
+                .routable
+                .iter()
+                .any(|r| r.release == release && r.instances == n)
+        }
+    };
+    // Started, no verdict yet: known, but nothing to route to.
+    assert!(
+        slipway_testkit::wait_until(std::time::Duration::from_secs(30), || counted(1, 0)).await,
+        "{:?}",
+        status(&app, &facts, "prod").await
+    );
+    facts.health(id, "prod", Health::Healthy, 0).await;
+    assert!(
+        slipway_testkit::wait_until(std::time::Duration::from_secs(30), || counted(1, 1)).await,
+        "{:?}",
+        status(&app, &facts, "prod").await
+    );
+    let weights = [slipway_events::deploy::ReleaseWeight {
+        release: 2,
+        weight: 100,
+    }];
+    // No live router: nothing waits on it (the route step's rule; lib tests cover the rest).
+    assert!(
+        status(&app, &facts, "prod")
+            .await
+            .unroutable(&weights)
+            .is_empty()
+    );
+}
