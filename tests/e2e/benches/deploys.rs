@@ -168,31 +168,45 @@ async fn direct(n: usize, dir: &Path) -> DirectRound {
     DirectRound { total, per }
 }
 
-/// Creates `n` fresh environments on the process target; answers their names.
+/// Creates `n` fresh environments on the process target; answers their names. A request the
+/// platform answers "retry shortly" (503, 504) is retried up to 10 times a second apart, as a
+/// client would: setting up is not what is measured, but how often it had to retry is printed.
 async fn environments(stack: &Arc<Stack>, prefix: &str, n: usize) -> Vec<String> {
     let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i}")).collect();
+    let retried = Arc::new(AtomicU64::new(0));
     let mut puts = JoinSet::new();
     for chunk in names.chunks(n.div_ceil(16).max(1)) {
-        let (stack, chunk) = (stack.clone(), chunk.to_vec());
+        let (stack, chunk, retried) = (stack.clone(), chunk.to_vec(), retried.clone());
         puts.spawn(async move {
             for env in chunk {
-                let res = stack
-                    .put(
-                        &format!("/v1/services/hello/environments/{env}"),
-                        json!({"target": "process"}),
-                    )
-                    .await;
-                let status = res.status();
-                assert!(
-                    status.is_success(),
-                    "{env}: {status} {}",
-                    res.text().await.unwrap_or_default()
-                );
+                for attempt in 1.. {
+                    let res = stack
+                        .put(
+                            &format!("/v1/services/hello/environments/{env}"),
+                            json!({"target": "process"}),
+                        )
+                        .await;
+                    let status = res.status();
+                    if status.is_success() {
+                        break;
+                    }
+                    let body = res.text().await.unwrap_or_default();
+                    assert!(
+                        (status == 503 || status == 504) && attempt < 10,
+                        "{env}: {status} {body}"
+                    );
+                    retried.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
         });
     }
     while let Some(r) = puts.join_next().await {
         r.unwrap();
+    }
+    let retried = retried.load(Ordering::Relaxed);
+    if retried > 0 {
+        println!("warning: creating {n} environments took {retried} retries after 503/504");
     }
     names
 }
