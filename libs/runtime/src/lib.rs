@@ -12,7 +12,7 @@
 pub mod catalog;
 pub mod identity;
 
-use std::net::TcpListener;
+use std::net::{TcpListener, ToSocketAddrs};
 use std::time::Duration;
 
 use actix_web::{App, HttpServer, middleware, web};
@@ -134,7 +134,7 @@ impl Runtime {
         // Events are refused at enqueue when the broker would refuse them as too large.
         slipway_outbox::set_max_message_bytes(base.kafka.message_max_bytes);
         let address = base.http.address();
-        let listener = TcpListener::bind(&address).map_err(|source| StartError::Bind {
+        let listener = bind(&address).map_err(|source| StartError::Bind {
             address: address.clone(),
             source,
         })?;
@@ -185,7 +185,7 @@ impl Runtime {
     /// router) and binds the API to a loopback port of its own, which that server forwards to;
     /// answers the public listener and the API's new address.
     pub fn front_listener(&mut self) -> Result<(TcpListener, std::net::SocketAddr), StartError> {
-        let inner = TcpListener::bind("127.0.0.1:0").map_err(|source| StartError::Bind {
+        let inner = bind("127.0.0.1:0").map_err(|source| StartError::Bind {
             address: "127.0.0.1:0".into(),
             source,
         })?;
@@ -341,5 +341,61 @@ impl Runtime {
         });
         tracing::info!(port, "listening");
         Ok(Running { port, lifecycle })
+    }
+}
+
+/// Connections the kernel queues for a listener before they are accepted (capped by
+/// `net.core.somaxconn`). std's `TcpListener::bind` listens with 128: a burst of a thousand
+/// clients (or the edge router opening as many connections to the API behind it) overflowed
+/// that, the dropped SYNs were resent a second later, and the edge's 1 s connect timeout
+/// answered 502. nginx listens with 511, tokio with 1024.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds `address` (`host:port`, the first address it resolves to) as std's `bind` does
+/// (`SO_REUSEADDR` set), listening with [`LISTEN_BACKLOG`].
+fn bind(address: &str) -> std::io::Result<TcpListener> {
+    let addr = address.to_socket_addrs()?.next().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("`{address}` resolves to no address"),
+        )
+    })?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+#[cfg(test)]
+mod listen_tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn listeners_queue_a_burst_of_connections() {
+        let listener = super::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        // The kernel caps the backlog at net.core.somaxconn (4096 on current kernels).
+        let cap: usize = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(128);
+        let n = cap.min(600);
+        // Nothing accepts: with std's 128, connects past it wait for a resent SYN and time out.
+        let clients: Vec<_> = (0..n)
+            .map(|_| {
+                std::net::TcpStream::connect_timeout(
+                    &address,
+                    std::time::Duration::from_millis(500),
+                )
+            })
+            .collect();
+        let connected = clients.iter().filter(|c| c.is_ok()).count();
+        assert_eq!(connected, n, "{connected} of {n} connected");
+        assert!(super::bind("definitely not an address").is_err());
     }
 }
