@@ -103,17 +103,12 @@ struct ScaleBody {
     replicas: i64,
 }
 
-/// An environment as the registry lists it (the fields checked here).
+/// An environment as the registry answers it (the fields used here).
 #[derive(Debug, Deserialize)]
 struct EnvironmentRef {
     name: String,
     /// The latest config version (0: none yet).
     config_version: i32,
-}
-
-#[derive(Debug, Deserialize)]
-struct Environments {
-    items: Vec<EnvironmentRef>,
 }
 
 /// A release number from `"v2"`, `"2"` or `2`.
@@ -197,25 +192,23 @@ async fn target(
 ) -> Result<(Service, EnvironmentRef), Problem> {
     check_env(env)?;
     let service = scoped.service()?;
+    // The one environment, not the list: a service with a thousand environments and as many
+    // deployment requests at once made this check quadratic.
     let answer = upstreams
         .registry(
             reqwest::Method::GET,
-            &format!("/v1/services/{}/environments", service.name),
+            &format!("/v1/services/{}/environments/{env}", service.name),
             None,
         )
         .await?;
-    let environments: Environments =
-        serde_json::from_value(answer.ok_json()?).map_err(|e| bad_upstream("environments", e))?;
-    let environment = environments
-        .items
-        .into_iter()
-        .find(|e| e.name == env)
-        .ok_or_else(|| {
-            Problem::not_found(format!(
-                "service `{0}` has no environment `{env}`; create it with PUT /v1/services/{0}/environments/{env}",
-                service.name
-            ))
-        })?;
+    if answer.status == actix_web::http::StatusCode::NOT_FOUND {
+        return Err(Problem::not_found(format!(
+            "service `{0}` has no environment `{env}`; create it with PUT /v1/services/{0}/environments/{env}",
+            service.name
+        )));
+    }
+    let environment: EnvironmentRef =
+        serde_json::from_value(answer.ok_json()?).map_err(|e| bad_upstream("environment", e))?;
     Ok((service, environment))
 }
 

@@ -69,6 +69,21 @@ pub async fn environments(
     .await
 }
 
+/// One environment, read without locking it.
+pub async fn environment_of(
+    pool: &PgPool,
+    service: ServiceId,
+    name: &str,
+) -> Result<Option<Environment>, sqlx::Error> {
+    sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT {ENV_COLUMNS} FROM environments e WHERE e.service_id = $1 AND e.name = $2"
+    )))
+    .bind(service)
+    .bind(name)
+    .fetch_optional(pool)
+    .await
+}
+
 pub async fn environment(
     conn: &mut PgConnection,
     service: ServiceId,

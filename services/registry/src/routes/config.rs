@@ -26,6 +26,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     cfg.route("/v1/services/{name}/environments", web::get().to(list))
         .route(
             "/v1/services/{name}/environments/{env}",
+            web::get().to(get_environment),
+        )
+        .route(
+            "/v1/services/{name}/environments/{env}",
             web::put().to(put_environment),
         )
         .route(
@@ -69,17 +73,39 @@ async fn list(pool: web::Data<PgPool>, name: web::Path<String>) -> Result<HttpRe
     let items = config::environments(&pool, service)
         .await
         .map_err(|e| internal("list environments", e))?;
-    let items = items
-        .into_iter()
-        .map(|e| slipway_wire::releases::Environment {
-            name: e.name,
-            target: e.target,
-            config_version: e.config_version,
-            created_at: e.created_at,
-            updated_at: e.updated_at,
-        })
-        .collect();
+    let items = items.into_iter().map(wire_environment).collect();
     Ok(HttpResponse::Ok().json(slipway_wire::releases::Environments { items }))
+}
+
+/// `GET /v1/services/{name}/environments/{env}`: one environment, without listing them all
+/// (the gateway checks each deployment request's environment with it).
+async fn get_environment(
+    pool: web::Data<PgPool>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, Problem> {
+    let (name, env) = path.into_inner();
+    check_env_name(&env)?;
+    let service = service_id(&pool, &name).await?;
+    let e = config::environment_of(&pool, service, &env)
+        .await
+        .map_err(|e| internal("read environment", e))?
+        .ok_or_else(|| {
+            Problem::not_found(format!(
+                "service `{name}` has no environment `{env}`; create it with PUT /v1/services/{name}/environments/{env}"
+            ))
+        })?;
+    Ok(HttpResponse::Ok().json(wire_environment(e)))
+}
+
+/// An environment as the API answers it.
+fn wire_environment(e: config::Environment) -> slipway_wire::releases::Environment {
+    slipway_wire::releases::Environment {
+        name: e.name,
+        target: e.target,
+        config_version: e.config_version,
+        created_at: e.created_at,
+        updated_at: e.updated_at,
+    }
 }
 
 async fn put_environment(

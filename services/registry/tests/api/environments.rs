@@ -90,3 +90,39 @@ async fn environments_answer_their_target_and_new_ones_get_the_default_one() {
     );
     assert_eq!(targets(&app).await[0].1, TargetKind::Process);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_environment_is_read_without_the_list_and_a_missing_one_is_a_problem() {
+    let app = spawn_app_with_services(ServiceSettings::default()).await;
+    assert_eq!(app.create(json!({"name": "shop"})).await.status(), 201);
+    let created = put(&app, "prod", Some(json!({"target": "docker"}))).await;
+    assert_eq!(created.status(), 201);
+    let get = |env: &str| {
+        app.client
+            .get(format!(
+                "{}/v1/services/shop/environments/{env}",
+                app.address
+            ))
+            .send()
+    };
+    let res = get("prod").await.unwrap();
+    assert_eq!(res.status(), 200);
+    let one: slipway_wire::releases::Environment = res.json().await.unwrap();
+    assert_eq!(
+        (one.name.as_str(), one.target),
+        ("prod", TargetKind::Docker)
+    );
+
+    let res = get("staging").await.unwrap();
+    assert_eq!(res.status(), 404);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let problem: Value = res.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no environment `staging`"),
+        "{problem}"
+    );
+    assert_eq!(get("Not_A_Label").await.unwrap().status(), 422);
+}
