@@ -193,6 +193,12 @@ impl Fixture {
                 200,
                 json!({"items": [{"name": "prod", "config_version": 4}]}),
             );
+            registry.answer(
+                "GET",
+                &format!("{base}/environments/prod"),
+                200,
+                json!({"name": "prod", "config_version": 4}),
+            );
             for path in ["/environments/prod", "/environments/prod/config"] {
                 registry.answer("PUT", &format!("{base}{path}"), 200, ok.clone());
             }

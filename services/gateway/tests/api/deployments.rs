@@ -40,6 +40,13 @@ pub(crate) async fn setup() -> Setup {
         200,
         json!({"items": [{"name": "prod", "target": "process", "config_version": 4}]}),
     );
+    // What a deployment request checks: its one environment (any other is unknown: 404).
+    registry.answer(
+        "GET",
+        "/v1/services/web/environments/prod",
+        200,
+        json!({"name": "prod", "target": "process", "config_version": 4}),
+    );
     for n in [1, 2] {
         registry.answer(
             "GET",
