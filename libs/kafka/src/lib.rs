@@ -23,6 +23,6 @@ pub mod settings;
 pub mod signing;
 
 pub use consumer::{ConsumerRunner, ConsumerStatus, Handled, Handler, HandlerError};
-pub use producer::{EventProducer, PublishError};
+pub use producer::{Delivery, EventProducer, PublishError, is_queue_full};
 pub use settings::KafkaSettings;
 pub use signing::{Keys, Signer, SigningSettings, Verifier};

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use rdkafka::message::Header;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use slipway_events::{CloudEvent, SIGNATURE_HEADER, Topic, Topics};
 
@@ -102,12 +102,13 @@ impl EventProducer {
             )
     }
 
-    /// Sends `event` to `topic` and waits for the acknowledgement; returns (partition, offset).
-    pub async fn publish(
-        &self,
-        topic: Topic,
-        event: &CloudEvent,
-    ) -> Result<(i32, i64), PublishError> {
+    /// Hands `event` to the producer's queue without waiting for the broker: the returned
+    /// [`Delivery`] resolves once it is acknowledged. Events enqueued one after the other are
+    /// sent in that order (idempotent producer), and many can be under way at once: the outbox
+    /// relay enqueues a whole batch, then awaits the acknowledgements. Fails at once when the
+    /// event cannot be signed or the producer refuses it (too large, queue full:
+    /// [`is_queue_full`]).
+    pub fn enqueue(&self, topic: Topic, event: &CloudEvent) -> Result<Delivery, PublishError> {
         let topic = self.topics.name(topic);
         let signature = self
             .signer
@@ -127,16 +128,40 @@ impl EventProducer {
                     key: SIGNATURE_HEADER,
                     value: Some(signature.as_bytes()),
                 }));
-        self.producer
-            .send(record, Timeout::After(Duration::from_secs(30)))
-            .await
-            .map(|delivery| (delivery.partition, delivery.offset))
-            .map_err(|(source, _)| PublishError::Send {
+        let what = |source| PublishError::Send {
+            topic: topic.clone(),
+            event_type: event.ty.clone(),
+            event_id: event.id.to_string(),
+            source,
+        };
+        match self.producer.send_result(record) {
+            Ok(future) => Ok(Delivery {
+                future,
                 topic: topic.clone(),
                 event_type: event.ty.clone(),
                 event_id: event.id.to_string(),
-                source,
-            })
+            }),
+            Err((source, _)) => Err(what(source)),
+        }
+    }
+
+    /// Sends `event` to `topic` and waits for the acknowledgement; returns (partition, offset).
+    /// A full queue is waited out (up to 30 s), as the other sends drain it.
+    pub async fn publish(
+        &self,
+        topic: Topic,
+        event: &CloudEvent,
+    ) -> Result<(i32, i64), PublishError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            match self.enqueue(topic, event) {
+                Ok(delivery) => return delivery.acknowledged().await,
+                Err(e) if is_queue_full(&e) && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Sends raw bytes (used to dead-letter records that are not valid CloudEvents); returns
@@ -208,4 +233,41 @@ impl EventProducer {
             tracing::warn!(error = %e, "producer flush incomplete");
         }
     }
+}
+
+/// An event handed to the producer ([`EventProducer::enqueue`]), not yet acknowledged.
+pub struct Delivery {
+    future: DeliveryFuture,
+    topic: String,
+    event_type: String,
+    event_id: String,
+}
+
+impl Delivery {
+    /// Waits for the broker's acknowledgement; returns (partition, offset). The producer's
+    /// `message.timeout.ms` bounds the wait.
+    pub async fn acknowledged(self) -> Result<(i32, i64), PublishError> {
+        let source = match self.future.await {
+            Ok(Ok(delivery)) => return Ok((delivery.partition, delivery.offset)),
+            Ok(Err((source, _))) => source,
+            // The producer was dropped with the event still queued.
+            Err(_) => rdkafka::error::KafkaError::Canceled,
+        };
+        Err(PublishError::Send {
+            topic: self.topic,
+            event_type: self.event_type,
+            event_id: self.event_id,
+            source,
+        })
+    }
+}
+
+/// Whether the producer refused an event only because its queue is full: it can be enqueued
+/// again once earlier sends are acknowledged.
+pub fn is_queue_full(error: &PublishError) -> bool {
+    matches!(
+        error,
+        PublishError::Send { source, .. }
+            if source.rdkafka_error_code() == Some(rdkafka::types::RDKafkaErrorCode::QueueFull)
+    )
 }

@@ -18,7 +18,7 @@ use futures::FutureExt;
 use prometheus::{IntCounter, Registry};
 use slipway_events::{CloudEvent, Topic};
 use slipway_ids::{EventId, ProjectName, ServiceId};
-use slipway_kafka::EventProducer;
+use slipway_kafka::{Delivery, EventProducer};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio_util::sync::CancellationToken;
@@ -265,49 +265,57 @@ impl Relay {
         .bind(self.batch)
         .fetch_all(&mut *tx)
         .await?;
-        let mut published = Vec::with_capacity(rows.len());
-        // Keys whose oldest pending row failed permanently this pass: their later rows wait.
-        let mut held: HashSet<ServiceId> = HashSet::new();
-        let mut failure = None;
-        // Dead-lettered this pass: (event id, type, key, attempts, reason), reported on commit.
-        let mut dead = Vec::new();
+        let producer = self
+            .producer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let mut outcome = Outcome::default();
+        // Phase 1: every row handed to the producer in seq order, without waiting: the
+        // producer keeps that order per partition, and the batch travels in few requests.
+        let mut sent = Vec::with_capacity(rows.len());
         for row in rows {
-            if held.contains(&row.event_key) {
+            if outcome.held.contains(&row.event_key) {
                 continue;
             }
-            let (seq, key, event_id, attempts) =
-                (row.seq, row.event_key, row.event_id, row.attempts);
-            let event_type = row.event_type.clone();
-            match self.publish(row).await {
-                Ok(seq) => published.push(seq),
-                Err(e) if e.is_permanent() => {
-                    let attempts = attempts.saturating_add(1);
-                    let reason = e.to_string();
-                    if attempts >= self.dead_after {
-                        crate::dead::move_to_dead(&mut tx, seq, attempts, &reason).await?;
-                        dead.push((event_id, event_type, key, attempts, reason));
-                        // The key is not held: its next rows are published in this pass.
-                    } else {
-                        sqlx::query(
-                            "UPDATE outbox SET attempts = $2, last_error = $3 WHERE seq = $1",
-                        )
-                        .bind(seq)
-                        .bind(attempts)
-                        .bind(&reason)
-                        .execute(&mut *tx)
-                        .await?;
-                        held.insert(key);
-                        failure.get_or_insert(e);
-                    }
-                }
+            let failed = Failed::of(&row);
+            match self.enqueue(&producer, row) {
+                Ok(delivery) => sent.push((failed, delivery)),
+                Err(e) if e.is_permanent() => outcome.refused(&mut tx, failed, e, self).await?,
                 Err(e) => {
-                    // Transient (the broker is away): later rows would fail alike, and rows of
-                    // this key must not overtake it. Retried after a pause, without limit.
-                    failure = Some(e);
+                    // Transient (the queue is full, the producer is gone): the later rows
+                    // would fail alike, and rows of this key must not overtake it.
+                    outcome.failure = Some(e);
                     break;
                 }
             }
         }
+        // Phase 2: the acknowledgements, in the same order. A row acknowledged after one that
+        // failed is on the broker all the same, so it is marked published.
+        for (failed, delivery) in sent {
+            match delivery.acknowledged().await {
+                Ok((partition, offset)) => {
+                    tracing::debug!(event.id = %failed.event_id, event.r#type = %failed.event_type,
+                        partition, offset, "published");
+                    outcome.published.push(failed.seq);
+                }
+                Err(e) => {
+                    self.renew_if_stuck(&producer, &e);
+                    let e = RelayError::from(e);
+                    if e.is_permanent() {
+                        outcome.refused(&mut tx, failed, e, self).await?;
+                    } else {
+                        outcome.failure.get_or_insert(e);
+                    }
+                }
+            }
+        }
+        let Outcome {
+            published,
+            dead,
+            failure,
+            ..
+        } = outcome;
         if !published.is_empty() {
             sqlx::query("UPDATE outbox SET published_at = now() WHERE seq = ANY($1)")
                 .bind(&published)
@@ -335,10 +343,16 @@ impl Relay {
     }
 
     /// Swaps a producer that can no longer send for a fresh one (the next pass uses it).
-    fn renew_producer(&self, stuck: &EventProducer, error: &rdkafka::error::KafkaError) {
-        match stuck.fresh() {
+    fn renew_if_stuck(&self, producer: &EventProducer, error: &slipway_kafka::PublishError) {
+        let slipway_kafka::PublishError::Send { source, .. } = error else {
+            return;
+        };
+        if !producer.is_stuck(source) {
+            return;
+        }
+        match producer.fresh() {
             Ok(fresh) => {
-                tracing::warn!(error = %error, "the producer can no longer send; using a new one");
+                tracing::warn!(error = %source, "the producer can no longer send; using a new one");
                 *self
                     .producer
                     .lock()
@@ -348,7 +362,8 @@ impl Relay {
         }
     }
 
-    async fn publish(&self, row: Row) -> Result<i64, RelayError> {
+    /// Hands a row to the producer ([`EventProducer::enqueue`]).
+    fn enqueue(&self, producer: &EventProducer, row: Row) -> Result<Delivery, RelayError> {
         let topic = Topic::ALL
             .into_iter()
             .find(|t| t.base() == row.topic)
@@ -365,23 +380,72 @@ impl Relay {
             tracestate: row.tracestate,
             data: row.data,
         };
-        let producer = self
-            .producer
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
-        let (partition, offset) = match producer.publish(topic, &event).await {
-            Ok(done) => done,
-            Err(e) => {
-                if let slipway_kafka::PublishError::Send { source, .. } = &e
-                    && producer.is_stuck(source)
-                {
-                    self.renew_producer(&producer, source);
-                }
-                return Err(e.into());
-            }
-        };
-        tracing::debug!(event.id = %event.id, event.r#type = %event.ty, partition, offset, "published");
-        Ok(row.seq)
+        producer.enqueue(topic, &event).map_err(|e| {
+            self.renew_if_stuck(producer, &e);
+            e.into()
+        })
+    }
+}
+
+/// What a row that may fail needs to be recorded as failed.
+struct Failed {
+    seq: i64,
+    event_id: EventId,
+    event_type: String,
+    key: ServiceId,
+    attempts: i32,
+}
+
+impl Failed {
+    fn of(row: &Row) -> Self {
+        Self {
+            seq: row.seq,
+            event_id: row.event_id,
+            event_type: row.event_type.clone(),
+            key: row.event_key,
+            attempts: row.attempts,
+        }
+    }
+}
+
+/// One pass's results, written in its transaction.
+#[derive(Default)]
+struct Outcome {
+    published: Vec<i64>,
+    /// Keys whose oldest pending row failed permanently this pass: their later rows wait.
+    held: HashSet<ServiceId>,
+    /// Dead-lettered this pass: (event id, type, key, attempts, reason), reported on commit.
+    dead: Vec<(EventId, String, ServiceId, i32, String)>,
+    /// The pass's first error, returned once the rest is recorded.
+    failure: Option<RelayError>,
+}
+
+impl Outcome {
+    /// Records a permanent failure: one more attempt, or the row moves to `outbox_dead` once
+    /// it has failed `dead_after` times (then its key is not held: its next rows go on).
+    async fn refused(
+        &mut self,
+        tx: &mut sqlx::PgConnection,
+        row: Failed,
+        error: RelayError,
+        relay: &Relay,
+    ) -> Result<(), sqlx::Error> {
+        let attempts = row.attempts.saturating_add(1);
+        let reason = error.to_string();
+        if attempts >= relay.dead_after {
+            crate::dead::move_to_dead(tx, row.seq, attempts, &reason).await?;
+            self.dead
+                .push((row.event_id, row.event_type, row.key, attempts, reason));
+        } else {
+            sqlx::query("UPDATE outbox SET attempts = $2, last_error = $3 WHERE seq = $1")
+                .bind(row.seq)
+                .bind(attempts)
+                .bind(&reason)
+                .execute(&mut *tx)
+                .await?;
+            self.held.insert(row.key);
+            self.failure.get_or_insert(error);
+        }
+        Ok(())
     }
 }

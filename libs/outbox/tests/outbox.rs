@@ -114,6 +114,58 @@ async fn committed_events_are_published_in_order_and_rolled_back_ones_never() {
     assert!(extra.is_err(), "unexpected extra record");
 }
 
+/// The relay hands a whole batch to the producer before awaiting the acknowledgements: each
+/// key's events still arrive in the order they were committed, and all are marked published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_sent_together_keeps_each_keys_order() {
+    let pool = pool().await;
+    let settings = kafka_settings();
+    slipway_kafka::admin::ensure_topics(&settings)
+        .await
+        .unwrap();
+    let keys: Vec<ServiceId> = (0..4).map(|_| ServiceId::new()).collect();
+    let mut committed: std::collections::HashMap<ServiceId, Vec<String>> = Default::default();
+    // 90 rows (under one batch of 100), the keys interleaved, in one transaction each.
+    for i in 0..90 {
+        let key = keys[i % keys.len()];
+        let e = event(&format!("row-{i}"), key);
+        let mut tx = pool.begin().await.unwrap();
+        slipway_outbox::enqueue(&mut tx, Topic::Services, &e)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+        committed.entry(key).or_default().push(e.id.to_string());
+    }
+    let metrics = RelayMetrics::register(&prometheus::Registry::new()).unwrap();
+    let relay = Relay::new(pool.clone(), producer(&settings), metrics);
+    assert_eq!(relay.pass().await.unwrap(), 90, "one pass publishes the batch");
+    assert_eq!(pending(&pool).await, 0);
+
+    let consumer = plain_consumer(
+        &settings.bootstrap_servers,
+        &[&settings.topics().name(Topic::Services)],
+    );
+    let mut received: std::collections::HashMap<ServiceId, Vec<String>> = Default::default();
+    for _ in 0..90 {
+        let m = tokio::time::timeout(Duration::from_secs(30), consumer.recv())
+            .await
+            .expect("published")
+            .unwrap();
+        let header = |name: &str| {
+            m.headers()
+                .unwrap()
+                .iter()
+                .find(|h| h.key == name)
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap()
+        };
+        let key: ServiceId = String::from_utf8_lossy(m.key().unwrap()).parse().unwrap();
+        received.entry(key).or_default().push(header("ce_id"));
+    }
+    assert_eq!(received, committed, "every key's events, in commit order");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_relay_wakes_on_notify_and_stops_on_cancel() {
     let pool = pool().await;

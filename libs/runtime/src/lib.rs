@@ -201,11 +201,14 @@ impl Runtime {
         self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
     }
 
-    /// Runs the outbox relay of this service's schema.
+    /// Runs the outbox relay of this service's schema, on a pool of its own
+    /// ([`RELAY_CONNECTIONS`]): with the main pool taken by a burst of work, events would stop
+    /// flowing exactly when most are written.
     pub fn relay_outbox(&mut self) -> Result<(), StartError> {
         let metrics = RelayMetrics::register(&self.metrics.registry)
             .map_err(slipway_http::metrics::MetricsError)?;
-        let relay = Relay::new(self.pool.clone(), self.producer.clone(), metrics);
+        let pool = slipway_settings::side_pool(&self.pool, RELAY_CONNECTIONS);
+        let relay = Relay::new(pool, self.producer.clone(), metrics);
         let cancel = self.cancel.clone();
         self.tasks.push((
             "outbox relay",
@@ -350,6 +353,10 @@ impl Runtime {
 /// that, the dropped SYNs were resent a second later, and the edge's 1 s connect timeout
 /// answered 502. nginx listens with 511, tokio with 1024.
 const LISTEN_BACKLOG: i32 = 4096;
+
+/// Connections of the outbox relay's own pool: one holds the pass's transaction, one is spare
+/// (its notification listener has a connection of its own besides).
+pub const RELAY_CONNECTIONS: u32 = 2;
 
 /// Binds `address` (`host:port`, the first address it resolves to) as std's `bind` does
 /// (`SO_REUSEADDR` set), listening with [`LISTEN_BACKLOG`].

@@ -23,7 +23,8 @@ pub struct DatabaseSettings {
     pub database: String,
     /// The schema this service owns.
     pub schema: String,
-    /// Pool size.
+    /// Pool size (the service's main pool; the outbox relay and, in the deployer, liveness
+    /// renewal have small pools of their own beside it: [`side_pool`]).
     #[serde(default = "default_max_connections")]
     pub max_connections: u32,
 }
@@ -144,4 +145,14 @@ impl DatabaseSettings {
         tracing::info!(schema = %self.schema, "database ready");
         Ok(pool)
     }
+}
+
+/// A small pool on the same database, schema and role as `pool`, for work that must not queue
+/// behind the main pool's (the outbox relay; renewing a replica's liveness and leases, which
+/// has a deadline): under load the main pool can be taken for seconds. Connects on first use.
+pub fn side_pool(pool: &PgPool, connections: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(connections.max(1))
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_lazy_with((*pool.connect_options()).clone())
 }

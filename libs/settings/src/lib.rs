@@ -11,7 +11,7 @@
 mod database;
 mod registry_auth;
 
-pub use database::{DatabaseError, DatabaseSettings};
+pub use database::{DatabaseError, DatabaseSettings, side_pool};
 pub use registry_auth::{RegistryAuthError, RegistryAuthSettings, RegistryLogin};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;

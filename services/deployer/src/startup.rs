@@ -71,6 +71,11 @@ pub enum DeployerStartError {
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
+/// Connections of the pool renewing liveness and leases ([`Fleet::with_liveness_pool`]): the
+/// replica's row, and the leases of the deployments driven at once (each renewed every third of
+/// its time to live, in a few milliseconds).
+const LIVENESS_CONNECTIONS: u32 = 3;
+
 /// Who the process target runs instances as: one uid per service when the deployer is root,
 /// else the deployer's own user, said loudly since nothing then separates them.
 fn instance_users(pool: &sqlx::PgPool, process: &ProcessSettings) -> Users {
@@ -154,19 +159,25 @@ impl Application {
             &settings.base.identity.credential,
         )?;
         let deploy = settings.deploy.clone();
-        let fleet = Arc::new(Fleet::new(
-            runtime.pool.clone(),
-            target,
-            registry,
-            runtime.producer.clone(),
-            FleetSettings {
-                drain: Duration::from_millis(deploy.drain_ms),
-                stop_grace: Duration::from_secs(deploy.stop_grace_seconds),
-                heartbeat: Duration::from_millis(deploy.heartbeat_ms.max(100)),
-                replica: replica.clone(),
-                replicas: settings.replicas.clone(),
-            },
-        ));
+        let fleet = Arc::new(
+            Fleet::new(
+                runtime.pool.clone(),
+                target,
+                registry,
+                runtime.producer.clone(),
+                FleetSettings {
+                    drain: Duration::from_millis(deploy.drain_ms),
+                    stop_grace: Duration::from_secs(deploy.stop_grace_seconds),
+                    heartbeat: Duration::from_millis(deploy.heartbeat_ms.max(100)),
+                    replica: replica.clone(),
+                    replicas: settings.replicas.clone(),
+                },
+            )
+            .with_liveness_pool(slipway_settings::side_pool(
+                &runtime.pool,
+                LIVENESS_CONNECTIONS,
+            )),
+        );
         let metrics = EngineMetrics::register(&runtime.metrics.registry)
             .map_err(slipway_http::metrics::MetricsError)
             .map_err(StartError::from)?;

@@ -61,6 +61,10 @@ pub struct FleetSettings {
 
 pub struct Fleet {
     pub pool: PgPool,
+    /// Renewing this replica's liveness and its leases: the main pool can be taken for seconds
+    /// by a burst of deployments, and a renewal late past its deadline lets go of everything.
+    /// The main pool unless [`Fleet::with_liveness_pool`] gives one of its own.
+    pub liveness: PgPool,
     pub target: Arc<dyn Target>,
     pub registry: RegistryClient,
     producer: EventProducer,
@@ -127,6 +131,7 @@ impl Fleet {
     ) -> Self {
         let node = target.node();
         Self {
+            liveness: pool.clone(),
             pool,
             target,
             registry,
@@ -141,6 +146,14 @@ impl Fleet {
             busy: Mutex::default(),
             retries: Mutex::default(),
             process: ownership::this_process(),
+        }
+    }
+
+    /// Renews liveness and leases on `pool` rather than on the main pool.
+    pub fn with_liveness_pool(self, pool: PgPool) -> Self {
+        Self {
+            liveness: pool,
+            ..self
         }
     }
 

@@ -229,7 +229,7 @@ impl Engine {
     async fn drive(&self, held: Arc<Held>, cancel: CancellationToken) {
         let stop = cancel.child_token();
         let renewer = {
-            let (held, pool, stop) = (held.clone(), self.fleet.pool.clone(), stop.clone());
+            let (held, pool, stop) = (held.clone(), self.fleet.liveness.clone(), stop.clone());
             tokio::spawn(async move { held.keep_alive(&pool, stop).await })
         };
         // Which environment's facts wake this driver (unknown if the read fails: it then wakes

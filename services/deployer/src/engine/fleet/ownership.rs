@@ -135,7 +135,7 @@ impl Fleet {
         let sent = Instant::now();
         let ttl_ms = self.replicas.timeout().as_millis() as i64;
         let renewal = replicas::renew(
-            &self.pool,
+            &self.liveness,
             &self.replica,
             &self.node,
             self.process.as_ref(),
