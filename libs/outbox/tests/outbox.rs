@@ -138,7 +138,11 @@ async fn a_batch_sent_together_keeps_each_keys_order() {
     }
     let metrics = RelayMetrics::register(&prometheus::Registry::new()).unwrap();
     let relay = Relay::new(pool.clone(), producer(&settings), metrics);
-    assert_eq!(relay.pass().await.unwrap(), 90, "one pass publishes the batch");
+    assert_eq!(
+        relay.pass().await.unwrap(),
+        90,
+        "one pass publishes the batch"
+    );
     assert_eq!(pending(&pool).await, 0);
 
     let consumer = plain_consumer(
