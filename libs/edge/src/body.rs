@@ -20,6 +20,9 @@ use crate::pool::Lease;
 /// Largest body read whole before it is sent (kept for a retry).
 pub const REPLAY_BYTES: u64 = 64 * 1024;
 
+/// What a body going to the client fails with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why a request body could not be passed on.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -70,6 +73,15 @@ impl ReqBody {
         match self {
             Self::Full(_) => None,
             Self::Stream(body) => Some(body.sent.clone()),
+        }
+    }
+
+    /// The body, when it is in memory (empty included).
+    pub fn in_memory(&self) -> Option<&Bytes> {
+        static EMPTY: Bytes = Bytes::new();
+        match self {
+            Self::Full(bytes) => Some(bytes.as_ref().unwrap_or(&EMPTY)),
+            Self::Stream(_) => None,
         }
     }
 
@@ -171,10 +183,12 @@ impl Body for ReqBody {
     }
 }
 
-/// A body going back to the client: a problem the router wrote, or an instance's answer.
+/// A body going back to the client: a problem the router wrote, or an instance's answer
+/// (through hyper's client, or read by the router itself).
 pub enum RespBody {
     Full(Option<Bytes>),
     Upstream(UpstreamBody),
+    Raw(crate::client::Upstream),
 }
 
 /// An instance's answer, streamed as it arrives (no total timeout: server-sent events and
@@ -203,12 +217,12 @@ impl Drop for UpstreamBody {
 
 impl Body for RespBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             Self::Full(bytes) => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
             Self::Upstream(body) => {
@@ -220,8 +234,9 @@ impl Body for RespBody {
                     // connection moves on to its next request.
                     lease.give_back();
                 }
-                polled
+                polled.map(|frame| frame.map(|r| r.map_err(Into::into)))
             }
+            Self::Raw(body) => body.poll_frame(cx),
         }
     }
 
@@ -229,6 +244,7 @@ impl Body for RespBody {
         match self {
             Self::Full(bytes) => bytes.is_none(),
             Self::Upstream(body) => body.incoming.is_end_stream(),
+            Self::Raw(body) => body.is_end_stream(),
         }
     }
 
@@ -236,6 +252,7 @@ impl Body for RespBody {
         match self {
             Self::Full(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Self::Upstream(body) => body.incoming.size_hint(),
+            Self::Raw(body) => body.size_hint(),
         }
     }
 }

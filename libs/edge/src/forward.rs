@@ -29,6 +29,7 @@ use slipway_http::problem::PROBLEM_JSON;
 
 use crate::Edge;
 use crate::body::{self, BodyError, ReqBody, RespBody, UpstreamBody};
+use crate::client;
 use crate::headers;
 use crate::pool::{self, Lease};
 use crate::table::Route;
@@ -157,7 +158,7 @@ async fn proxy(
         (body, Some(over))
     };
 
-    let client_upgrade = upgrade
+    let mut client_upgrade = upgrade
         .then(|| parts.extensions.remove::<hyper::upgrade::OnUpgrade>())
         .flatten();
     headers::strip_hop_by_hop(&mut parts.headers, upgrade);
@@ -208,22 +209,21 @@ async fn proxy(
             .headers_mut()
             .insert(header::HOST, choice.upstream.host.clone());
         let started = Instant::now();
-        let sent = exchange(
-            &choice.upstream.address,
-            request,
-            connect,
-            Some(deadline),
-            upgrade,
-        )
-        .await;
+        let address = &choice.upstream.address;
+        let sent = if client::fits(&request, upgrade) {
+            client::exchange(address, request, connect, deadline).await
+        } else {
+            exchange(address, request, connect, Some(deadline), upgrade)
+                .await
+                .map(|(response, lease)| answer(response, lease, upgrade, client_upgrade.take()))
+        };
         let instance = choice.upstream.id;
         let failure = match sent {
-            Ok((response, lease)) => {
+            Ok(answer) => {
                 choice
                     .metrics
                     .duration
                     .observe(started.elapsed().as_secs_f64());
-                let answer = answer(response, lease, upgrade, client_upgrade);
                 choice.metrics.answered(answer.status().as_u16());
                 return answer;
             }
@@ -303,10 +303,11 @@ fn too_large(uri: &Uri, limit: u64) -> Response<RespBody> {
 }
 
 /// Why one exchange with an instance failed.
-enum Failure {
+pub(crate) enum Failure {
     /// The request never left: it comes back for another instance.
     Unsent(Box<Request<ReqBody>>, String),
-    Broken(hyper::Error),
+    /// The connection failed after the request (or part of it) went out, before an answer.
+    Broken(String),
     Timeout,
 }
 
@@ -314,7 +315,7 @@ impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Unsent(_, why) => f.write_str(why),
-            Self::Broken(e) => write!(f, "{e}"),
+            Self::Broken(why) => f.write_str(why),
             Self::Timeout => f.write_str("no answer headers in time"),
         }
     }
@@ -354,7 +355,7 @@ async fn exchange(
                         e.into_error().to_string(),
                     ));
                 }
-                None => return Err(Failure::Broken(e.into_error())),
+                None => return Err(Failure::Broken(e.into_error().to_string())),
             },
         }
     }

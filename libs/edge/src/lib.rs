@@ -26,8 +26,10 @@
 //! - `standin` (feature `test-support`): a stand-in discovery server for tests and benches.
 
 mod body;
+mod client;
 pub mod discovery;
 mod forward;
+mod framing;
 pub mod front;
 mod headers;
 pub mod metrics;

@@ -3,7 +3,9 @@
 //! A router thread runs a single-threaded runtime, and a connection is driven by the thread
 //! that opened it, so each thread keeps its own idle connections (no lock, no atomics): a
 //! connection is leased for one exchange and given back when the answer was read to its end.
-//! Upgraded connections (WebSocket) are never pooled.
+//! Upgraded connections (WebSocket) are never pooled. Two kinds are kept: hyper's client
+//! connections (streamed bodies, upgrades, the gateway's API) and bare TCP streams for the
+//! router's own exchanges ([`crate::client`]).
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -23,19 +25,92 @@ const MAX_IDLE: usize = 256;
 
 type Sender = SendRequest<ReqBody>;
 
-struct Idle {
-    sender: Sender,
+/// A connection that can wait idle in a [`Slot`].
+pub(crate) trait Reusable {
+    /// Whether it still looks open (the instance may have closed it while it was idle).
+    fn usable(&self) -> bool;
+}
+
+impl Reusable for Sender {
+    fn usable(&self) -> bool {
+        !self.is_closed()
+    }
+}
+
+struct Idle<C> {
+    conn: C,
     since: Instant,
 }
 
 /// The idle connections to one address.
-#[derive(Default)]
-struct Slot {
-    idle: RefCell<Vec<Idle>>,
+pub(crate) struct Slot<C> {
+    idle: RefCell<Vec<Idle<C>>>,
+}
+
+impl<C: Reusable> Slot<C> {
+    /// The most recently used idle connection still open (the warmest, least likely closed).
+    pub(crate) fn take(&self) -> Option<C> {
+        loop {
+            let idle = self.idle.borrow_mut().pop()?;
+            if idle.conn.usable() && idle.since.elapsed() <= IDLE_TIMEOUT {
+                return Some(idle.conn);
+            }
+        }
+    }
+
+    pub(crate) fn put(&self, conn: C) {
+        let mut idle = self.idle.borrow_mut();
+        if idle.len() < MAX_IDLE {
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+}
+
+/// One thread's idle connections of one kind, by address.
+pub(crate) struct Slots<C> {
+    slots: RefCell<HashMap<Box<str>, Rc<Slot<C>>>>,
+}
+
+impl<C> Default for Slots<C> {
+    fn default() -> Self {
+        Self {
+            slots: RefCell::default(),
+        }
+    }
+}
+
+impl<C: Reusable> Slots<C> {
+    pub(crate) fn slot(&self, address: &str) -> Rc<Slot<C>> {
+        let mut slots = self.slots.borrow_mut();
+        match slots.get(address) {
+            Some(slot) => slot.clone(),
+            None => {
+                let slot = Rc::new(Slot {
+                    idle: RefCell::default(),
+                });
+                slots.insert(address.into(), slot.clone());
+                slot
+            }
+        }
+    }
+
+    /// Closes expired connections and forgets addresses without any.
+    pub(crate) fn sweep(&self) {
+        self.slots.borrow_mut().retain(|_, slot| {
+            slot.idle
+                .borrow_mut()
+                .retain(|i| i.conn.usable() && i.since.elapsed() <= IDLE_TIMEOUT);
+            // An address leased right now (another reference) is kept.
+            Rc::strong_count(slot) > 1 || !slot.idle.borrow().is_empty()
+        });
+    }
 }
 
 thread_local! {
-    static SLOTS: RefCell<HashMap<Box<str>, Rc<Slot>>> = RefCell::default();
+    static SLOTS: Slots<Sender> = Slots::default();
 }
 
 /// Why no connection could be had.
@@ -53,7 +128,7 @@ pub enum ConnectError {
 pub struct Lease {
     pub sender: Sender,
     /// Where it goes back; `None` for one that must not be reused.
-    slot: Option<Rc<Slot>>,
+    slot: Option<Rc<Slot<Sender>>>,
     /// Taken from the pool (it may have been closed by the instance meanwhile).
     pub reused: bool,
     /// Whether the streamed request body went out whole (`None`: a body in memory). An
@@ -70,13 +145,7 @@ impl Lease {
             && !self.sender.is_closed()
             && self.body_sent.is_none_or(|sent| sent.get())
         {
-            let mut idle = slot.idle.borrow_mut();
-            if idle.len() < MAX_IDLE {
-                idle.push(Idle {
-                    sender: self.sender,
-                    since: Instant::now(),
-                });
-            }
+            slot.put(self.sender);
         }
     }
 }
@@ -97,23 +166,8 @@ pub async fn checkout(
             body_sent: None,
         });
     }
-    let slot = SLOTS.with_borrow_mut(|slots| match slots.get(address) {
-        Some(slot) => slot.clone(),
-        None => {
-            let slot = Rc::new(Slot::default());
-            slots.insert(address.into(), slot.clone());
-            slot
-        }
-    });
-    loop {
-        // Most recently used first: the warmest connection, least likely closed meanwhile.
-        let Some(idle) = slot.idle.borrow_mut().pop() else {
-            break;
-        };
-        if idle.sender.is_closed() || idle.since.elapsed() > IDLE_TIMEOUT {
-            continue;
-        }
-        let mut sender = idle.sender;
+    let slot = SLOTS.with(|slots| slots.slot(address));
+    while let Some(mut sender) = slot.take() {
         if !sender.is_ready() && sender.ready().await.is_err() {
             continue;
         }
@@ -135,10 +189,7 @@ pub async fn checkout(
 
 /// A new HTTP/1 connection to `address`, driven by a task on this thread.
 async fn dial(address: &str, timeout: Duration, upgrade: bool) -> Result<Sender, ConnectError> {
-    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address))
-        .await
-        .map_err(|_| ConnectError::Timeout)??;
-    stream.set_nodelay(true)?;
+    let stream = connect(address, timeout).await?;
     let (sender, connection) = http1::Builder::new()
         .handshake(TokioIo::new(stream))
         .await?;
@@ -158,15 +209,20 @@ async fn dial(address: &str, timeout: Duration, upgrade: bool) -> Result<Sender,
     Ok(sender)
 }
 
+/// A new TCP connection to `address` (no Nagle delay), within `timeout`.
+pub(crate) async fn connect(
+    address: &str,
+    timeout: Duration,
+) -> Result<tokio::net::TcpStream, ConnectError> {
+    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address))
+        .await
+        .map_err(|_| ConnectError::Timeout)??;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
 /// Closes this thread's expired connections and forgets addresses without any.
 pub fn sweep() {
-    SLOTS.with_borrow_mut(|slots| {
-        slots.retain(|_, slot| {
-            slot.idle
-                .borrow_mut()
-                .retain(|i| !i.sender.is_closed() && i.since.elapsed() <= IDLE_TIMEOUT);
-            // An address leased right now (another reference) is kept.
-            Rc::strong_count(slot) > 1 || !slot.idle.borrow().is_empty()
-        });
-    });
+    SLOTS.with(Slots::sweep);
+    crate::client::sweep();
 }

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is how a test reports failure
 
+mod framing;
 mod helpers;
 mod lifetime;
 mod outage;
