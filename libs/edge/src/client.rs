@@ -95,6 +95,11 @@ pub async fn exchange(
             }
             Ok(Err(Trip::Broken(why))) => return Err(Failure::Broken(why)),
             Ok(Ok((mut parts, buf, decoder))) => {
+                // A length next to a transfer coding is void (RFC 9112 §6.3); the client gets
+                // the decoded body chunked again, or with the length the framing gave.
+                if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                }
                 headers::strip_hop_by_hop(&mut parts.headers, false);
                 let reusable = decoder.reusable() && keeps_alive(parts.version, &parts.headers);
                 let body = Upstream {

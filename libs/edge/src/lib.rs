@@ -11,8 +11,10 @@
 //! blue-green switch is a single swap. Instances claiming one of the platform's own addresses
 //! are never routed ([`platform`]).
 //!
-//! The data path is hyper's, on threads of its own ([`front`]): the router listens on the
-//! gateway's public port and passes every request that is not its own on to the gateway's API.
+//! The data path runs on threads of its own ([`front`]): the router listens on the gateway's
+//! public port (hyper's HTTP/1 server) and passes every request that is not its own on to the
+//! gateway's API. Requests with a body in memory go to instances through the router's own
+//! HTTP/1 client on the same task; streamed ones and upgrades through hyper's client.
 //!
 //! Layout:
 //! - [`table`]: the discovery answer, the table built from it, release and instance selection.
@@ -20,7 +22,8 @@
 //! - [`platform`]: the platform's own listeners, which no route may lead to.
 //! - [`front`]: the listener threads; [`target`]: which requests are the router's.
 //! - `forward`: forwarding, retries, upgrades, problems; `pool`: each thread's connections to
-//!   instances; `body`: streamed bodies with the size limit; `headers`: hop-by-hop and
+//!   instances; `client` and `framing`: the router's own HTTP/1 exchange and the answer's
+//!   framing; `body`: streamed bodies with the size limit; `headers`: hop-by-hop and
 //!   `x-forwarded-*`.
 //! - [`metrics`]: Prometheus collectors on the service's registry.
 //! - `standin` (feature `test-support`): a stand-in discovery server for tests and benches.

@@ -513,8 +513,15 @@ fn limits() -> String {
             .map(|l| l.split_whitespace().rev().nth(2).unwrap_or("?").to_owned())
             .unwrap_or_default()
     };
+    // Every probe of the trivial app is a new connection, tracked for 2 minutes after it
+    // closed where connection tracking is on (Docker's rules turn it on): a full table drops
+    // new connections, the platform's own included.
+    let conntrack = match read("/proc/sys/net/netfilter/nf_conntrack_max").trim() {
+        "" => "off".to_owned(),
+        max => max.to_owned(),
+    };
     format!(
-        "open files {}, processes {}, ephemeral ports {}",
+        "open files {}, processes {}, ephemeral ports {}, tracked connections {conntrack}",
         pick("Max open files"),
         pick("Max processes"),
         read("/proc/sys/net/ipv4/ip_local_port_range")
