@@ -35,17 +35,24 @@ const MAX_HEADERS: usize = 100;
 /// Bytes read from an instance at a time.
 const READ_BYTES: usize = 16 * 1024;
 
-impl Reusable for TcpStream {
+/// A connection to an instance with its read buffer, kept with it so that an exchange on a
+/// pooled connection allocates none.
+pub(crate) struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Reusable for Conn {
     /// Nothing arrived while it was idle: an instance that closed it would have sent a FIN,
     /// which sets its read readiness. Checked without a system call in the common case.
     fn usable(&self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        match self.poll_read_ready(&mut cx) {
+        match self.stream.poll_read_ready(&mut cx) {
             Poll::Pending => true,
             Poll::Ready(Err(_)) => false,
             // Readiness left from the last read, or an end of stream (or stray bytes) since.
             Poll::Ready(Ok(())) => matches!(
-                self.try_read(&mut [0u8; 1]),
+                self.stream.try_read(&mut [0u8; 1]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock
             ),
         }
@@ -53,7 +60,7 @@ impl Reusable for TcpStream {
 }
 
 thread_local! {
-    static STREAMS: Slots<TcpStream> = Slots::default();
+    static STREAMS: Slots<Conn> = Slots::default();
 }
 
 pub fn sweep() {
@@ -78,14 +85,17 @@ pub async fn exchange(
     let (head, body) = encode(&request);
     let slot = STREAMS.with(|s| s.slot(address));
     loop {
-        let (mut stream, reused) = match slot.take() {
-            Some(stream) => (stream, true),
+        let (mut conn, reused) = match slot.take() {
+            Some(conn) => (conn, true),
             None => match pool::connect(address, connect).await {
-                Ok(stream) => (stream, false),
+                Ok(stream) => {
+                    let buf = BytesMut::with_capacity(READ_BYTES);
+                    (Conn { stream, buf }, false)
+                }
                 Err(e) => return Err(Failure::Unsent(Box::new(request), e.to_string())),
             },
         };
-        let trip = round_trip(&mut stream, head.clone(), body.clone(), head_only);
+        let trip = round_trip(&mut conn, head.clone(), body.clone(), head_only);
         match tokio::time::timeout_at(started + deadline, trip).await {
             Err(_) => return Err(Failure::Timeout),
             // The instance closed it while it sat idle: the request never reached it.
@@ -94,7 +104,7 @@ pub async fn exchange(
                 return Err(Failure::Broken(format!("cannot send the request: {e}")));
             }
             Ok(Err(Trip::Broken(why))) => return Err(Failure::Broken(why)),
-            Ok(Ok((mut parts, buf, decoder))) => {
+            Ok(Ok((mut parts, decoder))) => {
                 // A length next to a transfer coding is void (RFC 9112 §6.3); the client gets
                 // the decoded body chunked again, or with the length the framing gave.
                 if parts.headers.contains_key(header::TRANSFER_ENCODING) {
@@ -103,9 +113,8 @@ pub async fn exchange(
                 headers::strip_hop_by_hop(&mut parts.headers, false);
                 let reusable = decoder.reusable() && keeps_alive(parts.version, &parts.headers);
                 let body = Upstream {
-                    stream: Some(stream),
+                    conn: Some(conn),
                     slot: reusable.then_some(slot),
-                    buf,
                     decoder,
                 };
                 return Ok(Response::from_parts(parts, RespBody::Raw(body)));
@@ -148,11 +157,12 @@ fn encode(request: &Request<ReqBody>) -> (Bytes, Bytes) {
 }
 
 async fn round_trip(
-    stream: &mut TcpStream,
+    conn: &mut Conn,
     head: Bytes,
     body: Bytes,
     head_only: bool,
-) -> Result<(http::response::Parts, BytesMut, Decoder), Trip> {
+) -> Result<(http::response::Parts, Decoder), Trip> {
+    let Conn { stream, buf } = conn;
     let mut wire = head.chain(body);
     while wire.has_remaining() {
         let written = std::future::poll_fn(|cx| {
@@ -164,13 +174,13 @@ async fn round_trip(
             return Err(Trip::Write(io::ErrorKind::WriteZero.into()));
         }
     }
-    let mut buf = BytesMut::with_capacity(READ_BYTES);
     loop {
+        // Reclaims the buffer's own bytes once the last answer's frames were sent and freed.
         if buf.capacity() - buf.len() < 1024 {
             buf.reserve(READ_BYTES);
         }
         let read = stream
-            .read_buf(&mut buf)
+            .read_buf(buf)
             .await
             .map_err(|e| Trip::Broken(format!("connection error: {e}")))?;
         if read == 0 {
@@ -179,13 +189,13 @@ async fn round_trip(
             ));
         }
         // Informational answers (100 Continue, 103 Early Hints) are passed over.
-        while let Some(parts) = parse_head(&mut buf)? {
+        while let Some(parts) = parse_head(buf)? {
             if parts.status.is_informational() {
                 continue;
             }
             let decoder = Decoder::of(head_only, parts.status, &parts.headers)
                 .map_err(|e| Trip::Broken(e.to_string()))?;
-            return Ok((parts, buf, decoder));
+            return Ok((parts, decoder));
         }
         if buf.len() > MAX_HEAD_BYTES {
             return Err(Trip::Broken(format!(
@@ -243,10 +253,10 @@ fn parse_head(buf: &mut BytesMut) -> Result<Option<http::response::Parts>, Trip>
 /// An instance's answer body read from its connection by the task sending it to the client;
 /// the connection goes back to the pool once the body ended, and is closed otherwise.
 pub struct Upstream {
-    stream: Option<TcpStream>,
+    /// `None` once it failed.
+    conn: Option<Conn>,
     /// Where the connection goes back; `None` when it cannot carry another exchange.
-    slot: Option<Rc<Slot<TcpStream>>>,
-    buf: BytesMut,
+    slot: Option<Rc<Slot<Conn>>>,
     decoder: Decoder,
 }
 
@@ -254,12 +264,12 @@ impl Upstream {
     /// Back to the pool, when the body ended exactly where the answer did.
     fn finish(&mut self) {
         if self.decoder.is_done()
-            && self.buf.is_empty()
-            && let (Some(slot), Some(stream)) = (self.slot.take(), self.stream.take())
+            && let (Some(slot), Some(conn)) = (self.slot.take(), self.conn.take())
+            && conn.buf.is_empty()
         {
-            slot.put(stream);
+            slot.put(conn);
         }
-        self.stream = None;
+        self.conn = None;
     }
 
     pub fn poll_frame(
@@ -267,7 +277,10 @@ impl Upstream {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         loop {
-            match self.decoder.decode(&mut self.buf) {
+            let Some(conn) = self.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match self.decoder.decode(&mut conn.buf) {
                 Ok(Step::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
                 Ok(Step::Done) => {
                     self.finish();
@@ -275,28 +288,25 @@ impl Upstream {
                 }
                 Ok(Step::More) => {}
                 Err(e) => {
-                    self.stream = None;
+                    self.conn = None;
                     return Poll::Ready(Some(Err(e.into())));
                 }
             }
-            let Some(stream) = self.stream.as_mut() else {
-                return Poll::Ready(None);
-            };
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(READ_BYTES);
+            if conn.buf.capacity() - conn.buf.len() < 1024 {
+                conn.buf.reserve(READ_BYTES);
             }
-            match tokio_util::io::poll_read_buf(Pin::new(stream), cx, &mut self.buf) {
+            match tokio_util::io::poll_read_buf(Pin::new(&mut conn.stream), cx, &mut conn.buf) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Ok(0)) => {
                     self.slot = None;
                     if let Err(e) = self.decoder.at_eof() {
-                        self.stream = None;
+                        self.conn = None;
                         return Poll::Ready(Some(Err(e.into())));
                     }
                 }
                 Poll::Ready(Ok(_)) => {}
                 Poll::Ready(Err(e)) => {
-                    self.stream = None;
+                    self.conn = None;
                     return Poll::Ready(Some(Err(e.into())));
                 }
             }
