@@ -110,8 +110,9 @@ pub async fn exchange(
                 if parts.headers.contains_key(header::TRANSFER_ENCODING) {
                     parts.headers.remove(header::CONTENT_LENGTH);
                 }
-                headers::strip_hop_by_hop(&mut parts.headers, false);
+                // Read before the hop-by-hop headers (`Connection` among them) are dropped.
                 let reusable = decoder.reusable() && keeps_alive(parts.version, &parts.headers);
+                headers::strip_hop_by_hop(&mut parts.headers, false);
                 let body = Upstream {
                     conn: Some(conn),
                     slot: reusable.then_some(slot),

@@ -25,6 +25,11 @@ fn script(method: &str, path: &str) -> (&'static [u8], bool) {
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
             false,
         ),
+        // Says it closes, but takes its time to (a pooled connection would be used meanwhile).
+        (_, "/says-close") => (
+            b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok",
+            true,
+        ),
         (_, "/until-close") => (b"HTTP/1.1 200 OK\r\n\r\nuntil the end", true),
         (_, "/no-content") => (b"HTTP/1.1 204 No Content\r\n\r\n", false),
         (_, "/two-lengths") => (
@@ -69,9 +74,11 @@ async fn scripted() -> (String, Arc<AtomicUsize>) {
                     let (method, path) = (line.next().unwrap_or(""), line.next().unwrap_or(""));
                     let (answer, close) = script(method, path);
                     if stream.write_all(answer).await.is_err() || close {
-                        if path == "/then-idle-close" {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        match path {
+                            "/then-idle-close" => tokio::time::sleep(Duration::from_millis(50)),
+                            _ => tokio::time::sleep(Duration::from_millis(300)),
                         }
+                        .await;
                         return;
                     }
                 }
@@ -146,6 +153,16 @@ async fn every_framing_passes_through_on_one_kept_alive_connection() {
         (200, "hello".into())
     );
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    // Nor can one whose answer said `Connection: close`, even before the instance closed it.
+    assert_eq!(
+        text(&router, reqwest::Method::GET, "/says-close").await,
+        (200, "ok".into())
+    );
+    assert_eq!(
+        text(&router, reqwest::Method::GET, "/length").await,
+        (200, "hello".into())
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
