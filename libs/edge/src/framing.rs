@@ -8,6 +8,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap};
 use http::{StatusCode, Version};
 
+use crate::headers::connection_has;
+
 /// Longest chunk-size line or trailer line accepted.
 const MAX_LINE: usize = 4096;
 
@@ -207,17 +209,9 @@ fn take(buf: &mut BytesMut, rem: u64) -> (Bytes, u64) {
 
 /// Whether the instance keeps the connection open after this answer (RFC 9112 §9.3).
 pub fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &str| {
-        headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.to_str()
-                .unwrap_or("")
-                .split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case(token))
-        })
-    };
     match version {
-        Version::HTTP_10 => has("keep-alive"),
-        _ => !has("close"),
+        Version::HTTP_10 => connection_has(headers, "keep-alive"),
+        _ => !connection_has(headers, "close"),
     }
 }
 
