@@ -16,7 +16,8 @@ use crate::cdevents::CdEventKind;
 use crate::deploy::{
     DeployCancelRequested, DeployRequested, DeploymentFinished, DeploymentStarted, DeploymentStep,
     InstanceDraining, InstanceExited, InstanceHealthChanged, InstanceLogs, InstanceStarted,
-    InstanceStopped, InstancesHeartbeat, InstancesHeartbeatV1, TrafficChanged,
+    InstanceStopped, InstancesHeartbeat, InstancesHeartbeatV1, InstancesHeartbeatV2,
+    TrafficChanged,
 };
 use crate::slipway::{BuildRequested, ReleaseCreated, ServiceCreated, sources};
 use crate::{CloudEvent, EventData};
@@ -88,7 +89,7 @@ impl fmt::Display for Service {
 
 /// Slipway's own types and their owners. CDEvents types are in [`cdevent_owner`], whose match
 /// is exhaustive so a new kind cannot be added without deciding its owner.
-const OWNERS: [(&str, Service); 17] = [
+const OWNERS: [(&str, Service); 18] = [
     // Commands: only the gateway turns an authorised API call into one.
     (BuildRequested::TYPE, Service::Gateway),
     (DeployRequested::TYPE, Service::Gateway),
@@ -106,6 +107,7 @@ const OWNERS: [(&str, Service); 17] = [
     (InstanceExited::TYPE, Service::Deployer),
     (InstanceStopped::TYPE, Service::Deployer),
     (InstancesHeartbeat::TYPE, Service::Deployer),
+    (InstancesHeartbeatV2::TYPE, Service::Deployer),
     (InstancesHeartbeatV1::TYPE, Service::Deployer),
     (InstanceLogs::TYPE, Service::Deployer),
     // Health verdicts: the monitor probes.

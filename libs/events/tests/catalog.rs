@@ -7,7 +7,8 @@ use slipway_events::cdevents::CdEventKind;
 use slipway_events::deploy::{
     DeployCancelRequested, DeployRequested, DeploymentFinished, DeploymentStarted, DeploymentStep,
     InstanceDraining, InstanceExited, InstanceHealthChanged, InstanceLogs, InstanceStarted,
-    InstanceStopped, InstancesHeartbeat, InstancesHeartbeatV1, TrafficChanged,
+    InstanceStopped, InstancesHeartbeat, InstancesHeartbeatV1, InstancesHeartbeatV2,
+    TrafficChanged,
 };
 use slipway_events::slipway::{BuildRequested, ReleaseCreated, ServiceCreated};
 use slipway_events::{EventData, Topic};
@@ -32,6 +33,7 @@ fn the_catalog_names_every_type_and_topic() {
         InstanceExited::TYPE,
         InstanceStopped::TYPE,
         InstancesHeartbeat::TYPE,
+        InstancesHeartbeatV2::TYPE,
         InstancesHeartbeatV1::TYPE,
         InstanceLogs::TYPE,
         InstanceHealthChanged::TYPE,

@@ -562,13 +562,16 @@ async fn run() {
             }
             let p = platform(&stack, &envs).await;
             println!(
-                "n={n} round {}: all in {:.2} s, {}/{n} succeeded, p50 {:.0} ms, p99 {:.0} ms, deployer {:.2} CPU s",
+                "n={n} round {}: all in {:.2} s, {}/{n} succeeded, p50 {:.0} ms, p99 {:.0} ms, CPU s: deployer {:.2}, registry {:.2}, monitor {:.2}, gateway {:.2}",
                 round + 1,
                 p.total,
                 p.succeeded,
                 percentile(&p.per, 0.5) * 1000.0,
                 percentile(&p.per, 0.99) * 1000.0,
                 p.cpu["deployer"],
+                p.cpu["registry"],
+                p.cpu["monitor"],
+                p.cpu["gateway"],
             );
             print_reasons(&p);
             row.platform.push(p);

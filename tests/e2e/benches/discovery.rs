@@ -36,7 +36,7 @@ use serde_json::{Value, json};
 use slipway_events::CloudEvent;
 use slipway_events::EventData;
 use slipway_events::deploy::{
-    Health, HealthCheck, HeartbeatInstance, InstanceState, InstancesHeartbeat,
+    EnvironmentInstances, Health, HealthCheck, HeartbeatInstance, InstanceState, InstancesHeartbeat,
 };
 use slipway_events::slipway::sources;
 use slipway_ids::{InstanceId, ReplicaId, ServiceId};
@@ -124,9 +124,11 @@ fn heartbeat(i: usize, service_id: ServiceId) -> InstancesHeartbeat {
     InstancesHeartbeat {
         service_id,
         service_name: service_name(i),
-        environment: ENVIRONMENT.into(),
         owner: ReplicaId::from_name("deployer-bench"),
-        instances,
+        environments: vec![EnvironmentInstances {
+            environment: ENVIRONMENT.into(),
+            instances,
+        }],
         interval_ms: 10_000,
         at: now,
     }

@@ -2,10 +2,13 @@
 //! record, so the registry can put back what it lost (a row reaped or deleted while the broker
 //! or the registry was away) instead of only refreshing what it still has.
 //!
-//! Version 2 replaced version 1 (a bare list of ids) because the shape changed incompatibly.
-//! Registries accept both during a rolling upgrade ([`InstancesHeartbeatV1`]); deployers send
-//! only version 2. Upgrade the registry before the deployer: a version-1 registry ignores
-//! version-2 heartbeats (it does not know the type) and would reap on its old clock.
+//! Version 3 is one event per service (chunked by environments) instead of one per service
+//! and environment: at thousands of environments, one event each per interval flooded the
+//! instances topic and the registry's one transaction per event. Version 2 (per environment)
+//! replaced version 1 (a bare list of ids). Registries apply all three during a rolling
+//! upgrade ([`InstancesHeartbeatV2`], [`InstancesHeartbeatV1`]); deployers send only version
+//! 3. Upgrade the registry before the deployer: an older registry ignores a type it does not
+//! know, and would reap on its old clock.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -72,16 +75,53 @@ pub struct HeartbeatInstance {
     pub started_at: DateTime<Utc>,
 }
 
-/// The instances one deployer replica (`owner`) supervises for one service and environment,
-/// sent every `interval_ms`; an owner with none there but something desired sends an empty
-/// list, which is how the registry learns that instances once listed are gone while
+/// One environment of a heartbeat: every instance the owner supervises there, possibly none.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvironmentInstances {
+    pub environment: String,
+    pub instances: Vec<HeartbeatInstance>,
+}
+
+/// The instances one deployer replica (`owner`) supervises for one service, per environment,
+/// sent every `interval_ms`. Every environment of the service with a desired state is listed
+/// in one of the owner's heartbeats of an interval (a service with many instances takes
+/// several, each with whole environments); one with none of the owner's instances is listed
+/// empty, which is how the registry learns that instances once listed are gone while
 /// heartbeats keep flowing. The registry inserts any listed instance it does not have, and
-/// reaps an instance of that environment only when heartbeats for it have gone on for
+/// reaps an instance of a listed environment only when heartbeats for it have gone on for
 /// `discovery.stale_after_intervals` intervals without listing it: never because heartbeats
 /// stopped arriving altogether (which is what a broker or registry outage looks like).
-/// Subject: `<service>/<env>`.
+/// Subject: `<service>`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct InstancesHeartbeat {
+    pub service_id: ServiceId,
+    pub service_name: String,
+    /// The deployer replica supervising every instance listed.
+    pub owner: ReplicaId,
+    pub environments: Vec<EnvironmentInstances>,
+    /// How often this owner sends heartbeats.
+    pub interval_ms: u64,
+    pub at: DateTime<Utc>,
+}
+
+impl EventData for InstancesHeartbeat {
+    const TYPE: &'static str = "dev.slipway.instances.heartbeat.v3";
+    const TOPIC: Topic = Topic::Instances;
+}
+
+impl InstancesHeartbeat {
+    /// Every instance listed, in all environments.
+    pub fn instances(&self) -> impl Iterator<Item = (&str, &HeartbeatInstance)> {
+        self.environments
+            .iter()
+            .flat_map(|e| e.instances.iter().map(move |i| (e.environment.as_str(), i)))
+    }
+}
+
+/// Version 2: one event per service and environment, with the same records. No longer sent;
+/// still applied, like version 3 with that one environment. Subject: `<service>/<env>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstancesHeartbeatV2 {
     pub service_id: ServiceId,
     pub service_name: String,
     pub environment: String,
@@ -93,7 +133,7 @@ pub struct InstancesHeartbeat {
     pub at: DateTime<Utc>,
 }
 
-impl EventData for InstancesHeartbeat {
+impl EventData for InstancesHeartbeatV2 {
     const TYPE: &'static str = "dev.slipway.instances.heartbeat.v2";
     const TOPIC: Topic = Topic::Instances;
 }
@@ -124,29 +164,42 @@ mod tests {
 
     #[test]
     fn a_heartbeat_carries_whole_records_and_omits_unknown_health() {
+        let record = HeartbeatInstance {
+            instance_id: InstanceId::new(),
+            release: 3,
+            address: "127.0.0.1:4000".into(),
+            target: "process".into(),
+            state: InstanceState::Running,
+            health: None,
+            health_check: HealthCheck::default(),
+            detail: None,
+            restarts: 0,
+            started_at: Utc::now(),
+        };
         let beat = InstancesHeartbeat {
             service_id: ServiceId::new(),
             service_name: "hello".into(),
-            environment: "prod".into(),
             owner: ReplicaId::generate("deployer"),
-            instances: vec![HeartbeatInstance {
-                instance_id: InstanceId::new(),
-                release: 3,
-                address: "127.0.0.1:4000".into(),
-                target: "process".into(),
-                state: InstanceState::Running,
-                health: None,
-                health_check: HealthCheck::default(),
-                detail: None,
-                restarts: 0,
-                started_at: Utc::now(),
-            }],
+            environments: vec![
+                EnvironmentInstances {
+                    environment: "prod".into(),
+                    instances: vec![record.clone()],
+                },
+                EnvironmentInstances {
+                    environment: "staging".into(),
+                    instances: Vec::new(),
+                },
+            ],
             interval_ms: 5000,
             at: Utc::now(),
         };
         let wire = serde_json::to_value(&beat).unwrap();
-        assert_eq!(wire["instances"][0]["state"], "running");
-        assert!(wire["instances"][0].get("health").is_none(), "{wire}");
+        let prod = &wire["environments"][0]["instances"][0];
+        assert_eq!(prod["state"], "running");
+        assert!(prod.get("health").is_none(), "{wire}");
+        assert_eq!(wire["environments"][1]["environment"], "staging");
+        let listed: Vec<(&str, &HeartbeatInstance)> = beat.instances().collect();
+        assert_eq!(listed, [("prod", &record)]);
         let back: InstancesHeartbeat = serde_json::from_value(wire).unwrap();
         assert_eq!(back, beat);
         for state in [

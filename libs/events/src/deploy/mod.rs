@@ -23,7 +23,10 @@ mod heartbeat;
 mod spec;
 
 pub use crate::inputs::ProbePath;
-pub use heartbeat::{HeartbeatInstance, InstanceState, InstancesHeartbeat, InstancesHeartbeatV1};
+pub use heartbeat::{
+    EnvironmentInstances, HeartbeatInstance, InstanceState, InstancesHeartbeat,
+    InstancesHeartbeatV1, InstancesHeartbeatV2,
+};
 pub use spec::{CanaryStep, HealthCheck, ProbeKind, Strategy};
 
 // ---------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ use anyhow::anyhow;
 use futures::FutureExt;
 use slipway_events::deploy::{
     InstanceDraining, InstanceExited, InstanceHealthChanged, InstanceStarted, InstanceStopped,
-    InstancesHeartbeat, InstancesHeartbeatV1, TrafficChanged,
+    InstancesHeartbeat, InstancesHeartbeatV1, InstancesHeartbeatV2, TrafficChanged,
 };
 use slipway_events::{CloudEvent, EventData};
 use slipway_kafka::{Handled, Handler, HandlerError};
@@ -30,6 +30,7 @@ enum Fact {
     Draining(InstanceDraining),
     Stopped(InstanceStopped),
     Heartbeat(InstancesHeartbeat),
+    HeartbeatV2(InstancesHeartbeatV2),
     HeartbeatV1(InstancesHeartbeatV1),
     Traffic(TrafficChanged),
 }
@@ -49,6 +50,7 @@ impl Fact {
             InstanceDraining::TYPE => Fact::Draining(data(event)?),
             InstanceStopped::TYPE => Fact::Stopped(data(event)?),
             InstancesHeartbeat::TYPE => Fact::Heartbeat(data(event)?),
+            InstancesHeartbeatV2::TYPE => Fact::HeartbeatV2(data(event)?),
             InstancesHeartbeatV1::TYPE => Fact::HeartbeatV1(data(event)?),
             TrafficChanged::TYPE => Fact::Traffic(data(event)?),
             _ => return Ok(None),
@@ -76,11 +78,10 @@ impl Discovery {
 }
 
 /// Logs what a heartbeat put back or reaped (both are worth an operator's eye).
-fn log_applied(applied: &Applied, service: &str, environment: &str) {
+fn log_applied(applied: &Applied, service: &str) {
     if !applied.inserted.is_empty() {
         tracing::info!(
             service,
-            environment,
             instances = ?applied.inserted,
             "instances missing from discovery inserted from a heartbeat"
         );
@@ -123,12 +124,17 @@ impl Handler for Discovery {
                     // inserted or reaped are.
                     Fact::Heartbeat(e) => {
                         let applied = heartbeats::apply(tx, e, default_ms, stale_after).await?;
-                        log_applied(&applied, &e.service_name, &e.environment);
+                        log_applied(&applied, &e.service_name);
+                        applied.changed()
+                    }
+                    Fact::HeartbeatV2(e) => {
+                        let applied = heartbeats::apply_v2(tx, e, default_ms, stale_after).await?;
+                        log_applied(&applied, &e.service_name);
                         applied.changed()
                     }
                     Fact::HeartbeatV1(e) => {
                         let applied = heartbeats::apply_v1(tx, e, default_ms, stale_after).await?;
-                        log_applied(&applied, &e.service_name, &e.environment);
+                        log_applied(&applied, &e.service_name);
                         applied.changed()
                     }
                     Fact::Traffic(e) => instances::traffic(tx, e).await?,
@@ -139,6 +145,7 @@ impl Handler for Discovery {
                         instances::traffic_version(tx, e.service_id, &e.environment, index).await?;
                     }
                 } else if let Fact::Heartbeat(InstancesHeartbeat { service_name, .. })
+                | Fact::HeartbeatV2(InstancesHeartbeatV2 { service_name, .. })
                 | Fact::HeartbeatV1(InstancesHeartbeatV1 { service_name, .. }) = &fact
                 {
                     // `last_seen` moved: kept answers of this service go (no bump, see above).

@@ -1,7 +1,7 @@
 //! Heartbeats: deployers' periodic snapshots of what they supervise, which re-insert lost rows
 //! and drive the only reaping there is.
 //!
-//! The rule. An instance is reaped when heartbeats for its service and environment keep
+//! The rule. An instance is reaped when heartbeats listing its service and environment keep
 //! arriving and, for `stale_after` of their intervals, none lists it: its owner's heartbeats
 //! go on without it, or its owner is gone while another's go on. Time is the heartbeats' own
 //! (`at`, capped at now), compared with the time a heartbeat last listed the row. So nothing
@@ -9,7 +9,10 @@
 //! applied in a burst after one is judged by when it was sent. All heartbeats of a service
 //! share its partition, so they are applied in the order they were sent.
 
-use slipway_events::deploy::{HeartbeatInstance, InstancesHeartbeat, InstancesHeartbeatV1};
+use slipway_events::deploy::{
+    EnvironmentInstances, HeartbeatInstance, InstancesHeartbeat, InstancesHeartbeatV1,
+    InstancesHeartbeatV2,
+};
 use slipway_ids::{InstanceId, ServiceId};
 use sqlx::PgConnection;
 
@@ -38,8 +41,9 @@ impl Applied {
     }
 }
 
-/// Applies a version-2 heartbeat: inserts every listed instance missing here (unless it was
-/// stopped on purpose lately), refreshes the others, then reaps by the rule above.
+/// Applies a heartbeat: inserts every listed instance missing here (unless it was stopped on
+/// purpose lately), refreshes the others, then reaps by the rule above in every environment
+/// it lists.
 ///
 /// A row that exists keeps its state and health: the instance events (ordered on the same
 /// partition) and the monitor's verdicts are newer than the deployer's view in a heartbeat.
@@ -53,15 +57,20 @@ pub async fn apply(
 ) -> Result<Applied, sqlx::Error> {
     let interval = interval_ms(e.interval_ms, default_ms);
     let mut applied = Applied::default();
-    for i in &e.instances {
-        if upsert(conn, e, i, interval).await? {
+    for (environment, i) in e.instances() {
+        if upsert(conn, e, environment, i, interval).await? {
             applied.inserted.push(i.instance_id);
         }
     }
-    let listed: Vec<InstanceId> = e.instances.iter().map(|i| i.instance_id).collect();
+    let listed: Vec<InstanceId> = e.instances().map(|(_, i)| i.instance_id).collect();
+    let environments: Vec<&str> = e
+        .environments
+        .iter()
+        .map(|g| g.environment.as_str())
+        .collect();
     applied.reaped = reap(
         conn,
-        (e.service_id, &e.environment),
+        (e.service_id, &environments),
         &listed,
         e.at,
         interval,
@@ -69,6 +78,28 @@ pub async fn apply(
     )
     .await?;
     Ok(applied)
+}
+
+/// Applies a version-2 heartbeat (one environment, from a deployer not yet upgraded) as a
+/// version 3 listing that environment alone.
+pub async fn apply_v2(
+    conn: &mut PgConnection,
+    e: &InstancesHeartbeatV2,
+    default_ms: u64,
+    stale_after: u32,
+) -> Result<Applied, sqlx::Error> {
+    let beat = InstancesHeartbeat {
+        service_id: e.service_id,
+        service_name: e.service_name.clone(),
+        owner: e.owner.clone(),
+        environments: vec![EnvironmentInstances {
+            environment: e.environment.clone(),
+            instances: e.instances.clone(),
+        }],
+        interval_ms: e.interval_ms,
+        at: e.at,
+    };
+    apply(conn, &beat, default_ms, stale_after).await
 }
 
 /// Applies a version-1 heartbeat (ids only, from a deployer not yet upgraded): refreshes the
@@ -95,7 +126,7 @@ pub async fn apply_v1(
     .await?;
     let reaped = reap(
         conn,
-        (e.service_id, &e.environment),
+        (e.service_id, &[e.environment.as_str()]),
         listed,
         e.at,
         interval,
@@ -123,6 +154,7 @@ fn interval_ms(announced: u64, default_ms: u64) -> i64 {
 async fn upsert(
     conn: &mut PgConnection,
     e: &InstancesHeartbeat,
+    environment: &str,
     i: &HeartbeatInstance,
     interval: i64,
 ) -> Result<bool, sqlx::Error> {
@@ -142,7 +174,7 @@ async fn upsert(
     .bind(i.instance_id)
     .bind(e.service_id)
     .bind(&e.service_name)
-    .bind(&e.environment)
+    .bind(environment)
     .bind(i.release)
     .bind(&i.address)
     .bind(&i.target)
@@ -160,12 +192,12 @@ async fn upsert(
     Ok(inserted.unwrap_or(false))
 }
 
-/// Deletes the instances of `(service, environment)` not in `listed` whose last listing is
+/// Deletes the instances of `service` in `environments` not in `listed` whose last listing is
 /// more than `stale_after` intervals (their own last announced one, else this heartbeat's)
 /// older than this heartbeat.
 async fn reap(
     conn: &mut PgConnection,
-    (service, environment): (ServiceId, &str),
+    (service, environments): (ServiceId, &[&str]),
     listed: &[InstanceId],
     at: chrono::DateTime<chrono::Utc>,
     interval: i64,
@@ -173,13 +205,13 @@ async fn reap(
 ) -> Result<Vec<Reaped>, sqlx::Error> {
     sqlx::query_as(
         "DELETE FROM instances \
-         WHERE service_id = $1 AND environment = $2 AND id <> ALL($3) \
+         WHERE service_id = $1 AND environment = ANY($2) AND id <> ALL($3) \
            AND coalesce(listed_at, last_seen) \
                < least($4, now()) - (coalesce(heartbeat_ms, $5) * $6) * interval '1 millisecond' \
          RETURNING id, service_name, environment",
     )
     .bind(service)
-    .bind(environment)
+    .bind(environments)
     .bind(listed)
     .bind(at)
     .bind(interval)

@@ -160,3 +160,72 @@ async fn a_heartbeat_applied_after_a_stop_does_not_bring_the_instance_back() {
         "a stopped instance came back: {body:#}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_heartbeat_speaks_for_every_environment_it_lists_and_no_other() {
+    let app = quick_app().await;
+    let facts = Facts::new(&app, "hello").await;
+    let ids: Vec<InstanceId> = (0..4).map(|_| InstanceId::new()).collect();
+    let [kept, dropped, emptied, unlisted] = ids[..] else {
+        unreachable!()
+    };
+    for (id, env) in [
+        (kept, "prod"),
+        (dropped, "prod"),
+        (emptied, "staging"),
+        (unlisted, "qa"),
+    ] {
+        facts.started(id, env, 1, 0).await;
+    }
+    eventually(&app, PATH, |b| ids.iter().all(|id| item(b, *id).is_some())).await;
+
+    // One deployer's heartbeats list prod with `kept` only and staging empty, never qa.
+    let reaped = slipway_testkit::wait_until(Duration::from_secs(30), || {
+        let (app, facts) = (&app, &facts);
+        async move {
+            let prod = vec![facts.record(kept, None)];
+            facts
+                .heartbeat_for(
+                    "deployer-a",
+                    &[("prod", prod), ("staging", Vec::new())],
+                    100,
+                )
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let body = get(app, PATH).await;
+            item(&body, dropped).is_none() && item(&body, emptied).is_none()
+        }
+    })
+    .await;
+    assert!(reaped, "instances left out of a listed environment stayed");
+    let body = get(&app, PATH).await;
+    assert!(item(&body, kept).is_some(), "{body:#}");
+    assert!(
+        item(&body, unlisted).is_some(),
+        "an environment no heartbeat lists is not reaped: {body:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_heartbeat_still_puts_back_and_reaps_its_environment() {
+    let app = quick_app().await;
+    let facts = Facts::new(&app, "hello").await;
+    let (lost, dropped) = (InstanceId::new(), InstanceId::new());
+    facts.started(dropped, "prod", 1, 0).await;
+    eventually(&app, PATH, |b| item(b, dropped).is_some()).await;
+    // A deployer not yet upgraded lists `lost` (which the registry never had) without
+    // `dropped`: the first comes in, the second goes after 3 intervals.
+    let healed = slipway_testkit::wait_until(Duration::from_secs(30), || {
+        let (app, facts) = (&app, &facts);
+        async move {
+            facts
+                .heartbeat_v2("prod", vec![facts.record(lost, Some(Health::Healthy))], 100)
+                .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let body = get(app, PATH).await;
+            item(&body, lost).is_some() && item(&body, dropped).is_none()
+        }
+    })
+    .await;
+    assert!(healed, "{:#}", get(&app, PATH).await);
+}

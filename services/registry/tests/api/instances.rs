@@ -5,9 +5,9 @@ use std::time::Duration;
 use chrono::Utc;
 use serde_json::{Value, json};
 use slipway_events::deploy::{
-    Health, HealthCheck, HeartbeatInstance, InstanceDraining, InstanceExited,
+    EnvironmentInstances, Health, HealthCheck, HeartbeatInstance, InstanceDraining, InstanceExited,
     InstanceHealthChanged, InstanceRef, InstanceStarted, InstanceState, InstanceStopped,
-    InstancesHeartbeat, ReleaseWeight, TrafficChanged,
+    InstancesHeartbeat, InstancesHeartbeatV2, ReleaseWeight, TrafficChanged,
 };
 use slipway_events::slipway::sources;
 use slipway_events::{CloudEvent, EventData};
@@ -147,11 +147,41 @@ impl Facts {
         records: Vec<HeartbeatInstance>,
         interval_ms: u64,
     ) {
+        self.heartbeat_for(owner, &[(env, records)], interval_ms)
+            .await;
+    }
+
+    /// A heartbeat of `owner` listing each environment with its whole records (none: empty).
+    pub async fn heartbeat_for(
+        &self,
+        owner: &str,
+        environments: &[(&str, Vec<HeartbeatInstance>)],
+        interval_ms: u64,
+    ) {
         let data = InstancesHeartbeat {
             service_id: self.service_id,
             service_name: self.service.clone(),
-            environment: env.to_owned(),
             owner: ReplicaId::from_name(owner),
+            environments: environments
+                .iter()
+                .map(|(env, records)| EnvironmentInstances {
+                    environment: (*env).to_owned(),
+                    instances: records.clone(),
+                })
+                .collect(),
+            interval_ms,
+            at: Utc::now(),
+        };
+        self.send(sources::DEPLOYER, &data).await;
+    }
+
+    /// A version-2 heartbeat (one environment), as a deployer not yet upgraded sends it.
+    pub async fn heartbeat_v2(&self, env: &str, records: Vec<HeartbeatInstance>, interval_ms: u64) {
+        let data = InstancesHeartbeatV2 {
+            service_id: self.service_id,
+            service_name: self.service.clone(),
+            environment: env.to_owned(),
+            owner: ReplicaId::from_name("deployer-old"),
             instances: records,
             interval_ms,
             at: Utc::now(),

@@ -1,11 +1,13 @@
-//! Heartbeats: per service and environment, the whole record of every instance this replica
-//! supervises, so the registry can insert what it lost (see the registry's `db/heartbeats.rs`).
+//! Heartbeats: per service, each environment with the whole record of every instance this
+//! replica supervises there, so the registry can insert what it lost (see the registry's
+//! `db/heartbeats.rs`).
 
 use std::collections::BTreeMap;
 
 use chrono::Utc;
 use slipway_events::deploy::{
-    Health, HeartbeatInstance, InstanceState as HeartbeatState, InstancesHeartbeat,
+    EnvironmentInstances, Health, HeartbeatInstance, InstanceState as HeartbeatState,
+    InstancesHeartbeat,
 };
 use slipway_ids::{InstanceId, ServiceId};
 use tokio_util::sync::CancellationToken;
@@ -30,51 +32,83 @@ impl Fleet {
         }
     }
 
-    /// One round of heartbeats: per service and environment, the whole record of every
-    /// instance this replica supervises, so the registry can insert what it lost. Every
-    /// environment with a desired state gets one, even with no instance of ours there: an
-    /// empty list is how the registry learns that heartbeats go on without the instances it
-    /// still lists (it reaps only then, never when heartbeats stop arriving).
+    /// One round of heartbeats: per service, every environment with a desired state or an
+    /// instance of ours, each with the whole record of every instance this replica supervises
+    /// there (possibly none), so the registry can insert what it lost and reap what is gone.
+    /// An empty environment is how the registry learns that heartbeats go on without the
+    /// instances it still lists (it reaps only then, never when heartbeats stop arriving).
     async fn heartbeat_once(&self) -> Result<(), EngineError> {
         let rows = self.owned_instances().await?;
         let desired = crate::db::state::all(&self.pool).await?;
-        let mut groups: BTreeMap<(ServiceId, String), (String, Vec<HeartbeatInstance>)> =
+        let mut services: BTreeMap<ServiceId, (String, BTreeMap<String, Vec<HeartbeatInstance>>)> =
             BTreeMap::new();
         for s in desired {
-            groups
-                .entry((s.service_id, s.environment))
-                .or_insert_with(|| (s.service_name, Vec::new()));
+            services
+                .entry(s.service_id)
+                .or_insert_with(|| (s.service_name, BTreeMap::new()))
+                .1
+                .entry(s.environment)
+                .or_default();
         }
         for row in &rows {
-            let group = groups
-                .entry((row.service_id, row.environment.clone()))
-                .or_insert_with(|| (row.service_name.clone(), Vec::new()));
-            if let Some(record) = heartbeat_record(row) {
-                group.1.push(record);
-            }
+            let records = services
+                .entry(row.service_id)
+                .or_insert_with(|| (row.service_name.clone(), BTreeMap::new()))
+                .1
+                .entry(row.environment.clone())
+                .or_default();
+            records.extend(heartbeat_record(row));
         }
         let mut tx = self.pool.begin().await?;
-        for ((service_id, environment), (service_name, records)) in groups {
-            let data = InstancesHeartbeat {
-                service_id,
-                service_name: service_name.clone(),
-                environment: environment.clone(),
-                owner: self.replica.clone(),
-                instances: records,
-                interval_ms: self.heartbeat.as_millis() as u64,
-                at: Utc::now(),
-            };
-            announce(
-                &mut tx,
-                service_id,
-                format!("{service_name}/{environment}"),
-                &data,
-            )
-            .await?;
+        for (service_id, (service_name, environments)) in services {
+            for environments in chunks(environments) {
+                let data = InstancesHeartbeat {
+                    service_id,
+                    service_name: service_name.clone(),
+                    owner: self.replica.clone(),
+                    environments,
+                    interval_ms: self.heartbeat.as_millis() as u64,
+                    at: Utc::now(),
+                };
+                announce(&mut tx, service_id, service_name.clone(), &data).await?;
+            }
         }
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// The most instances one heartbeat carries (about 400 bytes each), and the most environments
+/// (about 50 bytes each empty): an event stays well under the broker's message limit.
+const CHUNK_INSTANCES: usize = 500;
+const CHUNK_ENVIRONMENTS: usize = 2_000;
+
+/// A service's environments cut into heartbeats of whole environments (reaping is per listed
+/// environment, so one is never split), each within the limits above; an environment larger
+/// than the instance limit goes alone in its own.
+fn chunks(
+    environments: BTreeMap<String, Vec<HeartbeatInstance>>,
+) -> Vec<Vec<EnvironmentInstances>> {
+    let mut out: Vec<Vec<EnvironmentInstances>> = Vec::new();
+    let mut current: Vec<EnvironmentInstances> = Vec::new();
+    let mut weight = 0;
+    for (environment, instances) in environments {
+        let full = current.len() >= CHUNK_ENVIRONMENTS
+            || (weight + instances.len() > CHUNK_INSTANCES && !current.is_empty());
+        if full {
+            out.push(std::mem::take(&mut current));
+            weight = 0;
+        }
+        weight += instances.len();
+        current.push(EnvironmentInstances {
+            environment,
+            instances,
+        });
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
 }
 
 /// What a heartbeat says of `row`; `None` for an instance the registry must learn of from its
@@ -146,6 +180,49 @@ mod tests {
             start_time: None,
             boot_id: None,
         }
+    }
+
+    fn records(n: usize) -> Vec<HeartbeatInstance> {
+        (0..n)
+            .filter_map(|_| {
+                heartbeat_record(&row(
+                    InstanceState::Running,
+                    InstanceHealth::Healthy,
+                    Some("127.0.0.1:4000"),
+                ))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn heartbeats_cut_a_service_into_whole_environments_within_the_limits() {
+        // Thousands of empty environments and a few with instances: few events, none split.
+        let mut environments: BTreeMap<String, Vec<HeartbeatInstance>> = (0..3_000)
+            .map(|i| (format!("empty-{i:04}"), Vec::new()))
+            .collect();
+        environments.insert("a-big".into(), records(CHUNK_INSTANCES + 10));
+        environments.insert("b-small".into(), records(3));
+        environments.insert("c-mid".into(), records(CHUNK_INSTANCES - 2));
+        let chunks = chunks(environments);
+        let names: Vec<Vec<&str>> = chunks
+            .iter()
+            .map(|c| c.iter().map(|e| e.environment.as_str()).collect())
+            .collect();
+        // The big one alone (over the limit by itself), then b-small until c-mid would pass
+        // the instance limit, then the empty ones up to the environment limit.
+        assert_eq!(names[0], ["a-big"]);
+        assert_eq!(names[1], ["b-small"]);
+        assert_eq!(names[2].len(), CHUNK_ENVIRONMENTS);
+        assert_eq!(names[2][0], "c-mid");
+        assert_eq!(names.len(), 4);
+        let listed: usize = chunks.iter().map(Vec::len).sum();
+        assert_eq!(listed, 3_003, "every environment in exactly one chunk");
+        let sizes: Vec<usize> = chunks
+            .iter()
+            .map(|c| c.iter().map(|e| e.instances.len()).sum())
+            .collect();
+        assert_eq!(sizes, [CHUNK_INSTANCES + 10, 3, CHUNK_INSTANCES - 2, 0]);
+        assert!(super::chunks(BTreeMap::new()).is_empty());
     }
 
     #[test]
