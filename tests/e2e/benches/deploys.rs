@@ -96,6 +96,9 @@ struct PlatformRound {
     per: Vec<f64>,
     /// Medians of: sent → the deployer recorded it, recorded → started, started → finished.
     phases: [f64; 3],
+    /// The first phase split, medians: sent → the gateway committed the command (its outbox
+    /// row), committed → its relay published it, published → the deployer recorded it.
+    accept: [f64; 3],
     succeeded: usize,
     others: HashMap<String, usize>,
     /// Why the others did not succeed: `status: step / check` → how many, and one message.
@@ -337,6 +340,7 @@ async fn platform(stack: &Arc<Stack>, envs: &[String]) -> PlatformRound {
         .collect();
 
     let sent: HashMap<String, f64> = sent.into_iter().collect();
+    let accept = accept_split(stack, &sent, &rows).await;
     let (mut per, mut phases) = (Vec::new(), [Vec::new(), Vec::new(), Vec::new()]);
     let (mut last, mut succeeded, mut others) = (first, 0, HashMap::new());
     let mut reasons: HashMap<String, (usize, String)> = HashMap::new();
@@ -363,12 +367,41 @@ async fn platform(stack: &Arc<Stack>, envs: &[String]) -> PlatformRound {
         total: last - first,
         per,
         phases: phases.map(median),
+        accept,
         succeeded,
         others,
         reasons,
         cpu,
         deployer_peak_rss_mib: peak.load(Ordering::Relaxed) as f64 / 1024.0,
     }
+}
+
+/// Where the accepting of each command went, from the gateway's outbox rows (kept a week
+/// after they are published): medians of sent → committed, → published, → recorded.
+async fn accept_split(stack: &Stack, sent: &HashMap<String, f64>, rows: &[Ended]) -> [f64; 3] {
+    let ids: Vec<String> = sent.keys().cloned().collect();
+    let outbox: Vec<(String, f64, Option<f64>)> = sqlx::query_as(
+        "SELECT data->>'deployment_id', extract(epoch FROM created_at)::float8, \
+         extract(epoch FROM published_at)::float8 FROM gateway.outbox \
+         WHERE data->>'deployment_id' = ANY($1)",
+    )
+    .bind(&ids)
+    .fetch_all(stack.db())
+    .await
+    .unwrap();
+    let recorded: HashMap<&str, f64> = rows.iter().map(|r| (r.0.as_str(), r.2)).collect();
+    let mut split = [Vec::new(), Vec::new(), Vec::new()];
+    for (id, committed, published) in outbox {
+        let (Some(sent), Some(published), Some(recorded)) =
+            (sent.get(&id), published, recorded.get(id.as_str()))
+        else {
+            continue;
+        };
+        split[0].push(committed - sent);
+        split[1].push(published - committed);
+        split[2].push(recorded - published);
+    }
+    split.map(median)
 }
 
 /// Scales every environment back to 0 instances and waits for it (not timed).
@@ -572,6 +605,13 @@ async fn run() {
                 p.cpu["registry"],
                 p.cpu["monitor"],
                 p.cpu["gateway"],
+            );
+            println!(
+                "n={n} round {}: accepting, p50: gateway {:.0} ms, outbox relay {:.0} ms, broker and deployer {:.0} ms",
+                round + 1,
+                p.accept[0] * 1000.0,
+                p.accept[1] * 1000.0,
+                p.accept[2] * 1000.0,
             );
             print_reasons(&p);
             row.platform.push(p);
