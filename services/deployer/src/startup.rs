@@ -76,12 +76,6 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 /// its time to live, in a few milliseconds).
 const LIVENESS_CONNECTIONS: u32 = 3;
 
-/// Connections of each consumer's own pool (commands, health verdicts): a consumer applies one
-/// event at a time, and with the main pool taken by a thousand deployments being driven, each
-/// event waited its turn behind them (at 1,000 deployments requested at once, the last
-/// command was recorded a minute after it was published).
-const CONSUMER_CONNECTIONS: u32 = 2;
-
 /// Who the process target runs instances as: one uid per service when the deployer is root,
 /// else the deployer's own user, said loudly since nothing then separates them.
 fn instance_users(pool: &sqlx::PgPool, process: &ProcessSettings) -> Users {
@@ -193,7 +187,7 @@ impl Application {
             "commands",
             &[Topic::Services, Topic::Commands],
             Commands {
-                pool: slipway_settings::side_pool(&runtime.pool, CONSUMER_CONNECTIONS),
+                pool: runtime.pool.clone(),
                 catalog: ServiceCatalog::new(
                     runtime.pool.clone(),
                     "deployer.service-catalog",
@@ -208,7 +202,7 @@ impl Application {
             "health",
             &[Topic::Instances],
             HealthVerdicts {
-                pool: slipway_settings::side_pool(&runtime.pool, CONSUMER_CONNECTIONS),
+                pool: runtime.pool.clone(),
                 wake: engine.wake.clone(),
                 nudges: engine.nudges.clone(),
             },
