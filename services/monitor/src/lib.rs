@@ -16,5 +16,5 @@ mod health;
 mod routes;
 mod startup;
 
-pub use health::shards::{Leases, ShardSettings, fair_share, shard_of};
+pub use health::shards::{Leases, ShardSettings, WAKE, fair_share, shard_of};
 pub use startup::{Application, LogSettings, MonitorStartError, Probing, Settings};

@@ -13,7 +13,8 @@
 //!
 //! The replica that consumes an instance's start is not always the one holding its shard: it
 //! `NOTIFY`s [`WAKE`] and every replica runs a round at once, so the holder starts probing
-//! without waiting for its next timed round.
+//! without waiting for its next timed round. A round that releases shards `NOTIFY`s too, so a
+//! replica with room claims them at once rather than at its next timed round.
 //!
 //! A replica that cannot renew (database unreachable) stops probing once its leases may have
 //! expired, so two replicas never both believe they own a shard for longer than a round.
@@ -196,6 +197,12 @@ impl Leases {
             .bind(owner)
             .execute(&mut *tx)
             .await?;
+            // Whoever has room claims them at its next round: wake the rounds (on commit), or
+            // the instances of these shards go unprobed until the next timed one.
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(WAKE)
+                .execute(&mut *tx)
+                .await?;
             tracing::info!(owner, released = ?extra, fair, "released shards beyond the fair share");
         } else if held.len() < fair {
             let want = i64::try_from(fair - held.len()).unwrap_or(i64::MAX);

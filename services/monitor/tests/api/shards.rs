@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use slipway_ids::{InstanceId, ReplicaId, ServiceId};
-use slipway_monitor::{Application, Leases, Probing, Settings, ShardSettings, shard_of};
+use slipway_monitor::{Application, Leases, Probing, Settings, ShardSettings, WAKE, shard_of};
 use slipway_testkit::wait_until;
 use sqlx::PgPool;
 use tokio::sync::oneshot;
@@ -29,6 +29,13 @@ async fn shards_of(pool: &PgPool) -> BTreeMap<String, BTreeSet<u32>> {
     owners
 }
 
+/// Whether a round was woken (a `NOTIFY` on [`WAKE`]) within half a second.
+async fn woken(wakes: &mut sqlx::postgres::PgListener) -> bool {
+    tokio::time::timeout(Duration::from_millis(500), wakes.recv())
+        .await
+        .is_ok_and(|n| n.is_ok())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_take_fair_shares_and_expired_leases_are_taken_over() {
     let db = slipway_testkit::fresh_database("monitor").await;
@@ -50,6 +57,11 @@ async fn replicas_take_fair_shares_and_expired_leases_are_taken_over() {
     .await
     .unwrap();
 
+    let mut wakes = sqlx::postgres::PgListener::connect_with(&pool)
+        .await
+        .unwrap();
+    wakes.listen(WAKE).await.unwrap();
+
     assert_eq!(
         ghost.round().await.unwrap().len(),
         16,
@@ -59,8 +71,11 @@ async fn replicas_take_fair_shares_and_expired_leases_are_taken_over() {
         real.round().await.unwrap().is_empty(),
         "nothing is free: a newcomer waits for its share to be released"
     );
+    assert!(!woken(&mut wakes).await, "claims wake nobody");
     let ghosts = ghost.round().await.unwrap();
     assert_eq!(ghosts.len(), 8, "two live replicas: it releases half");
+    // Released shards must not wait for the newcomer's next timed round.
+    assert!(woken(&mut wakes).await, "a release wakes the other rounds");
     let reals = real.round().await.unwrap();
     assert_eq!(reals.len(), 8);
     assert!(ghosts.is_disjoint(&reals));
