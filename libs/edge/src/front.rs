@@ -5,9 +5,15 @@
 //! so the request path takes no lock and shares no connection state between threads. A request
 //! that is not the router's ([`crate::target`]) goes on, unchanged, to the gateway's own API on
 //! a loopback listener.
+//!
+//! Connections are spread over the threads by [`Balance`]: a thread that accepts while it
+//! serves two more connections than the least busy one hands the connection to that one. Left
+//! to the shared socket, a burst of connects (a load balancer's pool opening) lands mostly on
+//! whichever thread was awake, and that thread then serves most of the load alone.
 
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::server::conn::http1;
@@ -79,7 +85,25 @@ impl Edge {
         // A child token: the front's own drop stops the threads without cancelling the caller.
         let stop = cancel.child_token();
         let (ended, ended_rx) = tokio::sync::mpsc::unbounded_channel();
-        for n in 0..threads {
+        let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..threads)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        let balance = Arc::new(Balance {
+            open: (0..threads)
+                .map(|n| {
+                    let open = self
+                        .inner
+                        .metrics
+                        .client_connections
+                        .with_label_values(&[n.to_string().as_str()]);
+                    open.set(0);
+                    open
+                })
+                .collect(),
+            handoff: senders.into_boxed_slice(),
+        });
+        for n in (0..threads).rev() {
+            let handed = receivers.pop().expect("one receiver per thread");
             let listener = listener.try_clone().map_err(EdgeError::Serve)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -87,11 +111,16 @@ impl Edge {
                 .map_err(EdgeError::Serve)?;
             let (edge, stop, ended) = (self.clone(), stop.clone(), ended.clone());
             let fallback = gateway.map(|a| a.to_string().into_boxed_str());
+            let thread = Thread {
+                n,
+                balance: balance.clone(),
+                handed,
+            };
             std::thread::Builder::new()
                 .name(format!("edge-{n}"))
                 .spawn(move || {
                     let worker = Rc::new(Worker { edge, fallback });
-                    LocalSet::new().block_on(&runtime, accept(listener, worker, stop));
+                    LocalSet::new().block_on(&runtime, accept(listener, thread, worker, stop));
                     drop(runtime);
                     let _ = ended.send(());
                 })
@@ -107,7 +136,64 @@ impl Edge {
     }
 }
 
-async fn accept(listener: std::net::TcpListener, worker: Rc<Worker>, cancel: CancellationToken) {
+/// A client connection handed from the thread that accepted it to a less busy one, counted as
+/// that one's already.
+type Handed = (std::net::TcpStream, SocketAddr, Counted);
+
+/// How many client connections each thread serves, and the way to hand one to each.
+struct Balance {
+    /// Per thread (`slipway_edge_client_connections`).
+    open: Box<[prometheus::IntGauge]>,
+    handoff: Box<[tokio::sync::mpsc::UnboundedSender<Handed>]>,
+}
+
+impl Balance {
+    /// The thread to serve a connection that thread `me` accepted: `me`, unless another one
+    /// serves at least two fewer (the least busy of them then), the connection counted as its.
+    fn assign(self: &Arc<Self>, me: usize) -> Counted {
+        let mine = self.open[me].get();
+        let (least, fewest) = self
+            .open
+            .iter()
+            .map(prometheus::IntGauge::get)
+            .enumerate()
+            .min_by_key(|&(_, open)| open)
+            .unwrap_or((me, mine));
+        let to = if fewest + 2 <= mine { least } else { me };
+        self.open[to].inc();
+        Counted {
+            balance: self.clone(),
+            thread: to,
+        }
+    }
+}
+
+/// One client connection counted as its thread's while it is served.
+struct Counted {
+    balance: Arc<Balance>,
+    thread: usize,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.balance.open[self.thread].dec();
+    }
+}
+
+/// What one listener thread knows of the others.
+struct Thread {
+    n: usize,
+    balance: Arc<Balance>,
+    /// Connections other threads handed to this one.
+    handed: tokio::sync::mpsc::UnboundedReceiver<Handed>,
+}
+
+async fn accept(
+    listener: std::net::TcpListener,
+    mut thread: Thread,
+    worker: Rc<Worker>,
+    cancel: CancellationToken,
+) {
     let listener = match tokio::net::TcpListener::from_std(listener) {
         Ok(listener) => listener,
         Err(e) => {
@@ -122,10 +208,23 @@ async fn accept(listener: std::net::TcpListener, worker: Rc<Worker>, cancel: Can
             () = cancel.cancelled() => break,
             _ = sweep.tick() => crate::pool::sweep(),
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            Some((stream, peer, counted)) = thread.handed.recv() => {
+                match tokio::net::TcpStream::from_std(stream) {
+                    Ok(stream) => {
+                        connections.spawn_local(serve(stream, peer, counted, worker.clone(), cancel.clone()));
+                    }
+                    Err(e) => tracing::warn!(error = %e, "edge router cannot take a handed connection"),
+                }
+            }
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    connections.spawn_local(serve(stream, peer, worker.clone(), cancel.clone()));
+                    let counted = thread.balance.assign(thread.n);
+                    if counted.thread == thread.n {
+                        connections.spawn_local(serve(stream, peer, counted, worker.clone(), cancel.clone()));
+                    } else {
+                        hand(&thread.balance, stream, peer, counted);
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors, typically: pause instead of spinning.
@@ -145,9 +244,22 @@ async fn accept(listener: std::net::TcpListener, worker: Rc<Worker>, cancel: Can
     }
 }
 
+/// Sends `stream` to the thread it is counted as (a connection that cannot be handed, the other
+/// thread stopping, is closed and uncounted).
+fn hand(balance: &Balance, stream: tokio::net::TcpStream, peer: SocketAddr, counted: Counted) {
+    match stream.into_std() {
+        Ok(stream) => {
+            let to = counted.thread;
+            let _ = balance.handoff[to].send((stream, peer, counted));
+        }
+        Err(e) => tracing::warn!(error = %e, "edge router cannot hand a connection over"),
+    }
+}
+
 async fn serve(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
+    _counted: Counted,
     worker: Rc<Worker>,
     cancel: CancellationToken,
 ) {
@@ -166,5 +278,53 @@ async fn serve(
     };
     if let Err(e) = result {
         tracing::debug!(error = %e, "client connection ended");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn balance(threads: usize) -> Arc<Balance> {
+        let (handoff, _): (Vec<_>, Vec<_>) = (0..threads)
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        Arc::new(Balance {
+            open: (0..threads)
+                .map(|_| prometheus::IntGauge::new("open", "open").unwrap())
+                .collect(),
+            handoff: handoff.into_boxed_slice(),
+        })
+    }
+
+    fn open(balance: &Balance) -> Vec<i64> {
+        balance.open.iter().map(prometheus::IntGauge::get).collect()
+    }
+
+    #[test]
+    fn a_burst_accepted_by_one_thread_is_spread_over_all() {
+        let balance = balance(3);
+        let held: Vec<Counted> = (0..32).map(|_| balance.assign(0)).collect();
+        let counts = open(&balance);
+        assert_eq!(counts.iter().sum::<i64>(), 32);
+        assert!(
+            counts.iter().max().unwrap() - counts.iter().min().unwrap() <= 2,
+            "{counts:?}"
+        );
+        // Ties and near-ties stay where they were accepted: no hand-off for nothing.
+        assert_eq!(
+            held.iter().take(2).map(|c| c.thread).collect::<Vec<_>>(),
+            [0, 0]
+        );
+        drop(held);
+        assert_eq!(open(&balance), [0, 0, 0], "ended connections are uncounted");
+    }
+
+    #[test]
+    fn a_lone_thread_keeps_everything() {
+        let balance = balance(1);
+        let held: Vec<Counted> = (0..5).map(|_| balance.assign(0)).collect();
+        assert!(held.iter().all(|c| c.thread == 0));
+        assert_eq!(open(&balance), [5]);
     }
 }

@@ -1,7 +1,9 @@
 //! The router's Prometheus collectors, on the service's registry (whose `slipway` prefix makes
 //! `edge_requests_total` appear as `slipway_edge_requests_total`).
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 
 /// Release label of answers that reached no instance (503: nothing routable).
 pub const NO_RELEASE: &str = "none";
@@ -20,6 +22,8 @@ pub struct EdgeMetrics {
     /// Seconds since discovery last answered: 0 while it does; while it cannot be reached,
     /// how long the table in use has gone unconfirmed (it keeps being served).
     pub table_age: IntGauge,
+    /// `{thread}`: client connections each listener thread serves.
+    pub client_connections: IntGaugeVec,
 }
 
 impl EdgeMetrics {
@@ -63,12 +67,21 @@ impl EdgeMetrics {
         )?;
         registry.register(Box::new(table_index.clone()))?;
         registry.register(Box::new(table_age.clone()))?;
+        let client_connections = IntGaugeVec::new(
+            Opts::new(
+                "edge_client_connections",
+                "Client connections each of the router's listener threads serves",
+            ),
+            &["thread"],
+        )?;
+        registry.register(Box::new(client_connections.clone()))?;
         Ok(Self {
             requests,
             duration,
             retries,
             table_index,
             table_age,
+            client_connections,
         })
     }
 }

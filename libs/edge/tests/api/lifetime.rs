@@ -138,3 +138,60 @@ async fn the_wait_for_the_first_table_is_bounded() {
         "{body}"
     );
 }
+
+/// Client connections opened in one burst (a load balancer's pool opening) are spread over the
+/// router's threads, whichever thread the shared socket woke: each serves about half, counted
+/// in `slipway_edge_client_connections`, and each is uncounted when its connection ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_connections_is_spread_over_the_threads() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let backend = crate::helpers::Backend::start("a");
+    let settings = EdgeSettings {
+        workers: 2,
+        ..EdgeSettings::default()
+    };
+    let router = crate::helpers::Router::start_with(
+        settings,
+        vec![route(
+            "hello",
+            "prod",
+            &[],
+            vec![healthy("a", &backend.address, 1)],
+        )],
+    )
+    .await;
+    let open =
+        |thread: &str| router.metric("slipway_edge_client_connections", &[("thread", thread)]);
+    let connects = (0..12).map(|_| tokio::net::TcpStream::connect(("127.0.0.1", router.port)));
+    let mut connections = futures::future::try_join_all(connects).await.unwrap();
+    // Each connection answers once (it is being served, wherever it landed), and stays open.
+    for c in &mut connections {
+        c.write_all(b"GET /apps/hello/prod/ HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 12];
+        c.read_exact(&mut head).await.unwrap();
+        assert_eq!(&head, b"HTTP/1.1 200");
+    }
+    let (first, second) = (open("0"), open("1"));
+    assert_eq!(
+        first + second,
+        12.0,
+        "every open connection is counted once"
+    );
+    assert!(
+        (first - second).abs() <= 2.0,
+        "thread 0 serves {first}, thread 1 serves {second}"
+    );
+    drop(connections);
+    assert!(
+        slipway_testkit::wait_until(Duration::from_secs(10), || async {
+            open("0") + open("1") == 0.0
+        })
+        .await,
+        "closed connections are still counted: {} and {}",
+        open("0"),
+        open("1")
+    );
+}
