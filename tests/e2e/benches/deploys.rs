@@ -19,6 +19,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench reports failure by panicking
 
+#[path = "common/procfs.rs"]
+mod procfs;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -71,21 +73,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     percentile(&v, 0.5)
-}
-
-/// utime + stime of `pid`, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
-    // Fields 14 and 15 (utime, stime), counted from field 3 after the command.
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i)?.parse::<u64>().ok())
-        .sum();
-    ticks as f64 / 100.0
 }
 
 /// The figures of one platform round.
@@ -317,7 +304,10 @@ async fn platform(stack: &Arc<Stack>, envs: &[String]) -> PlatformRound {
         .iter()
         .map(|s| (*s, stack.pid(s)))
         .collect();
-    let before: HashMap<_, _> = pids.iter().map(|(s, p)| (*s, cpu_seconds(*p))).collect();
+    let before: HashMap<_, _> = pids
+        .iter()
+        .map(|(s, p)| (*s, procfs::cpu_seconds(*p)))
+        .collect();
     let peak = Arc::new(AtomicU64::new(0));
     let sampler = {
         let (peak, stack) = (peak.clone(), stack.clone());
@@ -336,7 +326,7 @@ async fn platform(stack: &Arc<Stack>, envs: &[String]) -> PlatformRound {
     sampler.abort();
     let cpu = pids
         .iter()
-        .map(|(s, p)| (*s, cpu_seconds(*p) - before[s]))
+        .map(|(s, p)| (*s, procfs::cpu_seconds(*p) - before[s]))
         .collect();
 
     let sent: HashMap<String, f64> = sent.into_iter().collect();

@@ -14,12 +14,15 @@
 //!   ratios slipway / baseline are printed too.
 //!
 //! Three cases: small GETs, 64 KiB POSTs, and GETs with keep-alive off (`Connection: close`).
-//! [`ROUNDS`] rounds, the targets' order rotating each round, each run a warm-up then
-//! `wrk -t2 -c32 --latency`; the median of the rounds is reported, with slipway's ratio to each
-//! peer. Without nginx, HAProxy or wrk the bench says why and exits 0.
+//! [`ROUNDS`] rounds (`SLIPWAY_BENCH_ROUNDS` overrides, at least 3), the targets' order rotating
+//! each round, each run a warm-up then `wrk -t2 -c32 --latency`; each run's figures go to stderr
+//! as it ends, and the median of the rounds is reported, with slipway's ratio to each peer.
+//! Without nginx, HAProxy or wrk the bench says why and exits 0.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench reports failure by panicking
 
+#[path = "common/procfs.rs"]
+mod procfs;
 #[path = "common/wrk.rs"]
 mod wrk;
 
@@ -37,7 +40,9 @@ const THREADS: u32 = 2;
 const WARM_UP_SECONDS: u32 = 1;
 /// Seconds per measured run (`SLIPWAY_BENCH_SECONDS` overrides).
 const SECONDS: u32 = 5;
-const ROUNDS: usize = 3;
+/// Rounds by default: single runs move by 10-15% on a busy 2-core machine, so five, whose
+/// median an outlier on either side does not move.
+const ROUNDS: usize = 5;
 const POST_BYTES: usize = 64 * 1024;
 
 fn free_port() -> u16 {
@@ -260,6 +265,11 @@ async fn run() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(SECONDS);
+    let rounds: usize = std::env::var("SLIPWAY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(ROUNDS)
+        .max(3);
     let dir =
         std::env::temp_dir().join(format!("slipway-edge-bench-{}", slipway_testkit::unique()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -373,22 +383,39 @@ async fn run() {
         baseline = Some(proc);
     }
     let targets = urls.len();
-    // runs[case][target]: one figure per round.
+    // The process (tree) serving each target, whose CPU time a run costs.
+    let mut pids = vec![
+        backend.child.id(),
+        proxy.child.id(),
+        ha.child.id(),
+        gw.child.id(),
+    ];
+    pids.extend(baseline.as_ref().map(|b| b.child.id()));
+    // runs[case][target]: one figure per round; cpu[case][target]: CPU µs per answer.
     let mut runs = vec![vec![Vec::new(); targets]; Case::ALL.len()];
-    for round in 0..ROUNDS {
+    let mut cpu = vec![vec![Vec::new(); targets]; Case::ALL.len()];
+    for round in 0..rounds {
         for (c, case) in Case::ALL.into_iter().enumerate() {
             for k in 0..targets {
                 // Each round starts with another target, so none always runs first or last.
                 let t = (k + round) % targets;
                 let args = case.args(&post_script);
-                eprintln!("round {}: {} on {}", round + 1, case.name(), TARGETS[t]);
+                eprint!("round {}: {} on {}", round + 1, case.name(), TARGETS[t]);
                 let load = |seconds| Load {
                     threads: THREADS,
                     connections: CONNECTIONS,
                     seconds,
                 };
                 wrk::wrk(&wrk_bin, &urls[t], load(WARM_UP_SECONDS), &args);
+                let cpu0 = procfs::tree_cpu_seconds(pids[t]);
                 let figures = wrk::wrk(&wrk_bin, &urls[t], load(seconds), &args);
+                let answers = figures.rate * f64::from(seconds);
+                let us = (procfs::tree_cpu_seconds(pids[t]) - cpu0) * 1e6 / answers.max(1.0);
+                eprintln!(
+                    ": {:.0}/s, p50 {:.3} ms, p99 {:.3} ms, {us:.1} µs CPU per answer",
+                    figures.rate, figures.p50_ms, figures.p99_ms
+                );
+                cpu[c][t].push(us);
                 if figures.errors > 0 {
                     println!(
                         "warning: {} had {} failed answers ({})",
@@ -404,36 +431,40 @@ async fn run() {
 
     println!();
     println!(
-        "edge proxy: wrk -t{THREADS} -c{CONNECTIONS} -d{seconds}s, median of {ROUNDS} alternating rounds, {} cores; \
-         slipway = the release gateway binary, path /apps/bench/prod/; ratios are slipway / peer",
+        "edge proxy: wrk -t{THREADS} -c{CONNECTIONS} -d{seconds}s, median of {rounds} alternating rounds, {} cores; \
+         slipway = the release gateway binary, path /apps/bench/prod/; CPU: the serving process's \
+         (nginx: master and workers) user + system time per answer; ratios are slipway / peer",
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!(
-        "{:<20} {:<17} {:>11} {:>8} {:>8}",
-        "case", "target", "requests/s", "p50 ms", "p99 ms"
+        "{:<20} {:<17} {:>11} {:>8} {:>8} {:>8}",
+        "case", "target", "requests/s", "p50 ms", "p99 ms", "CPU µs"
     );
     for (c, case) in Case::ALL.into_iter().enumerate() {
         let m: Vec<Figures> = runs[c].iter().map(|r| medians(r)).collect();
+        let us: Vec<f64> = cpu[c].iter().map(|r| wrk::median(r.clone())).collect();
         for (t, f) in m.iter().enumerate() {
             println!(
-                "{:<20} {:<17} {:>11.0} {:>8.3} {:>8.3}",
+                "{:<20} {:<17} {:>11.0} {:>8.3} {:>8.3} {:>8.1}",
                 case.name(),
                 TARGETS[t],
                 f.rate,
                 f.p50_ms,
-                f.p99_ms
+                f.p99_ms,
+                us[t]
             );
         }
         let slipway = m[3];
         let peers = [(1, "nginx"), (2, "haproxy"), (4, "baseline")];
         for (t, peer) in peers.into_iter().filter(|(t, _)| *t < targets) {
             println!(
-                "{:<20} {:<17} {:>10.2}x {:>7.2}x {:>7.2}x",
+                "{:<20} {:<17} {:>10.2}x {:>7.2}x {:>7.2}x {:>7.2}x",
                 case.name(),
                 format!("slipway / {peer}"),
                 slipway.rate / m[t].rate,
                 slipway.p50_ms / m[t].p50_ms,
-                slipway.p99_ms / m[t].p99_ms
+                slipway.p99_ms / m[t].p99_ms,
+                us[3] / us[t]
             );
         }
     }

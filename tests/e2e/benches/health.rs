@@ -19,6 +19,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a bench reports failure by panicking
 
+#[path = "common/procfs.rs"]
+mod procfs;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
@@ -187,21 +189,6 @@ async fn announce(stack: &Stack, services: &[ServiceId], from: usize, to: usize,
     }
 }
 
-/// CPU time of process `pid` (user + system), in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<u64> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .map(|f| f.parse().unwrap_or(0))
-        .collect();
-    // Fields 14 and 15 (utime, stime), counted from 3 after the command; in USER_HZ, which
-    // Linux fixes at 100 for /proc.
-    (fields[11] + fields[12]) as f64 / 100.0
-}
-
 /// (busy, total) jiffies of the whole machine, from /proc/stat.
 fn machine_jiffies() -> (u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap();
@@ -271,13 +258,21 @@ fn gaps(seen: &Seen, n: usize, t0: u32, t1: u32) -> (Vec<u32>, usize) {
 
 async fn measure(stack: &Stack, seen: &Seen, n: usize) -> Window {
     let pid = stack.pid("monitor");
-    let (me, cpu0, machine0) = (std::process::id(), cpu_seconds(pid), machine_jiffies());
-    let bench0 = cpu_seconds(me);
+    let (me, cpu0, machine0) = (
+        std::process::id(),
+        procfs::cpu_seconds(pid),
+        machine_jiffies(),
+    );
+    let bench0 = procfs::cpu_seconds(me);
     let t0 = seen.now_ms();
     let started = Instant::now();
     tokio::time::sleep(WINDOW).await;
     let (t1, secs) = (seen.now_ms(), started.elapsed().as_secs_f64());
-    let (cpu1, bench1, machine1) = (cpu_seconds(pid), cpu_seconds(me), machine_jiffies());
+    let (cpu1, bench1, machine1) = (
+        procfs::cpu_seconds(pid),
+        procfs::cpu_seconds(me),
+        machine_jiffies(),
+    );
     let (mut gaps, received) = gaps(seen, n, t0, t1);
     gaps.sort_unstable();
     let missed = gaps.iter().filter(|&&g| g > MISSED_MS).count();
