@@ -197,8 +197,8 @@ impl Leases {
             .bind(owner)
             .execute(&mut *tx)
             .await?;
-            // Whoever has room claims them at its next round: wake the rounds (on commit), or
-            // the instances of these shards go unprobed until the next timed one.
+            // Wake the rounds (on commit) so that a replica with room claims them now: without
+            // it their instances go unprobed until its next timed round.
             sqlx::query("SELECT pg_notify($1, '')")
                 .bind(WAKE)
                 .execute(&mut *tx)
