@@ -85,25 +85,16 @@ impl Edge {
         // A child token: the front's own drop stops the threads without cancelling the caller.
         let stop = cancel.child_token();
         let (ended, ended_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (senders, mut receivers): (Vec<_>, Vec<_>) = (0..threads)
-            .map(|_| tokio::sync::mpsc::unbounded_channel())
-            .unzip();
-        let balance = Arc::new(Balance {
-            open: (0..threads)
-                .map(|n| {
-                    let open = self
-                        .inner
-                        .metrics
-                        .client_connections
-                        .with_label_values(&[n.to_string().as_str()]);
-                    open.set(0);
-                    open
-                })
-                .collect(),
-            handoff: senders.into_boxed_slice(),
-        });
-        for n in (0..threads).rev() {
-            let handed = receivers.pop().expect("one receiver per thread");
+        let (balance, receivers) = Balance::new((0..threads).map(|n| {
+            let open = self
+                .inner
+                .metrics
+                .client_connections
+                .with_label_values(&[n.to_string().as_str()]);
+            open.set(0);
+            open
+        }));
+        for (n, handed) in receivers.into_iter().enumerate() {
             let listener = listener.try_clone().map_err(EdgeError::Serve)?;
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -148,6 +139,22 @@ struct Balance {
 }
 
 impl Balance {
+    /// A balance over one thread per gauge of `open`, with the receiving end of each thread's
+    /// hand-offs.
+    fn new(
+        open: impl Iterator<Item = prometheus::IntGauge>,
+    ) -> (Arc<Self>, Vec<tokio::sync::mpsc::UnboundedReceiver<Handed>>) {
+        let open: Box<[prometheus::IntGauge]> = open.collect();
+        let (handoff, receivers): (Vec<_>, Vec<_>) = (0..open.len())
+            .map(|_| tokio::sync::mpsc::unbounded_channel())
+            .unzip();
+        let balance = Self {
+            open,
+            handoff: handoff.into_boxed_slice(),
+        };
+        (Arc::new(balance), receivers)
+    }
+
     /// The thread to serve a connection that thread `me` accepted: `me`, unless another one
     /// serves at least two fewer (the least busy of them then), the connection counted as its.
     fn assign(self: &Arc<Self>, me: usize) -> Counted {
@@ -223,7 +230,7 @@ async fn accept(
                     if counted.thread == thread.n {
                         connections.spawn_local(serve(stream, peer, counted, worker.clone(), cancel.clone()));
                     } else {
-                        hand(&thread.balance, stream, peer, counted);
+                        hand(stream, peer, counted);
                     }
                 }
                 Err(e) => {
@@ -246,11 +253,11 @@ async fn accept(
 
 /// Sends `stream` to the thread it is counted as (a connection that cannot be handed, the other
 /// thread stopping, is closed and uncounted).
-fn hand(balance: &Balance, stream: tokio::net::TcpStream, peer: SocketAddr, counted: Counted) {
+fn hand(stream: tokio::net::TcpStream, peer: SocketAddr, counted: Counted) {
     match stream.into_std() {
         Ok(stream) => {
-            let to = counted.thread;
-            let _ = balance.handoff[to].send((stream, peer, counted));
+            let to = counted.balance.handoff[counted.thread].clone();
+            let _ = to.send((stream, peer, counted));
         }
         Err(e) => tracing::warn!(error = %e, "edge router cannot hand a connection over"),
     }
@@ -286,15 +293,8 @@ mod tests {
     use super::*;
 
     fn balance(threads: usize) -> Arc<Balance> {
-        let (handoff, _): (Vec<_>, Vec<_>) = (0..threads)
-            .map(|_| tokio::sync::mpsc::unbounded_channel())
-            .unzip();
-        Arc::new(Balance {
-            open: (0..threads)
-                .map(|_| prometheus::IntGauge::new("open", "open").unwrap())
-                .collect(),
-            handoff: handoff.into_boxed_slice(),
-        })
+        let gauges = (0..threads).map(|_| prometheus::IntGauge::new("open", "open").unwrap());
+        Balance::new(gauges).0
     }
 
     fn open(balance: &Balance) -> Vec<i64> {
