@@ -6,6 +6,8 @@
 //! that is not the router's ([`crate::target`]) goes on, unchanged, to the gateway's own API on
 //! a loopback listener.
 //!
+//! Where the router owns its cores, each thread runs on one of them ([`crate::affinity`]).
+//!
 //! Connections are spread over the threads by [`Balance`]: a thread that accepts while it
 //! serves two more connections than the least busy one hands the connection to that one. Left
 //! to the shared socket, a burst of connects (a load balancer's pool opening) lands mostly on
@@ -85,6 +87,11 @@ impl Edge {
         // A child token: the front's own drop stops the threads without cancelling the caller.
         let stop = cancel.child_token();
         let (ended, ended_rx) = tokio::sync::mpsc::unbounded_channel();
+        let cores = crate::affinity::plan(
+            self.inner.settings.pin_threads,
+            threads,
+            &crate::affinity::allowed_cpus(),
+        );
         let (balance, receivers) = Balance::new((0..threads).map(|n| {
             let open = self
                 .inner
@@ -102,6 +109,7 @@ impl Edge {
                 .map_err(EdgeError::Serve)?;
             let (edge, stop, ended) = (self.clone(), stop.clone(), ended.clone());
             let fallback = gateway.map(|a| a.to_string().into_boxed_str());
+            let core = cores.as_ref().and_then(|cores| cores.get(n).copied());
             let thread = Thread {
                 n,
                 balance: balance.clone(),
@@ -110,6 +118,11 @@ impl Edge {
             std::thread::Builder::new()
                 .name(format!("edge-{n}"))
                 .spawn(move || {
+                    if let Some(core) = core
+                        && let Err(e) = crate::affinity::pin_current_thread(core)
+                    {
+                        tracing::warn!(thread = n, core, error = %e, "edge router thread cannot be bound to its core");
+                    }
                     let worker = Rc::new(Worker { edge, fallback });
                     LocalSet::new().block_on(&runtime, accept(listener, thread, worker, stop));
                     drop(runtime);
@@ -117,7 +130,7 @@ impl Edge {
                 })
                 .map_err(EdgeError::Serve)?;
         }
-        tracing::info!(port, threads, "edge router listening");
+        tracing::info!(port, threads, cores = ?cores, "edge router listening");
         Ok(Front {
             ended: ended_rx,
             threads,

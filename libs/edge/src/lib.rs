@@ -20,7 +20,7 @@
 //! - [`table`]: the discovery answer, the table built from it, release and instance selection.
 //! - [`discovery`]: the long-poll loop with backoff.
 //! - [`platform`]: the platform's own listeners, which no route may lead to.
-//! - [`front`]: the listener threads; [`target`]: which requests are the router's.
+//! - [`front`]: the listener threads, bound to cores by [`affinity`]; [`target`]: which requests are the router's.
 //! - `forward`: forwarding, retries, upgrades, problems; `pool`: each thread's connections to
 //!   instances; `client` and `framing`: the router's own HTTP/1 exchange and the answer's
 //!   framing; `body`: streamed bodies with the size limit; `headers`: hop-by-hop and
@@ -28,6 +28,7 @@
 //! - [`metrics`]: Prometheus collectors on the service's registry.
 //! - `standin` (feature `test-support`): a stand-in discovery server for tests and benches.
 
+pub mod affinity;
 mod body;
 mod client;
 pub mod discovery;
@@ -76,6 +77,10 @@ pub struct EdgeSettings {
     /// Threads serving the router's listener, each with its own connections to instances;
     /// 0: one per core.
     pub workers: usize,
+    /// Binds each listener thread to a core of its own when there is one thread per CPU the
+    /// process may run on ([`affinity`]); elsewhere, or when `false`, the threads are left to
+    /// the scheduler.
+    pub pin_threads: bool,
     /// How long the registry may hold a discovery poll when nothing changed.
     pub discovery_wait_seconds: u64,
     /// How long a request that arrives before the first discovery answer (a router that just
@@ -96,6 +101,7 @@ impl Default for EdgeSettings {
             connect_timeout_ms: 1000,
             max_body_bytes: 10 * 1024 * 1024,
             workers: 0,
+            pin_threads: true,
             discovery_wait_seconds: 30,
             first_table_wait_ms: 5000,
             platform_addresses: Vec::new(),

@@ -2,7 +2,8 @@
 //! the same load. Prints figures, asserts nothing about speed.
 //!
 //! - backend: an nginx process answering a fixed `200 hello` (one worker);
-//! - nginx and HAProxy: Debian's binaries as reverse proxies to it (one worker per core,
+//! - nginx and HAProxy: Debian's binaries as reverse proxies to it (one worker per core, each
+//!   bound to its core as the router binds its threads: `worker_cpu_affinity auto`, `cpu-map`;
 //!   upstream keep-alive), each adding what the router adds: `X-Forwarded-For`, `-Host`,
 //!   `-Proto` and a request id; run as non-daemon children with generated configs;
 //! - slipway: the real gateway binary from `target/release` (the edge router on its public
@@ -91,12 +92,25 @@ impl Drop for Proc {
 }
 
 /// Starts nginx in the foreground with `http_block` as its `http {}` contents.
-fn nginx(bin: &Path, dir: &Path, name: &'static str, workers: &str, http_block: &str) -> Proc {
+/// `workers`: an nginx `worker_processes` value, followed by `worker_cpu_affinity auto` when
+/// `bound`.
+fn nginx(
+    bin: &Path,
+    dir: &Path,
+    name: &'static str,
+    (workers, bound): (&str, bool),
+    http_block: &str,
+) -> Proc {
     let root = dir.join(name);
     std::fs::create_dir_all(&root).unwrap();
     let r = root.display();
+    let affinity = if bound {
+        "worker_cpu_affinity auto;\n"
+    } else {
+        ""
+    };
     let config = format!(
-        "daemon off;\nmaster_process on;\nworker_processes {workers};\npid {r}/nginx.pid;\n\
+        "daemon off;\nmaster_process on;\nworker_processes {workers};\n{affinity}pid {r}/nginx.pid;\n\
          error_log {r}/error.log warn;\nevents {{ worker_connections 4096; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {r}/body;\n  proxy_temp_path {r}/proxy;\n\
          fastcgi_temp_path {r}/fastcgi;\n  uwsgi_temp_path {r}/uwsgi;\n  scgi_temp_path {r}/scgi;\n\
@@ -284,12 +298,15 @@ async fn run() {
     .unwrap();
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
 
+    // The proxies' threads on cores of their own, when the router binds its (one per CPU).
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let bound = slipway_edge::affinity::plan(true, cores, &slipway_edge::affinity::allowed_cpus());
     let backend_port = free_port();
     let mut backend = nginx(
         &nginx_bin,
         &dir,
         "backend",
-        "1",
+        ("1", false),
         &format!(
             "  server {{ listen 127.0.0.1:{backend_port}; keepalive_requests 1000000;\n\
              client_max_body_size 1m;\n\
@@ -305,7 +322,7 @@ async fn run() {
         &nginx_bin,
         &dir,
         "proxy",
-        "auto",
+        ("auto", bound.is_some()),
         &format!(
             "  upstream backend {{ server 127.0.0.1:{backend_port}; keepalive 64; }}\n\
              server {{ listen 127.0.0.1:{nginx_port}; keepalive_requests 1000000;\n\
@@ -326,7 +343,7 @@ async fn run() {
         &haproxy_bin,
         &dir,
         &format!(
-            "global\n  maxconn 4096\n  nbthread {cores}\n\
+            "global\n  maxconn 4096\n  nbthread {cores}\n{cpu_map}\
              defaults\n  mode http\n  timeout connect 1s\n  timeout client 30s\n  timeout server 30s\n\
              \x20 option http-keep-alive\n  http-reuse always\n\
              frontend fe\n  bind 127.0.0.1:{haproxy_port}\n\
@@ -337,7 +354,13 @@ async fn run() {
              \x20 http-request set-header X-Request-Id %[unique-id]\n\
              \x20 default_backend be\n\
              backend be\n  server s1 127.0.0.1:{backend_port}\n",
-            cores = std::thread::available_parallelism().map_or(1, |n| n.get()),
+            cpu_map = bound
+                .iter()
+                .flatten()
+                .enumerate()
+                .fold(String::new(), |map, (t, cpu)| {
+                    format!("{map}  cpu-map 1/{} {cpu}\n", t + 1)
+                }),
         ),
     );
     let haproxy_url = format!("http://127.0.0.1:{haproxy_port}/");
@@ -431,10 +454,14 @@ async fn run() {
 
     println!();
     println!(
-        "edge proxy: wrk -t{THREADS} -c{CONNECTIONS} -d{seconds}s, median of {rounds} alternating rounds, {} cores; \
-         slipway = the release gateway binary, path /apps/bench/prod/; CPU: the serving process's \
-         (nginx: master and workers) user + system time per answer; ratios are slipway / peer",
-        std::thread::available_parallelism().map_or(0, |n| n.get())
+        "edge proxy: wrk -t{THREADS} -c{CONNECTIONS} -d{seconds}s, median of {rounds} alternating rounds, {cores} cores; \
+         proxy threads {}; slipway = the release gateway binary, path /apps/bench/prod/; CPU: the \
+         serving process's (nginx: master and workers) user + system time per answer; ratios are \
+         slipway / peer",
+        match &bound {
+            Some(cpus) => format!("bound to CPUs {cpus:?}, one each"),
+            None => "left to the scheduler".into(),
+        }
     );
     println!(
         "{:<20} {:<17} {:>11} {:>8} {:>8} {:>8}",
