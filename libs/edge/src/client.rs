@@ -73,16 +73,17 @@ pub fn fits(request: &Request<ReqBody>, upgrade: bool) -> bool {
 }
 
 /// Sends `request` (see [`fits`]) to `address` and waits for the answer head, for at most
-/// `deadline`; a pooled connection that fails on the write is replaced by a new one.
+/// `deadline`; a pooled connection that fails on the write is replaced by a new one. The
+/// request is only read, so that the caller still has it to send elsewhere after a failure.
 pub async fn exchange(
     address: &str,
-    request: Request<ReqBody>,
+    request: &Request<ReqBody>,
     connect: Duration,
     deadline: Duration,
 ) -> Result<Response<RespBody>, Failure> {
     let started = tokio::time::Instant::now();
     let head_only = request.method() == Method::HEAD;
-    let (head, body) = encode(&request);
+    let (head, body) = encode(request);
     let slot = STREAMS.with(|s| s.slot(address));
     loop {
         let (mut conn, reused) = match slot.take() {
@@ -92,7 +93,7 @@ pub async fn exchange(
                     let buf = BytesMut::with_capacity(READ_BYTES);
                     (Conn { stream, buf }, false)
                 }
-                Err(e) => return Err(Failure::Unsent(Box::new(request), e.to_string())),
+                Err(e) => return Err(Failure::Unsent(None, e.to_string())),
             },
         };
         let trip = round_trip(&mut conn, head.clone(), body.clone(), head_only);

@@ -172,17 +172,24 @@ async fn proxy(
     parts.version = Version::HTTP_11;
     parts.extensions = http::Extensions::new();
 
-    // The copy kept to send again after a broken connection (idempotent, body in memory).
-    let replay = match body.replay() {
-        Some(copy) if idempotent(&parts.method) => Some((
-            parts.method.clone(),
-            parts.uri.clone(),
-            parts.headers.clone(),
-            copy,
-        )),
-        _ => None,
-    };
-    let mut pending = Some(Request::from_parts(parts, body));
+    let request = Request::from_parts(parts, body);
+    // The router's own client only borrows the request, which is still whole after a failure;
+    // hyper's client takes it, so for that one a copy is kept to send again after a broken
+    // connection (idempotent, body in memory).
+    let own_client = client::fits(&request, upgrade);
+    let replay = (!own_client && idempotent(request.method()))
+        .then(|| request.body().replay())
+        .flatten()
+        .map(|copy| {
+            (
+                request.method().clone(),
+                request.uri().clone(),
+                request.headers().clone(),
+                copy,
+            )
+        });
+    let replayable = replay.is_some() || (own_client && idempotent(request.method()));
+    let mut pending = Some(request);
     let (service, environment) = (route.service.as_str(), route.environment.as_str());
     let mut tried: Vec<slipway_ids::InstanceId> = Vec::new();
     let connect = Duration::from_millis(settings.connect_timeout_ms);
@@ -210,8 +217,11 @@ async fn proxy(
             .insert(header::HOST, choice.upstream.host.clone());
         let started = Instant::now();
         let address = &choice.upstream.address;
-        let sent = if client::fits(&request, upgrade) {
-            client::exchange(address, request, connect, deadline).await
+        let sent = if own_client {
+            let sent = client::exchange(address, &request, connect, deadline).await;
+            // Kept for another instance, if this one fails in a way that allows it.
+            pending = Some(request);
+            sent
         } else {
             exchange(address, request, connect, Some(deadline), upgrade)
                 .await
@@ -230,7 +240,9 @@ async fn proxy(
             Err(Failure::Unsent(request, e)) => {
                 // Nothing reached the instance: safe to send the same request elsewhere.
                 tracing::warn!(service, environment, %instance, error = %e, "cannot connect to instance; trying another");
-                pending = Some(*request);
+                if let Some(request) = request {
+                    pending = Some(*request);
+                }
                 tried.push(instance);
                 continue;
             }
@@ -239,7 +251,7 @@ async fn proxy(
                 choice.metrics.answered(413);
                 return too_large(&uri, limit);
             }
-            Err(Failure::Broken(e)) if replay.is_some() => {
+            Err(Failure::Broken(e)) if replayable => {
                 // The connection broke before any answer (typically a keep-alive connection
                 // to an instance that just died). An idempotent request may be sent again
                 // (RFC 9110 §9.2.2), as nginx's `proxy_next_upstream error` does.
@@ -304,8 +316,9 @@ fn too_large(uri: &Uri, limit: u64) -> Response<RespBody> {
 
 /// Why one exchange with an instance failed.
 pub(crate) enum Failure {
-    /// The request never left: it comes back for another instance.
-    Unsent(Box<Request<ReqBody>>, String),
+    /// The request never left: it comes back for another instance (hyper's client hands it
+    /// back; the router's own client only borrowed it).
+    Unsent(Option<Box<Request<ReqBody>>>, String),
     /// The connection failed after the request (or part of it) went out, before an answer.
     Broken(String),
     Timeout,
@@ -334,7 +347,7 @@ async fn exchange(
     loop {
         let mut lease = match pool::checkout(address, connect, upgrade).await {
             Ok(lease) => lease,
-            Err(e) => return Err(Failure::Unsent(Box::new(request), e.to_string())),
+            Err(e) => return Err(Failure::Unsent(Some(Box::new(request)), e.to_string())),
         };
         lease.body_sent = request.body().sent();
         let sending = lease.sender.try_send_request(request);
@@ -351,7 +364,7 @@ async fn exchange(
                 Some(unsent) if lease.reused => request = unsent,
                 Some(unsent) => {
                     return Err(Failure::Unsent(
-                        Box::new(unsent),
+                        Some(Box::new(unsent)),
                         e.into_error().to_string(),
                     ));
                 }

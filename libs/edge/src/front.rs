@@ -21,6 +21,7 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::sync::oneshot;
 use tokio::task::{JoinSet, LocalSet};
 use tokio_util::sync::CancellationToken;
 
@@ -222,16 +223,21 @@ async fn accept(
         }
     };
     let mut connections = JoinSet::new();
+    // One per connection served: dropped, it tells the connection to finish (see `serve`).
+    let mut drains: Vec<oneshot::Sender<()>> = Vec::new();
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
-            _ = sweep.tick() => crate::pool::sweep(),
+            _ = sweep.tick() => {
+                crate::pool::sweep();
+                drains.retain(|drain| !drain.is_closed());
+            }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             Some((stream, peer, counted)) = thread.handed.recv() => {
                 match tokio::net::TcpStream::from_std(stream) {
                     Ok(stream) => {
-                        connections.spawn_local(serve(stream, peer, counted, worker.clone(), cancel.clone()));
+                        connections.spawn_local(serve(stream, peer, counted, worker.clone(), drain(&mut drains)));
                     }
                     Err(e) => tracing::warn!(error = %e, "edge router cannot take a handed connection"),
                 }
@@ -241,7 +247,7 @@ async fn accept(
                     let _ = stream.set_nodelay(true);
                     let counted = thread.balance.assign(thread.n);
                     if counted.thread == thread.n {
-                        connections.spawn_local(serve(stream, peer, counted, worker.clone(), cancel.clone()));
+                        connections.spawn_local(serve(stream, peer, counted, worker.clone(), drain(&mut drains)));
                     } else {
                         hand(stream, peer, counted);
                     }
@@ -255,6 +261,7 @@ async fn accept(
         }
     }
     drop(listener);
+    drop(drains);
     let drained = tokio::time::timeout(DRAIN, async {
         while connections.join_next().await.is_some() {}
     })
@@ -276,12 +283,22 @@ fn hand(stream: tokio::net::TcpStream, peer: SocketAddr, counted: Counted) {
     }
 }
 
+/// A new connection's drain signal, its sender kept in `drains`.
+fn drain(drains: &mut Vec<oneshot::Sender<()>>) -> oneshot::Receiver<()> {
+    let (tx, rx) = oneshot::channel();
+    drains.push(tx);
+    rx
+}
+
+/// Serves one client connection until it ends, or finishes its requests and closes it once
+/// `drain` resolves (its sender dropped at shutdown). A oneshot rather than the cancel token:
+/// both are polled on every wake of the connection, and a poll of the token takes a lock.
 async fn serve(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     _counted: Counted,
     worker: Rc<Worker>,
-    cancel: CancellationToken,
+    drain: oneshot::Receiver<()>,
 ) {
     let service = service_fn(move |req| forward::handle(worker.clone(), peer, req));
     let connection = http1::Builder::new()
@@ -291,7 +308,7 @@ async fn serve(
     tokio::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => result,
-        () = cancel.cancelled() => {
+        _ = drain => {
             connection.as_mut().graceful_shutdown();
             connection.await
         }

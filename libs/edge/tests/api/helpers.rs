@@ -121,6 +121,14 @@ pub struct Router {
     _handle: actix_web::dev::ServerHandle,
 }
 
+impl Router {
+    /// Stops the router as the gateway's shutdown does: no new connection is accepted, and the
+    /// open ones finish their requests.
+    pub fn shut_down(&self) {
+        self.cancel.cancel();
+    }
+}
+
 impl Drop for Router {
     fn drop(&mut self) {
         self.cancel.cancel();

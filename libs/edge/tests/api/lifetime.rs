@@ -195,3 +195,60 @@ async fn a_burst_of_connections_is_spread_over_the_threads() {
         open("1")
     );
 }
+
+/// At shutdown a request in flight is still answered, whole, and its connection then closed;
+/// no new connection is accepted.
+#[tokio::test]
+async fn a_request_in_flight_at_shutdown_is_answered() {
+    let backend = crate::helpers::Backend::start("a");
+    let settings = EdgeSettings {
+        upstream_timeout_seconds: 10,
+        ..EdgeSettings::default()
+    };
+    let router = crate::helpers::Router::start_with(
+        settings,
+        vec![route(
+            "hello",
+            "prod",
+            &[],
+            vec![healthy("a", &backend.address, 1)],
+        )],
+    )
+    .await;
+    let started = Instant::now();
+    let in_flight = tokio::spawn(
+        router
+            .client
+            .get(router.url("/apps/hello/prod/slow"))
+            .send(),
+    );
+    // The request reached the backend (which answers /slow after 3 s) before the shutdown.
+    assert!(
+        slipway_testkit::wait_until(Duration::from_secs(5), || async { backend.hits() == 1 }).await,
+        "the request never reached the backend"
+    );
+    router.shut_down();
+    let res = in_flight.await.unwrap().unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()
+            .get("connection")
+            .is_some_and(|v| v == "close"),
+        "the connection is closed after the answer: {:?}",
+        res.headers()
+    );
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["path"], "/slow");
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "answered by the backend, after its wait"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", router.port)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the router still accepts connections after its shutdown"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
