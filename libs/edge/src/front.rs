@@ -236,21 +236,17 @@ async fn accept(
         }
     };
     let mut connections = JoinSet::new();
-    // One per connection served: dropped, it tells the connection to finish (see `serve`).
-    let mut drains: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut drains = Drains::default();
     let mut sweep = tokio::time::interval(SWEEP_EVERY);
     loop {
         tokio::select! {
             () = cancel.cancelled() => break,
-            _ = sweep.tick() => {
-                crate::pool::sweep();
-                drains.retain(|drain| !drain.is_closed());
-            }
+            _ = sweep.tick() => crate::pool::sweep(),
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
             Some((stream, peer, counted)) = thread.handed.recv() => {
                 match tokio::net::TcpStream::from_std(stream) {
                     Ok(stream) => {
-                        connections.spawn_local(serve(stream, peer, counted, worker.clone(), drain(&mut drains)));
+                        connections.spawn_local(serve(stream, peer, counted, worker.clone(), drains.add()));
                     }
                     Err(e) => tracing::warn!(error = %e, "edge router cannot take a handed connection"),
                 }
@@ -264,7 +260,7 @@ async fn accept(
                     }
                     let counted = thread.balance.assign(thread.n);
                     if counted.thread == thread.n {
-                        connections.spawn_local(serve(stream, peer, counted, worker.clone(), drain(&mut drains)));
+                        connections.spawn_local(serve(stream, peer, counted, worker.clone(), drains.add()));
                     } else {
                         hand(stream, peer, counted);
                     }
@@ -300,11 +296,32 @@ fn hand(stream: tokio::net::TcpStream, peer: SocketAddr, counted: Counted) {
     }
 }
 
-/// A new connection's drain signal, its sender kept in `drains`.
-fn drain(drains: &mut Vec<oneshot::Sender<()>>) -> oneshot::Receiver<()> {
-    let (tx, rx) = oneshot::channel();
-    drains.push(tx);
-    rx
+/// One drain signal per connection a thread serves: dropped, it tells the connection to finish
+/// (see [`serve`]).
+#[derive(Default)]
+struct Drains {
+    senders: Vec<oneshot::Sender<()>>,
+    /// Length past which the senders of ended connections are dropped: twice what was left the
+    /// last time, so the cost stays constant per connection however fast they come and go.
+    high_water: usize,
+}
+
+impl Drains {
+    /// A new connection's drain signal.
+    fn add(&mut self) -> oneshot::Receiver<()> {
+        if self.senders.len() >= self.high_water {
+            self.senders.retain(|drain| !drain.is_closed());
+            self.high_water = (2 * self.senders.len()).max(64);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.senders.push(tx);
+        rx
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.senders.len()
+    }
 }
 
 /// Serves one client connection until it ends, or finishes its requests and closes it once
@@ -381,6 +398,31 @@ mod tests {
             !accepted(&plain),
             "without it, a connection starts with Nagle on"
         );
+    }
+
+    #[test]
+    fn drain_signals_of_ended_connections_do_not_pile_up() {
+        let mut drains = Drains::default();
+        let mut open = Vec::new();
+        for n in 0..10_000 {
+            let rx = drains.add();
+            // One connection in a hundred still open; the others ended (receiver dropped).
+            if n % 100 == 0 {
+                open.push(rx);
+            }
+        }
+        assert!(
+            drains.len() <= 2 * 64 + open.len() * 2,
+            "{} kept",
+            drains.len()
+        );
+        drop(drains);
+        for mut rx in open {
+            assert!(
+                rx.try_recv().is_err(),
+                "an open connection is told to finish"
+            );
+        }
     }
 
     #[test]
