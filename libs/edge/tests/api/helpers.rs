@@ -152,6 +152,21 @@ impl Router {
         .await
     }
 
+    /// With `settings`, routing `hello` in `prod` to `backend` alone.
+    pub async fn start_to(settings: EdgeSettings, backend: &Backend) -> Self {
+        let routes = vec![slipway_edge::standin::build::route(
+            "hello",
+            "prod",
+            &[],
+            vec![slipway_edge::standin::build::healthy(
+                "a",
+                &backend.address,
+                1,
+            )],
+        )];
+        Self::start_with(settings, routes).await
+    }
+
     /// Starts and waits until the first discovery answer is in the table.
     pub async fn start_with(settings: EdgeSettings, routes: Vec<RouteEntry>) -> Self {
         let discovery = DiscoveryStandIn::start(routes).unwrap();

@@ -151,16 +151,7 @@ async fn a_burst_of_connections_is_spread_over_the_threads() {
         workers: 2,
         ..EdgeSettings::default()
     };
-    let router = crate::helpers::Router::start_with(
-        settings,
-        vec![route(
-            "hello",
-            "prod",
-            &[],
-            vec![healthy("a", &backend.address, 1)],
-        )],
-    )
-    .await;
+    let router = crate::helpers::Router::start_to(settings, &backend).await;
     let open =
         |thread: &str| router.metric("slipway_edge_client_connections", &[("thread", thread)]);
     let connects = (0..12).map(|_| tokio::net::TcpStream::connect(("127.0.0.1", router.port)));
@@ -205,16 +196,7 @@ async fn a_request_in_flight_at_shutdown_is_answered() {
         upstream_timeout_seconds: 10,
         ..EdgeSettings::default()
     };
-    let router = crate::helpers::Router::start_with(
-        settings,
-        vec![route(
-            "hello",
-            "prod",
-            &[],
-            vec![healthy("a", &backend.address, 1)],
-        )],
-    )
-    .await;
+    let router = crate::helpers::Router::start_to(settings, &backend).await;
     let started = Instant::now();
     let in_flight = tokio::spawn(
         router
